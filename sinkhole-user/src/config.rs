@@ -1,0 +1,509 @@
+//! The configuration file (TOML). Every key is optional; the defaults are the Contract's.
+//!
+//! Every value is checked while it is parsed, so an error always carries the key's path and the
+//! line it stands on: `sinkhole.toml:12: dnsbl.zone[0].codes[1]: ...`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, de};
+
+use crate::prefix::parse_prefix;
+use crate::signature::Signature;
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub smtp: SmtpConfig,
+    pub storage: StorageConfig,
+    pub dnsbl: DnsblConfig,
+    pub xdp: XdpConfig,
+    pub policy: PolicyConfig,
+    pub campaign: CampaignConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpConfig {
+    #[serde(deserialize_with = "non_empty")]
+    pub listen: Vec<SocketAddr>,
+    #[serde(deserialize_with = "hostname")]
+    pub hostname: String,
+    pub max_connections: NonZeroUsize,
+    pub max_connections_per_ip: NonZeroUsize,
+    #[serde(deserialize_with = "positive_u64")]
+    pub max_message_bytes: u64,
+    pub max_recipients: NonZeroUsize,
+    #[serde(deserialize_with = "positive_duration")]
+    pub idle_timeout: Duration,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub run_as: String,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            listen: vec![
+                SocketAddr::from(([0, 0, 0, 0], 2525)),
+                SocketAddr::from(([0u16; 8], 2525)),
+            ],
+            hostname: "sinkhole.invalid".into(),
+            max_connections: NonZeroUsize::new(20_000).unwrap(),
+            max_connections_per_ip: NonZeroUsize::new(50).unwrap(),
+            max_message_bytes: 10 * 1024 * 1024,
+            max_recipients: NonZeroUsize::new(100).unwrap(),
+            idle_timeout: Duration::from_secs(300),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            run_as: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub dir: PathBuf,
+    pub capture: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            dir: PathBuf::from("./sinkhole-data"),
+            capture: true,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// `STORAGE/maildir`.
+    pub fn maildir(&self) -> PathBuf {
+        self.dir.join("maildir")
+    }
+
+    /// `STORAGE/sessions.jsonl`.
+    pub fn session_log(&self) -> PathBuf {
+        self.dir.join("sessions.jsonl")
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsblConfig {
+    /// Empty: the system resolver.
+    pub nameservers: Vec<SocketAddr>,
+    #[serde(deserialize_with = "positive_duration")]
+    pub timeout: Duration,
+    pub reject_threshold: i32,
+    pub block_threshold: i32,
+    #[serde(deserialize_with = "positive_duration")]
+    pub block_ttl: Duration,
+    pub zone: Vec<ZoneConfig>,
+}
+
+impl Default for DnsblConfig {
+    fn default() -> Self {
+        DnsblConfig {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(2),
+            reject_threshold: 3,
+            block_threshold: 5,
+            block_ttl: Duration::from_secs(3600),
+            zone: vec![ZoneConfig {
+                name: "zen.spamhaus.org".into(),
+                weight: 1,
+                codes: vec![CodeRange {
+                    first: Ipv4Addr::new(127, 0, 0, 2),
+                    last: Ipv4Addr::new(127, 0, 0, 11),
+                }],
+            }],
+        }
+    }
+}
+
+/// One DNSBL zone.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    #[serde(deserialize_with = "hostname")]
+    pub name: String,
+    #[serde(default = "one")]
+    pub weight: i32,
+    /// Empty: every answer outside 127.255.255.0/24 counts.
+    #[serde(default)]
+    pub codes: Vec<CodeRange>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// An inclusive range of DNSBL answer addresses: `127.0.0.2-127.0.0.11` or `127.0.0.2`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CodeRange {
+    pub first: Ipv4Addr,
+    pub last: Ipv4Addr,
+}
+
+impl CodeRange {
+    pub fn contains(&self, answer: Ipv4Addr) -> bool {
+        self.first <= answer && answer <= self.last
+    }
+}
+
+impl FromStr for CodeRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("`{text}` is not an address or a range like 127.0.0.2-127.0.0.11");
+        let (first, last) = match text.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (text.trim(), text.trim()),
+        };
+        let first: Ipv4Addr = first.parse().map_err(|_| bad())?;
+        let last: Ipv4Addr = last.parse().map_err(|_| bad())?;
+        if first > last {
+            return Err(format!("`{text}`: the range ends before it starts"));
+        }
+        Ok(CodeRange { first, last })
+    }
+}
+
+impl<'de> Deserialize<'de> for CodeRange {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(de::Error::custom)
+    }
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Driver (native) mode, falling back to skb (generic) mode.
+    #[default]
+    Auto,
+    Skb,
+    Driver,
+}
+
+/// Which packets from a blocked source are dropped.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpScope {
+    /// Only TCP to the SMTP ports (`xdp.ports`).
+    #[default]
+    Smtp,
+    /// Everything.
+    All,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct XdpConfig {
+    pub interfaces: Vec<String>,
+    pub mode: XdpMode,
+    pub scope: XdpScope,
+    /// TCP destination ports that scope `smtp` covers. Empty: 25, 465, 587 and the port of
+    /// every `smtp.listen` address.
+    pub ports: Vec<u16>,
+    pub pin_dir: PathBuf,
+    #[serde(deserialize_with = "prefixes")]
+    pub allow: Vec<IpNet>,
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        XdpConfig {
+            interfaces: Vec::new(),
+            mode: XdpMode::Auto,
+            scope: XdpScope::Smtp,
+            ports: Vec::new(),
+            pin_dir: PathBuf::from("/sys/fs/bpf/sinkhole"),
+            allow: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Empty: no per-address rules.
+    pub file: PathBuf,
+    #[serde(deserialize_with = "positive_duration")]
+    pub stall: Duration,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            file: PathBuf::new(),
+            stall: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CampaignConfig {
+    /// A client whose session shows every signature of one set is blocked.
+    pub block_signatures: Vec<Vec<Signature>>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9725)),
+        }
+    }
+}
+
+/// A configuration that could not be read, naming where and what.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{origin}:{line}: {key}: {message}")]
+    Invalid {
+        origin: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads `path`, or returns the embedded defaults when there is none.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses a configuration; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        parse_toml(text, origin)
+    }
+
+    /// TCP ports the XDP scope `smtp` covers.
+    pub fn smtp_ports(&self) -> Vec<u16> {
+        let mut ports = if self.xdp.ports.is_empty() {
+            let mut ports = vec![25, 465, 587];
+            ports.extend(self.smtp.listen.iter().map(SocketAddr::port));
+            ports
+        } else {
+            self.xdp.ports.clone()
+        };
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+}
+
+/// Parses any TOML document into `T`, reporting errors as `origin:line: key.path: message`.
+/// The policy file shares it.
+pub fn parse_toml<T: de::DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
+    let invalid = |span: Option<std::ops::Range<usize>>, key: String, message: String| {
+        let line = span.map_or(1, |s| line_of(text, s.start));
+        ConfigError::Invalid {
+            origin: origin.to_owned(),
+            line,
+            key,
+            message,
+        }
+    };
+    let deserializer = toml::de::Deserializer::parse(text)
+        .map_err(|e| invalid(e.span(), "(syntax)".into(), e.message().to_owned()))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = match e.path().to_string() {
+            p if p == "." => "(top level)".to_owned(),
+            p => p,
+        };
+        let inner = e.into_inner();
+        invalid(inner.span(), key, inner.message().to_owned())
+    })
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let offset = offset.min(text.len());
+    text.as_bytes()[..offset]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    let v = Vec::<SocketAddr>::deserialize(d)?;
+    if v.is_empty() {
+        return Err(de::Error::custom("needs at least one address"));
+    }
+    Ok(v)
+}
+
+/// A DNS name: letters, digits, `-`, `_` and dots, labels of 1..=63, at most 253 in all.
+fn hostname<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    let trimmed = name.strip_suffix('.').unwrap_or(&name);
+    let valid = !trimmed.is_empty()
+        && trimmed.len() <= 253
+        && trimmed.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !valid {
+        return Err(de::Error::custom(format!(
+            "`{name}` is not a valid DNS name"
+        )));
+    }
+    Ok(trimmed.to_ascii_lowercase())
+}
+
+fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match u64::deserialize(d)? {
+        0 => Err(de::Error::custom("must be greater than 0")),
+        n => Ok(n),
+    }
+}
+
+/// Parses `300s`, `1h`, `1h 30m`, `250ms`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration like 30s, 5m or 1h ({e})"))
+}
+
+fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    match parse_duration(&text).map_err(de::Error::custom)? {
+        Duration::ZERO => Err(de::Error::custom(format!("`{text}` must be longer than 0"))),
+        duration => Ok(duration),
+    }
+}
+
+fn prefixes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|p| parse_prefix(p).map_err(de::Error::custom))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert_eq!(c.smtp.listen.len(), 2);
+        assert_eq!(c.smtp.max_connections.get(), 20_000);
+        assert_eq!(c.smtp.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.dnsbl.zone[0].name, "zen.spamhaus.org");
+        assert_eq!(c.xdp.pin_dir, Path::new("/sys/fs/bpf/sinkhole"));
+        assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9725");
+        assert_eq!(c.smtp_ports(), vec![25, 465, 587, 2525]);
+    }
+
+    #[test]
+    fn the_contract_example_parses() {
+        let c = Config::parse(
+            r#"
+[smtp]
+listen = ["127.0.0.1:2525"]
+idle_timeout = "5m"
+[storage]
+capture = false
+[dnsbl]
+nameservers = ["127.0.0.1:5353"]
+block_ttl = "1h"
+[[dnsbl.zone]]
+name = "zen.spamhaus.org"
+weight = 1
+codes = ["127.0.0.2-127.0.0.11"]
+[[dnsbl.zone]]
+name = "list.dnswl.org"
+weight = -5
+[xdp]
+interfaces = ["eth0"]
+mode = "skb"
+scope = "all"
+allow = ["127.0.0.0/8", "::1/128", "203.0.113.9"]
+[campaign]
+block_signatures = [["mail-from-eq-rcpt-to", "mail-from-local-domain"]]
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.dnsbl.zone.len(), 2);
+        assert_eq!(c.dnsbl.zone[1].weight, -5);
+        assert!(c.dnsbl.zone[0].codes[0].contains(Ipv4Addr::new(127, 0, 0, 4)));
+        assert!(!c.dnsbl.zone[0].codes[0].contains(Ipv4Addr::new(127, 0, 0, 12)));
+        assert_eq!(c.xdp.mode, XdpMode::Skb);
+        assert_eq!(c.xdp.scope, XdpScope::All);
+        assert_eq!(c.xdp.allow[2].to_string(), "203.0.113.9/32");
+        assert_eq!(
+            c.campaign.block_signatures,
+            vec![vec![
+                Signature::MailFromEqRcptTo,
+                Signature::MailFromLocalDomain
+            ]]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line() {
+        assert_eq!(
+            err("[smtp]\nhostname = \"ok\"\nidle_timeout = \"soon\"\n"),
+            "t.toml:3: smtp.idle_timeout: `soon` is not a duration like 30s, 5m or 1h (expected number at 0)"
+        );
+        assert_eq!(
+            err(
+                "[dnsbl]\n[[dnsbl.zone]]\nname = \"a.example\"\ncodes = [\"127.0.0.2\", \"127.0.0.9-127.0.0.3\"]\n"
+            ),
+            "t.toml:4: dnsbl.zone[0].codes[1]: `127.0.0.9-127.0.0.3`: the range ends before it starts"
+        );
+        assert!(err("[xdp]\nallow = [\"10.0.0.1/8\"]\n").starts_with("t.toml:2: xdp.allow: "));
+        assert!(
+            err("[smtp]\nmax_connections = 0\n").starts_with("t.toml:2: smtp.max_connections: ")
+        );
+        assert!(err("[smtp]\nlisten = []\n").starts_with("t.toml:2: smtp.listen: "));
+        assert!(err("[xdp]\nmode = \"turbo\"\n").starts_with("t.toml:2: xdp.mode: "));
+        assert!(
+            err("\n[smtp]\nlisten_on = 1\n")
+                .starts_with("t.toml:3: smtp.listen_on: unknown field `listen_on`")
+        );
+        assert!(
+            err("[campaign]\nblock_signatures = [[\"nope\"]]\n")
+                .starts_with("t.toml:2: campaign.block_signatures[0][0]: unknown signature `nope`")
+        );
+        assert!(err("[smtp\n").starts_with("t.toml:1: (syntax): "));
+    }
+}
