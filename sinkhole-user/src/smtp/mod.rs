@@ -1,0 +1,211 @@
+//! The SMTP protocol, sans-IO (RFC 5321 receiver side, with PIPELINING, CHUNKING, SIZE,
+//! 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8).
+//!
+//! A [`Session`] never touches a socket or a clock: it is fed bytes and instants and hands back
+//! bytes to write, events that need a decision, and a record of everything that happened.
+//! The server loop only moves bytes; all protocol logic lives (and is tested) here.
+//!
+//! Driving a session:
+//! 1. [`Session::new`] at accept; bytes already waiting are fed with [`Session::receive_early`]
+//!    (they came before the banner: `pregreet`); then [`Session::greet`].
+//! 2. Feed reads with [`Session::receive`]; write out [`Session::output`] and
+//!    [`Session::consume_output`] what was written.
+//! 3. Drain [`Session::poll_event`]. An [`Event::Recipient`] or [`Event::Message`] suspends the
+//!    session (no further input is processed, [`Session::wants_read`] is false) until
+//!    [`Session::resolve_recipient`] / [`Session::resolve_message`] gives its reply.
+//! 4. Call [`Session::handle_timeout`] at [`Session::deadline`].
+//! 5. When [`Session::is_finished`] and the output is flushed, close; keep
+//!    [`Session::into_record`] for the session log.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Limits and names a session needs; shared by every session of a daemon.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Our name in the banner and EHLO reply.
+    pub hostname: String,
+    /// SIZE advertised; larger messages get 552 after the data is drained.
+    pub max_message_bytes: u64,
+    /// Recipients past this get 452.
+    pub max_recipients: usize,
+    /// Silence longer than this: 421 and close.
+    pub idle_timeout: Duration,
+    /// Advertise STARTTLS (only when the server can do it).
+    pub starttls: bool,
+}
+
+/// A reply to send: a code and its text (which begins with the enhanced status code when there
+/// is one, e.g. `550 5.7.1 ...`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub text: String,
+}
+
+/// Something the session needs decided, or wants known.
+#[derive(Debug)]
+pub enum Event {
+    /// A syntactically valid `RCPT TO` in a valid transaction. The session waits for
+    /// [`Session::resolve_recipient`].
+    Recipient {
+        /// Reverse path of the transaction; empty for the null sender `<>`.
+        mail_from: String,
+        /// The recipient as given (without angle brackets).
+        rcpt: String,
+    },
+    /// A complete message (DATA or the last BDAT), dot-unstuffed, within the size limit. The
+    /// session waits for [`Session::resolve_message`], which the server calls once the message
+    /// is durable (250) or failed to store (451).
+    Message {
+        mail_from: String,
+        /// The accepted recipients.
+        rcpts: Vec<String>,
+        body: Vec<u8>,
+    },
+    /// The client asked for STARTTLS and was told 220: the server must start the TLS handshake
+    /// before feeding any more bytes; bytes already buffered after the command are discarded
+    /// (RFC 3207) and recorded.
+    StartTls,
+}
+
+/// Everything the session log needs from the protocol side.
+#[derive(Clone, Debug, Default)]
+pub struct SessionRecord {
+    pub helo: Option<String>,
+    /// The client sent more than one command in one write (or before a reply).
+    pub pipelined: bool,
+    pub signatures: Vec<crate::signature::Signature>,
+    pub transactions: Vec<TransactionRecord>,
+    pub transcript: Vec<TranscriptLine>,
+    /// Lines not kept because the transcript was full.
+    pub transcript_dropped: usize,
+}
+
+/// One `MAIL FROM` .. end of data (or RSET).
+#[derive(Clone, Debug, Default)]
+pub struct TransactionRecord {
+    pub mail_from: String,
+    pub rcpts: Vec<RcptRecord>,
+    /// The reply to the end of data, if data was sent.
+    pub data_code: Option<u16>,
+    /// Where the message was stored (the Maildir file name), if it was.
+    pub message: Option<String>,
+    /// Message size in bytes as received (after dot-unstuffing).
+    pub size: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct RcptRecord {
+    pub addr: String,
+    pub code: u16,
+}
+
+/// Who sent a transcript line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Client,
+    Server,
+}
+
+/// One transcript line: milliseconds since the session began, who, and the line, escaped
+/// (control bytes, non-UTF-8 and backslash as `\xNN`) and cut to a maximum length.
+#[derive(Clone, Debug)]
+pub struct TranscriptLine {
+    pub ms: u64,
+    pub direction: Direction,
+    pub line: String,
+}
+
+/// One SMTP session, from accept to close.
+#[derive(Debug)]
+pub struct Session {
+    _config: Arc<SessionConfig>,
+}
+
+impl Session {
+    pub fn new(config: Arc<SessionConfig>, now: Instant) -> Session {
+        let _ = now;
+        Session { _config: config }
+    }
+
+    /// Bytes that were waiting before the banner was sent.
+    pub fn receive_early(&mut self, bytes: &[u8], now: Instant) {
+        let _ = (bytes, now);
+        todo!()
+    }
+
+    /// Queues the banner, then works through any early bytes.
+    pub fn greet(&mut self, now: Instant) {
+        let _ = now;
+        todo!()
+    }
+
+    /// Bytes read from the client.
+    pub fn receive(&mut self, bytes: &[u8], now: Instant) {
+        let _ = (bytes, now);
+        todo!()
+    }
+
+    /// Bytes waiting to be written.
+    pub fn output(&self) -> &[u8] {
+        todo!()
+    }
+
+    /// `n` bytes of [`Session::output`] were written.
+    pub fn consume_output(&mut self, n: usize) {
+        let _ = n;
+        todo!()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        todo!()
+    }
+
+    /// The decision for the pending [`Event::Recipient`].
+    pub fn resolve_recipient(&mut self, reply: Reply, now: Instant) {
+        let _ = (reply, now);
+        todo!()
+    }
+
+    /// The outcome for the pending [`Event::Message`]; `stored_as` is its Maildir name.
+    pub fn resolve_message(&mut self, reply: Reply, stored_as: Option<String>, now: Instant) {
+        let _ = (reply, stored_as, now);
+        todo!()
+    }
+
+    /// When [`Session::handle_timeout`] must next be called.
+    pub fn deadline(&self) -> Instant {
+        todo!()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let _ = now;
+        todo!()
+    }
+
+    /// The daemon is stopping: queue 421 and finish (unless a decision is pending, in which
+    /// case the 421 follows its reply).
+    pub fn shutdown(&mut self, now: Instant) {
+        let _ = now;
+        todo!()
+    }
+
+    /// False while a decision is pending or too much output is unwritten (backpressure).
+    pub fn wants_read(&self) -> bool {
+        todo!()
+    }
+
+    /// The session is over (QUIT answered, 421 sent): close once the output is written.
+    pub fn is_finished(&self) -> bool {
+        todo!()
+    }
+
+    pub fn record(&self) -> &SessionRecord {
+        todo!()
+    }
+
+    pub fn into_record(self) -> SessionRecord {
+        todo!()
+    }
+}
