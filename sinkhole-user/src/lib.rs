@@ -6,3 +6,4 @@ pub mod config;
 pub mod prefix;
 pub mod signature;
 pub mod smtp;
+pub mod kernel;
