@@ -1,1 +1,151 @@
-fn main() {}
+//! `cargo xtask`: the project's own commands. `setup` makes a machine ready (called by all the
+//! others), `run` runs the daemon, `test` runs every test, `bench` the benchmarks.
+
+mod setup;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (nightly rust-src, bpf-linker, test peers, bpffs).
+    Setup,
+    /// Build (release) and run the daemon; arguments after `--` go to `sinkhole run`.
+    Run {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every test; arguments after `--` go to `cargo test`.
+    Test {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run a benchmark and print its figures.
+    Bench {
+        #[arg(value_enum)]
+        which: Bench,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Bench {
+    Xdp,
+    Smtp,
+    Score,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    setup::setup()?;
+    match task {
+        Task::Setup => Ok(()),
+        Task::Run { args } => {
+            cargo(&["build", "--release", "-p", "sinkhole-user"])?;
+            let bin = workspace_root().join("target/release/sinkhole");
+            let mut cmd = Command::new(&bin);
+            cmd.arg("run").args(args);
+            exec(cmd)
+        }
+        Task::Test { args } => {
+            // The integration tests drive the real binary; build it first so they find it.
+            cargo(&["build", "-p", "sinkhole-user"])?;
+            let bin = workspace_root().join("target/debug/sinkhole");
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["test", "--workspace"]).args(args).env("SINKHOLE_BIN", bin);
+            exec(cmd)
+        }
+        Task::Bench { which } => bench(which),
+    }
+}
+
+fn bench(which: Bench) -> Result<()> {
+    let _ = which;
+    bail!("no benchmark is wired yet")
+}
+
+/// Runs cargo with `args` in the workspace, failing on a non-zero exit.
+fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("`cargo {}` failed", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Runs `cmd` in the foreground and passes its failure on.
+fn exec(mut cmd: Command) -> Result<()> {
+    let status = cmd
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{:?} exited with {status}", cmd.get_program());
+    }
+    Ok(())
+}
+
+/// Runs `cmd` with its output captured, showing it only if it fails.
+pub(crate) fn run_quiet(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} exited with {}:\n{}{}",
+            cmd.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Whether `cmd` runs and exits 0.
+pub(crate) fn status_ok(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub(crate) fn is_root() -> bool {
+    // The effective uid (second field of `Uid:`), read from /proc to avoid a libc dependency.
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    })
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
