@@ -479,6 +479,17 @@ block_signatures = [["mail-from-eq-rcpt-to", "mail-from-local-domain"]]
     }
 
     #[test]
+    fn the_packaged_config_parses() {
+        let c = Config::parse(
+            include_str!("../../packaging/sinkhole.toml"),
+            "sinkhole.toml",
+        )
+        .unwrap();
+        assert_eq!(c.smtp.run_as, "sinkhole");
+        assert_eq!(c.smtp_ports(), vec![25, 465, 587]);
+    }
+
+    #[test]
     fn errors_name_the_key_and_line() {
         assert_eq!(
             err("[smtp]\nhostname = \"ok\"\nidle_timeout = \"soon\"\n"),
