@@ -5,5 +5,6 @@ pub mod cli;
 pub mod config;
 pub mod kernel;
 pub mod prefix;
+pub mod privilege;
 pub mod signature;
 pub mod smtp;
