@@ -73,8 +73,11 @@ pub fn hand_over<'a>(
     account: &Account,
     paths: impl IntoIterator<Item = &'a Path>,
 ) -> Result<(), PrivilegeError> {
+    use std::os::unix::fs::MetadataExt;
     for path in paths {
-        if path.exists() {
+        let Ok(meta) = path.metadata() else { continue };
+        // Already theirs (e.g. made by `cargo xtask deploy`): no CAP_CHOWN needed.
+        if meta.uid() != account.uid.as_raw() || meta.gid() != account.gid.as_raw() {
             chown(path, Some(account.uid), Some(account.gid)).map_err(|source| {
                 PrivilegeError::Chown {
                     path: path.display().to_string(),
@@ -111,10 +114,13 @@ pub fn become_user(account: &Account, keep: &[Capability]) -> Result<(), Privile
     };
     let keep: CapsHashSet = keep.iter().copied().collect();
 
-    // While still root: shrink the bounding set (needs CAP_SETPCAP, which root has).
-    for c in caps::all() {
-        if !keep.contains(&c) && caps::has_cap(None, CapSet::Bounding, c).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, c).map_err(cap("dropping the bounding set"))?;
+    // While still root: shrink the bounding set. That needs CAP_SETPCAP; under the packaged
+    // systemd unit it is absent and the unit's CapabilityBoundingSet= has done the shrinking.
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        for c in caps::all() {
+            if !keep.contains(&c) && caps::has_cap(None, CapSet::Bounding, c).unwrap_or(false) {
+                caps::drop(None, CapSet::Bounding, c).map_err(cap("dropping the bounding set"))?;
+            }
         }
     }
     nix::sys::prctl::set_keepcaps(true).map_err(cred("PR_SET_KEEPCAPS"))?;

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own commands. `setup` makes a machine ready (called by all the
 //! others), `run` runs the daemon, `test` runs every test, `bench` the benchmarks.
 
+mod deploy;
 mod setup;
 
 use std::path::PathBuf;
@@ -29,6 +30,11 @@ enum Task {
     Test {
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Install the release binary, the systemd unit and a default config under DIR.
+    Deploy {
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
     },
     /// Run a benchmark and print its figures.
     Bench {
@@ -75,6 +81,7 @@ fn run(task: Task) -> Result<()> {
                 .env("SINKHOLE_BIN", bin);
             exec(cmd)
         }
+        Task::Deploy { root } => deploy::deploy(&root),
         Task::Bench { which } => bench(which),
     }
 }
@@ -85,7 +92,7 @@ fn bench(which: Bench) -> Result<()> {
 }
 
 /// Runs cargo with `args` in the workspace, failing on a non-zero exit.
-fn cargo(args: &[&str]) -> Result<()> {
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     let status = Command::new(env!("CARGO"))
         .args(args)
         .current_dir(workspace_root())
@@ -145,7 +152,7 @@ pub(crate) fn is_root() -> bool {
     })
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")

@@ -1,0 +1,90 @@
+//! `cargo xtask deploy [--root DIR]`: installs the release binary, the systemd unit and a
+//! commented default config under DIR (`/` on a host, a staging folder for packaging). On a
+//! host it also creates the `sinkhole` system user the config's `run_as` names.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context as _, Result};
+
+use crate::{cargo, run_quiet, status_ok, workspace_root};
+
+/// The user the packaged config runs as.
+const USER: &str = "sinkhole";
+
+pub fn deploy(root: &Path) -> Result<()> {
+    cargo(&["build", "--release", "-p", "sinkhole-user"])?;
+    let src = workspace_root();
+    let on_host = root == Path::new("/");
+
+    install(
+        &src.join("target/release/sinkhole"),
+        &root.join("usr/local/bin/sinkhole"),
+        0o755,
+    )?;
+    install(
+        &src.join("packaging/sinkhole.service"),
+        &root.join("etc/systemd/system/sinkhole.service"),
+        0o644,
+    )?;
+    install(
+        &src.join("README.md"),
+        &root.join("usr/local/share/doc/sinkhole/README.md"),
+        0o644,
+    )?;
+    let config = root.join("etc/sinkhole/sinkhole.toml");
+    if config.exists() {
+        // The operator's file stays; the new default goes beside it for comparison.
+        install(
+            &src.join("packaging/sinkhole.toml"),
+            &config.with_extension("toml.new"),
+            0o640,
+        )?;
+    } else {
+        install(&src.join("packaging/sinkhole.toml"), &config, 0o640)?;
+    }
+    let state = root.join("var/lib/sinkhole");
+    fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o750))?;
+
+    if on_host {
+        if !status_ok(Command::new("id").arg(USER)) {
+            run_quiet(Command::new("useradd").args([
+                "--system",
+                "--home-dir",
+                "/var/lib/sinkhole",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                USER,
+            ]))
+            .with_context(|| format!("creating the system user `{USER}`"))?;
+        }
+        run_quiet(Command::new("chown").args([
+            "-R",
+            &format!("{USER}:{USER}"),
+            "/var/lib/sinkhole",
+        ]))?;
+        if !status_ok(Command::new("systemctl").arg("daemon-reload")) {
+            eprintln!(
+                "xtask: systemd is not running here; start with `sinkhole run --config /etc/sinkhole/sinkhole.toml`"
+            );
+        }
+    }
+    println!("installed into {}", root.display());
+    Ok(())
+}
+
+fn install(from: &Path, to: &Path, mode: u32) -> Result<()> {
+    if let Some(dir) = to.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // Copy beside and rename, so a running binary is replaced, never written into.
+    let tmp = to.with_extension("xtask-new");
+    fs::copy(from, &tmp)
+        .with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+    fs::rename(&tmp, to).with_context(|| format!("installing {}", to.display()))
+}
