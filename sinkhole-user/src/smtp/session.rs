@@ -100,8 +100,10 @@ pub struct Session {
     greeted: bool,
     finished: bool,
     shutdown_requested: bool,
-    /// Input not processed yet, and the stream offset of its first byte.
+    /// Received input; `input[input_pos..]` is not processed yet. `input_offset` is the stream
+    /// offset of `input[0]`.
     input: Vec<u8>,
+    input_pos: usize,
     input_offset: u64,
     /// Stream offset just past the last byte received.
     received: u64,
@@ -141,6 +143,7 @@ impl Session {
             finished: false,
             shutdown_requested: false,
             input: Vec::new(),
+            input_pos: 0,
             input_offset: 0,
             received: 0,
             discard_input: false,
@@ -169,7 +172,10 @@ impl Session {
             return;
         }
         self.signal(Signature::Pregreet);
-        self.buffer_input(bytes);
+        let kept = self.buffer_input(bytes);
+        if kept < bytes.len() {
+            self.drop_input(bytes.len() - kept);
+        }
     }
 
     /// Queues the banner, then works through any early bytes.
@@ -199,15 +205,12 @@ impl Session {
         self.idle_since = now;
         let mut rest = bytes;
         while !rest.is_empty() {
-            let room = INPUT_CAP - self.input.len();
-            if room == 0 {
+            let kept = self.buffer_input(rest);
+            if kept == 0 {
                 self.drop_input(rest.len());
                 break;
             }
-            let (now_in, later) = rest.split_at(room.min(rest.len()));
-            self.input.extend_from_slice(now_in);
-            self.received += now_in.len() as u64;
-            rest = later;
+            rest = &rest[kept..];
             self.process();
         }
     }
@@ -325,14 +328,16 @@ impl Session {
 
     // --- input ---
 
-    fn buffer_input(&mut self, bytes: &[u8]) {
-        let room = INPUT_CAP - self.input.len();
-        let keep = room.min(bytes.len());
+    /// Appends as much of `bytes` as [`INPUT_CAP`] allows; returns how much that was.
+    fn buffer_input(&mut self, bytes: &[u8]) -> usize {
+        // Processed input is let go here, once per read, rather than after every step.
+        self.input.drain(..self.input_pos);
+        self.input_offset += self.input_pos as u64;
+        self.input_pos = 0;
+        let keep = (INPUT_CAP - self.input.len()).min(bytes.len());
         self.input.extend_from_slice(&bytes[..keep]);
         self.received += keep as u64;
-        if keep < bytes.len() {
-            self.drop_input(bytes.len() - keep);
-        }
+        keep
     }
 
     fn drop_input(&mut self, n: usize) {
@@ -358,7 +363,7 @@ impl Session {
     /// Works through buffered input as far as the session may go.
     fn process(&mut self) {
         let input = std::mem::take(&mut self.input);
-        let mut pos = 0;
+        let mut pos = self.input_pos;
         while pos < input.len() && self.can_process() {
             let start = self.input_offset + pos as u64;
             match self.step(&input[pos..], start) {
@@ -366,24 +371,25 @@ impl Session {
                 None => break,
             }
         }
-        self.input = input;
-        self.input.drain(..pos);
-        self.input_offset += pos as u64;
         if self.discard_input {
             self.discard_input = false;
-            let discarded = std::mem::take(&mut self.input);
-            self.input_offset += discarded.len() as u64;
-            if !discarded.is_empty() {
+            if pos < input.len() {
                 let ms = self.ms();
                 self.record.log(
                     ms,
                     Direction::Client,
                     "<discarded after STARTTLS> ",
-                    &discarded,
+                    &input[pos..],
                 );
             }
-            self.input = discarded;
+            pos = input.len();
+        }
+        self.input = input;
+        self.input_pos = pos;
+        if pos == self.input.len() {
+            self.input_offset += pos as u64;
             self.input.clear();
+            self.input_pos = 0;
         }
     }
 

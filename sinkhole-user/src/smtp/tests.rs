@@ -794,9 +794,13 @@ fn script_strategy() -> impl Strategy<Value = Vec<u8>> {
 /// Runs `bytes` as one write (cut at `cuts`). STARTTLS is not offered: accepting it discards the
 /// rest of the read it came in, which depends on the split by design (RFC 3207).
 fn run_bytes(bytes: &[u8], cuts: &[usize]) -> Run {
+    run_bytes_with(config(false, 64, 3), bytes, cuts)
+}
+
+fn run_bytes_with(config: Arc<SessionConfig>, bytes: &[u8], cuts: &[usize]) -> Run {
     let mut cuts = cuts.to_vec();
     cuts.sort_unstable();
-    let mut driver = Driver::new(config(false, 64, 3));
+    let mut driver = Driver::new(config);
     driver.send(bytes, &cuts);
     driver.finish()
 }
@@ -824,11 +828,18 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096), cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8)) {
         let cuts: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
-        let run = run_bytes(&bytes, &cuts);
-        // Every transcript line stays within its cap (escaping at most quadruples a byte).
-        for line in &run.record.transcript {
-            prop_assert!(line.line.len() <= 4 * MAX_TRANSCRIPT_LINE_BYTES + 64);
+        let whole = run_bytes(&bytes, &[]);
+        let split = run_bytes(&bytes, &cuts);
+        prop_assert_eq!(&whole.output, &split.output);
+        prop_assert_eq!(&whole.events, &split.events);
+        let with_tls = run_bytes_with(config(true, 64, 3), &bytes, &cuts);
+        for run in [&whole, &split, &with_tls] {
+            prop_assert!(run.output.starts_with(b"220 "));
+            // Every transcript line stays within its cap (escaping at most quadruples a byte).
+            for line in &run.record.transcript {
+                prop_assert!(line.line.len() <= 4 * MAX_TRANSCRIPT_LINE_BYTES + 64);
+            }
+            prop_assert!(run.record.signatures.windows(2).all(|w| w[0] < w[1]));
         }
-        prop_assert!(run.output.starts_with(b"220 "));
     }
 }
