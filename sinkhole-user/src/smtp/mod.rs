@@ -16,6 +16,20 @@
 //! 4. Call [`Session::handle_timeout`] at [`Session::deadline`].
 //! 5. When [`Session::is_finished`] and the output is flushed, close; keep
 //!    [`Session::into_record`] for the session log.
+//!
+//! Details the loop relies on:
+//! - After *every* call (`receive`, `consume_output`, `resolve_*`, `handle_timeout`,
+//!   `shutdown`), write [`Session::output`] and drain [`Session::poll_event`]: `consume_output`
+//!   resumes input held back by output backpressure, and `resolve_*` resumes buffered pipelined
+//!   input, so both can produce replies and events. All replies to one read come out together.
+//! - Read only while [`Session::wants_read`]; feed at most 64 KiB per `receive`. Input that
+//!   arrives anyway while the session waits is kept up to [`INPUT_CAP`], then dropped (noted).
+//! - [`Event::StartTls`]: flush the `220` in plaintext, then run the handshake; what followed
+//!   STARTTLS in the same read was discarded (and logged). Feed only decrypted bytes afterwards.
+//! - One decision is pending at a time; a `resolve_*` with nothing of its kind pending is ignored.
+//!   While a decision is pending the idle timer does not fire (it restarts).
+//! - A finished session whose client does not read its last reply is the loop's to close (a
+//!   write timeout); the session has nothing more to say.
 
 mod command;
 mod data;
