@@ -1,6 +1,7 @@
 //! The sinkhole daemon's library: everything the `sinkhole` binary runs, in modules with one
 //! job each (see `docs/architecture.md`).
 
+pub mod campaign;
 pub mod cli;
 pub mod config;
 pub mod kernel;

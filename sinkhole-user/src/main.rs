@@ -1,10 +1,13 @@
 //! The `sinkhole` binary: parses the command line and hands off to the library. Errors end
 //! here, as one line on stderr and a non-zero exit.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
+use sinkhole::campaign::report;
 use sinkhole::cli::{Cli, Command};
 use sinkhole::config::{Config, ConfigError};
 use sinkhole::policy::PolicyStore;
@@ -23,6 +26,19 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Campaigns {
+            storage,
+            json,
+            since,
+            top,
+            config,
+        } => match campaigns(config.config.as_deref(), storage, json, since, top) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sinkhole: {e}");
+                ExitCode::FAILURE
+            }
+        },
         other => {
             eprintln!("sinkhole: {other:?} is not built yet");
             ExitCode::FAILURE
@@ -34,5 +50,39 @@ fn main() -> ExitCode {
 fn check_config(path: Option<&Path>) -> Result<(), ConfigError> {
     let config = Config::load(path)?;
     PolicyStore::open(&config.policy)?;
+    Ok(())
+}
+
+/// `sinkhole campaigns`: the report on stdout, skipped log lines as warnings on stderr.
+fn campaigns(
+    config: Option<&Path>,
+    storage: Option<PathBuf>,
+    json: bool,
+    since: Option<Duration>,
+    top: usize,
+) -> anyhow::Result<()> {
+    let storage = match storage {
+        Some(dir) => dir,
+        None => Config::load(config)?.storage.dir,
+    };
+    let options = report::Options {
+        // A window reaching before 1970 is everything.
+        since: since.map(|ago| SystemTime::now().checked_sub(ago).unwrap_or(UNIX_EPOCH)),
+        top,
+    };
+    let report = report::from_storage(&storage, &options, &mut |warning| {
+        eprintln!(
+            "sinkhole: warning: {}: {warning}",
+            storage.join("sessions.jsonl").display()
+        );
+    })?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        report::write_table(&report, &mut out)?;
+    }
+    out.flush()?;
     Ok(())
 }
