@@ -70,7 +70,9 @@ fn run(task: Task) -> Result<()> {
             cargo(&["build", "-p", "sinkhole-user"])?;
             let bin = workspace_root().join("target/debug/sinkhole");
             let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["test", "--workspace"]).args(args).env("SINKHOLE_BIN", bin);
+            cmd.args(["test", "--workspace"])
+                .args(args)
+                .env("SINKHOLE_BIN", bin);
             exec(cmd)
         }
         Task::Bench { which } => bench(which),

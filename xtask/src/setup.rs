@@ -60,8 +60,14 @@ fn nightly_rust_src() -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: adding rust-src to the nightly toolchain");
-    run_quiet(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-        .context("`rustup component add rust-src --toolchain nightly` failed")
+    run_quiet(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("`rustup component add rust-src --toolchain nightly` failed")
 }
 
 /// bpf-linker, built against the nightly toolchain's own libLLVM (no system LLVM needed).
@@ -96,7 +102,10 @@ fn bpf_linker() -> Result<()> {
         std::os::unix::fs::symlink(&llvm, &link)
             .with_context(|| format!("linking {} to {}", link.display(), llvm.display()))?;
     }
-    eprintln!("xtask: building bpf-linker against {} (a few minutes, once)", llvm.display());
+    eprintln!(
+        "xtask: building bpf-linker against {} (a few minutes, once)",
+        llvm.display()
+    );
     run_quiet(
         Command::new("cargo")
             .args(["install", "bpf-linker", "--version", "^0.13"])
@@ -153,7 +162,8 @@ fn test_peers() -> Result<()> {
 
 /// The pinned maps live on bpffs, which a fresh machine does not mount.
 fn bpffs() -> Result<()> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
     if mounts
         .lines()
         .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))

@@ -292,7 +292,13 @@ pub fn escape(text: &str) -> Cow<'_, str> {
 /// The report as a table for people.
 pub fn write_table(report: &[Campaign], out: &mut dyn Write) -> io::Result<()> {
     let sessions: u64 = report.iter().map(|c| c.sessions).sum();
-    writeln!(out, "{} campaigns, {sessions} sessions", report.len())?;
+    let plural = |n: u64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    writeln!(
+        out,
+        "{}, {}",
+        plural(report.len() as u64, "campaign"),
+        plural(sessions, "session")
+    )?;
     let ranked = |list: &[Ranked]| {
         let parts: Vec<String> = list
             .iter()
