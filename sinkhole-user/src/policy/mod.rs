@@ -117,9 +117,10 @@ struct Rule {
     #[serde(default, deserialize_with = "one_or_more")]
     signature: Vec<Signature>,
     action: Action,
-    /// Checked against `action` once the rule is read (see [`rule_reply`]).
+    /// Checked against `action` once the rule is read (see [`rule_reply`]); any value is taken
+    /// here, so that every error about it is reported under `rule[N].message`.
     #[serde(default)]
-    message: Option<toml::Spanned<String>>,
+    message: Option<toml::Spanned<toml::Value>>,
     #[serde(skip)]
     reply: Option<Reply>,
 }
@@ -244,14 +245,20 @@ impl Policy {
             let Some(message) = &rule.message else {
                 continue;
             };
-            let reply = rule_reply(message.get_ref(), rule.action).map_err(|message_error| {
-                ConfigError::Invalid {
+            let line = message.get_ref().as_str().ok_or_else(|| {
+                format!(
+                    "expected a string like \"550 5.7.1 ...\", found {}",
+                    message.get_ref().type_str()
+                )
+            });
+            let reply = line
+                .and_then(|line| rule_reply(line, rule.action))
+                .map_err(|message_error| ConfigError::Invalid {
                     origin: origin.to_owned(),
                     line: text[..message.span().start].matches('\n').count() + 1,
                     key: format!("rule[{i}].message"),
                     message: message_error,
-                }
-            })?;
+                })?;
             rule.reply = Some(reply);
         }
         Ok(Policy {

@@ -119,6 +119,10 @@ fn every_error_names_file_line_and_key() {
         e.starts_with("p.toml:4: rule[0].message: `closed` must start with a reply code"),
         "{e}"
     );
+    assert_eq!(
+        err("[[rule]]\nto = \"*\"\naction = \"reject\"\nmessage = 550\n"),
+        "p.toml:4: rule[0].message: expected a string like \"550 5.7.1 ...\", found integer"
+    );
     let e = err("[[rule]]\nto = \"*\"\naction = \"reject\"\nmessage = \"550 a\\r\\nb\"\n");
     assert!(e.starts_with("p.toml:4: rule[0].message: "), "{e}");
     // The reply class must fit the action, whichever key comes first.
