@@ -245,17 +245,21 @@ impl Policy {
             let Some(message) = &rule.message else {
                 continue;
             };
-            let line = message.get_ref().as_str().ok_or_else(|| {
+            let reply_line = message.get_ref().as_str().ok_or_else(|| {
                 format!(
                     "expected a string like \"550 5.7.1 ...\", found {}",
                     message.get_ref().type_str()
                 )
             });
-            let reply = line
-                .and_then(|line| rule_reply(line, rule.action))
+            let reply = reply_line
+                .and_then(|reply_line| rule_reply(reply_line, rule.action))
                 .map_err(|message_error| ConfigError::Invalid {
                     origin: origin.to_owned(),
-                    line: text[..message.span().start].matches('\n').count() + 1,
+                    line: text.as_bytes()[..message.span().start.min(text.len())]
+                        .iter()
+                        .filter(|&&b| b == b'\n')
+                        .count()
+                        + 1,
                     key: format!("rule[{i}].message"),
                     message: message_error,
                 })?;
