@@ -66,4 +66,22 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Group the logged sessions by signature set (a campaign each), largest first.
+    Campaigns {
+        /// The storage directory (`sessions.jsonl`, `maildir/`); default: the config's
+        /// `storage.dir`.
+        #[arg(long, value_name = "DIR")]
+        storage: Option<PathBuf>,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only sessions that started within this long before now (e.g. 24h, 7d).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        /// How many recipients and URL hosts to list per campaign.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }

@@ -1,9 +1,11 @@
 //! The sinkhole daemon's library: everything the `sinkhole` binary runs, in modules with one
 //! job each (see `docs/architecture.md`).
 
+pub mod campaign;
 pub mod cli;
 pub mod config;
 pub mod kernel;
+pub mod policy;
 pub mod prefix;
 pub mod privilege;
 pub mod signature;

@@ -1,18 +1,23 @@
 //! The `sinkhole` binary: parses the command line and hands off to the library. Errors end
 //! here, as one line on stderr and a non-zero exit.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
+use sinkhole::campaign::report;
 use sinkhole::cli::{Cli, Command};
-use sinkhole::config::Config;
+use sinkhole::config::{Config, ConfigError};
+use sinkhole::policy::PolicyStore;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig(arg) => match Config::load(arg.config.as_deref()) {
-            Ok(_) => {
+        Command::CheckConfig(arg) => match check_config(arg.config.as_deref()) {
+            Ok(()) => {
                 println!("configuration ok");
                 ExitCode::SUCCESS
             }
@@ -21,9 +26,63 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Campaigns {
+            storage,
+            json,
+            since,
+            top,
+            config,
+        } => match campaigns(config.config.as_deref(), storage, json, since, top) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sinkhole: {e}");
+                ExitCode::FAILURE
+            }
+        },
         other => {
             eprintln!("sinkhole: {other:?} is not built yet");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The configuration and the policy file it names.
+fn check_config(path: Option<&Path>) -> Result<(), ConfigError> {
+    let config = Config::load(path)?;
+    PolicyStore::open(&config.policy)?;
+    Ok(())
+}
+
+/// `sinkhole campaigns`: the report on stdout, skipped log lines as warnings on stderr.
+fn campaigns(
+    config: Option<&Path>,
+    storage: Option<PathBuf>,
+    json: bool,
+    since: Option<Duration>,
+    top: usize,
+) -> anyhow::Result<()> {
+    let storage = match storage {
+        Some(dir) => dir,
+        None => Config::load(config)?.storage.dir,
+    };
+    let options = report::Options {
+        // A window reaching before 1970 is everything.
+        since: since.map(|ago| SystemTime::now().checked_sub(ago).unwrap_or(UNIX_EPOCH)),
+        top,
+    };
+    let report = report::from_storage(&storage, &options, &mut |warning| {
+        eprintln!(
+            "sinkhole: warning: {}: {warning}",
+            storage.join("sessions.jsonl").display()
+        );
+    })?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        report::write_table(&report, &mut out)?;
+    }
+    out.flush()?;
+    Ok(())
 }

@@ -1,0 +1,98 @@
+//! `sinkhole check-config` validates the policy file the configuration names.
+
+use std::process::Command;
+
+use sinkhole_tests::sinkhole_bin;
+
+/// Runs `check-config` on a config naming `policy`; returns (exit code, stdout, stderr).
+fn check(policy: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(&policy_path, policy).unwrap();
+    let config = dir.path().join("sinkhole.toml");
+    std::fs::write(
+        &config,
+        format!("[policy]\nfile = {:?}\nstall = \"10s\"\n", policy_path),
+    )
+    .unwrap();
+    let out = Command::new(sinkhole_bin())
+        .args(["check-config", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr)
+        .unwrap()
+        .replace(policy_path.to_str().unwrap(), "POLICY");
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        stderr,
+    )
+}
+
+#[test]
+fn a_good_policy_passes() {
+    let (code, stdout, _) = check(
+        r#"
+local_domains = ["example.org"]
+[[rule]]
+to = "old-shop@example.org"
+action = "reject"
+message = "550 5.1.1 This address is closed"
+[[rule]]
+to = "chris@example.org"
+from = ["@bulk.example.com", "<>"]
+host = ["203.0.113.0/24", ".dyn.example.net"]
+helo = "*.example.net"
+dnsbl = "zen.example"
+score = 2
+signature = ["helo-bare-ip"]
+action = "stall"
+"#,
+    );
+    assert_eq!((code, stdout.as_str()), (0, "configuration ok\n"));
+}
+
+#[test]
+fn a_broken_policy_names_file_line_and_key() {
+    let cases = [
+        (
+            "[[rule]]\nto = \"*\"\naction = \"drop\"\n",
+            "sinkhole: POLICY:3: rule[0].action: unknown variant `drop`",
+        ),
+        (
+            "[[rule]]\nto = \"*\"\n\nhost = [\"203.0.113.0/24\", \"mx\"]\naction = \"reject\"\n",
+            "sinkhole: POLICY:4: rule[0].host[1]: ",
+        ),
+        (
+            "[[rule]]\nto = \"*\"\naction = \"tempfail\"\nmessage = \"550 no\"\n",
+            "sinkhole: POLICY:4: rule[0].message: ",
+        ),
+        (
+            "local_domains = \"example.org\"\n",
+            "sinkhole: POLICY:1: local_domains: ",
+        ),
+    ];
+    for (policy, expected) in cases {
+        let (code, _, stderr) = check(policy);
+        assert_eq!(code, 2, "{policy}: {stderr}");
+        assert!(stderr.starts_with(expected), "{policy}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}
+
+#[test]
+fn a_missing_policy_file_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sinkhole.toml");
+    std::fs::write(&config, "[policy]\nfile = \"/nonexistent/policy.toml\"\n").unwrap();
+    let out = Command::new(sinkhole_bin())
+        .args(["check-config", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with("sinkhole: /nonexistent/policy.toml: "),
+        "{stderr}"
+    );
+}
