@@ -3,7 +3,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod kernel;
 pub mod prefix;
+pub mod score;
 pub mod signature;
 pub mod smtp;
-pub mod kernel;
