@@ -6,10 +6,13 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use futures_util::future::{join, join_all};
-use hickory_resolver::TokioResolver;
-use hickory_resolver::lookup::Lookup;
+use hickory_resolver::NameServerPool;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::xfer::{DnsHandle, RetryDnsHandle};
 use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::{DnsRequestOptions, DnsResponse, Query};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use tokio::sync::Semaphore;
 
@@ -20,10 +23,15 @@ use super::zone::{ZoneResult, classify};
 use super::{ClientScore, HeloCheck, ZoneHit, normalize_name};
 use crate::config::ZoneConfig;
 
+/// hickory's name server pool (UDP, TCP on truncation, retries), without its resolver layer:
+/// that one answers 127.0.0.0/8 and ::1 PTR queries itself with `localhost` (RFC 6761), and
+/// caches by name where we cache by (address, zone).
+pub type Dns = RetryDnsHandle<NameServerPool<TokioRuntimeProvider>>;
+
 /// What the resolver thread's tasks share. Single-threaded runtime: the locks are never
 /// contended and never held across an await.
 pub struct Scorer {
-    pub dns: TokioResolver,
+    pub dns: Dns,
     pub zones: Vec<Zone>,
     pub timeout: Duration,
     pub in_flight: Semaphore,
@@ -46,7 +54,7 @@ pub struct Rdns {
 
 /// One DNS query's outcome.
 enum Reply {
-    Records(Lookup),
+    Records(DnsResponse),
     /// NXDOMAIN or no data; the negative TTL when the server sent its SOA.
     Empty(Option<u32>),
     /// No answer before the deadline.
@@ -67,7 +75,7 @@ enum Gap {
 
 impl Scorer {
     pub fn new(
-        dns: TokioResolver,
+        dns: Dns,
         zones: &[ZoneConfig],
         timeout: Duration,
         in_flight: usize,
@@ -157,16 +165,16 @@ impl Scorer {
 
         let name = reverse_name(ip, &zone.name);
         let (result, ttl) = match self.query(&name, RecordType::A, deadline).await {
-            Reply::Records(lookup) => {
-                let answers: Vec<Ipv4Addr> = lookup
-                    .answers()
+            Reply::Records(response) => {
+                let answers: Vec<Ipv4Addr> = response
+                    .answers
                     .iter()
                     .filter_map(|r| match &r.data {
                         RData::A(a) => Some(a.0),
                         _ => None,
                     })
                     .collect();
-                (classify(&zone.config.codes, &answers), ttl_of(&lookup))
+                (classify(&zone.config.codes, &answers), ttl_of(&response))
             }
             Reply::Empty(ttl) => (ZoneResult::Clean, negative_ttl(ttl)),
             Reply::Timeout => {
@@ -215,12 +223,12 @@ impl Scorer {
             fcrdns: false,
         };
         let ttl = match self.query(&ptr_name(ip), RecordType::PTR, deadline).await {
-            Reply::Records(lookup) => {
-                rdns.name = lookup.answers().iter().find_map(|r| match &r.data {
+            Reply::Records(response) => {
+                rdns.name = response.answers.iter().find_map(|r| match &r.data {
                     RData::PTR(ptr) => Some(normalize_name(&ptr.0.to_ascii())),
                     _ => None,
                 });
-                let ptr_ttl = ttl_of(&lookup);
+                let ptr_ttl = ttl_of(&response);
                 match &rdns.name {
                     Some(name) => match self.resolves_to(&format!("{name}."), ip, deadline).await {
                         Ok((fcrdns, forward_ttl)) => {
@@ -256,13 +264,13 @@ impl Scorer {
             IpAddr::V6(_) => RecordType::AAAA,
         };
         match self.query(name, record_type, deadline).await {
-            Reply::Records(lookup) => {
-                let found = lookup.answers().iter().any(|r| match &r.data {
+            Reply::Records(response) => {
+                let found = response.answers.iter().any(|r| match &r.data {
                     RData::A(a) => IpAddr::V4(a.0) == ip,
                     RData::AAAA(aaaa) => IpAddr::V6(aaaa.0) == ip,
                     _ => false,
                 });
-                Ok((found, ttl_of(&lookup)))
+                Ok((found, ttl_of(&response)))
             }
             Reply::Empty(ttl) => Ok((false, negative_ttl(ttl))),
             Reply::Timeout | Reply::NotSent => Err(Gap::NoAnswer),
@@ -281,23 +289,27 @@ impl Scorer {
             return Reply::NotSent;
         };
         let deadline = tokio::time::Instant::from_std(deadline);
-        match tokio::time::timeout_at(deadline, self.dns.lookup(name, record_type)).await {
+        let mut responses = self.dns.lookup(
+            Query::query(name, record_type),
+            DnsRequestOptions::default(),
+        );
+        match tokio::time::timeout_at(deadline, responses.next()).await {
             Err(_elapsed) => Reply::Timeout,
-            Ok(Ok(lookup)) => Reply::Records(lookup),
-            Ok(Err(NetError::Dns(DnsError::NoRecordsFound(none)))) => {
+            Ok(None) => Reply::Failed(NetError::Message("no response")),
+            Ok(Some(Ok(response))) => Reply::Records(response),
+            Ok(Some(Err(NetError::Dns(DnsError::NoRecordsFound(none))))) => {
                 Reply::Empty(none.negative_ttl)
             }
-            Ok(Err(NetError::Timeout)) => Reply::Timeout,
-            Ok(Err(error)) => Reply::Failed(error),
+            Ok(Some(Err(NetError::Timeout))) => Reply::Timeout,
+            Ok(Some(Err(error))) => Reply::Failed(error),
         }
     }
 }
 
-/// How long a positive answer may be kept (the cache clamps it).
-fn ttl_of(lookup: &Lookup) -> Duration {
-    lookup
-        .valid_until()
-        .saturating_duration_since(Instant::now())
+/// How long a positive answer may be kept: its shortest TTL (the cache clamps it).
+fn ttl_of(response: &DnsResponse) -> Duration {
+    let ttl = response.answers.iter().map(|r| r.ttl).min().unwrap_or(0);
+    Duration::from_secs(ttl.into())
 }
 
 /// Without an SOA there is no negative TTL: the cache's minimum applies.

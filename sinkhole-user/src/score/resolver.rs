@@ -8,15 +8,17 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::config::{NameServerConfig, ResolverOpts};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::{Resolver as Hickory, TokioResolver};
+use hickory_resolver::net::xfer::RetryDnsHandle;
+use hickory_resolver::system_conf::read_system_conf;
+use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 use tokio::sync::mpsc as async_mpsc;
 
 use super::Answer;
 use super::counters::Counters;
-use super::lookup::Scorer;
+use super::lookup::{Dns, Scorer};
 use crate::config::DnsblConfig;
 
 /// How much the resolver takes on. Every answer waits for the loop to receive it, so
@@ -27,8 +29,7 @@ pub struct Limits {
     pub outstanding: usize,
     /// DNS queries in flight at once; one beyond it is not sent and counts as no answer.
     pub in_flight: usize,
-    /// Entries in each answer cache: (address, zone), reverse DNS by address, and hickory's
-    /// own (PTR targets, HELO names).
+    /// Entries in each answer cache: (address, zone) and reverse DNS by address.
     pub cache_entries: NonZeroUsize,
 }
 
@@ -81,7 +82,8 @@ impl Resolver {
     }
 
     /// Starts the resolver thread: `dnsbl.nameservers` (UDP, then TCP for truncated answers)
-    /// or, when empty, the system resolver (`/etc/resolv.conf`, `/etc/hosts`).
+    /// or, when empty, the name servers of `/etc/resolv.conf`. DNS only: `/etc/hosts` and
+    /// RFC 6761's `localhost` shortcuts do not apply, so loopback clients are scored by DNS too.
     pub fn spawn_with_limits(
         config: &DnsblConfig,
         waker: Arc<mio::Waker>,
@@ -235,10 +237,10 @@ async fn serve(
     }
 }
 
-fn build_dns(config: &DnsblConfig, limits: &Limits) -> Result<TokioResolver, NetError> {
-    let provider = TokioRuntimeProvider::default();
-    let mut builder = if config.nameservers.is_empty() {
-        Hickory::builder(provider)?
+fn build_dns(config: &DnsblConfig, limits: &Limits) -> Result<Dns, NetError> {
+    let (servers, mut options) = if config.nameservers.is_empty() {
+        let (system, options) = read_system_conf()?;
+        (system.name_servers().to_vec(), options)
     } else {
         let servers = config
             .nameservers
@@ -251,15 +253,12 @@ fn build_dns(config: &DnsblConfig, limits: &Limits) -> Result<TokioResolver, Net
                 ns
             })
             .collect();
-        let mut builder =
-            Hickory::builder_with_config(ResolverConfig::from_name_servers(servers), provider);
-        // Configured servers are the whole truth: /etc/hosts would answer for loopback names.
-        builder.options_mut().use_hosts_file = ResolveHosts::Never;
-        builder
+        (servers, ResolverOpts::default())
     };
-    let options = builder.options_mut();
     options.timeout = config.timeout;
-    options.cache_size = limits.cache_entries.get() as u64;
     options.max_active_requests = limits.in_flight;
-    builder.build()
+    let attempts = options.attempts;
+    let context = Arc::new(PoolContext::new(options, TlsConfig::new()?));
+    let pool = NameServerPool::from_config(servers, context, TokioRuntimeProvider::default());
+    Ok(RetryDnsHandle::new(pool, attempts))
 }
