@@ -1,6 +1,6 @@
 //! The resolver's bounds against a DNS server that never answers: every request is answered
 //! at `dnsbl.timeout` (concurrently, not one after another), queries past the in-flight cap
-//! are answered at once as "no answer", and requests past the outstanding limit are refused.
+//! count as "no answer", and requests past the outstanding limit are refused.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroUsize;
@@ -94,29 +94,35 @@ fn score_stalled_server_answers_every_request_at_the_timeout() {
 }
 
 #[test]
-fn score_queries_past_the_in_flight_cap_count_as_no_answer_at_once() {
-    // One zone + PTR: the first client takes both query slots.
+fn score_queries_past_the_in_flight_cap_count_as_no_answer() {
+    // One zone + PTR: the first client takes both query slots; the others wait for a slot
+    // that never comes free and are answered at their deadline all the same.
     let limits = Limits {
         in_flight: 2,
         ..Limits::default()
     };
     let (mut poll, resolver, _stalled) = start(limits);
+    let start = Instant::now();
     for n in 0..5 {
         resolver.request(u64::from(n), client(n)).unwrap();
     }
     let answers = collect(&mut poll, &resolver, 5);
-
-    // The four without a slot are answered before the one waiting on the server.
-    let order: Vec<u64> = answers.iter().map(|(_, a)| a.token()).collect();
-    assert_eq!(order.last(), Some(&0), "{order:?}");
-    for (_, answer) in &answers {
+    for (at, answer) in &answers {
         let Answer::Client { score, .. } = answer else {
             panic!("{answer:?}")
         };
         assert!(score.timed_out && score.dnsbl.is_empty());
+        let waited = at.duration_since(start);
+        assert!(waited >= TIMEOUT && waited < TIMEOUT * 4, "{waited:?}");
     }
-    assert_eq!(Counters::load(&resolver.counters().refused_in_flight), 8);
-    assert_eq!(Counters::load(&resolver.counters().zones[0].timeout), 1);
+    // Every zone query either waited in vain for a slot or was sent and timed out. (Which
+    // one is a race at the shared deadline: slots freed at that instant may still be taken.)
+    let refused = Counters::load(&resolver.counters().refused_in_flight);
+    let zone_timeouts = Counters::load(&resolver.counters().zones[0].timeout);
+    assert!(
+        zone_timeouts >= 1 && refused + zone_timeouts >= 5,
+        "{refused} {zone_timeouts}"
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@ pub struct Counters {
     pub rdns_cache_hits: AtomicU64,
     /// Requests refused because too many were outstanding (`Busy`).
     pub refused_busy: AtomicU64,
-    /// DNS queries not sent because too many were in flight; they count as no answer.
+    /// DNS queries not sent: no in-flight slot came free in time; they count as no answer.
     pub refused_in_flight: AtomicU64,
 }
 

@@ -59,7 +59,7 @@ enum Reply {
     Empty(Option<u32>),
     /// No answer before the deadline.
     Timeout,
-    /// Not sent: too many queries in flight.
+    /// Not sent: no in-flight slot came free before the deadline.
     NotSent,
     Failed(NetError),
 }
@@ -278,17 +278,19 @@ impl Scorer {
         }
     }
 
-    /// Sends one query if the in-flight cap allows, and waits for it until `deadline`.
+    /// Sends one query when the in-flight cap allows, and waits for its answer; all by `deadline`.
     async fn query(&self, name: &str, record_type: RecordType, deadline: Instant) -> Reply {
         let name = match Name::from_ascii(name) {
             Ok(name) => name,
             Err(error) => return Reply::Failed(error.into()),
         };
-        let Ok(_permit) = self.in_flight.try_acquire() else {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        // A query waits for a slot, but only until the request's deadline.
+        let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline, self.in_flight.acquire()).await
+        else {
             Counters::bump(&self.counters.refused_in_flight);
             return Reply::NotSent;
         };
-        let deadline = tokio::time::Instant::from_std(deadline);
         let mut responses = self.dns.lookup(
             Query::query(name, record_type),
             DnsRequestOptions::default(),

@@ -8,7 +8,8 @@
 //! request, complete or not ([`ClientScore::timed_out`]).
 //!
 //! Bounded: requests outstanding ([`Limits::outstanding`], beyond it `Busy`), DNS queries in
-//! flight ([`Limits::in_flight`], beyond it a query counts as no answer), cache entries
+//! flight ([`Limits::in_flight`], beyond it a query waits for a slot until the deadline, then
+//! counts as no answer), cache entries
 //! ([`Limits::cache_entries`], least recently used first). [`Counters`] count what was refused.
 
 mod cache;

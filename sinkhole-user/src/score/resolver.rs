@@ -27,7 +27,8 @@ use crate::config::DnsblConfig;
 pub struct Limits {
     /// Requests sent and not yet received back; beyond it `request`/`check_helo` say [`Busy`].
     pub outstanding: usize,
-    /// DNS queries in flight at once; one beyond it is not sent and counts as no answer.
+    /// DNS queries in flight at once; one beyond it waits for a slot, and when none comes
+    /// free before the request's deadline it is not sent and counts as no answer.
     pub in_flight: usize,
     /// Entries in each answer cache: (address, zone) and reverse DNS by address.
     pub cache_entries: NonZeroUsize,
