@@ -8,5 +8,6 @@ pub mod kernel;
 pub mod policy;
 pub mod prefix;
 pub mod privilege;
+pub mod score;
 pub mod signature;
 pub mod smtp;

@@ -1,0 +1,66 @@
+//! Counters the resolver thread keeps and anyone (metrics) may read: atomics, no locks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::ZoneConfig;
+
+/// Every counter of a [`Resolver`](super::Resolver). Totals since start; read with
+/// [`load`](Counters::load) or the fields' `load(Ordering::Relaxed)`.
+#[derive(Debug)]
+pub struct Counters {
+    /// One per configured zone, in configuration order.
+    pub zones: Vec<ZoneCounters>,
+    /// Reverse DNS results (PTR + forward confirmation) served from the cache.
+    pub rdns_cache_hits: AtomicU64,
+    /// Requests refused because too many were outstanding (`Busy`).
+    pub refused_busy: AtomicU64,
+    /// DNS queries not sent: no in-flight slot came free in time; they count as no answer.
+    pub refused_in_flight: AtomicU64,
+}
+
+/// DNS queries sent to one zone, by result (`sinkhole_dnsbl_queries_total{zone,result}`), and
+/// the answers served from the cache instead.
+#[derive(Debug)]
+pub struct ZoneCounters {
+    pub zone: String,
+    /// Answered with a code the zone's filter counts.
+    pub listed: AtomicU64,
+    /// NXDOMAIN, no data, or only codes the filter ignores.
+    pub clean: AtomicU64,
+    /// A 127.255.255.0/24 refusal, or a DNS failure (SERVFAIL, REFUSED, network error).
+    pub error: AtomicU64,
+    /// No answer before `dnsbl.timeout`.
+    pub timeout: AtomicU64,
+    pub cache_hits: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn new(zones: &[ZoneConfig]) -> Self {
+        Counters {
+            zones: zones
+                .iter()
+                .map(|z| ZoneCounters {
+                    zone: z.name.clone(),
+                    listed: AtomicU64::new(0),
+                    clean: AtomicU64::new(0),
+                    error: AtomicU64::new(0),
+                    timeout: AtomicU64::new(0),
+                    cache_hits: AtomicU64::new(0),
+                })
+                .collect(),
+            rdns_cache_hits: AtomicU64::new(0),
+            refused_busy: AtomicU64::new(0),
+            refused_in_flight: AtomicU64::new(0),
+        }
+    }
+
+    /// Reads one counter.
+    pub fn load(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    /// Adds one, returning the new total.
+    pub(crate) fn bump(counter: &AtomicU64) -> u64 {
+        counter.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
