@@ -256,9 +256,11 @@ fn build_dns(config: &DnsblConfig, limits: &Limits) -> Result<Dns, NetError> {
             .collect();
         (servers, ResolverOpts::default())
     };
-    options.timeout = config.timeout;
+    // A lost UDP datagram (a busy server's full socket buffer) must not cost the whole
+    // deadline: each try gets an equal share of it, so the retries fit inside `dnsbl.timeout`.
+    let attempts = options.attempts.max(2);
+    options.timeout = config.timeout / (attempts as u32 + 1);
     options.max_active_requests = limits.in_flight;
-    let attempts = options.attempts;
     let context = Arc::new(PoolContext::new(options, TlsConfig::new()?));
     let pool = NameServerPool::from_config(servers, context, TokioRuntimeProvider::default());
     Ok(RetryDnsHandle::new(pool, attempts))
