@@ -3,7 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod kernel;
 pub mod prefix;
 pub mod signature;
 pub mod smtp;
-pub mod kernel;
