@@ -72,7 +72,11 @@ impl Frame {
             b.extend_from_slice(&0x8100u16.to_be_bytes());
             b.extend_from_slice(&id.to_be_bytes());
         }
-        let ethertype: u16 = if self.source.is_ipv4() { 0x0800 } else { 0x86dd };
+        let ethertype: u16 = if self.source.is_ipv4() {
+            0x0800
+        } else {
+            0x86dd
+        };
         b.extend_from_slice(&ethertype.to_be_bytes());
         boundaries.push(b.len());
         let l4 = self.transport();
@@ -80,7 +84,8 @@ impl Frame {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 let ihl = 5 + self.ipv4_option_words;
                 let total = usize::from(ihl) * 4 + l4.len();
-                let frag = (self.fragment_offset & 0x1fff) | if self.more_fragments { 0x2000 } else { 0 };
+                let frag =
+                    (self.fragment_offset & 0x1fff) | if self.more_fragments { 0x2000 } else { 0 };
                 b.push(0x40 | ihl);
                 b.push(0);
                 b.extend_from_slice(&(total as u16).to_be_bytes());
@@ -91,7 +96,10 @@ impl Frame {
                 b.extend_from_slice(&[0, 0]); // checksum: XDP does not check it
                 b.extend_from_slice(&s.octets());
                 b.extend_from_slice(&d.octets());
-                b.extend(std::iter::repeat_n(1u8, usize::from(self.ipv4_option_words) * 4));
+                b.extend(std::iter::repeat_n(
+                    1u8,
+                    usize::from(self.ipv4_option_words) * 4,
+                ));
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 b.extend_from_slice(&[0x60, 0, 0, 0]);

@@ -44,11 +44,21 @@ pub fn sinkhole_bin() -> &'static Path {
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "sinkhole-user", "--bin", "sinkhole"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "sinkhole-user",
+                "--bin",
+                "sinkhole",
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cargo build of the sinkhole binary");
-        assert!(status.success(), "cargo build of the sinkhole binary failed");
+        assert!(
+            status.success(),
+            "cargo build of the sinkhole binary failed"
+        );
         // target/PROFILE/deps/TEST -> target/PROFILE/sinkhole
         let exe = std::env::current_exe().expect("current_exe");
         let dir = exe
@@ -250,7 +260,16 @@ impl VethPair {
         let near_if = unique_name("v");
         let far_if = unique_name("w");
         near.ip(&[
-            "link", "add", &near_if, "type", "veth", "peer", "name", &far_if, "netns", far.name(),
+            "link",
+            "add",
+            &near_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &far_if,
+            "netns",
+            far.name(),
         ])?;
         for (ns, dev, addrs) in [(&near, &near_if, near_addrs), (&far, &far_if, far_addrs)] {
             for addr in addrs {

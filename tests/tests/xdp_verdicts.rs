@@ -37,7 +37,10 @@ fn setup(test: &str) -> Option<TestProgram> {
     let past = clock::boot_ns() - 1_000_000;
     for (prefix, expires_at) in [
         ("198.51.100.7", 0),
-        ("2001:db8::7", clock::expiry(Some(std::time::Duration::from_secs(3600)))),
+        (
+            "2001:db8::7",
+            clock::expiry(Some(std::time::Duration::from_secs(3600))),
+        ),
         ("203.0.113.200", 0),
         ("198.51.100.8", past),
         ("2001:db8::8", past),
@@ -74,7 +77,8 @@ fn blocked_sources_are_dropped_and_counted() {
     assert_eq!(p.verdict(&frame).unwrap(), XDP_DROP);
     assert_eq!(p.verdict(&frame).unwrap(), XDP_DROP);
     assert_eq!(
-        p.verdict(&Frame::tcp(ip("2001:db8::7"), 587).bytes()).unwrap(),
+        p.verdict(&Frame::tcp(ip("2001:db8::7"), 587).bytes())
+            .unwrap(),
         XDP_DROP
     );
     let c = counters(&p);
@@ -99,7 +103,12 @@ fn unblocked_sources_pass() {
     let Some(p) = setup("unblocked_sources_pass") else {
         return;
     };
-    for source in ["198.51.100.9", "192.0.2.200", "2001:db8::9", "2001:db8:bae::1"] {
+    for source in [
+        "198.51.100.9",
+        "192.0.2.200",
+        "2001:db8::9",
+        "2001:db8:bae::1",
+    ] {
         assert_eq!(
             p.verdict(&Frame::tcp(ip(source), SMTP).bytes()).unwrap(),
             XDP_PASS,
@@ -143,7 +152,8 @@ fn expired_entries_do_not_drop_but_a_live_cidr_still_does() {
         XDP_PASS
     );
     assert_eq!(
-        p.verdict(&Frame::tcp(ip("2001:db8::8"), SMTP).bytes()).unwrap(),
+        p.verdict(&Frame::tcp(ip("2001:db8::8"), SMTP).bytes())
+            .unwrap(),
         XDP_PASS
     );
     assert_eq!(drops_of(&p, "198.51.100.8"), 0);
@@ -156,7 +166,9 @@ fn expired_entries_do_not_drop_but_a_live_cidr_still_does() {
     assert_eq!(drops_of(&p, "198.51.100.0/24"), 1);
     // A CIDR entry that expired no longer drops either.
     let past = clock::boot_ns() - 1;
-    p.maps.insert(net("198.51.100.0/24"), past, "range").unwrap();
+    p.maps
+        .insert(net("198.51.100.0/24"), past, "range")
+        .unwrap();
     assert_eq!(
         p.verdict(&Frame::tcp(ip("198.51.100.8"), SMTP).bytes())
             .unwrap(),
@@ -182,13 +194,15 @@ fn the_allowlist_wins_over_blocks() {
     );
     // The rest of the /24 is not allowed.
     assert_eq!(
-        p.verdict(&Frame::tcp(ip("203.0.113.1"), SMTP).bytes()).unwrap(),
+        p.verdict(&Frame::tcp(ip("203.0.113.1"), SMTP).bytes())
+            .unwrap(),
         XDP_DROP
     );
     // Loopback blocked by hand still passes.
     p.maps.insert(net("127.0.0.1"), 0, "oops").unwrap();
     assert_eq!(
-        p.verdict(&Frame::tcp(ip("127.0.0.1"), SMTP).bytes()).unwrap(),
+        p.verdict(&Frame::tcp(ip("127.0.0.1"), SMTP).bytes())
+            .unwrap(),
         XDP_PASS
     );
     assert_eq!(drops_of(&p, "203.0.113.200"), 0);
