@@ -12,6 +12,14 @@
 //! | `COUNTERS`   | per-CPU array  | a `counter::*` index        | `u64`          |
 //! | `SETTINGS`   | array, 1 entry | 0                           | [`Settings`]   |
 //! | `SMTP_PORTS` | array          | `port / 64`                 | `u64` bit set  |
+//! | `CIDR_BUCKETS`  | array       | [`bucket`] of an address    | `u8`: 1 = look |
+//! | `ALLOW_BUCKETS` | array       | [`bucket`] of an address    | `u8`: 1 = look |
+//!
+//! The bucket arrays spare the common packet a trie walk: the program looks into a trie only
+//! when the source's bucket is marked, and userspace marks every bucket a prefix in that trie
+//! touches. A mark that outlives its prefix only costs a needless lookup, so the CIDR marks are
+//! never cleared by the CLI or the daemon (several writers; no lost update is possible when
+//! nobody clears), while the allowlist marks, written by the daemon alone, follow `xdp.allow`.
 //!
 //! Both tries key IPv4 prefixes as IPv4-mapped IPv6 (`::ffff:a.b.c.d/96+len`): one 16-byte key
 //! keeps the 8-byte aligned [`BlockEntry`] aligned in the trie node (a 4-byte IPv4 key would
@@ -32,9 +40,13 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_SETTINGS: &str = "SETTINGS";
 /// The TCP destination ports scope `smtp` covers, as a 65,536-bit set.
 pub const MAP_SMTP_PORTS: &str = "SMTP_PORTS";
+/// Buckets the CIDR trie has a prefix in.
+pub const MAP_CIDR_BUCKETS: &str = "CIDR_BUCKETS";
+/// Buckets the allowlist trie has a prefix in.
+pub const MAP_ALLOW_BUCKETS: &str = "ALLOW_BUCKETS";
 
 /// Every map the program uses, in the order userspace opens them.
-pub const MAP_NAMES: [&str; 7] = [
+pub const MAP_NAMES: [&str; 9] = [
     MAP_BLOCK_V4,
     MAP_BLOCK_V6,
     MAP_BLOCK_CIDR,
@@ -42,6 +54,8 @@ pub const MAP_NAMES: [&str; 7] = [
     MAP_COUNTERS,
     MAP_SETTINGS,
     MAP_SMTP_PORTS,
+    MAP_CIDR_BUCKETS,
+    MAP_ALLOW_BUCKETS,
 ];
 
 /// Capacity of each exact block map: room for a million single-client blocks and then some.
@@ -53,6 +67,22 @@ pub const CIDR_CAPACITY: u32 = 1 << 17;
 pub const ALLOW_CAPACITY: u32 = 4096;
 /// Words in [`MAP_SMTP_PORTS`]: one bit per TCP port.
 pub const PORT_WORDS: u32 = 65536 / 64;
+
+/// Entries in each bucket array: 65,536 IPv4 buckets, then 65,536 IPv6 buckets.
+pub const BUCKETS: u32 = 2 * 65536;
+
+/// The bucket of an IPv4 address: its top 16 bits.
+#[inline(always)]
+pub fn bucket_v4(addr: &[u8; 4]) -> u32 {
+    (addr[0] as u32) << 8 | addr[1] as u32
+}
+
+/// The bucket of an IPv6 address: bits 16..32 (the first 16 bits are nearly always 2001 or
+/// another few global unicast values, so they would not tell prefixes apart).
+#[inline(always)]
+pub fn bucket_v6(addr: &[u8; 16]) -> u32 {
+    65536 + ((addr[2] as u32) << 8 | addr[3] as u32)
+}
 
 /// Bytes of reason text kept per entry (UTF-8, NUL-padded, cut at a character boundary).
 pub const REASON_LEN: usize = 40;

@@ -24,8 +24,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use sinkhole_common::{
-    ALLOW_CAPACITY, AllowFlag, BlockEntry, CIDR_CAPACITY, EXACT_CAPACITY, PORT_WORDS, SCOPE_ALL,
-    Settings, counter,
+    ALLOW_CAPACITY, AllowFlag, BUCKETS, BlockEntry, CIDR_CAPACITY, EXACT_CAPACITY, PORT_WORDS,
+    SCOPE_ALL, Settings, bucket_v4, bucket_v6, counter,
 };
 
 /// `BPF_F_NO_PREALLOC`: the exact maps take memory per entry, not per slot.
@@ -47,6 +47,10 @@ static COUNTERS: PerCpuArray<u64, { counter::COUNT as usize }> = PerCpuArray::ne
 static SETTINGS: Array<Settings, 1> = Array::new();
 #[btf_map]
 static SMTP_PORTS: Array<u64, { PORT_WORDS as usize }> = Array::new();
+#[btf_map]
+static CIDR_BUCKETS: Array<u8, { BUCKETS as usize }> = Array::new();
+#[btf_map]
+static ALLOW_BUCKETS: Array<u8, { BUCKETS as usize }> = Array::new();
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -189,27 +193,32 @@ fn tcp_to_smtp(ctx: &XdpContext, l4: usize) -> Option<bool> {
 /// Looks the source up and drops it when a live entry covers it and the allowlist does not.
 #[inline(always)]
 fn judge(packet: Packet<'_>) -> (u32, u32) {
-    let (exact, mapped, passed, dropped) = match packet {
+    let (exact, mapped, bucket, passed, dropped) = match packet {
         Packet::V4(source) => (
             BLOCK_V4.get_ptr_mut(source),
             ipv4_mapped(source),
+            bucket_v4(source),
             counter::PASSED_IPV4,
             counter::DROPPED_IPV4,
         ),
         Packet::V6(source) => (
             BLOCK_V6.get_ptr_mut(source),
             *source,
+            bucket_v6(source),
             counter::PASSED_IPV6,
             counter::DROPPED_IPV6,
         ),
     };
     let key = Key::new(128, mapped);
     let mut clock = Clock(None);
-    let Some(entry) = live(exact, &mut clock).or_else(|| live(cidr_lookup(&key), &mut clock))
-    else {
+    let Some(entry) = live(exact, &mut clock).or_else(|| {
+        marked(&CIDR_BUCKETS, bucket)
+            .then(|| live(cidr_lookup(&key), &mut clock))
+            .flatten()
+    }) else {
         return (XDP_PASS, passed);
     };
-    if ALLOW.get(&key).is_some() {
+    if marked(&ALLOW_BUCKETS, bucket) && ALLOW.get(&key).is_some() {
         return (XDP_PASS, passed);
     }
     let now = clock.now();
@@ -256,6 +265,12 @@ fn cidr_lookup(key: &Key<[u8; 16]>) -> Option<*mut BlockEntry> {
     // the stack.
     let value = unsafe { bpf_map_lookup_elem(map, core::ptr::from_ref(key).cast()) };
     (!value.is_null()).then_some(value.cast())
+}
+
+/// Whether `bucket` is marked: only then can the trie behind it hold a prefix covering the source.
+#[inline(always)]
+fn marked(buckets: &Array<u8, { BUCKETS as usize }>, bucket: u32) -> bool {
+    buckets.get(bucket).is_some_and(|&mark| mark != 0)
 }
 
 #[inline(always)]

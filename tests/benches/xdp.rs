@@ -68,7 +68,15 @@ fn main() -> anyhow::Result<()> {
     let ns_path = format!("--net={}", veth.near.path().display());
     run(
         "nsenter",
-        &[&ns_path, "--", "xdp-filter", "load", &veth.near_if, "--mode", "skb"],
+        &[
+            &ns_path,
+            "--",
+            "xdp-filter",
+            "load",
+            &veth.near_if,
+            "--mode",
+            "skb",
+        ],
     )?;
     let filter_fd = xdp_filter_fd(&veth)?;
     let empty_fd = load_empty()?;
@@ -139,8 +147,7 @@ fn xdp_filter_fd(veth: &VethPair) -> anyhow::Result<OwnedFd> {
         if data.info()?.name_as_str() != Some("filter_ipv4") {
             continue;
         }
-        let mut map: PerCpuHashMap<MapData, [u8; 4], u64> =
-            Map::from_map_data(data)?.try_into()?;
+        let mut map: PerCpuHashMap<MapData, [u8; 4], u64> = Map::from_map_data(data)?.try_into()?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         for n in 0..XDP_FILTER_ADDRESSES {
             // 1 = MAP_FLAG_SRC: match the source address.

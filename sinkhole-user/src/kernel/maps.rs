@@ -10,9 +10,12 @@ use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray};
 use aya::{Ebpf, EbpfLoader};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use std::ops::RangeInclusive;
+
 use sinkhole_common::{
-    AllowFlag, BlockEntry, MAP_ALLOW, MAP_BLOCK_CIDR, MAP_BLOCK_V4, MAP_BLOCK_V6, MAP_COUNTERS,
-    MAP_NAMES, MAP_SETTINGS, MAP_SMTP_PORTS, PORT_WORDS, REASON_LEN, Settings, counter,
+    AllowFlag, BlockEntry, MAP_ALLOW, MAP_ALLOW_BUCKETS, MAP_BLOCK_CIDR, MAP_BLOCK_V4,
+    MAP_BLOCK_V6, MAP_CIDR_BUCKETS, MAP_COUNTERS, MAP_NAMES, MAP_SETTINGS, MAP_SMTP_PORTS,
+    PORT_WORDS, REASON_LEN, Settings, bucket_v4, bucket_v6, counter,
 };
 
 /// The XDP object, built by `build.rs` from `sinkhole-ebpf`.
@@ -125,6 +128,8 @@ pub struct BlockMaps {
     counters: PerCpuArray<MapData, u64>,
     settings: Array<MapData, Settings>,
     ports: Array<MapData, u64>,
+    cidr_buckets: Array<MapData, u8>,
+    allow_buckets: Array<MapData, u8>,
 }
 
 /// Opens (or creates and pins) every map under `pin_dir`. The returned [`Ebpf`] still holds the
@@ -178,6 +183,12 @@ pub fn open(pin_dir: &Path) -> Result<(Ebpf, BlockMaps), KernelError> {
         ports: take(MAP_SMTP_PORTS)?
             .try_into()
             .map_err(stale(MAP_SMTP_PORTS))?,
+        cidr_buckets: take(MAP_CIDR_BUCKETS)?
+            .try_into()
+            .map_err(stale(MAP_CIDR_BUCKETS))?,
+        allow_buckets: take(MAP_ALLOW_BUCKETS)?
+            .try_into()
+            .map_err(stale(MAP_ALLOW_BUCKETS))?,
     };
     Ok((ebpf, maps))
 }
@@ -224,7 +235,11 @@ impl BlockMaps {
         let result = match slot(prefix) {
             Slot::V4(k) => self.v4.insert(k, entry, 0),
             Slot::V6(k) => self.v6.insert(k, entry, 0),
-            Slot::Cidr(k) => self.cidr.insert(&k, entry, 0),
+            Slot::Cidr(k) => {
+                // Marked first: the program must never skip a trie that holds the prefix.
+                mark(&mut self.cidr_buckets, buckets(prefix), 1)?;
+                self.cidr.insert(&k, entry, 0)
+            }
         };
         result.map_err(|e| match os_error(&e) {
             Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM) => KernelError::Full(prefix),
@@ -332,20 +347,29 @@ impl BlockMaps {
         })
     }
 
-    /// Makes the allowlist trie hold exactly `allow`.
+    /// Makes the allowlist trie (and its bucket marks) hold exactly `allow`. Only the daemon
+    /// writes the allowlist, so stale marks can be cleared safely.
     pub fn set_allow(&mut self, allow: &[IpNet]) -> Result<(), KernelError> {
         let err = |e: MapError| KernelError::bpf("update the allowlist map", &e);
         let wanted: Vec<Key<[u8; 16]>> = allow.iter().map(|&p| lpm_key(p)).collect();
         let present: Vec<Key<[u8; 16]>> =
             self.allow.keys().collect::<Result<_, _>>().map_err(err)?;
+        for &prefix in allow {
+            mark(&mut self.allow_buckets, buckets(prefix), 1)?;
+        }
+        for key in &wanted {
+            self.allow.insert(key, 1, 0).map_err(err)?;
+        }
         for key in present
             .iter()
             .filter(|k| !wanted.iter().any(|w| same_key(w, k)))
         {
             self.allow.remove(key).map_err(err)?;
-        }
-        for key in &wanted {
-            self.allow.insert(key, 1, 0).map_err(err)?;
+            if let Some(prefix) = lpm_prefix(key) {
+                let stale =
+                    buckets(prefix).filter(|b| !allow.iter().any(|&a| buckets(a).contains(b)));
+                mark(&mut self.allow_buckets, stale, 0)?;
+            }
         }
         Ok(())
     }
@@ -363,6 +387,27 @@ impl BlockMaps {
         }
         Ok(())
     }
+}
+
+/// The buckets (see `sinkhole_common::bucket_v4`) that addresses inside `prefix` fall in.
+fn buckets(prefix: IpNet) -> RangeInclusive<u32> {
+    match prefix {
+        IpNet::V4(net) => bucket_v4(&net.network().octets())..=bucket_v4(&net.broadcast().octets()),
+        IpNet::V6(net) if net.prefix_len() <= 16 => bucket_v6(&[0; 16])..=bucket_v6(&[0xff; 16]),
+        IpNet::V6(net) => bucket_v6(&net.network().octets())..=bucket_v6(&net.broadcast().octets()),
+    }
+}
+
+fn mark(
+    map: &mut Array<MapData, u8>,
+    buckets: impl Iterator<Item = u32>,
+    value: u8,
+) -> Result<(), KernelError> {
+    for bucket in buckets {
+        map.set(bucket, value, 0)
+            .map_err(|e| KernelError::bpf("mark the lookup buckets", &e))?;
+    }
+    Ok(())
 }
 
 /// Where a prefix lives: the exact map of its family, or the CIDR trie.
@@ -463,5 +508,15 @@ mod tests {
             lpm_key("198.51.100.0/24".parse().unwrap()).prefix_len(),
             120
         );
+    }
+
+    #[test]
+    fn buckets_cover_the_prefix() {
+        let b = |text: &str| buckets(text.parse().unwrap());
+        assert_eq!(b("198.51.100.0/24"), 0xc633..=0xc633);
+        assert_eq!(b("10.0.0.0/8"), 0x0a00..=0x0aff);
+        assert_eq!(b("2001:db8:bad::/48"), 65536 + 0x0db8..=65536 + 0x0db8);
+        assert_eq!(b("2001:d00::/24"), 65536 + 0x0d00..=65536 + 0x0dff);
+        assert_eq!(b("2000::/3"), 65536..=131071);
     }
 }
