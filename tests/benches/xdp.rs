@@ -78,6 +78,7 @@ fn main() -> anyhow::Result<()> {
             "skb",
         ],
     )?;
+    let _unload = XdpFilterUnload(&ns_path, &veth.near_if);
     let filter_fd = xdp_filter_fd(&veth)?;
     let empty_fd = load_empty()?;
 
@@ -119,6 +120,19 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Unloads xdp-filter when the bench ends: it pins its maps under /sys/fs/bpf/xdp-filter,
+/// which deleting the namespace would leave behind.
+struct XdpFilterUnload<'a>(&'a str, &'a str);
+
+impl Drop for XdpFilterUnload<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = run("nsenter", &[self.0, "--", "xdp-filter", "unload", self.1]) {
+            eprintln!("{e}");
+        }
+        let _ = std::fs::remove_dir("/sys/fs/bpf/xdp-filter");
+    }
 }
 
 fn sinkhole_fd(p: &TestProgram) -> anyhow::Result<OwnedFd> {
