@@ -8,8 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use sinkhole::campaign::report;
-use sinkhole::cli::{Cli, Command};
+use sinkhole::cli::{Cli, Command, ConfigArg};
 use sinkhole::config::{Config, ConfigError};
+use sinkhole::kernel::command;
 use sinkhole::policy::PolicyStore;
 
 fn main() -> ExitCode {
@@ -39,6 +40,20 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Block {
+            prefix,
+            ttl,
+            reason,
+            config,
+        } => with_config(&config, |c| command::block(c, prefix, ttl, &reason)),
+        Command::Unblock { prefix, config } => {
+            with_config(&config, |c| command::unblock(c, prefix))
+        }
+        Command::List { json, config } => with_config(&config, |c| command::list(c, json)),
+        Command::Stats { json, config } => with_config(&config, |c| command::stats(c, json)),
+        Command::Attach(config) => {
+            with_config(&config, |c| command::attach(c).map(|()| String::new()))
+        }
         other => {
             eprintln!("sinkhole: {other:?} is not built yet");
             ExitCode::FAILURE
@@ -85,4 +100,29 @@ fn campaigns(
     }
     out.flush()?;
     Ok(())
+}
+
+/// Loads `--config` (exit 2 when it is wrong), runs `f` on it and prints what it returns
+/// (exit 1 with the error on one line when it fails).
+fn with_config<E: std::fmt::Display>(
+    arg: &ConfigArg,
+    f: impl FnOnce(&Config) -> Result<String, E>,
+) -> ExitCode {
+    let config = match Config::load(arg.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("sinkhole: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match f(&config) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sinkhole: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

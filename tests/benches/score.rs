@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token, Waker};
 use sinkhole::config::{DnsblConfig, ZoneConfig};
 use sinkhole::score::{Answer, Resolver};
-use sinkhole_tests::{stalled_dns, start_rbldnsd};
+use sinkhole_tests::dns::{stalled_dns, start_rbldnsd};
 
 const CLIENTS: u32 = 20_000;
 /// Requests kept outstanding, like a loop accepting this many connections at once.

@@ -1,416 +1,220 @@
-//! Shared harness for the integration tests.
+//! Shared harness for the integration tests: the real `sinkhole` binary, child processes that
+//! die with the test, free ports, network namespaces that clean up after themselves, and the
+//! privilege rule for kernel tests.
 
-use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+pub mod dns;
+pub mod frames;
+pub mod netns;
+pub mod xdp;
+
+use std::io::{BufRead as _, BufReader};
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context as _, bail};
 
-/// The `sinkhole` binary under test: `$SINKHOLE_BIN` if set, else the workspace's debug build,
-/// which is brought up to date once per test process (`cargo build -p sinkhole-user --bin
-/// sinkhole`) so that a test never runs a stale binary.
-pub fn sinkhole_bin() -> PathBuf {
+/// Whether a kernel test may run: true as root. Otherwise it prints why it skips and returns
+/// false, except under `CI=true`, where a missing privilege fails the test.
+pub fn kernel_tests_allowed(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: needs root (CAP_BPF, CAP_NET_ADMIN) and CI=true forbids skipping");
+    }
+    eprintln!("skipping {test}: needs root (CAP_BPF, CAP_NET_ADMIN)");
+    false
+}
+
+/// A name unique to this test process and `tag`, short enough for interfaces (15 bytes) when
+/// `tag` is at most 4 characters.
+pub fn unique_name(tag: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("sh{tag}{}x{n}", std::process::id() % 100_000)
+}
+
+/// The `sinkhole` binary under test: `$SINKHOLE_BIN` if set (as `cargo xtask test` does), else
+/// this workspace's build, brought up to date once per test process so no test runs a stale one.
+pub fn sinkhole_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(bin) = std::env::var_os("SINKHOLE_BIN") {
             return PathBuf::from(bin);
         }
-        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tests/ sits in the workspace")
-            .to_path_buf();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "-p", "sinkhole-user", "--bin", "sinkhole"])
-            .current_dir(&workspace)
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "sinkhole-user",
+                "--bin",
+                "sinkhole",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build -p sinkhole-user failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(|| workspace.join("target"), PathBuf::from);
-        target.join("debug").join("sinkhole")
+            .expect("cargo build of the sinkhole binary");
+        assert!(
+            status.success(),
+            "cargo build of the sinkhole binary failed"
+        );
+        // target/PROFILE/deps/TEST -> target/PROFILE/sinkhole
+        let exe = std::env::current_exe().expect("current_exe");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/PROFILE/deps");
+        dir.join("sinkhole")
     })
-    .clone()
 }
 
-/// A loopback port free for both UDP and TCP right now.
-pub fn free_port() -> anyhow::Result<u16> {
+/// Runs `sinkhole ARGS` to completion.
+pub fn sinkhole(args: &[&str]) -> anyhow::Result<Output> {
+    Command::new(sinkhole_bin())
+        .args(args)
+        .output()
+        .context("run sinkhole")
+}
+
+/// Runs `sinkhole ARGS`, failing unless it exits 0; returns its stdout.
+pub fn sinkhole_ok(args: &[&str]) -> anyhow::Result<String> {
+    let out = sinkhole(args)?;
+    if !out.status.success() {
+        bail!(
+            "sinkhole {args:?} exited {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// A loopback port free for both TCP and UDP right now (bind it soon).
+pub fn free_port() -> u16 {
     for _ in 0..100 {
-        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-        let port = udp.local_addr()?.port();
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0/udp");
+        let port = udp.local_addr().expect("local_addr").port();
         if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return Ok(port);
+            return port;
         }
     }
-    bail!("no loopback port free for both UDP and TCP")
+    panic!("no loopback port free for both UDP and TCP")
 }
 
-/// A child process that is stopped (SIGTERM, then SIGKILL after 3 s) when dropped.
-pub struct ProcessGuard {
-    name: String,
-    child: Option<Child>,
+/// A child process killed (SIGTERM, then SIGKILL) and reaped when the guard drops.
+pub struct ChildGuard {
+    child: Child,
+    /// Everything the child wrote on stderr so far, line by line.
+    stderr: mpsc::Receiver<String>,
 }
 
-impl ProcessGuard {
-    pub fn new(name: &str, child: Child) -> Self {
-        ProcessGuard {
-            name: name.to_owned(),
-            child: Some(child),
+impl ChildGuard {
+    /// Spawns `command` with stderr captured.
+    pub fn spawn(mut command: Command) -> anyhow::Result<ChildGuard> {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawn {command:?}"))?;
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[child] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(ChildGuard { child, stderr: rx })
+    }
+
+    /// Waits until the child writes a stderr line containing `needle`; fails if it exits or
+    /// `timeout` passes first.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Ok(()),
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    bail!("no `{needle}` from the child within {timeout:?}")
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait()?;
+                    bail!("the child exited ({status}) before saying `{needle}`")
+                }
+            }
         }
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
-    /// Fails if the process has already exited.
+    /// Fails if the child has exited.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
-        let name = &self.name;
-        let child = self.child.as_mut().context("stopped")?;
-        if let Some(status) = child.try_wait()? {
-            bail!("{name} exited: {status}");
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{:?} exited: {status}", self.child.id());
         }
         Ok(())
     }
 
-    /// Stops the process now and waits for it.
+    /// Stops the child now (SIGTERM, then SIGKILL after a second) and reaps it.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // Not yet reaped, so the pid is still this child's.
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let until = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
+        if let Ok(None) = self.child.try_wait() {
+            self.signal_term();
+            for _ in 0..50 {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        eprintln!("{} ignored SIGTERM; killing it", self.name);
-        let _ = child.kill();
-        let _ = child.wait();
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.signal_term();
+        Ok(self.child.wait()?)
+    }
+
+    fn signal_term(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signalling our own child by its pid.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
     }
 }
 
-impl Drop for ProcessGuard {
+impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
-/// A directory for a test server's files, world-readable (servers drop to their own user).
-fn server_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
-    let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    Ok(dir)
-}
-
-fn write_readable(path: &Path, contents: &str) -> anyhow::Result<()> {
-    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+/// Runs a command to completion, failing with its stderr when it does not exit 0.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
     Ok(())
-}
-
-/// A query for `name`/`qtype` (class IN, recursion desired), `id` in the header.
-pub fn dns_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    let mut packet = Vec::with_capacity(12 + name.len() + 6);
-    packet.extend_from_slice(&id.to_be_bytes());
-    packet.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name
-        .trim_end_matches('.')
-        .split('.')
-        .filter(|l| !l.is_empty())
-    {
-        packet.push(label.len() as u8);
-        packet.extend_from_slice(label.as_bytes());
-    }
-    packet.push(0);
-    packet.extend_from_slice(&qtype.to_be_bytes());
-    packet.extend_from_slice(&1u16.to_be_bytes());
-    packet
-}
-
-/// The question name of a DNS message, lowercased, without the trailing dot.
-pub fn dns_question_name(packet: &[u8]) -> Option<String> {
-    let mut name = String::new();
-    let mut at = 12;
-    loop {
-        let len = usize::from(*packet.get(at)?);
-        if len == 0 {
-            return Some(name);
-        }
-        if len > 63 {
-            return None;
-        }
-        let label = packet.get(at + 1..at + 1 + len)?;
-        if !name.is_empty() {
-            name.push('.');
-        }
-        name.push_str(&String::from_utf8_lossy(label).to_ascii_lowercase());
-        at += 1 + len;
-    }
-}
-
-/// Waits until a DNS server answers anything (even REFUSED) on UDP at `addr`.
-pub fn wait_for_dns(addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
-    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-    socket.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let until = Instant::now() + within;
-    let mut buf = [0u8; 512];
-    while Instant::now() < until {
-        socket.send_to(&dns_query(0x5157, "probe.invalid", 1), addr)?;
-        if socket.recv_from(&mut buf).is_ok() {
-            return Ok(());
-        }
-    }
-    bail!("no DNS server answering at {addr} within {within:?}")
-}
-
-/// A running `rbldnsd` on a loopback port (stopped on drop).
-pub struct Rbldnsd {
-    pub addr: SocketAddr,
-    pub process: ProcessGuard,
-    _dir: tempfile::TempDir,
-}
-
-/// Starts `rbldnsd` serving `datasets`: (zone, dataset type such as `ip4set`/`ip6trie`, the
-/// dataset's lines). Repeating a zone combines datasets into it (one A record each).
-pub fn start_rbldnsd(datasets: &[(&str, &str, &str)]) -> anyhow::Result<Rbldnsd> {
-    let dir = server_dir("rbldnsd-")?;
-    let mut specs = Vec::new();
-    for (i, (zone, kind, lines)) in datasets.iter().enumerate() {
-        let file = format!("data{i}");
-        write_readable(&dir.path().join(&file), lines)?;
-        specs.push(format!("{zone}:{kind}:{file}"));
-    }
-    let mut last_error = None;
-    for _ in 0..3 {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-        let child = Command::new("rbldnsd")
-            .args(["-n", "-u", "rbldns", "-b"])
-            .arg(format!("{}/{}", addr.ip(), addr.port()))
-            .arg("-w")
-            .arg(dir.path())
-            .args(&specs)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting rbldnsd (installed by `cargo xtask setup`)")?;
-        let mut process = ProcessGuard::new("rbldnsd", child);
-        match wait_for_dns(addr, Duration::from_secs(5)).and_then(|()| process.check_running()) {
-            Ok(()) => {
-                return Ok(Rbldnsd {
-                    addr,
-                    process,
-                    _dir: dir,
-                });
-            }
-            Err(error) => last_error = Some(error),
-        }
-    }
-    Err(last_error
-        .expect("tried")
-        .context("rbldnsd did not come up"))
-}
-
-/// A running `nsd` on a loopback port (stopped on drop).
-pub struct Nsd {
-    pub addr: SocketAddr,
-    pub process: ProcessGuard,
-    _dir: tempfile::TempDir,
-}
-
-/// Starts `nsd` authoritative for `zones`: (zone name, zone file text; `$ORIGIN` is the zone).
-pub fn start_nsd(zones: &[(&str, &str)]) -> anyhow::Result<Nsd> {
-    let dir = server_dir("nsd-")?;
-    let d = dir.path().display();
-    let mut zone_config = String::new();
-    for (i, (zone, text)) in zones.iter().enumerate() {
-        let file = format!("zone{i}");
-        write_readable(&dir.path().join(&file), text)?;
-        let _ = write!(
-            zone_config,
-            "zone:\n  name: \"{zone}\"\n  zonefile: \"{file}\"\n"
-        );
-    }
-    let mut last_error = None;
-    for _ in 0..3 {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-        let config = format!(
-            "server:\n  ip-address: {ip}@{port}\n  username: \"\"\n  chroot: \"\"\n  \
-             zonesdir: \"{d}\"\n  database: \"\"\n  zonelistfile: \"{d}/zone.list\"\n  \
-             xfrdfile: \"{d}/xfrd.state\"\n  xfrdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  \
-             server-count: 1\n  do-ip6: no\n  verbosity: 0\n\
-             remote-control:\n  control-enable: no\n{zone_config}",
-            ip = addr.ip(),
-            port = addr.port(),
-        );
-        let config_path = dir.path().join("nsd.conf");
-        write_readable(&config_path, &config)?;
-        let child = Command::new("nsd")
-            .arg("-d")
-            .arg("-c")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting nsd (installed by `cargo xtask setup`)")?;
-        let mut process = ProcessGuard::new("nsd", child);
-        match wait_for_dns(addr, Duration::from_secs(5)).and_then(|()| process.check_running()) {
-            Ok(()) => {
-                return Ok(Nsd {
-                    addr,
-                    process,
-                    _dir: dir,
-                });
-            }
-            Err(error) => last_error = Some(error),
-        }
-    }
-    Err(last_error.expect("tried").context("nsd did not come up"))
-}
-
-/// A DNS server that takes queries and never answers: a UDP socket nobody reads and a TCP
-/// listener nobody accepts from, on the same loopback port.
-pub struct StalledDns {
-    pub addr: SocketAddr,
-    _udp: UdpSocket,
-    _tcp: TcpListener,
-}
-
-pub fn stalled_dns() -> anyhow::Result<StalledDns> {
-    for _ in 0..10 {
-        let port = free_port()?;
-        let (Ok(udp), Ok(tcp)) = (
-            UdpSocket::bind((Ipv4Addr::LOCALHOST, port)),
-            TcpListener::bind((Ipv4Addr::LOCALHOST, port)),
-        ) else {
-            continue;
-        };
-        return Ok(StalledDns {
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            _udp: udp,
-            _tcp: tcp,
-        });
-    }
-    bail!("no port for a stalled DNS server")
-}
-
-/// A UDP DNS forwarder that sends each query to the upstream serving the longest matching
-/// zone suffix, as a recursive resolver with stub zones would: lets one resolver talk to
-/// `rbldnsd` for DNSBL zones and `nsd` for PTR and forward names. Stops on drop.
-pub struct DnsRouter {
-    pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-/// Query ids are rewritten, so clients' ids never collide upstream: ours → (theirs, client).
-type Pending = Arc<Mutex<std::collections::HashMap<u16, (u16, SocketAddr)>>>;
-
-pub fn start_dns_router(routes: &[(&str, SocketAddr)]) -> anyhow::Result<DnsRouter> {
-    let front = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-    let addr = front.local_addr()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let pending: Pending = Arc::default();
-    let poll = Some(Duration::from_millis(50));
-    front.set_read_timeout(poll)?;
-
-    let mut upstreams = Vec::new();
-    let mut threads = Vec::new();
-    for (suffix, server) in routes {
-        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?;
-        socket.connect(server)?;
-        socket.set_read_timeout(poll)?;
-        let (back, front, stop, pending) = (
-            socket.try_clone()?,
-            front.try_clone()?,
-            stop.clone(),
-            pending.clone(),
-        );
-        // Relays answers back to whoever asked.
-        threads.push(std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(len) = back.recv(&mut buf) else {
-                    continue;
-                };
-                if len < 12 {
-                    continue;
-                }
-                let ours = u16::from_be_bytes([buf[0], buf[1]]);
-                if let Some((theirs, client)) = pending.lock().unwrap().remove(&ours) {
-                    buf[..2].copy_from_slice(&theirs.to_be_bytes());
-                    let _ = front.send_to(&buf[..len], client);
-                }
-            }
-        }));
-        upstreams.push((suffix.trim_end_matches('.').to_ascii_lowercase(), socket));
-    }
-
-    let stop_front = stop.clone();
-    threads.push(std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        let mut next_id: u16 = 0;
-        while !stop_front.load(Ordering::Relaxed) {
-            let Ok((len, client)) = front.recv_from(&mut buf) else {
-                continue;
-            };
-            let Some(name) = dns_question_name(&buf[..len]) else {
-                continue;
-            };
-            let in_zone = |zone: &str| {
-                zone.is_empty()
-                    || name == zone
-                    || name
-                        .strip_suffix(zone)
-                        .is_some_and(|head| head.ends_with('.'))
-            };
-            let Some((_, upstream)) = upstreams
-                .iter()
-                .filter(|(zone, _)| in_zone(zone))
-                .max_by_key(|(zone, _)| zone.len())
-            else {
-                continue;
-            };
-            next_id = next_id.wrapping_add(1);
-            let theirs = u16::from_be_bytes([buf[0], buf[1]]);
-            let mut pending = pending.lock().unwrap();
-            if pending.len() >= 4096 {
-                // Upstream lost these; the clients have long retried or given up.
-                pending.clear();
-            }
-            pending.insert(next_id, (theirs, client));
-            drop(pending);
-            buf[..2].copy_from_slice(&next_id.to_be_bytes());
-            let _ = upstream.send(&buf[..len]);
-        }
-    }));
-    Ok(DnsRouter {
-        addr,
-        stop,
-        threads,
-    })
-}
-
-impl Drop for DnsRouter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
 }

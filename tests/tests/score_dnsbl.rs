@@ -12,7 +12,7 @@ use mio::{Events, Poll, Token, Waker};
 use sinkhole::config::{DnsblConfig, ZoneConfig};
 use sinkhole::score::{Answer, ClientScore, Counters, HeloCheck, Resolver};
 use sinkhole::signature::Signature;
-use sinkhole_tests::{DnsRouter, Nsd, Rbldnsd, start_dns_router, start_nsd, start_rbldnsd};
+use sinkhole_tests::dns::{DnsRouter, Nsd, Rbldnsd, start_dns_router, start_nsd, start_rbldnsd};
 
 const SOA: &str = "$SOA 300 ns.test. hostmaster.test. 1 600 300 86400 300\n";
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token, Waker};
 use sinkhole::config::{DnsblConfig, ZoneConfig};
 use sinkhole::score::{Answer, Busy, Counters, Limits, Resolver};
-use sinkhole_tests::stalled_dns;
+use sinkhole_tests::dns::stalled_dns;
 
 const TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -47,7 +47,7 @@ fn collect(poll: &mut Poll, resolver: &Resolver, n: usize) -> Vec<(Instant, Answ
     answers
 }
 
-fn start(limits: Limits) -> (Poll, Resolver, sinkhole_tests::StalledDns) {
+fn start(limits: Limits) -> (Poll, Resolver, sinkhole_tests::dns::StalledDns) {
     let stalled = stalled_dns().unwrap();
     let poll = Poll::new().unwrap();
     let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
