@@ -21,9 +21,47 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Run(arg) => {
+            let config = match Config::load(arg.config.as_deref()) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("sinkhole: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match sinkhole::server::run(&config, Box::new(NothingBlocked)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sinkhole: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         other => {
             eprintln!("sinkhole: {other:?} is not built yet");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Until the kernel module's blocker is merged: nothing is blocked.
+struct NothingBlocked;
+
+impl sinkhole::kernel::Blocker for NothingBlocked {
+    fn block(
+        &mut self,
+        _ip: std::net::IpAddr,
+        _ttl: std::time::Duration,
+        _reason: &str,
+    ) -> Result<bool, sinkhole::kernel::BlockError> {
+        Ok(false)
+    }
+
+    fn is_blocked(&self, _ip: std::net::IpAddr) -> bool {
+        false
+    }
+
+    fn sweep(&mut self) -> Result<usize, sinkhole::kernel::BlockError> {
+        Ok(0)
     }
 }
