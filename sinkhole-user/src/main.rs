@@ -4,8 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sinkhole::cli::{Cli, Command};
+use sinkhole::cli::{Cli, Command, ConfigArg};
 use sinkhole::config::Config;
+use sinkhole::kernel::command;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -21,47 +22,47 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run(arg) => {
-            let config = match Config::load(arg.config.as_deref()) {
-                Ok(config) => config,
-                Err(e) => {
-                    eprintln!("sinkhole: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            match sinkhole::server::run(&config, Box::new(NothingBlocked)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("sinkhole: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Run(config) => with_config(&config, |c| {
+            sinkhole::server::run(c).map(|()| String::new())
+        }),
+        Command::Block {
+            prefix,
+            ttl,
+            reason,
+            config,
+        } => with_config(&config, |c| command::block(c, prefix, ttl, &reason)),
+        Command::Unblock { prefix, config } => {
+            with_config(&config, |c| command::unblock(c, prefix))
         }
-        other => {
-            eprintln!("sinkhole: {other:?} is not built yet");
-            ExitCode::FAILURE
+        Command::List { json, config } => with_config(&config, |c| command::list(c, json)),
+        Command::Stats { json, config } => with_config(&config, |c| command::stats(c, json)),
+        Command::Attach(config) => {
+            with_config(&config, |c| command::attach(c).map(|()| String::new()))
         }
     }
 }
 
-/// Until the kernel module's blocker is merged: nothing is blocked.
-struct NothingBlocked;
-
-impl sinkhole::kernel::Blocker for NothingBlocked {
-    fn block(
-        &mut self,
-        _ip: std::net::IpAddr,
-        _ttl: std::time::Duration,
-        _reason: &str,
-    ) -> Result<bool, sinkhole::kernel::BlockError> {
-        Ok(false)
-    }
-
-    fn is_blocked(&self, _ip: std::net::IpAddr) -> bool {
-        false
-    }
-
-    fn sweep(&mut self) -> Result<usize, sinkhole::kernel::BlockError> {
-        Ok(0)
+/// Loads `--config` (exit 2 when it is wrong), runs `f` on it and prints what it returns
+/// (exit 1 with the error on one line when it fails).
+fn with_config<E: std::fmt::Display>(
+    arg: &ConfigArg,
+    f: impl FnOnce(&Config) -> Result<String, E>,
+) -> ExitCode {
+    let config = match Config::load(arg.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("sinkhole: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match f(&config) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sinkhole: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -1,8 +1,25 @@
 //! The kernel side: loading, attaching and pinning the XDP program, the block table with
 //! expiry, the counters, and the [`Blocker`] the daemon escalates clients into.
+//!
+//! [`open_blocker`] is what the daemon calls: the XDP program attached to `xdp.interfaces` with
+//! the pinned maps ([`MapBlocker`] owning the [`xdp::Attachment`]), else the pinned maps alone,
+//! else an in-memory table ([`MemoryBlocker`]). The last two rely on the server closing blocked
+//! clients right after `accept()`.
+
+pub mod clock;
+pub mod command;
+pub mod maps;
+pub mod memory;
+pub mod xdp;
 
 use std::net::IpAddr;
 use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::config::Config;
+pub use maps::{Block, BlockMaps, Counters, KernelError};
+pub use memory::MemoryBlocker;
 
 /// Where the daemon puts the clients it wants gone. The XDP implementation writes the pinned
 /// maps (the kernel then drops the client's packets); the userspace fallback keeps a table and
@@ -27,3 +44,130 @@ pub trait Blocker {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct BlockError(pub String);
+
+impl From<KernelError> for BlockError {
+    fn from(e: KernelError) -> Self {
+        BlockError(e.to_string())
+    }
+}
+
+/// The blocker for the daemon, saying once (in the log) which kind it is and why.
+pub fn open_blocker(config: &Config) -> Box<dyn Blocker> {
+    let pin_dir = config.xdp.pin_dir.display();
+    let (ebpf, maps) = match open_maps(config) {
+        Ok(opened) => opened,
+        Err(e) => {
+            log::warn!(
+                "XDP unavailable ({e}); blocks are kept in memory only and blocked clients are closed after accept()"
+            );
+            return Box::new(MemoryBlocker::new(config.xdp.allow.clone()));
+        }
+    };
+    if config.xdp.interfaces.is_empty() {
+        log::info!(
+            "no XDP interfaces configured (xdp.interfaces): blocked clients are closed after accept(); blocks are kept in {pin_dir}"
+        );
+        return Box::new(MapBlocker::new(maps, config, None));
+    }
+    let mut maps = maps;
+    match xdp::attach(ebpf, &mut maps, config) {
+        Ok(attachment) => Box::new(MapBlocker::new(maps, config, Some(attachment))),
+        Err(e) => {
+            log::warn!(
+                "XDP unavailable ({e}); blocked clients are closed after accept(); blocks are kept in {pin_dir}"
+            );
+            Box::new(MapBlocker::new(maps, config, None))
+        }
+    }
+}
+
+/// The XDP program attached per `config`, or the error that prevented it (no fallback).
+pub fn open_xdp(config: &Config) -> Result<MapBlocker, KernelError> {
+    let (ebpf, mut maps) = open_maps(config)?;
+    let attachment = xdp::attach(ebpf, &mut maps, config)?;
+    Ok(MapBlocker::new(maps, config, Some(attachment)))
+}
+
+/// The pinned maps, with the allowlist map brought in step with `xdp.allow`.
+fn open_maps(config: &Config) -> Result<(aya::Ebpf, BlockMaps), KernelError> {
+    let (ebpf, mut maps) = maps::open(&config.xdp.pin_dir)?;
+    maps.set_allow(&config.xdp.allow)?;
+    Ok((ebpf, maps))
+}
+
+/// How often the blocker rescans the maps for expired entries when it knows of none due
+/// sooner (the CLI may have added entries it did not see).
+const FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Blocks in the pinned maps; with an [`xdp::Attachment`], the kernel drops blocked clients.
+pub struct MapBlocker {
+    maps: BlockMaps,
+    allow: Vec<IpNet>,
+    /// Boot ns at which the next sweep has work (or is due for a rescan).
+    next_sweep: u64,
+    attachment: Option<xdp::Attachment>,
+}
+
+impl MapBlocker {
+    fn new(maps: BlockMaps, config: &Config, attachment: Option<xdp::Attachment>) -> Self {
+        MapBlocker {
+            maps,
+            allow: config.xdp.allow.clone(),
+            next_sweep: 0,
+            attachment,
+        }
+    }
+
+    /// Whether the XDP program is attached (else the server must close blocked clients).
+    pub fn is_attached(&self) -> bool {
+        self.attachment.is_some()
+    }
+
+    /// The maps, for counters and listings.
+    pub fn maps(&self) -> &BlockMaps {
+        &self.maps
+    }
+}
+
+fn allowed(allow: &[IpNet], ip: IpAddr) -> bool {
+    allow.iter().any(|net| net.contains(&ip))
+}
+
+impl Blocker for MapBlocker {
+    fn block(&mut self, ip: IpAddr, ttl: Duration, reason: &str) -> Result<bool, BlockError> {
+        if allowed(&self.allow, ip) {
+            return Ok(false);
+        }
+        let expires_at = clock::expiry(Some(ttl));
+        self.maps.insert(IpNet::from(ip), expires_at, reason)?;
+        self.next_sweep = self.next_sweep.min(expires_at);
+        Ok(true)
+    }
+
+    fn is_blocked(&self, ip: IpAddr) -> bool {
+        if allowed(&self.allow, ip) {
+            return false;
+        }
+        match self.maps.blocking(ip, clock::boot_ns()) {
+            Ok(entry) => entry.is_some(),
+            Err(e) => {
+                log::warn!("{e}");
+                false
+            }
+        }
+    }
+
+    fn sweep(&mut self) -> Result<usize, BlockError> {
+        let now = clock::boot_ns();
+        if now < self.next_sweep {
+            return Ok(0);
+        }
+        let (removed, next_expiry) = self.maps.sweep(now)?;
+        let rescan = now.saturating_add(FULL_SWEEP_INTERVAL.as_nanos() as u64);
+        self.next_sweep = match next_expiry {
+            0 => rescan,
+            next => next.min(rescan),
+        };
+        Ok(removed)
+    }
+}

@@ -604,8 +604,9 @@ pub fn raise_fd_limit() -> u64 {
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
-/// `sinkhole run`: sets up the daemon from `config` and serves until stopped.
-pub fn run(config: &Config, blocker: Box<dyn Blocker>) -> Result<(), ServerError> {
+/// `sinkhole run`: sets up the daemon from `config` (with the kernel module's blocker) and
+/// serves until stopped.
+pub fn run(config: &Config) -> Result<(), ServerError> {
     let files = raise_fd_limit();
     let wanted = config.smtp.max_connections.get() as u64 + 64;
     if files < wanted {
@@ -614,7 +615,7 @@ pub fn run(config: &Config, blocker: Box<dyn Blocker>) -> Result<(), ServerError
             config.smtp.max_connections
         );
     }
-    let server = Server::new(config, blocker)?;
+    let server = Server::new(config, crate::kernel::open_blocker(config))?;
     for addr in server.local_addrs()? {
         log::info!("listening on {addr}");
     }

@@ -1,0 +1,196 @@
+//! `sinkhole block`, `unblock`, `list`, `stats` and the hidden `attach`: each works on the
+//! pinned maps in `xdp.pin_dir`, creating them when they do not exist yet, so it makes no
+//! difference whether the daemon runs. Each returns the text to print.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde_json::json;
+
+use super::{Block, BlockMaps, Blocker, Counters, KernelError, clock, maps};
+use crate::config::Config;
+
+/// A command that could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("{0} is not blocked")]
+    NotBlocked(IpNet),
+    #[error("{0} is allow-listed by {1} (xdp.allow) and would never be dropped")]
+    AllowListed(IpNet, IpNet),
+}
+
+fn open(config: &Config) -> Result<BlockMaps, KernelError> {
+    maps::open(&config.xdp.pin_dir).map(|(_, maps)| maps)
+}
+
+/// `sinkhole block PREFIX [--ttl T] [--reason R]`.
+pub fn block(
+    config: &Config,
+    prefix: IpNet,
+    ttl: Option<Duration>,
+    reason: &str,
+) -> Result<String, CommandError> {
+    if let Some(allow) = config.xdp.allow.iter().find(|a| a.contains(&prefix)) {
+        return Err(CommandError::AllowListed(prefix, *allow));
+    }
+    let mut maps = open(config)?;
+    maps.insert(prefix, clock::expiry(ttl), reason)?;
+    Ok(match ttl {
+        Some(ttl) => format!(
+            "blocked {prefix} for {} ({reason})\n",
+            humantime::format_duration(ttl)
+        ),
+        None => format!("blocked {prefix} until unblocked ({reason})\n"),
+    })
+}
+
+/// `sinkhole unblock PREFIX`.
+pub fn unblock(config: &Config, prefix: IpNet) -> Result<String, CommandError> {
+    if open(config)?.remove(prefix)? {
+        Ok(format!("unblocked {prefix}\n"))
+    } else {
+        Err(CommandError::NotBlocked(prefix))
+    }
+}
+
+/// The live blocks, sorted by prefix.
+fn live_blocks(maps: &BlockMaps) -> Result<Vec<Block>, KernelError> {
+    let now = clock::boot_ns();
+    let mut blocks: Vec<Block> = maps
+        .list()?
+        .into_iter()
+        .filter(|b| b.entry.is_live(now))
+        .collect();
+    blocks.sort_by_key(|b| b.prefix);
+    Ok(blocks)
+}
+
+/// `sinkhole list [--json]`: the live blocks (expired ones wait for the sweep, unshown).
+pub fn list(config: &Config, as_json: bool) -> Result<String, CommandError> {
+    let blocks = live_blocks(&open(config)?)?;
+    if as_json {
+        let array: Vec<_> = blocks
+            .iter()
+            .map(|b| {
+                json!({
+                    "prefix": b.prefix.to_string(),
+                    "reason": b.reason(),
+                    "expires_at": clock::rfc3339(b.entry.expires_at),
+                    "drops": b.entry.drops,
+                    "last_drop_at": clock::rfc3339(b.entry.last_drop_at),
+                })
+            })
+            .collect();
+        return Ok(format!("{}\n", serde_json::Value::Array(array)));
+    }
+    let mut out = format!(
+        "{:<43} {:<20} {:>12} {:<20} REASON\n",
+        "PREFIX", "EXPIRES", "DROPS", "LAST DROP"
+    );
+    for b in &blocks {
+        let _ = writeln!(
+            out,
+            "{:<43} {:<20} {:>12} {:<20} {}",
+            b.prefix.to_string(),
+            clock::rfc3339(b.entry.expires_at).unwrap_or_else(|| "never".into()),
+            b.entry.drops,
+            clock::rfc3339(b.entry.last_drop_at).unwrap_or_else(|| "-".into()),
+            b.reason()
+        );
+    }
+    let _ = writeln!(out, "{} blocked", blocks.len());
+    Ok(out)
+}
+
+/// `sinkhole stats [--json]`: packet counters and live block counts.
+pub fn stats(config: &Config, as_json: bool) -> Result<String, CommandError> {
+    let maps = open(config)?;
+    let c: Counters = maps.counters()?;
+    let blocks = live_blocks(&maps)?;
+    let v4 = blocks.iter().filter(|b| b.prefix.addr().is_ipv4()).count();
+    let v6 = blocks.len() - v4;
+    if as_json {
+        let value = json!({
+            "packets": {"passed": c.passed(), "dropped": c.dropped()},
+            "blocked_entries": blocks.len(),
+            "malformed": c.malformed,
+            "ipv4": {"passed": c.passed_ipv4, "dropped": c.dropped_ipv4, "blocked_entries": v4},
+            "ipv6": {"passed": c.passed_ipv6, "dropped": c.dropped_ipv6, "blocked_entries": v6},
+            "other": {"passed": c.passed_other},
+        });
+        return Ok(format!("{value}\n"));
+    }
+    Ok(format!(
+        "{:<8} {:>14} {:>14} {:>10}\n\
+         {:<8} {:>14} {:>14} {:>10}\n\
+         {:<8} {:>14} {:>14} {:>10}\n\
+         {:<8} {:>14} {:>14} {:>10}\n\
+         {:<8} {:>14} {:>14} {:>10}\n\
+         malformed (passed): {}\n",
+        "",
+        "PASSED",
+        "DROPPED",
+        "BLOCKED",
+        "ipv4",
+        c.passed_ipv4,
+        c.dropped_ipv4,
+        v4,
+        "ipv6",
+        c.passed_ipv6,
+        c.dropped_ipv6,
+        v6,
+        "other",
+        c.passed_other,
+        "-",
+        "-",
+        "total",
+        c.passed(),
+        c.dropped(),
+        blocks.len(),
+        c.malformed,
+    ))
+}
+
+/// `sinkhole attach` (hidden): attaches the XDP program as `run` does, without the SMTP side,
+/// and holds it, sweeping expired blocks, until SIGINT or SIGTERM; then detaches.
+pub fn attach(config: &Config) -> Result<(), CommandError> {
+    let mut blocker = super::open_xdp(config)?;
+    let signals = TermSignals::block();
+    while !signals.wait(Duration::from_secs(5)) {
+        if let Err(e) = blocker.sweep() {
+            log::warn!("sweep: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// SIGINT and SIGTERM, blocked so they can be waited for.
+struct TermSignals(libc::sigset_t);
+
+impl TermSignals {
+    fn block() -> Self {
+        // SAFETY: sigset operations on a local set; blocking the two signals for this thread
+        // (the only one) so that sigtimedwait receives them.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            TermSignals(set)
+        }
+    }
+
+    /// Whether a signal came within `timeout`.
+    fn wait(&self, timeout: Duration) -> bool {
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: 0,
+        };
+        // SAFETY: `self.0` is an initialised set; a null siginfo is allowed.
+        unsafe { libc::sigtimedwait(&self.0, std::ptr::null_mut(), &ts) > 0 }
+    }
+}
