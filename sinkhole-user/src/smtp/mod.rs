@@ -17,8 +17,23 @@
 //! 5. When [`Session::is_finished`] and the output is flushed, close; keep
 //!    [`Session::into_record`] for the session log.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod command;
+mod data;
+mod reply;
+mod session;
+mod transcript;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+pub use session::{
+    INPUT_CAP, MAX_BAD_COMMANDS, MAX_COMMAND_LINE, MAX_RECORDED, OUTPUT_LIMIT, Session,
+};
+pub use transcript::{
+    MAX_LINE_BYTES as MAX_TRANSCRIPT_LINE_BYTES, MAX_LINES as MAX_TRANSCRIPT_LINES, escape,
+};
 
 /// Limits and names a session needs; shared by every session of a daemon.
 #[derive(Clone, Debug)]
@@ -80,6 +95,11 @@ pub struct SessionRecord {
     pub transcript: Vec<TranscriptLine>,
     /// Lines not kept because the transcript was full.
     pub transcript_dropped: usize,
+    /// Transactions not kept because the record holds at most [`MAX_RECORDED`] of them.
+    pub transactions_dropped: usize,
+    /// Recipients not kept because the record holds at most [`MAX_RECORDED`] of them (all
+    /// transactions together).
+    pub rcpts_dropped: usize,
 }
 
 /// One `MAIL FROM` .. end of data (or RSET).
@@ -115,97 +135,4 @@ pub struct TranscriptLine {
     pub ms: u64,
     pub direction: Direction,
     pub line: String,
-}
-
-/// One SMTP session, from accept to close.
-#[derive(Debug)]
-pub struct Session {
-    _config: Arc<SessionConfig>,
-}
-
-impl Session {
-    pub fn new(config: Arc<SessionConfig>, now: Instant) -> Session {
-        let _ = now;
-        Session { _config: config }
-    }
-
-    /// Bytes that were waiting before the banner was sent.
-    pub fn receive_early(&mut self, bytes: &[u8], now: Instant) {
-        let _ = (bytes, now);
-        todo!()
-    }
-
-    /// Queues the banner, then works through any early bytes.
-    pub fn greet(&mut self, now: Instant) {
-        let _ = now;
-        todo!()
-    }
-
-    /// Bytes read from the client.
-    pub fn receive(&mut self, bytes: &[u8], now: Instant) {
-        let _ = (bytes, now);
-        todo!()
-    }
-
-    /// Bytes waiting to be written.
-    pub fn output(&self) -> &[u8] {
-        todo!()
-    }
-
-    /// `n` bytes of [`Session::output`] were written.
-    pub fn consume_output(&mut self, n: usize) {
-        let _ = n;
-        todo!()
-    }
-
-    pub fn poll_event(&mut self) -> Option<Event> {
-        todo!()
-    }
-
-    /// The decision for the pending [`Event::Recipient`].
-    pub fn resolve_recipient(&mut self, reply: Reply, now: Instant) {
-        let _ = (reply, now);
-        todo!()
-    }
-
-    /// The outcome for the pending [`Event::Message`]; `stored_as` is its Maildir name.
-    pub fn resolve_message(&mut self, reply: Reply, stored_as: Option<String>, now: Instant) {
-        let _ = (reply, stored_as, now);
-        todo!()
-    }
-
-    /// When [`Session::handle_timeout`] must next be called.
-    pub fn deadline(&self) -> Instant {
-        todo!()
-    }
-
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let _ = now;
-        todo!()
-    }
-
-    /// The daemon is stopping: queue 421 and finish (unless a decision is pending, in which
-    /// case the 421 follows its reply).
-    pub fn shutdown(&mut self, now: Instant) {
-        let _ = now;
-        todo!()
-    }
-
-    /// False while a decision is pending or too much output is unwritten (backpressure).
-    pub fn wants_read(&self) -> bool {
-        todo!()
-    }
-
-    /// The session is over (QUIT answered, 421 sent): close once the output is written.
-    pub fn is_finished(&self) -> bool {
-        todo!()
-    }
-
-    pub fn record(&self) -> &SessionRecord {
-        todo!()
-    }
-
-    pub fn into_record(self) -> SessionRecord {
-        todo!()
-    }
 }

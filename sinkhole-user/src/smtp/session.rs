@@ -1,0 +1,910 @@
+//! The session state machine: input bytes in, replies, events and the record out.
+//!
+//! Sequence rules (RFC 5321 4.1.4 and what Postfix/sendmail do):
+//! - MAIL needs a HELO/EHLO first (sendmail's "Polite people say HELO first", as 503) and no
+//!   transaction in progress; RCPT needs an accepted MAIL; DATA/BDAT need an accepted RCPT:
+//!   if RCPTs were sent but all refused, DATA gets `554 5.5.1 No valid recipients` (RFC 2920),
+//!   otherwise 503. DATA after BDAT in one transaction is 503 (RFC 3030).
+//! - HELO/EHLO, RSET and STARTTLS end a transaction; after STARTTLS the client must EHLO again.
+//! - Bad commands (500, 501, 502, 503, 555, over-long lines) are counted; past
+//!   [`MAX_BAD_COMMANDS`] the session closes with 421 after the error reply.
+//! - After a refused DATA the lines that follow are read as commands, as real servers do; a
+//!   pipelining client that sent its message body anyway soon hits the bad-command limit.
+//!
+//! Pipelining is judged by stream offsets: a command line that begins before the reply to the
+//! previous command was produced was sent without waiting for it (`pipelined`); one that
+//! depends on a refused command and was sent before that refusal was produced ran ahead of it
+//! (`pipelined-run-ahead`).
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::command::{self, Command, ParamError, ParseError};
+use super::data::{Body, DataReader};
+use super::reply::{self, Output};
+use super::transcript;
+use super::{Direction, Event, RcptRecord, Reply, SessionConfig, SessionRecord, TransactionRecord};
+use crate::signature::Signature;
+
+/// Longest command line accepted, without its line ending (RFC 5321 asks for 512 at least).
+pub const MAX_COMMAND_LINE: usize = 2048;
+/// Bad commands tolerated; the next one closes the session with 421.
+pub const MAX_BAD_COMMANDS: u32 = 10;
+/// Unwritten output past which no more input is processed and [`Session::wants_read`] is false.
+pub const OUTPUT_LIMIT: usize = 64 * 1024;
+/// Unprocessed input kept while the session waits (for a decision or for output to drain);
+/// bytes fed past it are dropped and noted in the transcript. A server that feeds at most
+/// 64 KiB per [`Session::receive`], and only while [`Session::wants_read`], never reaches it.
+pub const INPUT_CAP: usize = 128 * 1024;
+/// Transactions, and recipients over all transactions, kept in the record.
+pub const MAX_RECORDED: usize = 1000;
+
+/// What the input currently is.
+#[derive(Debug)]
+enum Phase {
+    Command,
+    /// The rest of an over-long command line, discarded up to its end.
+    DiscardLine {
+        discarded: u64,
+    },
+    /// A DATA body, up to `CRLF.CRLF`.
+    Data(DataReader),
+    /// A BDAT chunk: `remaining` of `size` bytes still to come; `refusal` is the reply it gets
+    /// once read, when it cannot be accepted.
+    Bdat {
+        remaining: u64,
+        size: u64,
+        last: bool,
+        refusal: Option<Refusal>,
+    },
+}
+
+/// Why a DATA or BDAT cannot be accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    OutOfSequence,
+    NoValidRecipients,
+}
+
+/// A decision the server has to make before the session goes on.
+#[derive(Debug)]
+enum Pending {
+    Recipient { addr: String },
+    Message,
+}
+
+/// The mail transaction in progress (after an accepted MAIL).
+#[derive(Debug)]
+struct Transaction {
+    mail_from: String,
+    accepted: Vec<String>,
+    /// RCPTs answered (accepted or not).
+    rcpts_answered: usize,
+    /// A BDAT chunk was accepted: DATA is no longer allowed.
+    chunking: bool,
+    /// Index in `SessionRecord::transactions`, unless the record was full.
+    record: Option<usize>,
+}
+
+/// One SMTP session, from accept to close.
+#[derive(Debug)]
+pub struct Session {
+    config: Arc<SessionConfig>,
+    start: Instant,
+    /// The instant of the latest call that gave one.
+    now: Instant,
+    /// The idle timer runs from here.
+    idle_since: Instant,
+    greeted: bool,
+    finished: bool,
+    shutdown_requested: bool,
+    /// Input not processed yet, and the stream offset of its first byte.
+    input: Vec<u8>,
+    input_offset: u64,
+    /// Stream offset just past the last byte received.
+    received: u64,
+    /// STARTTLS was accepted: the rest of the input (plaintext) is to be discarded.
+    discard_input: bool,
+    output: Output,
+    events: VecDeque<Event>,
+    phase: Phase,
+    pending: Option<Pending>,
+    helo_seen: bool,
+    tls: bool,
+    transaction: Option<Transaction>,
+    body: Body,
+    bad_commands: u32,
+    /// Recipients in `record.transactions`, all together.
+    rcpts_recorded: usize,
+    /// Stream offset where the command line being handled starts.
+    line_start: u64,
+    /// Input received (stream offset) when the last reply to a command was produced.
+    last_reply_at: u64,
+    /// ... when a command that later ones depend on (HELO, MAIL, RCPT) was last refused.
+    last_refusal_at: u64,
+    /// ... when DATA or BDAT was last refused: whatever was sent before that ran ahead of it.
+    last_data_refusal_at: u64,
+    record: SessionRecord,
+}
+
+impl Session {
+    pub fn new(config: Arc<SessionConfig>, now: Instant) -> Session {
+        let body = Body::new(config.max_message_bytes);
+        Session {
+            config,
+            start: now,
+            now,
+            idle_since: now,
+            greeted: false,
+            finished: false,
+            shutdown_requested: false,
+            input: Vec::new(),
+            input_offset: 0,
+            received: 0,
+            discard_input: false,
+            output: Output::default(),
+            events: VecDeque::new(),
+            phase: Phase::Command,
+            pending: None,
+            helo_seen: false,
+            tls: false,
+            transaction: None,
+            body,
+            bad_commands: 0,
+            rcpts_recorded: 0,
+            line_start: 0,
+            last_reply_at: 0,
+            last_refusal_at: 0,
+            last_data_refusal_at: 0,
+            record: SessionRecord::default(),
+        }
+    }
+
+    /// Bytes that were waiting before the banner was sent.
+    pub fn receive_early(&mut self, bytes: &[u8], now: Instant) {
+        self.now = now;
+        if bytes.is_empty() {
+            return;
+        }
+        self.signal(Signature::Pregreet);
+        self.buffer_input(bytes);
+    }
+
+    /// Queues the banner, then works through any early bytes.
+    pub fn greet(&mut self, now: Instant) {
+        if self.greeted {
+            return;
+        }
+        self.now = now;
+        self.idle_since = now;
+        self.greeted = true;
+        let hostname = Arc::clone(&self.config);
+        self.say(220, false, format_args!("{} ESMTP", hostname.hostname));
+        // The banner is no reply to a command: early commands are `pregreet`, not pipelining.
+        self.last_reply_at = 0;
+        self.process();
+    }
+
+    /// Bytes read from the client.
+    pub fn receive(&mut self, bytes: &[u8], now: Instant) {
+        if !self.greeted {
+            return self.receive_early(bytes, now);
+        }
+        self.now = now;
+        if self.finished || bytes.is_empty() {
+            return;
+        }
+        self.idle_since = now;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let room = INPUT_CAP - self.input.len();
+            if room == 0 {
+                self.drop_input(rest.len());
+                break;
+            }
+            let (now_in, later) = rest.split_at(room.min(rest.len()));
+            self.input.extend_from_slice(now_in);
+            self.received += now_in.len() as u64;
+            rest = later;
+            self.process();
+        }
+    }
+
+    /// Bytes waiting to be written.
+    pub fn output(&self) -> &[u8] {
+        self.output.pending()
+    }
+
+    /// `n` bytes of [`Session::output`] were written. May process buffered input (and so
+    /// produce events) once the output is below [`OUTPUT_LIMIT`] again.
+    pub fn consume_output(&mut self, n: usize) {
+        let was_blocked = self.output.pending().len() > OUTPUT_LIMIT;
+        self.output.consume(n);
+        if was_blocked {
+            self.process();
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The decision for the pending [`Event::Recipient`].
+    pub fn resolve_recipient(&mut self, reply: Reply, now: Instant) {
+        let Some(Pending::Recipient { addr }) = self
+            .pending
+            .take_if(|p| matches!(p, Pending::Recipient { .. }))
+        else {
+            return;
+        };
+        self.now = now;
+        self.idle_since = now;
+        self.say_decided(&reply);
+        let accepted = (200..300).contains(&reply.code);
+        if !accepted {
+            self.last_refusal_at = self.received;
+        }
+        self.record_rcpt(addr, reply.code, accepted);
+        self.after_decision();
+    }
+
+    /// The outcome for the pending [`Event::Message`]; `stored_as` is its Maildir name.
+    pub fn resolve_message(&mut self, reply: Reply, stored_as: Option<String>, now: Instant) {
+        if self
+            .pending
+            .take_if(|p| matches!(p, Pending::Message))
+            .is_none()
+        {
+            return;
+        }
+        self.now = now;
+        self.idle_since = now;
+        self.say_decided(&reply);
+        self.end_transaction(reply.code, stored_as);
+        self.after_decision();
+    }
+
+    /// When [`Session::handle_timeout`] must next be called.
+    pub fn deadline(&self) -> Instant {
+        self.idle_since
+            .checked_add(self.config.idle_timeout)
+            .unwrap_or(self.idle_since)
+    }
+
+    /// Closes the session with 421 when it has been idle past the deadline. While a decision is
+    /// pending the client is waiting for us, not idle: the timer restarts instead.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        if self.finished || now < self.deadline() {
+            return;
+        }
+        if self.pending.is_some() {
+            self.idle_since = now;
+            return;
+        }
+        let config = Arc::clone(&self.config);
+        self.close(format_args!(
+            "4.4.2 {} Error: timeout exceeded",
+            config.hostname
+        ));
+    }
+
+    /// The daemon is stopping: queue 421 and finish (unless a decision is pending, in which
+    /// case the 421 follows its reply).
+    pub fn shutdown(&mut self, now: Instant) {
+        self.now = now;
+        if self.finished {
+            return;
+        }
+        if self.pending.is_some() {
+            self.shutdown_requested = true;
+        } else {
+            self.close_for_shutdown();
+        }
+    }
+
+    /// False while a decision is pending or too much output is unwritten (backpressure).
+    pub fn wants_read(&self) -> bool {
+        !self.finished && self.pending.is_none() && self.output.pending().len() <= OUTPUT_LIMIT
+    }
+
+    /// The session is over (QUIT answered, 421 sent): close once the output is written.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    pub fn record(&self) -> &SessionRecord {
+        &self.record
+    }
+
+    pub fn into_record(self) -> SessionRecord {
+        self.record
+    }
+
+    // --- input ---
+
+    fn buffer_input(&mut self, bytes: &[u8]) {
+        let room = INPUT_CAP - self.input.len();
+        let keep = room.min(bytes.len());
+        self.input.extend_from_slice(&bytes[..keep]);
+        self.received += keep as u64;
+        if keep < bytes.len() {
+            self.drop_input(bytes.len() - keep);
+        }
+    }
+
+    fn drop_input(&mut self, n: usize) {
+        // Dropped bytes still count as received, so they end up "before" every later reply. They
+        // leave a gap: the next bytes received directly follow the buffered ones.
+        self.received += n as u64;
+        let ms = self.ms();
+        self.record.note(
+            ms,
+            Direction::Client,
+            format_args!("<{n} bytes dropped: input buffer full>"),
+        );
+    }
+
+    fn can_process(&self) -> bool {
+        self.greeted
+            && !self.finished
+            && !self.discard_input
+            && self.pending.is_none()
+            && self.output.pending().len() <= OUTPUT_LIMIT
+    }
+
+    /// Works through buffered input as far as the session may go.
+    fn process(&mut self) {
+        let input = std::mem::take(&mut self.input);
+        let mut pos = 0;
+        while pos < input.len() && self.can_process() {
+            let start = self.input_offset + pos as u64;
+            match self.step(&input[pos..], start) {
+                Some(used) => pos += used,
+                None => break,
+            }
+        }
+        self.input = input;
+        self.input.drain(..pos);
+        self.input_offset += pos as u64;
+        if self.discard_input {
+            self.discard_input = false;
+            let discarded = std::mem::take(&mut self.input);
+            self.input_offset += discarded.len() as u64;
+            if !discarded.is_empty() {
+                let ms = self.ms();
+                self.record.log(
+                    ms,
+                    Direction::Client,
+                    "<discarded after STARTTLS> ",
+                    &discarded,
+                );
+            }
+            self.input = discarded;
+            self.input.clear();
+        }
+    }
+
+    /// Handles the start of `rest` (which begins at stream offset `start`); returns how many
+    /// bytes were used, or `None` when more input is needed.
+    fn step(&mut self, rest: &[u8], start: u64) -> Option<usize> {
+        match &mut self.phase {
+            Phase::Command => self.command_step(rest, start),
+            Phase::DiscardLine { discarded } => {
+                let lf = rest.iter().position(|&b| b == b'\n');
+                let used = lf.map_or(rest.len(), |i| i + 1);
+                let before = *discarded / MAX_COMMAND_LINE as u64;
+                *discarded += lf.unwrap_or(rest.len()) as u64;
+                // An endless line counts as one more bad command every MAX_COMMAND_LINE bytes.
+                let extra = *discarded / MAX_COMMAND_LINE as u64 - before;
+                if lf.is_some() {
+                    self.phase = Phase::Command;
+                }
+                for _ in 0..extra {
+                    self.count_bad_command();
+                }
+                Some(used)
+            }
+            Phase::Data(reader) => {
+                if start < self.last_reply_at {
+                    // The body came before the 354 was produced.
+                    self.record.pipelined = true;
+                }
+                match reader.feed(rest, &mut self.body) {
+                    Some(used) => {
+                        self.phase = Phase::Command;
+                        self.end_of_data();
+                        Some(used)
+                    }
+                    None => Some(rest.len()),
+                }
+            }
+            Phase::Bdat {
+                remaining, refusal, ..
+            } => {
+                let used = (*remaining).min(rest.len() as u64) as usize;
+                if refusal.is_none() {
+                    self.body.extend(&rest[..used]);
+                }
+                *remaining -= used as u64;
+                if *remaining == 0 {
+                    self.end_of_chunk();
+                }
+                Some(used)
+            }
+        }
+    }
+
+    fn command_step(&mut self, rest: &[u8], start: u64) -> Option<usize> {
+        let window = &rest[..rest.len().min(MAX_COMMAND_LINE + 2)];
+        match window.iter().position(|&b| b == b'\n') {
+            Some(lf) => {
+                self.line_start = start;
+                if lf > 0 && rest[lf - 1] == b'\r' {
+                    self.command_line(&rest[..lf - 1], &rest[..lf - 1]);
+                } else {
+                    // A bare LF ending: accepted, and logged (as `\x0a`) so it shows.
+                    self.command_line(&rest[..lf], &rest[..=lf]);
+                }
+                Some(lf + 1)
+            }
+            None if window.len() == MAX_COMMAND_LINE + 2 => {
+                self.line_start = start;
+                self.line_too_long(window);
+                self.phase = Phase::DiscardLine { discarded: 0 };
+                Some(window.len())
+            }
+            None => None,
+        }
+    }
+
+    // --- commands ---
+
+    /// One command line: `line` without its ending, `logged` as it goes into the transcript.
+    fn command_line(&mut self, line: &[u8], logged: &[u8]) {
+        if line.len() > MAX_COMMAND_LINE {
+            return self.line_too_long(logged);
+        }
+        self.log_client(logged);
+        if self.line_start < self.last_reply_at {
+            self.record.pipelined = true;
+        }
+        if self.line_start < self.last_data_refusal_at {
+            self.signal(Signature::PipelinedRunAhead);
+        }
+        match command::parse(line) {
+            Ok(Command::Ehlo(name)) => self.helo(name, true),
+            Ok(Command::Helo(name)) => self.helo(name, false),
+            Ok(Command::Mail { path, params }) => self.mail(path, params),
+            Ok(Command::Rcpt { path, params }) => self.rcpt(path, params),
+            Ok(Command::Data) => self.data(),
+            Ok(Command::Bdat { size, last }) => self.bdat(size, last),
+            Ok(Command::Rset) => {
+                self.reset_transaction();
+                self.reply(250, reply::OK);
+            }
+            Ok(Command::Noop) => self.reply(250, reply::OK),
+            Ok(Command::Vrfy) => self.reply(252, reply::VRFY),
+            Ok(Command::Help) => self.reply(214, reply::HELP),
+            Ok(Command::Quit) => {
+                self.reply(221, reply::BYE);
+                self.finished = true;
+            }
+            Ok(Command::StartTls) => self.starttls(),
+            Ok(Command::NotImplemented) => self.bad_command(502, reply::NOT_IMPLEMENTED),
+            Err(ParseError::Unknown) => self.bad_command(500, reply::UNRECOGNIZED),
+            Err(ParseError::Syntax(text)) => {
+                // A MAIL/RCPT/EHLO that cannot be read is refused like one that was read.
+                self.last_refusal_at = self.received;
+                self.bad_command(501, text);
+            }
+        }
+    }
+
+    fn line_too_long(&mut self, logged: &[u8]) {
+        self.log_client(logged);
+        self.bad_command(500, reply::LINE_TOO_LONG);
+    }
+
+    fn helo(&mut self, name: &[u8], extended: bool) {
+        self.reset_transaction();
+        self.helo_seen = true;
+        self.record.helo = Some(transcript::escape(name));
+        if let Some(signature) = helo_signature(name) {
+            self.signal(signature);
+        }
+        let config = Arc::clone(&self.config);
+        if !extended {
+            return self.say(250, false, format_args!("{}", config.hostname));
+        }
+        self.say(250, true, format_args!("{}", config.hostname));
+        self.say(250, true, format_args!("PIPELINING"));
+        self.say(250, true, format_args!("SIZE {}", config.max_message_bytes));
+        if config.starttls && !self.tls {
+            self.say(250, true, format_args!("STARTTLS"));
+        }
+        for extension in ["8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"] {
+            self.say(250, true, format_args!("{extension}"));
+        }
+        self.say(250, false, format_args!("CHUNKING"));
+    }
+
+    fn mail(&mut self, path: &[u8], params: &[u8]) {
+        if !self.helo_seen || self.transaction.is_some() {
+            self.out_of_sequence();
+            self.last_refusal_at = self.received;
+            return;
+        }
+        let refusal = match (address(path), command::parse_mail_params(params)) {
+            (None, _) => Some((501, reply::BAD_SENDER)),
+            (_, Err(ParamError::Unknown)) => Some((555, reply::UNKNOWN_PARAMETER)),
+            (_, Err(ParamError::Syntax)) => Some((501, reply::BAD_PARAMETER)),
+            (_, Ok(p))
+                if p.size
+                    .is_some_and(|size| size > self.config.max_message_bytes) =>
+            {
+                Some((552, reply::SIZE_EXCEEDED))
+            }
+            (Some(mail_from), Ok(_)) => {
+                self.start_transaction(mail_from);
+                None
+            }
+        };
+        match refusal {
+            None => self.reply(250, reply::MAIL_OK),
+            Some((code, text)) => {
+                self.last_refusal_at = self.received;
+                if code == 552 {
+                    self.reply(code, text);
+                } else {
+                    self.bad_command(code, text);
+                }
+            }
+        }
+    }
+
+    fn rcpt(&mut self, path: &[u8], params: &[u8]) {
+        let Some(transaction) = self.transaction.as_ref().filter(|_| self.helo_seen) else {
+            return self.out_of_sequence();
+        };
+        let Some(addr) = address(path).filter(|a| !a.is_empty()) else {
+            return self.bad_command(501, reply::BAD_RECIPIENT);
+        };
+        if !params.is_empty() {
+            return self.bad_command(555, reply::UNKNOWN_PARAMETER);
+        }
+        let full = transaction.accepted.len() >= self.config.max_recipients;
+        let mail_from = transaction.mail_from.clone();
+        if same_address(&mail_from, &addr) {
+            self.signal(Signature::MailFromEqRcptTo);
+        }
+        if full {
+            self.reply(452, reply::TOO_MANY_RECIPIENTS);
+            self.last_refusal_at = self.received;
+            return self.record_rcpt(addr, 452, false);
+        }
+        self.events.push_back(Event::Recipient {
+            mail_from,
+            rcpt: addr.clone(),
+        });
+        self.pending = Some(Pending::Recipient { addr });
+    }
+
+    /// Why DATA/BDAT cannot be accepted now, if it cannot.
+    fn data_refusal(&self) -> Option<Refusal> {
+        match &self.transaction {
+            Some(t) if self.helo_seen && !t.accepted.is_empty() => None,
+            Some(t) if self.helo_seen && t.rcpts_answered > 0 => Some(Refusal::NoValidRecipients),
+            _ => Some(Refusal::OutOfSequence),
+        }
+    }
+
+    fn data(&mut self) {
+        let refusal = match self.data_refusal() {
+            None if self.transaction.as_ref().is_some_and(|t| t.chunking) => {
+                Some(Refusal::OutOfSequence)
+            }
+            refusal => refusal,
+        };
+        if let Some(refusal) = refusal {
+            return self.refuse_data(refusal);
+        }
+        self.reply(354, reply::START_DATA);
+        self.body.clear();
+        self.phase = Phase::Data(DataReader::default());
+    }
+
+    fn bdat(&mut self, size: u64, last: bool) {
+        let refusal = self.data_refusal();
+        if refusal.is_none() && !self.transaction.as_ref().is_some_and(|t| t.chunking) {
+            self.body.clear();
+        }
+        self.phase = Phase::Bdat {
+            remaining: size,
+            size,
+            last,
+            refusal,
+        };
+        if size == 0 {
+            self.end_of_chunk();
+        }
+    }
+
+    fn refuse_data(&mut self, refusal: Refusal) {
+        self.last_data_refusal_at = self.received;
+        match refusal {
+            Refusal::OutOfSequence => self.out_of_sequence(),
+            Refusal::NoValidRecipients => {
+                if self.line_start < self.last_refusal_at {
+                    self.signal(Signature::PipelinedRunAhead);
+                }
+                self.reply(554, reply::NO_VALID_RECIPIENTS);
+            }
+        }
+    }
+
+    fn end_of_data(&mut self) {
+        let ms = self.ms();
+        self.record.note(
+            ms,
+            Direction::Client,
+            format_args!("<{} bytes>", self.body.size()),
+        );
+        self.record.note(ms, Direction::Client, format_args!("."));
+        self.finish_message();
+    }
+
+    fn end_of_chunk(&mut self) {
+        let Phase::Bdat {
+            size,
+            last,
+            refusal,
+            ..
+        } = std::mem::replace(&mut self.phase, Phase::Command)
+        else {
+            return;
+        };
+        let ms = self.ms();
+        self.record
+            .note(ms, Direction::Client, format_args!("<{size} bytes>"));
+        if let Some(refusal) = refusal {
+            return self.refuse_data(refusal);
+        }
+        if let Some(transaction) = self.transaction.as_mut() {
+            transaction.chunking = true;
+        }
+        if last || self.body.is_oversize() {
+            return self.finish_message();
+        }
+        self.reply_fmt(250, format_args!("2.0.0 Ok: {size} octets received"));
+    }
+
+    /// The message is complete (or over the limit): hand it over, or refuse it.
+    fn finish_message(&mut self) {
+        let size = self.body.size();
+        if let Some(index) = self.transaction.as_ref().and_then(|t| t.record) {
+            self.record.transactions[index].size = size;
+        }
+        if self.body.is_oversize() {
+            self.reply(552, reply::SIZE_EXCEEDED);
+            self.body.take();
+            return self.end_transaction(552, None);
+        }
+        let Some(transaction) = self.transaction.as_mut() else {
+            return;
+        };
+        self.events.push_back(Event::Message {
+            mail_from: transaction.mail_from.clone(),
+            rcpts: std::mem::take(&mut transaction.accepted),
+            body: self.body.take(),
+        });
+        self.pending = Some(Pending::Message);
+    }
+
+    fn starttls(&mut self) {
+        if !self.config.starttls {
+            return self.bad_command(502, reply::NOT_IMPLEMENTED);
+        }
+        if self.tls {
+            return self.out_of_sequence();
+        }
+        self.reply(220, reply::START_TLS);
+        self.events.push_back(Event::StartTls);
+        self.tls = true;
+        self.helo_seen = false;
+        self.reset_transaction();
+        self.discard_input = true;
+    }
+
+    fn out_of_sequence(&mut self) {
+        self.signal(Signature::OutOfSequence);
+        if self.line_start < self.last_refusal_at {
+            self.signal(Signature::PipelinedRunAhead);
+        }
+        self.bad_command(503, reply::OUT_OF_SEQUENCE);
+    }
+
+    fn bad_command(&mut self, code: u16, text: &str) {
+        self.reply(code, text);
+        self.count_bad_command();
+    }
+
+    fn count_bad_command(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.bad_commands += 1;
+        if self.bad_commands > MAX_BAD_COMMANDS {
+            let config = Arc::clone(&self.config);
+            self.close(format_args!(
+                "4.7.0 {} Error: too many errors",
+                config.hostname
+            ));
+        }
+    }
+
+    // --- transactions ---
+
+    fn start_transaction(&mut self, mail_from: String) {
+        let record = if self.record.transactions.len() < MAX_RECORDED {
+            self.record.transactions.push(TransactionRecord {
+                mail_from: mail_from.clone(),
+                ..TransactionRecord::default()
+            });
+            Some(self.record.transactions.len() - 1)
+        } else {
+            self.record.transactions_dropped += 1;
+            None
+        };
+        self.transaction = Some(Transaction {
+            mail_from,
+            accepted: Vec::new(),
+            rcpts_answered: 0,
+            chunking: false,
+            record,
+        });
+    }
+
+    fn record_rcpt(&mut self, addr: String, code: u16, accepted: bool) {
+        let Some(transaction) = self.transaction.as_mut() else {
+            return;
+        };
+        transaction.rcpts_answered += 1;
+        match transaction.record {
+            Some(index) if self.rcpts_recorded < MAX_RECORDED => {
+                self.rcpts_recorded += 1;
+                self.record.transactions[index].rcpts.push(RcptRecord {
+                    addr: addr.clone(),
+                    code,
+                });
+            }
+            _ => self.record.rcpts_dropped += 1,
+        }
+        if accepted {
+            transaction.accepted.push(addr);
+        }
+    }
+
+    /// The end of data was answered with `code`: the transaction is over.
+    fn end_transaction(&mut self, code: u16, stored_as: Option<String>) {
+        if let Some(index) = self.transaction.take().and_then(|t| t.record) {
+            let record = &mut self.record.transactions[index];
+            record.data_code = Some(code);
+            record.message = stored_as;
+        }
+    }
+
+    fn reset_transaction(&mut self) {
+        self.transaction = None;
+        self.body.take();
+    }
+
+    fn after_decision(&mut self) {
+        if self.shutdown_requested {
+            self.close_for_shutdown();
+        } else {
+            self.process();
+        }
+    }
+
+    // --- output ---
+
+    fn ms(&self) -> u64 {
+        u64::try_from(self.now.saturating_duration_since(self.start).as_millis())
+            .unwrap_or(u64::MAX)
+    }
+
+    fn log_client(&mut self, bytes: &[u8]) {
+        let ms = self.ms();
+        self.record.log(ms, Direction::Client, "", bytes);
+    }
+
+    /// Writes one reply line and logs it; the last line of a reply marks the input received so
+    /// far as sent before the reply.
+    fn say(&mut self, code: u16, more: bool, text: std::fmt::Arguments<'_>) {
+        let range = self.output.line(code, more, text);
+        self.log_server(range);
+        if !more {
+            self.last_reply_at = self.received;
+        }
+    }
+
+    fn reply(&mut self, code: u16, text: &str) {
+        self.say(code, false, format_args!("{text}"));
+    }
+
+    fn reply_fmt(&mut self, code: u16, text: std::fmt::Arguments<'_>) {
+        self.say(code, false, text);
+    }
+
+    fn say_decided(&mut self, reply: &Reply) {
+        let range = self.output.decided(reply.code, &reply.text);
+        self.log_server(range);
+        self.last_reply_at = self.received;
+    }
+
+    fn log_server(&mut self, range: std::ops::Range<usize>) {
+        let ms = self.ms();
+        self.record
+            .log(ms, Direction::Server, "", self.output.bytes(range));
+    }
+
+    fn close(&mut self, text: std::fmt::Arguments<'_>) {
+        self.say(421, false, text);
+        self.finished = true;
+    }
+
+    fn close_for_shutdown(&mut self) {
+        let config = Arc::clone(&self.config);
+        self.close(format_args!(
+            "4.3.2 {} Service shutting down",
+            config.hostname
+        ));
+    }
+
+    fn signal(&mut self, signature: Signature) {
+        if let Err(i) = self.record.signatures.binary_search(&signature) {
+            self.record.signatures.insert(i, signature);
+        }
+    }
+}
+
+/// An address from a MAIL/RCPT path: UTF-8 without control characters, kept as given.
+fn address(path: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(path).ok()?;
+    if text.chars().any(char::is_control) {
+        return None;
+    }
+    Some(text.to_owned())
+}
+
+/// `local@domain` equal to another: the local part exactly, the domain in any case.
+fn same_address(a: &str, b: &str) -> bool {
+    if a.is_empty() {
+        return false;
+    }
+    match (a.rsplit_once('@'), b.rsplit_once('@')) {
+        (Some((a_local, a_domain)), Some((b_local, b_domain))) => {
+            a_local == b_local && a_domain.eq_ignore_ascii_case(b_domain)
+        }
+        _ => a == b,
+    }
+}
+
+/// `helo-ip-literal` for `[192.0.2.1]` / `[IPv6:2001:db8::1]`, `helo-bare-ip` for `192.0.2.1`.
+fn helo_signature(name: &[u8]) -> Option<Signature> {
+    let name = name.split(|&b| b == b' ').next()?;
+    let name = std::str::from_utf8(name).ok()?;
+    if let Some(literal) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        let is_v6 = literal
+            .get(..5)
+            .is_some_and(|tag| tag.eq_ignore_ascii_case("IPv6:"))
+            && literal[5..].parse::<Ipv6Addr>().is_ok();
+        return (is_v6 || literal.parse::<Ipv4Addr>().is_ok()).then_some(Signature::HeloIpLiteral);
+    }
+    name.parse::<IpAddr>()
+        .is_ok()
+        .then_some(Signature::HeloBareIp)
+}
