@@ -588,17 +588,25 @@ fn busy() -> Reply {
     reply(451, "4.3.0 Too busy to store the message, try again later")
 }
 
-/// Raises the soft limit on open files to the hard limit (every connection is a descriptor).
-pub fn raise_fd_limit() -> u64 {
-    use rustix::process::{Resource, getrlimit, setrlimit};
+/// Raises the open files limit to at least `wanted` (every connection is a descriptor): the
+/// hard limit too when we may (root), else the soft limit up to the hard one. Returns the limit
+/// in force.
+pub fn raise_fd_limit(wanted: u64) -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
-    if limit.current != limit.maximum {
-        let raised = rustix::process::Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
+    if limit.current.is_some_and(|soft| soft < wanted) {
+        let raised = Rlimit {
+            current: Some(wanted),
+            maximum: limit.maximum.map(|hard| hard.max(wanted)),
         };
-        if let Err(e) = setrlimit(Resource::Nofile, raised) {
-            log::warn!("cannot raise the open files limit: {e}");
+        if setrlimit(Resource::Nofile, raised).is_err() {
+            let _ = setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: limit.maximum,
+                    maximum: limit.maximum,
+                },
+            );
         }
     }
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
@@ -607,8 +615,9 @@ pub fn raise_fd_limit() -> u64 {
 /// `sinkhole run`: sets up the daemon from `config` (with the kernel module's blocker) and
 /// serves until stopped.
 pub fn run(config: &Config) -> Result<(), ServerError> {
-    let files = raise_fd_limit();
+    // Listeners, the log, the Maildir, epoll: a few dozen descriptors besides the clients.
     let wanted = config.smtp.max_connections.get() as u64 + 64;
+    let files = raise_fd_limit(wanted);
     if files < wanted {
         log::warn!(
             "open files limit {files} is below smtp.max_connections ({}); accept will fail earlier",
