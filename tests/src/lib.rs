@@ -16,9 +16,12 @@ pub fn sinkhole_bin() -> PathBuf {
         if let Some(path) = std::env::var_os("SINKHOLE_BIN") {
             return PathBuf::from(path);
         }
-        // target/PROFILE/deps/TEST-HASH -> target/PROFILE/sinkhole
+        // Tests run as target/PROFILE/deps/TEST-HASH, binaries as target/PROFILE/NAME.
         let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/PROFILE");
+        let mut profile_dir = exe.parent().expect("target/PROFILE");
+        if profile_dir.ends_with("deps") {
+            profile_dir = profile_dir.parent().expect("target/PROFILE");
+        }
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = Command::new(cargo);

@@ -175,8 +175,12 @@ impl Server {
                 match event.token() {
                     WAKER => self.take_stored(now),
                     SIGNALS => {
-                        if self.signals.pending().next().is_some() && self.stopping.is_none() {
-                            self.begin_shutdown(now);
+                        if self.signals.pending().next().is_some() {
+                            match self.stopping {
+                                None => self.begin_shutdown(now),
+                                // A second signal: stop waiting for slow clients.
+                                Some(_) => self.stopping = Some(now),
+                            }
                         }
                     }
                     Token(t) if t > LISTENER_BASE - self.listeners.len() && t <= LISTENER_BASE => {
