@@ -85,7 +85,7 @@ fn smtp_source(addr: SocketAddr, sessions: usize, messages: usize, reuse: bool) 
     command
         .args([
             "-s",
-            &SESSIONS.to_string(),
+            &sessions.to_string(),
             "-m",
             &messages.to_string(),
             "-l",
