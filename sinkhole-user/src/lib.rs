@@ -2,6 +2,7 @@
 //! job each (see `docs/architecture.md`).
 
 pub mod campaign;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod kernel;
@@ -9,5 +10,6 @@ pub mod policy;
 pub mod prefix;
 pub mod privilege;
 pub mod score;
+pub mod server;
 pub mod signature;
 pub mod smtp;

@@ -40,6 +40,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Run(config) => with_config(&config, |c| {
+            sinkhole::server::run(c).map(|()| String::new())
+        }),
         Command::Block {
             prefix,
             ttl,
@@ -53,10 +56,6 @@ fn main() -> ExitCode {
         Command::Stats { json, config } => with_config(&config, |c| command::stats(c, json)),
         Command::Attach(config) => {
             with_config(&config, |c| command::attach(c).map(|()| String::new()))
-        }
-        other => {
-            eprintln!("sinkhole: {other:?} is not built yet");
-            ExitCode::FAILURE
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Shared harness for the integration tests: the real `sinkhole` binary, child processes that
 //! die with the test, free ports, network namespaces that clean up after themselves, and the
-//! privilege rule for kernel tests.
+//! privilege rule for kernel tests. Topic modules: `daemon` (the SMTP daemon and a raw client),
+//! `dns` (real DNS servers), `netns` (namespaces, veth, bpffs), `frames` and `xdp` (test runs).
 
+pub mod daemon;
 pub mod dns;
 pub mod frames;
 pub mod netns;
@@ -72,6 +74,17 @@ pub fn sinkhole_bin() -> &'static Path {
             .expect("test binary lives in target/PROFILE/deps");
         dir.join("sinkhole")
     })
+}
+
+/// A temporary directory, removed with its contents when dropped.
+pub type TempDir = tempfile::TempDir;
+
+/// A new temporary directory named after `tag`.
+pub fn temp_dir(tag: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("sinkhole-{tag}-"))
+        .tempdir()
+        .expect("create a temp dir")
 }
 
 /// Runs `sinkhole ARGS` to completion.

@@ -1,0 +1,355 @@
+//! The session log, `STORAGE/sessions.jsonl`: one JSON object per finished session.
+//!
+//! Lines are serialised into a buffer and the buffer is appended with one `write` (whole lines
+//! only), so a crash leaves at most one torn line at the end.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::headers::DnsblListing;
+use crate::smtp::{Direction, SessionRecord};
+
+/// How a session ended, as the log's `verdict` says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// At least one message was answered 250 (stored, or counted with `capture = false`).
+    Accepted,
+    /// Recipients were given and every one was refused; no message was accepted.
+    Rejected,
+    /// Closed right after accept: the client is in the block table.
+    Blocked,
+    /// Closed right after accept with 421: a connection limit was reached.
+    Refused,
+    /// Anything else: no recipient was tried, or the client left before a message.
+    NoMail,
+}
+
+impl Verdict {
+    /// The verdict of a session that ran (not closed at accept).
+    pub fn of(record: &SessionRecord) -> Verdict {
+        let transactions = &record.transactions;
+        if transactions.iter().any(|t| t.data_code == Some(250)) {
+            Verdict::Accepted
+        } else if transactions.iter().any(|t| !t.rcpts.is_empty())
+            && transactions
+                .iter()
+                .flat_map(|t| &t.rcpts)
+                .all(|r| r.code >= 400)
+        {
+            Verdict::Rejected
+        } else {
+            Verdict::NoMail
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Accepted => "accepted",
+            Verdict::Rejected => "rejected",
+            Verdict::Blocked => "blocked",
+            Verdict::Refused => "refused",
+            Verdict::NoMail => "no-mail",
+        }
+    }
+}
+
+/// A finished session, as handed to the log.
+#[derive(Debug)]
+pub struct SessionEnd {
+    pub id: String,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub client: SocketAddr,
+    pub rdns: Option<String>,
+    pub fcrdns: Option<bool>,
+    pub tls: bool,
+    pub dnsbl: Vec<DnsblListing>,
+    pub score: Option<i32>,
+    pub verdict: Verdict,
+    pub record: SessionRecord,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    id: &'a str,
+    start: String,
+    end: String,
+    client_ip: String,
+    client_port: u16,
+    rdns: Option<&'a str>,
+    fcrdns: Option<bool>,
+    helo: Option<&'a str>,
+    tls: bool,
+    pipelined: bool,
+    dnsbl: Vec<Listing<'a>>,
+    score: Option<i32>,
+    signatures: Vec<&'static str>,
+    verdict: &'static str,
+    transactions: Vec<Transaction<'a>>,
+    transcript: Vec<(u64, &'static str, &'a str)>,
+    /// Transcript lines not kept (the marker line says so too); 0 when nothing was cut.
+    transcript_dropped: usize,
+}
+
+#[derive(Serialize)]
+struct Listing<'a> {
+    zone: &'a str,
+    codes: &'a [String],
+}
+
+#[derive(Serialize)]
+struct Transaction<'a> {
+    mail_from: &'a str,
+    rcpts: Vec<Rcpt<'a>>,
+    data_code: Option<u16>,
+    message: Option<&'a str>,
+    size: u64,
+}
+
+#[derive(Serialize)]
+struct Rcpt<'a> {
+    addr: &'a str,
+    code: u16,
+}
+
+impl SessionEnd {
+    /// The JSON line, with its newline.
+    pub fn to_line(&self, out: &mut Vec<u8>) {
+        let record = &self.record;
+        let mut transcript: Vec<(u64, &'static str, &str)> = record
+            .transcript
+            .iter()
+            .map(|l| {
+                let who = match l.direction {
+                    Direction::Client => "c",
+                    Direction::Server => "s",
+                };
+                (l.ms, who, l.line.as_str())
+            })
+            .collect();
+        let marker;
+        if record.transcript_dropped > 0 {
+            marker = format!(
+                "[sinkhole: {} more lines not kept]",
+                record.transcript_dropped
+            );
+            let ms = transcript.last().map_or(0, |l| l.0);
+            transcript.push((ms, "s", &marker));
+        }
+        let line = Line {
+            id: &self.id,
+            start: humantime::format_rfc3339_millis(self.start).to_string(),
+            end: humantime::format_rfc3339_millis(self.end).to_string(),
+            client_ip: self.client.ip().to_canonical().to_string(),
+            client_port: self.client.port(),
+            rdns: self.rdns.as_deref(),
+            fcrdns: self.fcrdns,
+            helo: record.helo.as_deref(),
+            tls: self.tls,
+            pipelined: record.pipelined,
+            dnsbl: self
+                .dnsbl
+                .iter()
+                .map(|l| Listing {
+                    zone: &l.zone,
+                    codes: &l.codes,
+                })
+                .collect(),
+            score: self.score,
+            signatures: record.signatures.iter().map(|s| s.as_str()).collect(),
+            verdict: self.verdict.as_str(),
+            transactions: record
+                .transactions
+                .iter()
+                .map(|t| Transaction {
+                    mail_from: &t.mail_from,
+                    rcpts: t
+                        .rcpts
+                        .iter()
+                        .map(|r| Rcpt {
+                            addr: &r.addr,
+                            code: r.code,
+                        })
+                        .collect(),
+                    data_code: t.data_code,
+                    message: t.message.as_deref(),
+                    size: t.size,
+                })
+                .collect(),
+            transcript,
+            transcript_dropped: record.transcript_dropped,
+        };
+        // Serialising plain structs of strings and numbers into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &line);
+        out.push(b'\n');
+    }
+}
+
+/// A session id: sortable by time, unique per daemon (milliseconds and a counter), 13
+/// characters of Crockford base32.
+pub fn session_id(now: SystemTime, counter: u64) -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+    let ms = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let value = (ms << 20) | (counter & 0xf_ffff);
+    (0..13)
+        .rev()
+        .map(|i| ALPHABET[((value >> (i * 5)) & 31) as usize] as char)
+        .collect()
+}
+
+/// The log file and its pending lines.
+pub struct SessionLog {
+    file: File,
+    pending: Vec<u8>,
+    lines: u64,
+}
+
+/// Pending bytes past which the log is written out before its flush interval.
+const FLUSH_BYTES: usize = 256 * 1024;
+
+impl SessionLog {
+    pub fn open(path: &Path) -> io::Result<SessionLog> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(SessionLog {
+            file,
+            pending: Vec::with_capacity(FLUSH_BYTES),
+            lines: 0,
+        })
+    }
+
+    /// Queues a session's line; writes out when enough is pending. Returns the lines that were
+    /// lost to a failed write, if one happened.
+    pub fn append(&mut self, session: &SessionEnd) -> Result<(), (u64, io::Error)> {
+        session.to_line(&mut self.pending);
+        self.lines += 1;
+        if self.pending.len() >= FLUSH_BYTES {
+            self.flush()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Writes every pending line with one `write`. On failure the pending lines are dropped
+    /// (the buffer stays bounded) and their count is returned with the error.
+    pub fn flush(&mut self) -> Result<(), (u64, io::Error)> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let result = self.file.write_all(&self.pending);
+        let lines = std::mem::take(&mut self.lines);
+        self.pending.clear();
+        result.map_err(|e| (lines, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::{RcptRecord, TransactionRecord, TranscriptLine};
+
+    #[test]
+    fn verdicts() {
+        let mut record = SessionRecord::default();
+        assert_eq!(Verdict::of(&record), Verdict::NoMail);
+        record.transactions.push(TransactionRecord {
+            mail_from: "a@x".into(),
+            rcpts: vec![RcptRecord {
+                addr: "b@y".into(),
+                code: 550,
+            }],
+            ..Default::default()
+        });
+        assert_eq!(Verdict::of(&record), Verdict::Rejected);
+        record.transactions.push(TransactionRecord {
+            mail_from: "a@x".into(),
+            rcpts: vec![RcptRecord {
+                addr: "c@y".into(),
+                code: 250,
+            }],
+            data_code: Some(250),
+            ..Default::default()
+        });
+        assert_eq!(Verdict::of(&record), Verdict::Accepted);
+    }
+
+    #[test]
+    fn ids_are_unique_and_sortable() {
+        let now = SystemTime::now();
+        let a = session_id(now, 1);
+        let b = session_id(now, 2);
+        let c = session_id(now + std::time::Duration::from_millis(1), 0);
+        assert_eq!(a.len(), 13);
+        assert!(a < b && b < c);
+    }
+
+    #[test]
+    fn a_line_has_every_contract_field_and_the_cut_marker() {
+        let record = SessionRecord {
+            helo: Some("h".into()),
+            pipelined: true,
+            transcript: vec![TranscriptLine {
+                ms: 3,
+                direction: Direction::Server,
+                line: "220 hi".into(),
+            }],
+            transcript_dropped: 7,
+            ..Default::default()
+        };
+        let end = SessionEnd {
+            id: "x".into(),
+            start: UNIX_EPOCH,
+            end: UNIX_EPOCH + std::time::Duration::from_millis(1500),
+            client: "[::ffff:192.0.2.9]:25".parse().unwrap(),
+            rdns: None,
+            fcrdns: None,
+            tls: false,
+            dnsbl: Vec::new(),
+            score: None,
+            verdict: Verdict::NoMail,
+            record,
+        };
+        let mut out = Vec::new();
+        end.to_line(&mut out);
+        assert_eq!(out.last(), Some(&b'\n'));
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        for key in [
+            "id",
+            "start",
+            "end",
+            "client_ip",
+            "client_port",
+            "rdns",
+            "fcrdns",
+            "helo",
+            "tls",
+            "pipelined",
+            "dnsbl",
+            "score",
+            "signatures",
+            "verdict",
+            "transactions",
+            "transcript",
+        ] {
+            assert!(value.get(key).is_some(), "{key}");
+        }
+        assert_eq!(value["start"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(value["end"], "1970-01-01T00:00:01.500Z");
+        assert_eq!(value["client_ip"], "192.0.2.9");
+        assert_eq!(value["verdict"], "no-mail");
+        assert_eq!(
+            value["transcript"][0],
+            serde_json::json!([3, "s", "220 hi"])
+        );
+        assert_eq!(
+            value["transcript"][1][2],
+            "[sinkhole: 7 more lines not kept]"
+        );
+    }
+}

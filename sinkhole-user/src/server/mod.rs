@@ -1,0 +1,646 @@
+//! The daemon's event loop: one thread, mio, every socket non-blocking.
+//!
+//! The loop accepts (refusing blocked clients and clients over a limit at once), moves bytes
+//! between sockets and [`Session`]s, answers the sessions' events, and keeps deadlines in a
+//! timer wheel. It never waits for anything but `epoll`: messages go to the capture thread,
+//! whose answers come back through a channel and a [`Waker`].
+
+pub mod connection;
+pub mod counters;
+pub mod limits;
+pub mod listeners;
+pub mod timer;
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant, SystemTime};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::capture::headers::Trace;
+use crate::capture::session_log::{SessionEnd, Verdict, session_id};
+use crate::capture::{Capture, CaptureError, Job, StoreRequest, Stored, Ticket};
+use crate::config::Config;
+use crate::kernel::Blocker;
+use crate::smtp::{Direction, Event, Reply, Session, SessionConfig, SessionRecord, TranscriptLine};
+use connection::{Connection, FlushOutcome, ReadOutcome};
+use counters::Counters;
+use limits::{Limits, Refusal};
+use timer::{TimerEntry, TimerWheel};
+
+const WAKER: Token = Token(usize::MAX);
+const SIGNALS: Token = Token(usize::MAX - 1);
+/// Listener `i` has token `LISTENER_BASE - i`; connection tokens are slab keys, far below.
+const LISTENER_BASE: usize = usize::MAX - 2;
+
+/// The one read buffer every connection reads through.
+const SCRATCH: usize = 64 * 1024;
+/// Reads per connection per wake-up before the loop serves the others (fairness).
+const READS_PER_TURN: usize = 16;
+/// Message bytes the capture thread may hold at once; past it, 451 (try later).
+const MAX_IN_FLIGHT_BYTES: usize = 256 * 1024 * 1024;
+/// How long shutdown waits for in-flight messages and unsent 421s.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error("event loop: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The daemon, set up and ready to [`Server::run`].
+pub struct Server {
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    signals: Signals,
+    conns: Slab<Connection>,
+    wheel: TimerWheel,
+    limits: Limits,
+    blocker: Box<dyn Blocker>,
+    capture: Capture,
+    /// Stored messages coming back from the capture thread.
+    stored: Receiver<Stored>,
+    session_config: Arc<SessionConfig>,
+    capture_enabled: bool,
+    counters: Arc<Counters>,
+    scratch: Vec<u8>,
+    in_flight_bytes: usize,
+    serial: u64,
+    /// Connections left with input still waiting after their turn (slot, serial).
+    ready: Vec<(usize, u64)>,
+    /// Set once a stop signal came: the instant by which everything is closed.
+    stopping: Option<Instant>,
+}
+
+impl Server {
+    /// Binds every listen address, prepares storage and starts the capture thread.
+    pub fn new(config: &Config, blocker: Box<dyn Blocker>) -> Result<Server, ServerError> {
+        let poll = Poll::new()?;
+        let mut listeners = Vec::with_capacity(config.smtp.listen.len());
+        for (i, &addr) in config.smtp.listen.iter().enumerate() {
+            let mut listener =
+                listeners::bind(addr).map_err(|source| ServerError::Listen { addr, source })?;
+            poll.registry().register(
+                &mut listener,
+                Token(LISTENER_BASE - i),
+                Interest::READABLE,
+            )?;
+            listeners.push(listener);
+        }
+        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let counters = Arc::new(Counters::default());
+        let (stored_tx, stored) = mpsc::channel();
+        let capture = Capture::start(
+            &config.storage,
+            &config.smtp.hostname,
+            Arc::clone(&counters),
+            move |outcome| {
+                // The loop outlives the thread; if it is gone there is no one left to tell.
+                if stored_tx.send(outcome).is_ok() {
+                    let _ = waker.wake();
+                }
+            },
+        )?;
+        let smtp = &config.smtp;
+        Ok(Server {
+            poll,
+            listeners,
+            signals,
+            conns: Slab::with_capacity(smtp.max_connections.get().min(65_536)),
+            wheel: TimerWheel::new(Instant::now()),
+            limits: Limits::new(
+                smtp.max_connections.get(),
+                smtp.max_connections_per_ip.get(),
+            ),
+            blocker,
+            capture,
+            stored,
+            session_config: Arc::new(SessionConfig {
+                hostname: smtp.hostname.clone(),
+                max_message_bytes: smtp.max_message_bytes,
+                max_recipients: smtp.max_recipients.get(),
+                idle_timeout: smtp.idle_timeout,
+                starttls: false,
+            }),
+            capture_enabled: config.storage.capture,
+            counters,
+            scratch: vec![0; SCRATCH],
+            in_flight_bytes: 0,
+            serial: 0,
+            ready: Vec::new(),
+            stopping: None,
+        })
+    }
+
+    /// The counters, for whoever reports them.
+    pub fn counters(&self) -> Arc<Counters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        self.listeners.iter().map(TcpListener::local_addr).collect()
+    }
+
+    /// Serves until SIGTERM or SIGINT, then shuts down cleanly: no new connections, every
+    /// session told 421 (after its pending message is stored), the session log written out.
+    pub fn run(mut self) -> Result<(), ServerError> {
+        let mut events = Events::with_capacity(1024);
+        let mut due = Vec::new();
+        let mut ready = Vec::new();
+        let mut last_sweep = Instant::now();
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => self.take_stored(now),
+                    SIGNALS => {
+                        if self.signals.pending().next().is_some() {
+                            match self.stopping {
+                                None => self.begin_shutdown(now),
+                                // A second signal: stop waiting for slow clients.
+                                Some(_) => self.stopping = Some(now),
+                            }
+                        }
+                    }
+                    Token(t) if t > LISTENER_BASE - self.listeners.len() && t <= LISTENER_BASE => {
+                        self.accept_all(LISTENER_BASE - t, now);
+                    }
+                    Token(slot) => {
+                        if let Some(conn) = self.conns.get_mut(slot) {
+                            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                                conn.readable = true;
+                            }
+                            self.drive(slot, now);
+                        }
+                    }
+                }
+            }
+            // Connections that used up their turn go on after everyone else had one.
+            std::mem::swap(&mut ready, &mut self.ready);
+            for (slot, serial) in ready.drain(..) {
+                if self.conns.get(slot).is_some_and(|c| c.serial == serial) {
+                    self.drive(slot, now);
+                }
+            }
+            self.expire_timers(now, &mut due);
+            if now.duration_since(last_sweep) >= Duration::from_secs(5) {
+                last_sweep = now;
+                if let Err(e) = self.blocker.sweep() {
+                    log::warn!("sweeping the block table: {e}");
+                }
+            }
+            if let Some(grace) = self.stopping {
+                if self.conns.is_empty() {
+                    break;
+                }
+                if now >= grace {
+                    self.force_close_all();
+                    break;
+                }
+            }
+        }
+        log::info!("stopped; writing out the session log");
+        self.capture.finish();
+        Ok(())
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let wake = match (self.wheel.next_wake(), self.stopping) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        wake.map(|at| at.saturating_duration_since(now))
+    }
+
+    fn accept_all(&mut self, index: usize, now: Instant) {
+        loop {
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.accept(stream, peer, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) => {
+                    // Out of descriptors or memory: what stays queued is tried at the next event.
+                    Counters::add(&self.counters.accept_errors, 1);
+                    log::warn!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
+        let ip = peer.ip().to_canonical();
+        if self.blocker.is_blocked(ip) {
+            Counters::add(&self.counters.refused_blocked, 1);
+            self.log_closed_at_accept(peer, Verdict::Blocked, None);
+            return;
+        }
+        if let Err(refusal) = self.limits.admit(ip) {
+            let counter = match refusal {
+                Refusal::Total => &self.counters.refused_max_connections,
+                Refusal::PerIp => &self.counters.refused_per_ip,
+            };
+            Counters::add(counter, 1);
+            // A fresh socket has room for one line; if not, the client hears nothing.
+            let _ = stream.write(refusal.reply());
+            self.log_closed_at_accept(peer, Verdict::Refused, Some(refusal.reply()));
+            return;
+        }
+        let entry = self.conns.vacant_entry();
+        let slot = entry.key();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(slot), Interest::READABLE)
+        {
+            log::warn!("register {peer}: {e}");
+            self.limits.release(ip);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        Counters::add(&self.counters.connections_total, 1);
+        Counters::add(&self.counters.connections_active, 1);
+        self.serial += 1;
+        let started = SystemTime::now();
+        let mut session = Session::new(Arc::clone(&self.session_config), now);
+        // Whatever is already waiting came before the banner (pregreet).
+        let mut readable = true;
+        match stream.read(&mut self.scratch) {
+            Ok(n) if n > 0 => session.receive_early(&self.scratch[..n], now),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => readable = false,
+            _ => {}
+        }
+        session.greet(now);
+        entry.insert(Connection {
+            stream,
+            session,
+            peer,
+            serial: self.serial,
+            id: session_id(started, self.serial),
+            started,
+            scheduled: None,
+            readable,
+            wants_writable: false,
+            capturing: false,
+            peer_closed: false,
+        });
+        self.drive(slot, now);
+    }
+
+    /// Moves a connection as far as it can go now: answers its events, writes its output,
+    /// reads while the session wants input, closes it when it is over.
+    fn drive(&mut self, slot: usize, now: Instant) {
+        let mut reads = 0;
+        loop {
+            while let Some(event) = self.conns[slot].session.poll_event() {
+                self.handle_event(slot, event, now);
+            }
+            let conn = &mut self.conns[slot];
+            match conn.flush() {
+                FlushOutcome::Broken => return self.close(slot),
+                FlushOutcome::Blocked => {
+                    if !conn.wants_writable {
+                        conn.wants_writable = true;
+                        let interest = Interest::READABLE | Interest::WRITABLE;
+                        let _ = self.poll.registry().reregister(
+                            &mut conn.stream,
+                            Token(slot),
+                            interest,
+                        );
+                    }
+                }
+                FlushOutcome::Done => {
+                    if conn.wants_writable {
+                        conn.wants_writable = false;
+                        let _ = self.poll.registry().reregister(
+                            &mut conn.stream,
+                            Token(slot),
+                            Interest::READABLE,
+                        );
+                    }
+                    // Over, or the client left and nothing it sent is still being stored.
+                    if conn.session.is_finished() || (conn.peer_closed && !conn.capturing) {
+                        return self.close(slot);
+                    }
+                }
+            }
+            if !(conn.readable && conn.session.wants_read()) || conn.peer_closed {
+                break;
+            }
+            if reads == READS_PER_TURN {
+                // More input is waiting: serve the other connections first.
+                self.ready.push((slot, conn.serial));
+                break;
+            }
+            reads += 1;
+            match conn.read(&mut self.scratch, now) {
+                ReadOutcome::Data => {}
+                ReadOutcome::Drained => break,
+                ReadOutcome::Closed => conn.peer_closed = true,
+            }
+        }
+        self.schedule(slot);
+    }
+
+    /// Keeps one timer entry per connection at (or before) its session's deadline.
+    fn schedule(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        let deadline = conn.session.deadline();
+        if conn.scheduled.is_some_and(|at| at <= deadline) {
+            return;
+        }
+        conn.scheduled = Some(deadline);
+        self.wheel.insert(TimerEntry {
+            slot,
+            serial: conn.serial,
+            at: deadline,
+        });
+    }
+
+    fn expire_timers(&mut self, now: Instant, due: &mut Vec<TimerEntry>) {
+        due.clear();
+        self.wheel.expire(now, due);
+        for entry in due.drain(..) {
+            let Some(conn) = self.conns.get_mut(entry.slot) else {
+                continue;
+            };
+            if conn.serial != entry.serial || conn.scheduled != Some(entry.at) {
+                continue;
+            }
+            conn.scheduled = None;
+            if conn.session.deadline() <= now {
+                conn.session.handle_timeout(now);
+            }
+            self.drive(entry.slot, now);
+        }
+    }
+
+    fn handle_event(&mut self, slot: usize, event: Event, now: Instant) {
+        match event {
+            Event::Recipient { mail_from, rcpt } => {
+                if let Some(reply) = self.decide_recipient(slot, &mail_from, &rcpt) {
+                    self.conns[slot].session.resolve_recipient(reply, now);
+                }
+            }
+            Event::Message {
+                mail_from,
+                rcpts: _,
+                body,
+            } => self.take_message(slot, mail_from, body, now),
+            Event::StartTls => {
+                // STARTTLS is not advertised, so a session never gets here; if it did, going on
+                // in clear text after the 220 would break the protocol.
+                log::warn!(
+                    "session {}: STARTTLS without TLS support; closing",
+                    self.conns[slot].id
+                );
+                self.conns[slot].session.shutdown(now);
+            }
+        }
+    }
+
+    /// The verdict for one recipient: a reply now, or `None` when it comes later (a provider
+    /// that must wait answers through the loop with `Session::resolve_recipient`). Until
+    /// policy and scoring land, every recipient is accepted.
+    fn decide_recipient(&mut self, _slot: usize, _mail_from: &str, _rcpt: &str) -> Option<Reply> {
+        Some(reply(250, "2.1.5 Ok"))
+    }
+
+    fn take_message(&mut self, slot: usize, mail_from: String, body: Vec<u8>, now: Instant) {
+        let conn = &mut self.conns[slot];
+        if !self.capture_enabled {
+            Counters::add(&self.counters.messages_total, 1);
+            Counters::add(&self.counters.message_bytes_total, body.len() as u64);
+            conn.session
+                .resolve_message(reply(250, "2.0.0 Ok"), None, now);
+            return;
+        }
+        if self.in_flight_bytes + body.len() > MAX_IN_FLIGHT_BYTES {
+            Counters::add(&self.counters.capture_busy, 1);
+            conn.session.resolve_message(busy(), None, now);
+            return;
+        }
+        let size = body.len();
+        let request = StoreRequest {
+            ticket: Ticket {
+                slot,
+                serial: conn.serial,
+            },
+            trace: Trace {
+                session_id: conn.id.clone(),
+                client: conn.peer,
+                rdns: None,
+                helo: conn.session.record().helo.clone(),
+                dnsbl: Vec::new(),
+                mail_from,
+            },
+            body,
+        };
+        if self.capture.submit(Job::Store(request)) {
+            self.in_flight_bytes += size;
+            conn.capturing = true;
+        } else {
+            Counters::add(&self.counters.capture_busy, 1);
+            conn.session.resolve_message(busy(), None, now);
+        }
+    }
+
+    /// Answers the messages the capture thread has finished with.
+    fn take_stored(&mut self, now: Instant) {
+        while let Ok(stored) = self.stored.try_recv() {
+            self.in_flight_bytes -= stored.size;
+            let Some(conn) = self.conns.get_mut(stored.ticket.slot) else {
+                continue;
+            };
+            if conn.serial != stored.ticket.serial {
+                continue;
+            }
+            conn.capturing = false;
+            let answer = match stored.name {
+                Some(name) => {
+                    Counters::add(&self.counters.messages_total, 1);
+                    Counters::add(&self.counters.message_bytes_total, stored.size as u64);
+                    let text = format!("2.0.0 Ok: queued as {name}");
+                    (reply(250, &text), Some(name))
+                }
+                None => (
+                    reply(451, "4.3.0 Local storage error, try again later"),
+                    None,
+                ),
+            };
+            conn.session.resolve_message(answer.0, answer.1, now);
+            self.drive(stored.ticket.slot, now);
+        }
+    }
+
+    fn begin_shutdown(&mut self, now: Instant) {
+        log::info!("stopping: {} session(s) open", self.conns.len());
+        self.stopping = Some(now + SHUTDOWN_GRACE);
+        for mut listener in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let slots: Vec<usize> = self.conns.iter().map(|(slot, _)| slot).collect();
+        for slot in slots {
+            self.conns[slot].session.shutdown(now);
+            self.drive(slot, now);
+        }
+    }
+
+    fn force_close_all(&mut self) {
+        let slots: Vec<usize> = self.conns.iter().map(|(slot, _)| slot).collect();
+        Counters::add(&self.counters.shutdown_forced_closes, slots.len() as u64);
+        for slot in slots {
+            self.close(slot);
+        }
+    }
+
+    fn close(&mut self, slot: usize) {
+        let conn = self.conns.remove(slot);
+        self.limits.release(conn.peer.ip().to_canonical());
+        self.counters
+            .connections_active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let record = conn.session.into_record();
+        self.log_session(SessionEnd {
+            id: conn.id,
+            start: conn.started,
+            end: SystemTime::now(),
+            client: conn.peer,
+            rdns: None,
+            fcrdns: None,
+            tls: false,
+            dnsbl: Vec::new(),
+            score: None,
+            verdict: Verdict::of(&record),
+            record,
+        });
+    }
+
+    /// Logs a connection closed right after accept; `said` is the line it was sent, if any.
+    fn log_closed_at_accept(&mut self, peer: SocketAddr, verdict: Verdict, said: Option<&[u8]>) {
+        self.serial += 1;
+        let now = SystemTime::now();
+        let transcript = said
+            .map(|line| TranscriptLine {
+                ms: 0,
+                direction: Direction::Server,
+                line: String::from_utf8_lossy(line).trim_end().to_string(),
+            })
+            .into_iter()
+            .collect();
+        self.log_session(SessionEnd {
+            id: session_id(now, self.serial),
+            start: now,
+            end: now,
+            client: peer,
+            rdns: None,
+            fcrdns: None,
+            tls: false,
+            dnsbl: Vec::new(),
+            score: None,
+            verdict,
+            record: SessionRecord {
+                transcript,
+                ..SessionRecord::default()
+            },
+        });
+    }
+
+    fn log_session(&mut self, session: SessionEnd) {
+        if !self.capture.submit(Job::Log(Box::new(session))) {
+            Counters::add(&self.counters.session_log_dropped, 1);
+        }
+    }
+}
+
+fn reply(code: u16, text: &str) -> Reply {
+    Reply {
+        code,
+        text: text.to_string(),
+    }
+}
+
+fn busy() -> Reply {
+    reply(451, "4.3.0 Too busy to store the message, try again later")
+}
+
+/// Raises the open files limit to at least `wanted` (every connection is a descriptor): the
+/// hard limit too when we may (root), else the soft limit up to the hard one. Returns the limit
+/// in force.
+pub fn raise_fd_limit(wanted: u64) -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some_and(|soft| soft < wanted) {
+        let raised = Rlimit {
+            current: Some(wanted),
+            maximum: limit.maximum.map(|hard| hard.max(wanted)),
+        };
+        if setrlimit(Resource::Nofile, raised).is_err() {
+            let _ = setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: limit.maximum,
+                    maximum: limit.maximum,
+                },
+            );
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// `sinkhole run`: sets up the daemon from `config` (with the kernel module's blocker) and
+/// serves until stopped.
+pub fn run(config: &Config) -> Result<(), ServerError> {
+    // Listeners, the log, the Maildir, epoll: a few dozen descriptors besides the clients.
+    let wanted = config.smtp.max_connections.get() as u64 + 64;
+    let files = raise_fd_limit(wanted);
+    if files < wanted {
+        log::warn!(
+            "open files limit {files} is below smtp.max_connections ({}); accept will fail earlier",
+            config.smtp.max_connections
+        );
+    }
+    let server = Server::new(config, crate::kernel::open_blocker(config))?;
+    for addr in server.local_addrs()? {
+        log::info!("listening on {addr}");
+    }
+    let storage = &config.storage;
+    log::info!(
+        "storage {} (messages {})",
+        storage.dir.display(),
+        if storage.capture {
+            "captured to maildir/new"
+        } else {
+            "counted, not stored"
+        }
+    );
+    server.run()
+}

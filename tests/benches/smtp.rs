@@ -1,0 +1,403 @@
+//! `cargo xtask bench smtp` (`cargo bench -p sinkhole-tests --bench smtp`): sinkhole against Postfix's
+//! `smtp-sink` under the same load in the same run, plus the loads `smtp-source` cannot make
+//! (EHLO + PIPELINING) and the idle-connection footprint. Prints a Markdown table.
+//!
+//! Loopback only. `SMTP_BENCH_MESSAGES` (default 20000) and `SMTP_BENCH_IDLE` (default 20000)
+//! scale it down for a quick run.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use sinkhole_tests::daemon::Daemon;
+use sinkhole_tests::{free_port, temp_dir};
+
+/// Parallel sessions, as `smtp-source -s 20`.
+const SESSIONS: usize = 20;
+/// Message payload bytes, as `smtp-source -l 1000`.
+const LENGTH: usize = 1000;
+
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `smtp-sink` on a free port, killed on drop.
+struct SmtpSink {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl SmtpSink {
+    fn start(dump: Option<&Path>) -> Result<SmtpSink> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut command = Command::new("smtp-sink");
+        if rustix::process::geteuid().is_root() {
+            // smtp-sink refuses to run as root.
+            command.args(["-u", "nobody"]);
+        }
+        if let Some(dir) = dump {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))?;
+            // One file per message (strftime template + random suffix), never synced.
+            command.arg("-d").arg(format!("{}/", dir.display()));
+        }
+        let child = command
+            .arg("-c")
+            .arg(addr.to_string())
+            .arg("1000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("run smtp-sink (postfix; cargo xtask setup installs it)")?;
+        let sink = SmtpSink { child, addr };
+        wait_listening(addr)?;
+        Ok(sink)
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_listening(addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        ensure!(Instant::now() < deadline, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// `smtp-source -s 20 -m N -l 1000 [-d]`: messages per second.
+fn smtp_source(addr: SocketAddr, sessions: usize, messages: usize, reuse: bool) -> Result<f64> {
+    let mut command = Command::new("smtp-source");
+    if reuse {
+        command.arg("-d");
+    }
+    command
+        .args([
+            "-s",
+            &sessions.to_string(),
+            "-m",
+            &messages.to_string(),
+            "-l",
+            &LENGTH.to_string(),
+        ])
+        .arg(addr.to_string())
+        .stdout(Stdio::null());
+    let started = Instant::now();
+    let status = command.status().context("run smtp-source")?;
+    let elapsed = started.elapsed();
+    ensure!(
+        status.success(),
+        "smtp-source against {addr} failed: {status}"
+    );
+    Ok(messages as f64 / elapsed.as_secs_f64())
+}
+
+/// Reads one whole reply; returns its code.
+fn read_reply(reader: &mut impl BufRead, line: &mut String) -> Result<u16> {
+    loop {
+        line.clear();
+        if reader.read_line(line)? == 0 {
+            bail!("connection closed");
+        }
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return Ok(line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0));
+        }
+    }
+}
+
+/// The project's own load: `SESSIONS` connections, EHLO once, then per message
+/// MAIL+RCPT+DATA in one write and the body in the next. Messages per second.
+fn pipelined_load(addr: SocketAddr, messages: usize) -> Result<f64> {
+    let mut body = Vec::with_capacity(LENGTH + 64);
+    body.extend_from_slice(b"Subject: bench\r\n\r\n");
+    while body.len() < LENGTH {
+        body.extend_from_slice(
+            b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n",
+        );
+    }
+    body.extend_from_slice(b".\r\n");
+    let started = Instant::now();
+    let workers: Vec<_> = (0..SESSIONS)
+        .map(|i| {
+            let share = messages / SESSIONS + usize::from(i < messages % SESSIONS);
+            let body = body.clone();
+            std::thread::spawn(move || -> Result<()> {
+                let stream = TcpStream::connect(addr)?;
+                stream.set_nodelay(true)?;
+                stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+                let mut writer = stream.try_clone()?;
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                ensure!(read_reply(&mut reader, &mut line)? == 220, "banner: {line}");
+                writer.write_all(b"EHLO bench.example\r\n")?;
+                ensure!(read_reply(&mut reader, &mut line)? == 250, "EHLO: {line}");
+                for _ in 0..share {
+                    writer.write_all(
+                        b"MAIL FROM:<bench@example.com>\r\nRCPT TO:<trap@example.org>\r\nDATA\r\n",
+                    )?;
+                    for want in [250, 250, 354] {
+                        ensure!(read_reply(&mut reader, &mut line)? == want, "got {line}");
+                    }
+                    writer.write_all(&body)?;
+                    ensure!(
+                        read_reply(&mut reader, &mut line)? == 250,
+                        "end of data: {line}"
+                    );
+                }
+                writer.write_all(b"QUIT\r\n")?;
+                Ok(())
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+    }
+    Ok(messages as f64 / started.elapsed().as_secs_f64())
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
+
+/// Opens a connection from `127.0.0.<source>` (each source address has its own ephemeral
+/// ports) and waits for the banner; the time that took.
+fn banner(addr: SocketAddr, source: u8) -> Result<(TcpStream, Duration)> {
+    use socket2::{Domain, Socket, Type};
+    let started = Instant::now();
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from(([127, 0, 0, source], 0)).into())?;
+    socket.connect(&addr.into())?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    ensure!(read_reply(&mut reader, &mut line)? == 220, "banner: {line}");
+    Ok((stream, started.elapsed()))
+}
+
+struct IdleResult {
+    held: usize,
+    bytes_per_connection: f64,
+    banner_p50: Duration,
+    banner_p99: Duration,
+}
+
+fn idle_connections(count: usize) -> Result<IdleResult> {
+    let limits = format!(
+        "max_connections = {}\nmax_connections_per_ip = {}\nidle_timeout = \"600s\"",
+        count + 2000,
+        count + 2000
+    );
+    let mut daemon = Daemon::start(&limits, "capture = false");
+    // Warm up: the first sessions allocate what every later one reuses.
+    for _ in 0..100 {
+        banner(daemon.addr, 1)?;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let before = rss_kib(daemon.pid())?;
+    let mut held = Vec::with_capacity(count);
+    for i in 0..count {
+        held.push(banner(daemon.addr, 2 + (i % 8) as u8)?.0);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let after = rss_kib(daemon.pid())?;
+    let mut latencies = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        latencies.push(banner(daemon.addr, 10)?.1);
+    }
+    latencies.sort();
+    drop(held);
+    daemon.stop();
+    Ok(IdleResult {
+        held: count,
+        bytes_per_connection: (after.saturating_sub(before) * 1024) as f64 / count as f64,
+        banner_p50: latencies[latencies.len() / 2],
+        banner_p99: latencies[latencies.len() * 99 / 100],
+    })
+}
+
+struct Row {
+    load: String,
+    peer: &'static str,
+    peer_rate: f64,
+    ours: &'static str,
+    our_rate: f64,
+    goal: Option<f64>,
+}
+
+fn sinkhole(capture: bool) -> Daemon {
+    let storage = if capture {
+        "capture = true"
+    } else {
+        "capture = false"
+    };
+    Daemon::start(
+        "max_connections = 20000\nmax_connections_per_ip = 20000",
+        storage,
+    )
+}
+
+/// The same as the daemon does at start (root may raise the hard limit too).
+fn raise_fd_limit(wanted: u64) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: Some(wanted),
+        maximum: limit.maximum.map(|h| h.max(wanted)),
+    };
+    if setrlimit(Resource::Nofile, raised).is_err() {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                ..limit
+            },
+        );
+    }
+}
+
+fn main() -> Result<()> {
+    let messages = env_count("SMTP_BENCH_MESSAGES", 20_000);
+    let idle = env_count("SMTP_BENCH_IDLE", 20_000);
+    // The idle test holds that many sockets here too.
+    raise_fd_limit(idle as u64 + 4096);
+    let source = |reuse: bool| {
+        format!(
+            "smtp-source -s {SESSIONS} -m {messages} -l {LENGTH}{}",
+            if reuse { " -d" } else { "" }
+        )
+    };
+    // First, before the loads fill the ephemeral port range with TIME_WAIT sockets.
+    let idle_result = idle_connections(idle)?;
+    let mut rows = Vec::new();
+
+    for reuse in [false, true] {
+        let sink = SmtpSink::start(None)?;
+        let peer_rate = smtp_source(sink.addr, SESSIONS, messages, reuse)?;
+        drop(sink);
+        let daemon = sinkhole(false);
+        let our_rate = smtp_source(daemon.addr, SESSIONS, messages, reuse)?;
+        drop(daemon);
+        rows.push(Row {
+            load: source(reuse)
+                + if reuse {
+                    " (connections reused)"
+                } else {
+                    " (a connection per message)"
+                },
+            peer: "smtp-sink",
+            peer_rate,
+            ours: "sinkhole, capture = false",
+            our_rate,
+            goal: Some(1.3),
+        });
+    }
+
+    // Durable capture: group commit needs messages in flight to share a sync, so the same
+    // load is also run with more parallel sessions.
+    for sessions in [SESSIONS, 10 * SESSIONS] {
+        let dump = temp_dir("smtp-sink-dump");
+        let sink = SmtpSink::start(Some(dump.path()))?;
+        let peer_rate = smtp_source(sink.addr, sessions, messages, true)?;
+        drop(sink);
+        let daemon = sinkhole(true);
+        let our_rate = smtp_source(daemon.addr, sessions, messages, true)?;
+        let stored = sinkhole_tests::daemon::files_in(&daemon.storage().join("maildir/new")).len();
+        drop(daemon);
+        ensure!(
+            stored == messages,
+            "sinkhole stored {stored} of {messages} messages"
+        );
+        rows.push(Row {
+            load: format!("smtp-source -s {sessions} -m {messages} -l {LENGTH} -d"),
+            peer: "smtp-sink -d DIR (no sync)",
+            peer_rate,
+            ours: "sinkhole, durable capture",
+            our_rate,
+            goal: (sessions == SESSIONS).then_some(1.0),
+        });
+    }
+
+    let sink = SmtpSink::start(None)?;
+    let peer_rate = pipelined_load(sink.addr, messages)?;
+    drop(sink);
+    for capture in [false, true] {
+        let daemon = sinkhole(capture);
+        let our_rate = pipelined_load(daemon.addr, messages)?;
+        drop(daemon);
+        rows.push(Row {
+            load: format!("smtp-bench EHLO+PIPELINING, {SESSIONS} sessions, {messages} msgs"),
+            peer: "smtp-sink",
+            peer_rate,
+            ours: if capture {
+                "sinkhole, durable capture"
+            } else {
+                "sinkhole, capture = false"
+            },
+            our_rate,
+            goal: None,
+        });
+    }
+
+    println!("## SMTP\n");
+    println!("| load | peer | peer msg/s | sinkhole | sinkhole msg/s | ratio | goal |");
+    println!("|---|---|---:|---|---:|---:|---:|");
+    for row in &rows {
+        let ratio = row.our_rate / row.peer_rate;
+        let goal = row.goal.map_or("-".to_string(), |g| {
+            format!("≥ {g:.1}x {}", if ratio >= g { "met" } else { "MISSED" })
+        });
+        println!(
+            "| {} | {} | {:.0} | {} | {:.0} | {ratio:.2}x | {goal} |",
+            row.load, row.peer, row.peer_rate, row.ours, row.our_rate
+        );
+    }
+
+    let result = idle_result;
+    println!();
+    println!(
+        "| idle connections held | daemon RSS per connection | banner p50 | banner p99 | goals |"
+    );
+    println!("|---:|---:|---:|---:|---|");
+    println!(
+        "| {} | {:.0} B | {:.2} ms | {:.2} ms | ≤ 8192 B {}, p99 < 5 ms {} |",
+        result.held,
+        result.bytes_per_connection,
+        result.banner_p50.as_secs_f64() * 1e3,
+        result.banner_p99.as_secs_f64() * 1e3,
+        if result.bytes_per_connection <= 8192.0 {
+            "met"
+        } else {
+            "MISSED"
+        },
+        if result.banner_p99 < Duration::from_millis(5) {
+            "met"
+        } else {
+            "MISSED"
+        },
+    );
+    Ok(())
+}

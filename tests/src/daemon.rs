@@ -1,0 +1,234 @@
+//! The real daemon on a free loopback port with its own config and storage, and a raw SMTP
+//! client for replaying exact bytes.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{TempDir, free_port, sinkhole_bin, temp_dir};
+
+/// The TOML for a daemon on `127.0.0.1:port` with storage in `storage`; `smtp` and `storage`
+/// are extra lines for those tables, `rest` more tables. XDP maps are pinned nowhere real (the
+/// daemon falls back to its in-memory blocker).
+pub fn smtp_config(
+    port: u16,
+    storage: &Path,
+    smtp: &str,
+    storage_extra: &str,
+    rest: &str,
+) -> String {
+    format!(
+        "[smtp]\nlisten = [\"127.0.0.1:{port}\"]\nhostname = \"sinkhole.test\"\n{smtp}\n\
+         [storage]\ndir = \"{}\"\n{storage_extra}\n\
+         [xdp]\npin_dir = \"{}\"\n\
+         {rest}\n",
+        storage.join("data").display(),
+        storage.join("no-bpffs").display(),
+    )
+}
+
+/// A running `sinkhole run`, killed on drop.
+pub struct Daemon {
+    child: Child,
+    pub addr: SocketAddr,
+    /// Holds the config, the storage and the daemon's stderr.
+    pub dir: TempDir,
+}
+
+impl Daemon {
+    /// Starts a daemon on a free loopback port with [`smtp_config`]'s extra lines, and waits
+    /// until it says it listens.
+    pub fn start(smtp: &str, storage: &str) -> Daemon {
+        let dir = temp_dir("daemon");
+        let port = free_port();
+        let config = smtp_config(port, dir.path(), smtp, storage, "");
+        Daemon::start_with_config(dir, &config, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// Starts a daemon with a complete config (written into `dir`), listening on `addr`.
+    pub fn start_with_config(dir: TempDir, config: &str, addr: SocketAddr) -> Daemon {
+        let config_path = dir.path().join("sinkhole.toml");
+        fs::write(&config_path, config).expect("write config");
+        let stderr = fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
+        let child = Command::new(sinkhole_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn sinkhole run");
+        let mut daemon = Daemon { child, addr, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !daemon.stderr().contains(&format!("listening on {addr}")) {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!("sinkhole exited with {status}: {}", daemon.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sinkhole did not start: {}",
+                daemon.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        daemon
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `STORAGE`.
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// What the daemon logged so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Files in `STORAGE/maildir/new`, sorted by name.
+    pub fn new_messages(&self) -> Vec<PathBuf> {
+        files_in(&self.storage().join("maildir/new"))
+    }
+
+    /// Every line of `STORAGE/sessions.jsonl`, parsed.
+    pub fn sessions(&self) -> Vec<serde_json::Value> {
+        let text = fs::read_to_string(self.storage().join("sessions.jsonl")).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Waits (bounded) until the session log holds at least `n` lines (it is written out at
+    /// least every second), and returns them.
+    pub fn wait_sessions(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let sessions = self.sessions();
+            if sessions.len() >= n || Instant::now() > deadline {
+                return sessions;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the daemon to exit.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for sinkhole") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sinkhole did not exit: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM and wait; panics unless it exits 0 within 15 s.
+    pub fn stop(&mut self) {
+        self.terminate();
+        let status = self.wait(Duration::from_secs(15));
+        assert!(
+            status.success(),
+            "sinkhole exited with {status}: {}",
+            self.stderr()
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Regular files in `dir`, sorted; empty when `dir` does not exist.
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// A plain SMTP client over a socket, for replaying exact bytes and reading the replies.
+pub struct SmtpClient {
+    reader: BufReader<TcpStream>,
+}
+
+impl SmtpClient {
+    /// Connects with a 10 s read timeout (no test waits longer for a reply).
+    pub fn connect(addr: SocketAddr) -> SmtpClient {
+        let stream = TcpStream::connect(addr).expect("connect to sinkhole");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        SmtpClient {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Sends `bytes` in one write.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.reader
+            .get_mut()
+            .write_all(bytes)
+            .expect("write to sinkhole");
+    }
+
+    /// One reply line, without CRLF; `None` at end of stream.
+    pub fn line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(line.trim_end_matches(['\r', '\n']).to_string()),
+            Err(e) => panic!("reading a reply: {e}"),
+        }
+    }
+
+    /// One whole reply (all lines of a multi-line reply).
+    pub fn reply(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line().expect("a reply, not the end of the stream");
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line);
+            if last {
+                return lines;
+            }
+        }
+    }
+
+    /// True when the server closed the connection (after any remaining bytes are read).
+    pub fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest).is_ok()
+    }
+}
