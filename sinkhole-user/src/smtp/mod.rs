@@ -40,6 +40,13 @@ mod transcript;
 #[cfg(test)]
 mod tests;
 
+/// The command-line parser, reachable for the fuzz targets in `fuzz/` (a crate of its own, so
+/// `pub(crate)` cannot serve). Not part of the library's interface.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::command::{Command, ParseError, parse, parse_mail_params};
+}
+
 use std::time::Duration;
 
 pub use session::{

@@ -1,0 +1,458 @@
+//! What the fuzz targets share: the input layout, a driver that plays a [`Session`] the way the
+//! server loop does, and the invariants every session keeps whatever it is fed.
+//!
+//! Input layout: `STREAM [MARKER SCHEDULE]`. `STREAM` is what the client sends, so a plain SMTP
+//! conversation is a meaningful seed on its own; the optional `SCHEDULE` after [`MARKER`] is
+//! read with [`arbitrary::Unstructured`] into how the stream is cut into reads, when time
+//! passes, how decisions come out, and so on. Without a schedule a target uses a default.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sinkhole::signature::Signature;
+use sinkhole::smtp::{
+    Direction, Event, MAX_RECORDED, MAX_TRANSCRIPT_LINE_BYTES, MAX_TRANSCRIPT_LINES, OUTPUT_LIMIT,
+    Reply, Session, SessionConfig, SessionRecord,
+};
+
+/// Separates the client stream from the schedule.
+pub const MARKER: &[u8] = b"\0SCHEDULE\0";
+
+/// Most the server feeds per `receive` (see `sinkhole::smtp`).
+pub const MAX_READ: usize = 64 * 1024;
+
+/// Most one call can add to the output once it is past [`OUTPUT_LIMIT`]: the reply to one
+/// command (EHLO's is the longest we compose), a decided reply (at most [`MAX_REPLY_TEXT`]) and
+/// a closing 421.
+pub const MAX_REPLY_BATCH: usize = 4096;
+
+/// Longest reply text the driver hands to `resolve_*`.
+pub const MAX_REPLY_TEXT: usize = 512;
+
+/// Longest transcript line: every kept byte may be escaped to `\xNN` (4 bytes), plus our own
+/// prefix (`<discarded after STARTTLS> `) and the cut marker (`…[+N bytes]`).
+pub const MAX_TRANSCRIPT_LINE_LEN: usize = 4 * MAX_TRANSCRIPT_LINE_BYTES + 64;
+
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `(stream, schedule)`; the schedule is empty when there is no marker.
+pub fn split_input(data: &[u8]) -> (&[u8], &[u8]) {
+    match data.windows(MARKER.len()).position(|w| w == MARKER) {
+        Some(i) => (&data[..i], &data[i + MARKER.len()..]),
+        None => (data, &[]),
+    }
+}
+
+pub fn session_config(
+    starttls: bool,
+    max_message_bytes: u64,
+    max_recipients: usize,
+) -> Arc<SessionConfig> {
+    Arc::new(SessionConfig {
+        hostname: "mx.fuzz.example".into(),
+        max_message_bytes,
+        max_recipients,
+        idle_timeout: IDLE_TIMEOUT,
+        starttls,
+    })
+}
+
+/// The reply code class a decision comes out with.
+#[derive(Clone, Copy, Debug, arbitrary::Arbitrary)]
+pub enum Code {
+    Accept,
+    Tempfail,
+    Reject,
+}
+
+impl Code {
+    pub fn reply(self, text: Option<&str>) -> Reply {
+        let (code, default) = match self {
+            Code::Accept => (250, "2.1.5 Ok"),
+            Code::Tempfail => (451, "4.3.0 Try again later"),
+            Code::Reject => (550, "5.1.1 No such user"),
+        };
+        let text = text.map_or(default, |t| cut(t, MAX_REPLY_TEXT));
+        Reply {
+            code,
+            text: text.to_owned(),
+        }
+    }
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A decision that depends only on what is decided, so that two runs can be compared: the
+/// recipient's length picks the code, a message is refused when its body length is odd.
+fn default_code(seed: usize) -> Code {
+    match seed % 3 {
+        0 => Code::Accept,
+        1 => Code::Tempfail,
+        _ => Code::Reject,
+    }
+}
+
+/// The decision the session waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Recipient,
+    Message,
+}
+
+/// Plays a session as the server does and checks the invariants after every call.
+pub struct Driver {
+    pub session: Session,
+    config: Arc<SessionConfig>,
+    pub now: Instant,
+    greeted: bool,
+    /// The decision the session asked for and has not had yet.
+    pub decision: Option<Decision>,
+    /// Every event, as `Debug` text (kept only when `keep` is set).
+    pub events: Vec<String>,
+    /// Every byte written to the client (kept only when `keep` is set).
+    pub written: Vec<u8>,
+    keep: bool,
+    /// `session.output().len()` after the last check.
+    output_len: usize,
+    /// The length of what the pending decision is about; picks its deterministic outcome.
+    decision_seed: usize,
+    stored: usize,
+}
+
+impl Driver {
+    /// `keep`: remember every event and written byte (for comparing runs).
+    pub fn new(config: Arc<SessionConfig>, keep: bool) -> Driver {
+        let now = Instant::now();
+        Driver {
+            session: Session::new(Arc::clone(&config), now),
+            config,
+            now,
+            greeted: false,
+            decision: None,
+            events: Vec::new(),
+            written: Vec::new(),
+            keep,
+            output_len: 0,
+            decision_seed: 0,
+            stored: 0,
+        }
+    }
+
+    /// Bytes that were waiting at accept; only before the banner, as in the server.
+    pub fn early(&mut self, bytes: &[u8]) {
+        if !self.greeted {
+            self.call(|s, now| s.receive_early(bytes, now));
+        }
+    }
+
+    pub fn greet(&mut self) {
+        if !self.greeted {
+            self.greeted = true;
+            self.call(|s, now| s.greet(now));
+        }
+    }
+
+    /// One read, cut into the pieces the server would feed (at most [`MAX_READ`] each).
+    pub fn receive(&mut self, bytes: &[u8]) {
+        self.greet();
+        for chunk in bytes.chunks(MAX_READ) {
+            self.call(|s, now| s.receive(chunk, now));
+        }
+    }
+
+    /// Time passes; the timer fires (whether or not the deadline is reached: before it, the
+    /// session must ignore it).
+    pub fn wait(&mut self, ms: u64) {
+        self.greet();
+        self.now += Duration::from_millis(ms);
+        let due = self.now >= self.session.deadline();
+        let idle = due && self.decision.is_none() && !self.session.is_finished();
+        let before = self.output_len;
+        self.call(|s, now| s.handle_timeout(now));
+        if !due {
+            assert_eq!(
+                self.output_len, before,
+                "handle_timeout before the deadline wrote"
+            );
+        }
+        if idle {
+            assert!(
+                self.session.is_finished(),
+                "idle past the deadline, not closed"
+            );
+        }
+    }
+
+    /// `n` bytes of output were written to the client.
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.session.output().len());
+        if self.keep {
+            self.written.extend_from_slice(&self.session.output()[..n]);
+        }
+        self.output_len -= n;
+        self.call(|s, _| s.consume_output(n));
+    }
+
+    pub fn consume_all(&mut self) {
+        self.consume(self.session.output().len());
+    }
+
+    /// Resolves a pending recipient (when none is pending, the session must ignore it).
+    pub fn resolve_recipient(&mut self, reply: Reply) {
+        let expected = self.decision == Some(Decision::Recipient);
+        if expected {
+            self.decision = None;
+        }
+        self.resolve(expected, |s, now| s.resolve_recipient(reply, now));
+    }
+
+    /// Resolves a pending message (when none is pending, the session must ignore it).
+    pub fn resolve_message(&mut self, reply: Reply, stored_as: Option<String>) {
+        let expected = self.decision == Some(Decision::Message);
+        if expected {
+            self.decision = None;
+        }
+        self.resolve(expected, |s, now| s.resolve_message(reply, stored_as, now));
+    }
+
+    fn resolve(&mut self, expected: bool, f: impl FnOnce(&mut Session, Instant)) {
+        let before = self.output_len;
+        self.call(f);
+        if !expected {
+            assert_eq!(
+                self.output_len, before,
+                "a resolve nobody asked for was answered"
+            );
+        }
+    }
+
+    pub fn shutdown(&mut self) {
+        self.greet();
+        self.call(|s, now| s.shutdown(now));
+        if self.decision.is_none() {
+            assert!(
+                self.session.is_finished(),
+                "shutdown did not finish the session"
+            );
+        }
+    }
+
+    /// Writes everything out and makes every decision the deterministic way, until the session
+    /// is quiet.
+    pub fn settle(&mut self) {
+        loop {
+            if !self.session.output().is_empty() {
+                self.consume_all();
+                continue;
+            }
+            match self.decision {
+                Some(Decision::Recipient) => {
+                    // The code comes from the event's text, so equal events get equal replies.
+                    let seed = self.decision_seed;
+                    self.resolve_recipient(default_code(seed).reply(None));
+                }
+                Some(Decision::Message) => {
+                    let seed = self.decision_seed;
+                    if seed % 2 == 0 {
+                        self.stored += 1;
+                        let name = format!("msg{}", self.stored);
+                        let reply = Reply {
+                            code: 250,
+                            text: format!("2.0.0 Ok: queued as {name}"),
+                        };
+                        self.resolve_message(reply, Some(name));
+                    } else {
+                        self.resolve_message(Code::Tempfail.reply(None), None);
+                    }
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Feeds the rest of the client stream, settling as it goes, then lets the session idle
+    /// out: every session ends, whatever it was sent.
+    pub fn finish(&mut self, rest: &[u8]) {
+        self.greet();
+        self.settle();
+        let mut rest = rest;
+        while !rest.is_empty() && !self.session.is_finished() {
+            assert!(self.session.wants_read(), "a settled session does not read");
+            let n = rest.len().min(MAX_READ);
+            self.receive(&rest[..n]);
+            rest = &rest[n..];
+            self.settle();
+        }
+        for _ in 0..2 {
+            if self.session.is_finished() {
+                break;
+            }
+            let ms = u64::try_from(IDLE_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
+            self.wait(ms);
+            self.settle();
+        }
+        assert!(
+            self.session.is_finished(),
+            "session still open after idling out"
+        );
+        self.settle();
+        assert!(self.session.output().is_empty());
+    }
+
+    /// One call into the session, then the invariants.
+    fn call(&mut self, f: impl FnOnce(&mut Session, Instant)) {
+        let was_finished = self.session.is_finished();
+        let now = self.now;
+        f(&mut self.session, now);
+        let output = self.session.output();
+        assert!(
+            output.len() >= self.output_len,
+            "output shrank without being consumed"
+        );
+        let added = &output[self.output_len..];
+        if was_finished {
+            assert!(added.is_empty(), "a finished session wrote {added:?}");
+        }
+        check_replies(added);
+        assert!(
+            output.len() <= OUTPUT_LIMIT + MAX_REPLY_BATCH,
+            "output grew to {} bytes",
+            output.len()
+        );
+        self.output_len = output.len();
+        while let Some(event) = self.session.poll_event() {
+            assert!(!was_finished, "a finished session raised {event:?}");
+            self.check_event(&event);
+        }
+        if self.decision.is_some() {
+            assert!(
+                !self.session.wants_read(),
+                "reads while a decision is pending"
+            );
+        }
+        if self.session.is_finished() {
+            assert!(!self.session.wants_read(), "a finished session reads");
+        }
+        check_record(self.session.record());
+    }
+
+    fn check_event(&mut self, event: &Event) {
+        match event {
+            Event::Recipient { rcpt, .. } => {
+                assert!(!rcpt.is_empty() && !rcpt.chars().any(char::is_control));
+                self.expect_decision(Decision::Recipient);
+                self.decision_seed = rcpt.len();
+            }
+            Event::Message { rcpts, body, .. } => {
+                assert!(!rcpts.is_empty(), "a message without recipients");
+                assert!(
+                    body.len() as u64 <= self.config.max_message_bytes,
+                    "a message over the size limit was handed over"
+                );
+                self.expect_decision(Decision::Message);
+                self.decision_seed = body.len();
+            }
+            Event::StartTls => assert!(self.config.starttls, "STARTTLS not offered"),
+        }
+        if self.keep {
+            self.events.push(format!("{event:?}"));
+        }
+    }
+
+    fn expect_decision(&mut self, decision: Decision) {
+        assert_eq!(
+            self.decision, None,
+            "a second decision asked for while one is pending"
+        );
+        self.decision = Some(decision);
+    }
+}
+
+/// Output the session adds is whole reply lines, `DDD-text` or `DDD text`, each ending in CRLF
+/// and without CR or LF inside, and the last line of a batch ends its reply.
+pub fn check_replies(added: &[u8]) {
+    let mut rest = added;
+    let mut last_separator = b' ';
+    while !rest.is_empty() {
+        let end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .unwrap_or_else(|| panic!("output does not end a line: {rest:?}"));
+        let line = &rest[..end];
+        assert!(
+            line.len() >= 4
+                && line[..3].iter().all(u8::is_ascii_digit)
+                && (line[3] == b' ' || line[3] == b'-')
+                && !line.iter().any(|&b| b == b'\r' || b == b'\n'),
+            "malformed reply line {:?}",
+            String::from_utf8_lossy(line)
+        );
+        last_separator = line[3];
+        rest = &rest[end + 2..];
+    }
+    assert_eq!(last_separator, b' ', "a reply batch ends mid-reply");
+}
+
+/// The record stays within its caps.
+pub fn check_record(record: &SessionRecord) {
+    assert!(record.transcript.len() <= MAX_TRANSCRIPT_LINES);
+    for line in &record.transcript {
+        assert!(
+            line.line.len() <= MAX_TRANSCRIPT_LINE_LEN,
+            "transcript line of {} bytes",
+            line.line.len()
+        );
+    }
+    assert!(record.transactions.len() <= MAX_RECORDED);
+    let rcpts: usize = record.transactions.iter().map(|t| t.rcpts.len()).sum();
+    assert!(rcpts <= MAX_RECORDED);
+    assert!(
+        record.signatures.windows(2).all(|w| w[0] < w[1]),
+        "signatures not sorted and unique"
+    );
+}
+
+/// What two runs of the same stream must agree on, however it was cut into reads. Pipelining
+/// (the `pipelined` flag and `pipelined-run-ahead`) is judged by what arrived together, so it is
+/// left out; so is time (both runs are fed the same instant).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub written: String,
+    pub events: Vec<String>,
+    pub finished: bool,
+    pub helo: Option<String>,
+    pub signatures: Vec<Signature>,
+    pub transcript: Vec<(bool, String)>,
+    pub transactions: String,
+}
+
+impl Outcome {
+    pub fn of(driver: Driver) -> Outcome {
+        let finished = driver.session.is_finished();
+        let record = driver.session.into_record();
+        Outcome {
+            written: String::from_utf8_lossy(&driver.written).into_owned(),
+            events: driver.events,
+            finished,
+            helo: record.helo,
+            signatures: record
+                .signatures
+                .into_iter()
+                .filter(|s| *s != Signature::PipelinedRunAhead)
+                .collect(),
+            transcript: record
+                .transcript
+                .into_iter()
+                .map(|l| (l.direction == Direction::Client, l.line))
+                .collect(),
+            transactions: format!("{:?}", record.transactions),
+        }
+    }
+}
