@@ -2,6 +2,7 @@
 //! others), `run` runs the daemon, `test` runs every test, `bench` the benchmarks.
 
 mod deploy;
+mod fuzz;
 mod setup;
 
 use std::path::PathBuf;
@@ -75,11 +76,15 @@ fn run(task: Task) -> Result<()> {
             // The integration tests drive the real binary; build it first so they find it.
             cargo(&["build", "-p", "sinkhole-user"])?;
             let bin = workspace_root().join("target/debug/sinkhole");
+            // The default members: the eBPF crate is built (by aya-build) for the BPF target only.
             let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["test", "--workspace"])
-                .args(args)
-                .env("SINKHOLE_BIN", bin);
-            exec(cmd)
+            cmd.arg("test").args(args).env("SINKHOLE_BIN", bin);
+            exec(cmd)?;
+            // CI also gives every fuzz target a bounded run from its seed corpus.
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                fuzz::run_all(60)?;
+            }
+            Ok(())
         }
         Task::Deploy { root } => deploy::deploy(&root),
         Task::Bench { which } => bench(which),
