@@ -121,6 +121,27 @@ pub struct SessionRecord {
     /// Recipients not kept because the record holds at most [`MAX_RECORDED`] of them (all
     /// transactions together).
     pub rcpts_dropped: usize,
+    /// Every reply sent, by code (for `sinkhole_smtp_replies_total{code}`).
+    pub replies: ReplyCounts,
+}
+
+/// Replies sent in one session, counted by code. One entry per distinct code (a session sees a
+/// handful), so an idle session holds one and no reply allocates once its code was seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplyCounts(Vec<(u16, u32)>);
+
+impl ReplyCounts {
+    pub fn add(&mut self, code: u16) {
+        match self.0.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, n)) => *n = n.saturating_add(1),
+            None => self.0.push((code, 1)),
+        }
+    }
+
+    /// (code, replies) in the order the codes were first sent.
+    pub fn iter(&self) -> impl Iterator<Item = (u16, u32)> + '_ {
+        self.0.iter().copied()
+    }
 }
 
 /// One `MAIL FROM` .. end of data (or RSET).

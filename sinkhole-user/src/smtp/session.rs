@@ -833,6 +833,7 @@ impl Session {
         let range = self.output.line(code, more, text);
         self.log_server(range);
         if !more {
+            self.record.replies.add(code);
             self.last_reply_at = self.received;
         }
     }
@@ -848,6 +849,7 @@ impl Session {
     fn say_decided(&mut self, reply: &Reply) {
         let range = self.output.decided(reply.code, &reply.text);
         self.log_server(range);
+        self.record.replies.add(reply.code);
         self.last_reply_at = self.received;
     }
 

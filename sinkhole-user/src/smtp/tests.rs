@@ -60,6 +60,25 @@ impl Run {
         codes.join(" ")
     }
 
+    /// Replies by code as the record counted them, and as they appear in the output.
+    fn reply_counts(&self) -> (Vec<(u16, u32)>, Vec<(u16, u32)>) {
+        let mut counted: Vec<(u16, u32)> = self.record.replies.iter().collect();
+        counted.sort_unstable();
+        let mut sent: Vec<(u16, u32)> = Vec::new();
+        for code in self
+            .codes()
+            .split(' ')
+            .filter_map(|c| c.parse::<u16>().ok())
+        {
+            match sent.iter_mut().find(|(c, _)| *c == code) {
+                Some((_, n)) => *n += 1,
+                None => sent.push((code, 1)),
+            }
+        }
+        sent.sort_unstable();
+        (counted, sent)
+    }
+
     fn transcript(&self) -> Vec<String> {
         self.record
             .transcript
@@ -432,6 +451,8 @@ fn conversations() {
             case.name
         );
         assert_eq!(run.finished, case.finished, "{}: finished", case.name);
+        let (counted, sent) = run.reply_counts();
+        assert_eq!(counted, sent, "{}: replies counted by code", case.name);
     }
 }
 
@@ -840,6 +861,8 @@ proptest! {
                 prop_assert!(line.line.len() <= 4 * MAX_TRANSCRIPT_LINE_BYTES + 64);
             }
             prop_assert!(run.record.signatures.windows(2).all(|w| w[0] < w[1]));
+            let (counted, sent) = run.reply_counts();
+            prop_assert_eq!(counted, sent);
         }
     }
 }
