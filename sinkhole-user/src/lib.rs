@@ -6,6 +6,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod kernel;
+pub mod metrics;
 pub mod policy;
 pub mod prefix;
 pub mod privilege;

@@ -20,6 +20,8 @@ pub struct Counters {
     pub messages_total: AtomicU64,
     /// Bytes of those messages.
     pub message_bytes_total: AtomicU64,
+    /// Replies sent, by code (`sinkhole_smtp_replies_total{code}`).
+    pub replies: ReplyCounters,
     /// Messages answered 451 because writing or syncing them failed.
     pub capture_failed: AtomicU64,
     /// Messages answered 451 because the capture queue or its byte budget was full.
@@ -30,6 +32,17 @@ pub struct Counters {
     pub session_log_dropped: AtomicU64,
     /// Connections closed at the end of the shutdown grace period with output unsent.
     pub shutdown_forced_closes: AtomicU64,
+    /// Sessions whose recipients were decided without a complete score: the resolver was busy
+    /// or the answer missed `dnsbl.timeout`.
+    pub unscored: AtomicU64,
+    /// Clients put into the drop map, by source (`sinkhole_blocks_total{source}`).
+    pub blocks_dnsbl: AtomicU64,
+    pub blocks_policy: AtomicU64,
+    pub blocks_campaign: AtomicU64,
+    /// Blocks not made because `xdp.allow` covers the client.
+    pub blocks_allow_listed: AtomicU64,
+    /// Blocks that failed (the block table refused the entry).
+    pub block_errors: AtomicU64,
 }
 
 impl Counters {
@@ -39,5 +52,77 @@ impl Counters {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Replies sent by the daemon, by code: one slot per code 100..=599, the rest in `other`. Fixed
+/// and shared (about 4 KiB for the daemon), so counting never allocates.
+#[derive(Debug)]
+pub struct ReplyCounters {
+    by_code: [AtomicU64; 500],
+    other: AtomicU64,
+}
+
+impl Default for ReplyCounters {
+    fn default() -> Self {
+        ReplyCounters {
+            by_code: std::array::from_fn(|_| AtomicU64::new(0)),
+            other: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ReplyCounters {
+    const FIRST: u16 = 100;
+
+    /// Counts `n` replies with `code`.
+    pub fn add(&self, code: u16, n: u64) {
+        let slot = code
+            .checked_sub(Self::FIRST)
+            .and_then(|i| self.by_code.get(usize::from(i)))
+            .unwrap_or(&self.other);
+        slot.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds one session's replies.
+    pub fn add_session(&self, replies: &crate::smtp::ReplyCounts) {
+        for (code, n) in replies.iter() {
+            self.add(code, u64::from(n));
+        }
+    }
+
+    /// (code, replies) for every code sent at least once, ascending.
+    pub fn sent(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        (Self::FIRST..)
+            .zip(&self.by_code)
+            .map(|(code, n)| (code, n.load(Ordering::Relaxed)))
+            .filter(|&(_, n)| n > 0)
+    }
+
+    /// Replies whose code was outside 100..=599.
+    pub fn other(&self) -> u64 {
+        self.other.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::ReplyCounts;
+
+    #[test]
+    fn replies_are_counted_by_code() {
+        let counters = ReplyCounters::default();
+        let mut session = ReplyCounts::default();
+        for code in [220, 250, 250, 354, 250, 221] {
+            session.add(code);
+        }
+        counters.add_session(&session);
+        counters.add(421, 1);
+        counters.add(99, 2);
+        counters.add(600, 1);
+        let sent: Vec<(u16, u64)> = counters.sent().collect();
+        assert_eq!(sent, [(220, 1), (221, 1), (250, 3), (354, 1), (421, 1)]);
+        assert_eq!(counters.other(), 3);
     }
 }

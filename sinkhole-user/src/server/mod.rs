@@ -524,6 +524,9 @@ impl Server {
 
     fn close(&mut self, slot: usize) {
         let conn = self.conns.remove(slot);
+        self.counters
+            .replies
+            .add_session(&conn.session.record().replies);
         self.limits.release(conn.peer.ip().to_canonical());
         self.counters
             .connections_active
@@ -629,6 +632,7 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         );
     }
     let server = Server::new(config, crate::kernel::open_blocker(config))?;
+    spawn_metrics(config, &server);
     for addr in server.local_addrs()? {
         log::info!("listening on {addr}");
     }
@@ -643,4 +647,19 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         }
     );
     server.run()
+}
+
+/// Starts `/metrics` on `metrics.listen`. A trap that cannot serve metrics still traps: the
+/// failure is logged, not fatal.
+fn spawn_metrics(config: &Config, server: &Server) {
+    use crate::metrics::{self, Sources};
+    let sources = Sources {
+        server: server.counters(),
+        score: None,
+        maps: Sources::pinned_maps(&config.xdp.pin_dir),
+    };
+    match metrics::spawn(config.metrics.listen, sources) {
+        Ok(handle) => log::info!("metrics on http://{}/metrics", handle.local_addr()),
+        Err(e) => log::warn!("{e}; /metrics is off"),
+    }
 }

@@ -39,6 +39,9 @@ enum Step {
 }
 use Step::*;
 
+/// (reply code, replies), ascending by code.
+type ByCode = Vec<(u16, u32)>;
+
 /// What a run produced.
 #[derive(Debug)]
 struct Run {
@@ -61,10 +64,10 @@ impl Run {
     }
 
     /// Replies by code as the record counted them, and as they appear in the output.
-    fn reply_counts(&self) -> (Vec<(u16, u32)>, Vec<(u16, u32)>) {
-        let mut counted: Vec<(u16, u32)> = self.record.replies.iter().collect();
+    fn reply_counts(&self) -> (ByCode, ByCode) {
+        let mut counted: ByCode = self.record.replies.iter().collect();
         counted.sort_unstable();
-        let mut sent: Vec<(u16, u32)> = Vec::new();
+        let mut sent = ByCode::new();
         for code in self
             .codes()
             .split(' ')

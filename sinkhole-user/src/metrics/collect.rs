@@ -1,0 +1,317 @@
+//! The series of one scrape, read from the [`Sources`] as they are at that moment.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use super::Sources;
+use crate::kernel::{BlockMaps, KernelError, clock};
+
+pub(super) struct Collector {
+    sources: Sources,
+}
+
+impl Collector {
+    pub(super) fn new(sources: Sources) -> Self {
+        Collector { sources }
+    }
+}
+
+impl fmt::Debug for Collector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Collector")
+            .field("score", &self.sources.score.is_some())
+            .field("maps", &self.sources.maps.is_some())
+            .finish()
+    }
+}
+
+impl prometheus_client::collector::Collector for Collector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let e = &mut encoder;
+        if let Some(maps) = &self.sources.maps {
+            match Kernel::read(maps) {
+                Ok(kernel) => kernel.encode(e)?,
+                // The scrape still reports the rest; the log says why these are missing.
+                Err(err) => log::warn!("metrics: cannot read the BPF maps: {err}"),
+            }
+        }
+        self.encode_server(e)?;
+        if let Some(score) = &self.sources.score {
+            let zones = &score.zones;
+            let results = zones.iter().flat_map(|z| {
+                [
+                    ("listed", &z.listed),
+                    ("clean", &z.clean),
+                    ("error", &z.error),
+                    ("timeout", &z.timeout),
+                ]
+                .map(|(result, n)| ([("zone", z.zone.as_str()), ("result", result)], load(n)))
+            });
+            counters(
+                e,
+                "dnsbl_queries",
+                "DNSBL queries sent, by zone and result",
+                results,
+            )?;
+            let hits = zones
+                .iter()
+                .map(|z| ([("zone", z.zone.as_str())], load(&z.cache_hits)));
+            counters(
+                e,
+                "dnsbl_cache_hits",
+                "DNSBL answers served from the cache",
+                hits,
+            )?;
+            counter(
+                e,
+                "rdns_cache_hits",
+                "Reverse DNS results served from the cache",
+                load(&score.rdns_cache_hits),
+            )?;
+            let refused = [
+                ([("reason", "busy")], load(&score.refused_busy)),
+                ([("reason", "in_flight")], load(&score.refused_in_flight)),
+            ];
+            counters(
+                e,
+                "score_refused",
+                "Score requests or DNS queries refused by the resolver's limits",
+                refused,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Collector {
+    fn encode_server(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let c = &*self.sources.server;
+        counter(
+            e,
+            "smtp_connections",
+            "SMTP connections accepted and served",
+            load(&c.connections_total),
+        )?;
+        gauge(
+            e,
+            "smtp_connections_active",
+            "SMTP connections open now",
+            load(&c.connections_active),
+        )?;
+        let refused = [
+            (
+                [("reason", "max_connections")],
+                load(&c.refused_max_connections),
+            ),
+            ([("reason", "per_ip")], load(&c.refused_per_ip)),
+            ([("reason", "blocked")], load(&c.refused_blocked)),
+        ];
+        counters(
+            e,
+            "smtp_refused",
+            "Connections closed right after accept, by reason",
+            refused,
+        )?;
+        counter(
+            e,
+            "smtp_accept_errors",
+            "Failed accept() calls",
+            load(&c.accept_errors),
+        )?;
+        counter(
+            e,
+            "smtp_messages",
+            "Messages accepted (answered 250)",
+            load(&c.messages_total),
+        )?;
+        counter(
+            e,
+            "smtp_message_bytes",
+            "Bytes of the messages accepted",
+            load(&c.message_bytes_total),
+        )?;
+        let mut codes: Vec<(String, u64)> = c
+            .replies
+            .sent()
+            .map(|(code, n)| (code.to_string(), n))
+            .collect();
+        if c.replies.other() > 0 {
+            codes.push(("other".into(), c.replies.other()));
+        }
+        let codes = codes
+            .iter()
+            .map(|(code, n)| ([("code", code.as_str())], *n));
+        counters(
+            e,
+            "smtp_replies",
+            "SMTP replies sent by sessions, by code",
+            codes,
+        )?;
+        let capture = [
+            ([("reason", "error")], load(&c.capture_failed)),
+            ([("reason", "busy")], load(&c.capture_busy)),
+        ];
+        counters(
+            e,
+            "capture_failures",
+            "Messages answered 451 instead of being stored, by reason",
+            capture,
+        )?;
+        counter(
+            e,
+            "session_log_lines",
+            "Session log lines written",
+            load(&c.session_log_lines),
+        )?;
+        counter(
+            e,
+            "session_log_dropped",
+            "Session log lines lost (queue full or write failed)",
+            load(&c.session_log_dropped),
+        )?;
+        counter(
+            e,
+            "shutdown_forced_closes",
+            "Connections closed unfinished at the end of the shutdown grace period",
+            load(&c.shutdown_forced_closes),
+        )?;
+        counter(
+            e,
+            "smtp_unscored_sessions",
+            "Sessions whose recipients were decided without a complete score",
+            load(&c.unscored),
+        )?;
+        let blocks = [
+            ([("source", "dnsbl")], load(&c.blocks_dnsbl)),
+            ([("source", "policy")], load(&c.blocks_policy)),
+            ([("source", "campaign")], load(&c.blocks_campaign)),
+        ];
+        counters(
+            e,
+            "blocks",
+            "Clients put into the drop map by the daemon, by source",
+            blocks,
+        )?;
+        counter(
+            e,
+            "blocks_allow_listed",
+            "Blocks not made because xdp.allow covers the client",
+            load(&c.blocks_allow_listed),
+        )?;
+        counter(
+            e,
+            "block_errors",
+            "Blocks the block table refused",
+            load(&c.block_errors),
+        )
+    }
+}
+
+/// What the pinned maps say at one moment.
+struct Kernel {
+    counters: crate::kernel::Counters,
+    live_v4: u64,
+    live_v6: u64,
+}
+
+impl Kernel {
+    fn read(maps: &BlockMaps) -> Result<Kernel, KernelError> {
+        let counters = maps.counters()?;
+        let now = clock::boot_ns();
+        let (mut live_v4, mut live_v6) = (0, 0);
+        for block in maps.list()? {
+            if block.entry.is_live(now) {
+                match block.prefix.addr().is_ipv4() {
+                    true => live_v4 += 1,
+                    false => live_v6 += 1,
+                }
+            }
+        }
+        Ok(Kernel {
+            counters,
+            live_v4,
+            live_v6,
+        })
+    }
+
+    fn encode(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let c = &self.counters;
+        let packets = [
+            ([("action", "pass"), ("family", "ipv4")], c.passed_ipv4),
+            ([("action", "pass"), ("family", "ipv6")], c.passed_ipv6),
+            ([("action", "pass"), ("family", "other")], c.passed_other),
+            ([("action", "drop"), ("family", "ipv4")], c.dropped_ipv4),
+            ([("action", "drop"), ("family", "ipv6")], c.dropped_ipv6),
+        ];
+        counters(
+            e,
+            "xdp_packets",
+            "Packets the XDP program passed or dropped, by family (summed over CPUs)",
+            packets,
+        )?;
+        counter(
+            e,
+            "xdp_malformed_packets",
+            "Packets too short or malformed to judge (passed)",
+            c.malformed,
+        )?;
+        let entries = [
+            ([("family", "ipv4")], self.live_v4),
+            ([("family", "ipv6")], self.live_v6),
+        ];
+        family(
+            e,
+            "blocklist_entries",
+            "Unexpired entries in the block maps, by family",
+            MetricType::Gauge,
+            entries,
+        )
+    }
+}
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(e.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(e.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn counters<L: EncodeLabelSet>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, u64)>,
+) -> fmt::Result {
+    family(e, name, help, MetricType::Counter, series)
+}
+
+/// One metric with a series per label set; `kind` is Counter or Gauge.
+fn family<L: EncodeLabelSet>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    series: impl IntoIterator<Item = (L, u64)>,
+) -> fmt::Result {
+    let mut metric = e.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in series {
+        let encoder = metric.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(value).encode(encoder)?,
+            _ => ConstGauge::new(value).encode(encoder)?,
+        }
+    }
+    Ok(())
+}

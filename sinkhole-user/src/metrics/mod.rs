@@ -1,0 +1,99 @@
+//! `GET /metrics` in the Prometheus text format (0.0.4), on a thread of its own: the mio loop
+//! never serves HTTP. Every value is read at scrape time from what the daemon already keeps
+//! (the server's and the resolver's atomic counters, the pinned BPF maps with their per-CPU
+//! counters summed), so nothing on the hot paths knows about Prometheus. No series carries a
+//! client address.
+//!
+//! [`spawn`] binds `metrics.listen` and answers one connection at a time ([`http`]); the
+//! series are written by [`collect`] through `prometheus-client`.
+
+mod collect;
+mod http;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+
+use crate::kernel::BlockMaps;
+use crate::kernel::maps;
+use crate::score::Counters as ScoreCounters;
+use crate::server::counters::Counters as ServerCounters;
+
+/// What a scrape reads.
+pub struct Sources {
+    /// Connections, messages, replies, refusals, blocks.
+    pub server: Arc<ServerCounters>,
+    /// DNSBL queries per zone and result; `None` when the daemon runs no resolver.
+    pub score: Option<Arc<ScoreCounters>>,
+    /// The pinned maps (XDP packet counters, block entries); `None` when there are none.
+    pub maps: Option<BlockMaps>,
+}
+
+impl Sources {
+    /// The maps pinned under `pin_dir` if they exist there (never created here). Opened now,
+    /// so the handle outlives a later drop of privileges.
+    pub fn pinned_maps(pin_dir: &Path) -> Option<BlockMaps> {
+        if !pin_dir.join(sinkhole_common::MAP_COUNTERS).exists() {
+            return None;
+        }
+        match maps::open(pin_dir) {
+            Ok((_, maps)) => Some(maps),
+            Err(e) => {
+                log::warn!("metrics: no XDP series ({e})");
+                None
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot listen on {addr} for /metrics: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error("cannot start the metrics thread: {0}")]
+    Thread(io::Error),
+}
+
+/// The running endpoint. The thread serves until the process ends.
+#[derive(Debug)]
+pub struct MetricsHandle {
+    addr: SocketAddr,
+}
+
+impl MetricsHandle {
+    /// The address bound (port 0 resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// Binds `listen` and serves `/metrics` from `sources` on a new thread. A non-loopback
+/// address is served as configured, with a warning: the counters tell anyone who can reach
+/// them how the trap is doing.
+pub fn spawn(listen: SocketAddr, sources: Sources) -> Result<MetricsHandle, MetricsError> {
+    let listener = TcpListener::bind(listen).map_err(|source| MetricsError::Listen {
+        addr: listen,
+        source,
+    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| MetricsError::Listen {
+            addr: listen,
+            source,
+        })?;
+    if !addr.ip().is_loopback() {
+        log::warn!(
+            "metrics.listen {addr} is not loopback: /metrics is open to whoever can reach it"
+        );
+    }
+    let mut registry = Registry::with_prefix("sinkhole");
+    registry.register_collector(Box::new(collect::Collector::new(sources)));
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || http::serve(&listener, &registry))
+        .map_err(MetricsError::Thread)?;
+    Ok(MetricsHandle { addr })
+}
