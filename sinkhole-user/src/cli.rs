@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 
 use crate::config::parse_duration;
+use crate::feeds::{ExportFormat, Family, Format};
 use crate::prefix::parse_prefix;
 
 /// A high-volume SMTP sinkhole for spamtrap hosts, with XDP drops for the worst clients.
@@ -49,6 +50,40 @@ pub enum Command {
     Unblock {
         #[arg(value_parser = parse_prefix)]
         prefix: IpNet,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Load a block list into the pinned maps: Spamhaus DROP/EDROP (`CIDR ; SBLnnn`) or one
+    /// address/CIDR per line. Bad lines are named on stderr (exit 1 after loading the rest).
+    Import {
+        /// The list file.
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        format: Format,
+        /// How long the blocks hold (e.g. 1d); without it, until unblocked.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// The reason stored for every entry; default `drop:SBLnnn` (DROP) or `import:FILE`.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Write the unexpired blocks as rbldnsd datasets (`ip4set`, `ip6trie`) with the reasons as
+    /// TXT, to serve them as a DNSBL zone.
+    Export {
+        #[arg(long, value_enum, default_value = "rbldnsd")]
+        format: ExportFormat,
+        /// Write DIR/blocks4 and DIR/blocks6 (replaced atomically) and print the rbldnsd
+        /// command line serving them. Without it, one family's dataset goes to stdout.
+        #[arg(long, value_name = "DIR")]
+        output: Option<PathBuf>,
+        /// Only this family (required when writing to stdout).
+        #[arg(long, value_enum, required_unless_present = "output")]
+        family: Option<Family>,
+        /// The zone name in the printed rbldnsd command line.
+        #[arg(long, default_value = "blocks.sinkhole.invalid")]
+        zone: String,
         #[command(flatten)]
         config: ConfigArg,
     },

@@ -5,6 +5,7 @@ pub mod campaign;
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod feeds;
 pub mod kernel;
 pub mod metrics;
 pub mod policy;

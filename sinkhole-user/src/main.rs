@@ -10,6 +10,7 @@ use clap::Parser;
 use sinkhole::campaign::report;
 use sinkhole::cli::{Cli, Command, ConfigArg};
 use sinkhole::config::{Config, ConfigError};
+use sinkhole::feeds::{self, ExportFormat};
 use sinkhole::kernel::command;
 use sinkhole::policy::PolicyStore;
 
@@ -42,6 +43,26 @@ fn main() -> ExitCode {
         },
         Command::Run(config) => with_config(&config, |c| {
             sinkhole::server::run(c).map(|()| String::new())
+        }),
+        Command::Import {
+            file,
+            format,
+            ttl,
+            reason,
+            config,
+        } => with_config(&config, |c| {
+            feeds::import(c, &file, format, ttl, reason.as_deref(), &mut |bad| {
+                eprintln!("sinkhole: {bad}")
+            })
+        }),
+        Command::Export {
+            format: ExportFormat::Rbldnsd,
+            output,
+            family,
+            zone,
+            config,
+        } => with_config(&config, |c| {
+            feeds::export_rbldnsd(c, output.as_deref(), family, &zone)
         }),
         Command::Block {
             prefix,
