@@ -84,6 +84,10 @@ pub enum Command {
         /// The zone name in the printed rbldnsd command line.
         #[arg(long, default_value = "blocks.sinkhole.invalid")]
         zone: String,
+        /// Leave out blocks whose reason starts with PREFIX (repeatable), e.g. `dnsbl:` to
+        /// share only this trap's own findings with a fleet.
+        #[arg(long, value_name = "PREFIX")]
+        skip_reason: Vec<String>,
         #[command(flatten)]
         config: ConfigArg,
     },

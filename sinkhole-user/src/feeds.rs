@@ -200,22 +200,43 @@ fn skip_rest_of_line(file: &mut impl BufRead) -> io::Result<()> {
     }
 }
 
+/// What `sinkhole export` writes and where.
+#[derive(Clone, Debug)]
+pub struct ExportOptions<'a> {
+    /// Write `DIR/blocks4` and `DIR/blocks6`; `None`: return one family's dataset.
+    pub output: Option<&'a Path>,
+    /// Only this family (the one returned when there is no `output`; default IPv4).
+    pub family: Option<Family>,
+    /// The zone name in the rbldnsd command line printed.
+    pub zone: &'a str,
+    /// Leave out blocks whose reason starts with one of these (e.g. `dnsbl:`, so that a fleet
+    /// shares only first-hand blocks and no block keeps itself alive through the zones).
+    pub skip_reasons: &'a [String],
+}
+
 /// `sinkhole export --format rbldnsd`: with `output`, writes `DIR/blocks4` and `DIR/blocks6`
 /// (each replaced atomically, so a running rbldnsd never reads half a file) and returns what
 /// was written and the rbldnsd command line serving them as `zone`; without, returns the
 /// dataset of `family`.
-pub fn export_rbldnsd(
-    config: &Config,
-    output: Option<&Path>,
-    family: Option<Family>,
-    zone: &str,
-) -> Result<String, FeedError> {
+pub fn export_rbldnsd(config: &Config, options: &ExportOptions) -> Result<String, FeedError> {
+    let ExportOptions {
+        output,
+        family,
+        zone,
+        skip_reasons,
+    } = *options;
     let maps = open_maps(config)?;
     let now = clock::boot_ns();
     let mut blocks: Vec<Block> = maps
         .list()?
         .into_iter()
         .filter(|b| b.entry.is_live(now))
+        .filter(|b| {
+            let reason = b.reason();
+            !skip_reasons
+                .iter()
+                .any(|skip| reason.starts_with(skip.as_str()))
+        })
         .collect();
     blocks.sort_by_key(|b| b.prefix);
     let exported = SystemTime::now();

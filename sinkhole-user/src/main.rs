@@ -60,9 +60,16 @@ fn main() -> ExitCode {
             output,
             family,
             zone,
+            skip_reason,
             config,
         } => with_config(&config, |c| {
-            feeds::export_rbldnsd(c, output.as_deref(), family, &zone)
+            let options = feeds::ExportOptions {
+                output: output.as_deref(),
+                family,
+                zone: &zone,
+                skip_reasons: &skip_reason,
+            };
+            feeds::export_rbldnsd(c, &options)
         }),
         Command::Block {
             prefix,

@@ -178,6 +178,19 @@ fn import_drop_and_plain_lists_then_serve_the_export_with_rbldnsd() {
         "{v6}"
     );
     assert!(!v6.contains("198.51.100.0"), "{v6}");
+    // Leaving out blocks by reason (a fleet shares only first-hand ones).
+    let v6 = sinkhole_ok(&[
+        "export",
+        "--family",
+        "ipv6",
+        "--skip-reason",
+        "fleet:",
+        "--config",
+        &config,
+    ])
+    .unwrap();
+    assert!(v6.contains("2001:db8:bad::/48"), "{v6}");
+    assert!(!v6.contains("2001:db8:1::5"), "{v6}");
 
     // Both files, served by rbldnsd as one zone.
     let out_dir = dir.path().join("zone");
