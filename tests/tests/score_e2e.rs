@@ -423,3 +423,88 @@ allow = ["::1/128"]
     assert_eq!(session["verdict"], "rejected");
     Ok(())
 }
+
+#[test]
+fn sessions_keep_the_policy_of_their_accept_and_sighup_reloads_it() {
+    let dir = temp_dir("policy-e2e");
+    let policy = dir.path().join("policy.toml");
+    let closed = r#"local_domains = ["sinkhole.test"]
+[[rule]]
+to = "slow@sinkhole.test"
+action = "stall"
+[[rule]]
+to = "old@sinkhole.test"
+action = "reject"
+message = "550 5.1.1 This address is closed"
+"#;
+    std::fs::write(&policy, closed).unwrap();
+    let port = free_port();
+    let rest = format!(
+        "[policy]\nfile = \"{}\"\nstall = \"1s\"\n",
+        policy.display()
+    );
+    let config = smtp_config(port, dir.path(), "", "", &rest);
+    let mut d = Daemon::start_with_config(dir, &config, SocketAddr::from(([127, 0, 0, 1], port)));
+    let rcpt = |c: &mut SmtpClient, to: &str| {
+        c.send(format!("RCPT TO:<{to}>\r\n").as_bytes());
+        c.line().unwrap()
+    };
+    let session = |from: &str| {
+        let mut c = SmtpClient::connect(d.addr);
+        assert!(c.reply()[0].starts_with("220 "));
+        c.send(format!("HELO x.example\r\nMAIL FROM:<{from}>\r\n").as_bytes());
+        assert!(c.reply()[0].starts_with("250 "));
+        assert_eq!(c.reply(), ["250 2.1.0 Ok"]);
+        c
+    };
+
+    let mut before = session("a@spam.example");
+    assert_eq!(
+        rcpt(&mut before, "old@sinkhole.test"),
+        "550 5.1.1 This address is closed"
+    );
+    // Stall: the 451 comes only after policy.stall.
+    let asked = Instant::now();
+    assert!(rcpt(&mut before, "slow@sinkhole.test").starts_with("451 4.7.1 "));
+    assert!(asked.elapsed() >= Duration::from_secs(1));
+    let mut local = session("me@sinkhole.test");
+    assert!(rcpt(&mut local, "anyone@sinkhole.test").starts_with("550 5.7.1 Sender address"));
+    quit(&mut local);
+
+    // A broken file is refused whole: the old rules stay, the error names file:line:key.
+    std::fs::write(&policy, "[[rule]]\nto = \"*\"\naction = \"explode\"\n").unwrap();
+    sinkhole_tests::run("kill", &["-HUP", &d.pid().to_string()]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !d.stderr().contains("policy reload failed") {
+        assert!(Instant::now() < deadline, "no reload error: {}", d.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = d.stderr();
+    assert!(
+        err.contains(&format!("{}:3: rule[0].action", policy.display())),
+        "{err}"
+    );
+    let mut c = session("a@spam.example");
+    assert!(rcpt(&mut c, "old@sinkhole.test").starts_with("550 5.1.1"));
+    quit(&mut c);
+
+    // A good file applies to sessions from now on; one already open keeps its rules.
+    std::fs::write(&policy, "").unwrap();
+    sinkhole_tests::run("kill", &["-HUP", &d.pid().to_string()]).unwrap();
+    while !d.stderr().contains("policy reloaded: 0 rule(s)") {
+        assert!(Instant::now() < deadline, "no reload: {}", d.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut after = session("a@spam.example");
+    assert_eq!(rcpt(&mut after, "old@sinkhole.test"), "250 2.1.5 Ok");
+    quit(&mut after);
+    assert!(rcpt(&mut before, "old@sinkhole.test").starts_with("550 5.1.1"));
+    quit(&mut before);
+    d.stop();
+    let sessions = d.sessions();
+    let local = sessions
+        .iter()
+        .find(|s| s["transactions"][0]["mail_from"] == "me@sinkhole.test")
+        .expect("the local sender's session");
+    assert_eq!(signatures(local), ["mail-from-local-domain"]);
+}

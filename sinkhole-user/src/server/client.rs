@@ -27,6 +27,8 @@ pub struct Rules {
     pub block_ttl: Duration,
     /// How long the score may take from accept (`dnsbl.timeout`).
     pub score_timeout: Duration,
+    /// `dnsbl.zone` lists zones: recipient verdicts wait for the score.
+    pub zones: bool,
     /// How long action `stall` holds its reply (`policy.stall`).
     pub stall: Duration,
     pub campaign: CampaignConfig,
@@ -39,6 +41,7 @@ impl Rules {
             block_threshold: config.dnsbl.block_threshold,
             block_ttl: config.dnsbl.block_ttl,
             score_timeout: config.dnsbl.timeout,
+            zones: !config.dnsbl.zone.is_empty(),
             stall: config.policy.stall,
             campaign: config.campaign.clone(),
         }
@@ -97,6 +100,8 @@ pub struct Client {
     /// The latest the score may come (accept + `dnsbl.timeout`); `None` when the resolver did
     /// not take the request.
     pub score_due: Option<Instant>,
+    /// Recipient verdicts wait for the score: there are zones, or the policy looks at it.
+    waits: bool,
     pub score: Option<ClientScore>,
     /// A complete score came before `score_due`.
     pub scored: bool,
@@ -116,6 +121,7 @@ impl Client {
     /// A client at accept; `requested` says whether the resolver took the score request.
     pub fn new(policy: Arc<Policy>, now: Instant, rules: &Rules, requested: bool) -> Client {
         Client {
+            waits: rules.zones || policy.uses_score(),
             policy,
             score_due: requested.then(|| now + rules.score_timeout),
             score: None,
@@ -131,7 +137,7 @@ impl Client {
 
     /// Whether a recipient must still wait for the score at `now`.
     pub fn awaits_score(&self, now: Instant) -> bool {
-        self.score.is_none() && self.score_due.is_some_and(|due| now < due)
+        self.waits && self.score.is_none() && self.score_due.is_some_and(|due| now < due)
     }
 
     /// The resolver's answer for this client.
@@ -321,6 +327,7 @@ mod tests {
             block_threshold: 5,
             block_ttl: Duration::from_secs(3600),
             score_timeout: Duration::from_secs(2),
+            zones: true,
             stall: Duration::from_secs(30),
             campaign: CampaignConfig {
                 block_signatures: vec![vec![Signature::MailFromLocalDomain, Signature::NoRdns]],
@@ -521,6 +528,14 @@ action = "tempfail"
         let unrequested = Client::new(policy(""), now, &rules(), false);
         assert!(!unrequested.awaits_score(now));
         assert_eq!(unrequested.rdns(), (None, None));
+        // No zones and a policy blind to the score: nothing to wait for.
+        let no_zones = Rules {
+            zones: false,
+            ..rules()
+        };
+        assert!(!Client::new(policy(""), now, &no_zones, true).awaits_score(now));
+        let scoring_policy = policy("[[rule]]\nto = \"*\"\nscore = 1\naction = \"reject\"\n");
+        assert!(Client::new(scoring_policy, now, &no_zones, true).awaits_score(now));
     }
 
     #[test]
