@@ -83,6 +83,17 @@ pub struct Decision {
     pub block: Option<Escalation>,
 }
 
+/// What the session says about the recipient to decide.
+#[derive(Clone, Copy, Debug)]
+pub struct Recipient<'a> {
+    pub client_ip: IpAddr,
+    pub helo: Option<&'a str>,
+    /// The protocol's signatures so far.
+    pub protocol: &'a [Signature],
+    pub mail_from: &'a str,
+    pub rcpt: &'a str,
+}
+
 /// A recipient reply not given yet.
 #[derive(Debug)]
 pub enum Held {
@@ -161,16 +172,14 @@ impl Client {
     }
 
     /// The verdict for one recipient with what is known now.
-    pub fn decide(
-        &mut self,
-        rules: &Rules,
-        client_ip: IpAddr,
-        helo: Option<&str>,
-        protocol: &[Signature],
-        mail_from: &str,
-        rcpt: &str,
-        now: Instant,
-    ) -> Decision {
+    pub fn decide(&mut self, rules: &Rules, recipient: &Recipient, now: Instant) -> Decision {
+        let Recipient {
+            client_ip,
+            helo,
+            protocol,
+            mail_from,
+            rcpt,
+        } = *recipient;
         if self.policy.is_local_sender(mail_from) {
             add(&mut self.policy_signatures, Signature::MailFromLocalDomain);
         }
@@ -362,15 +371,14 @@ mod tests {
     const IP: &str = "192.0.2.9";
 
     fn decide(client: &mut Client, mail_from: &str, rcpt: &str, now: Instant) -> Decision {
-        client.decide(
-            &rules(),
-            IP.parse().unwrap(),
-            Some("mx.example.net"),
-            &[],
+        let recipient = Recipient {
+            client_ip: IP.parse().unwrap(),
+            helo: Some("mx.example.net"),
+            protocol: &[],
             mail_from,
             rcpt,
-            now,
-        )
+        };
+        client.decide(&rules(), &recipient, now)
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use super::Server;
-use super::client::{Escalation, Held, token, token_matches, token_slot};
+use super::client::{Escalation, Held, Recipient, token, token_matches, token_slot};
 use super::counters::Counters;
 use crate::score::Answer;
 
@@ -33,15 +33,14 @@ impl Server {
     fn answer_recipient(&mut self, slot: usize, mail_from: &str, rcpt: &str, now: Instant) {
         let conn = &mut self.conns[slot];
         let record = conn.session.record();
-        let decision = conn.client.decide(
-            &self.rules,
-            conn.peer.ip().to_canonical(),
-            record.helo.as_deref(),
-            &record.signatures,
+        let recipient = Recipient {
+            client_ip: conn.peer.ip().to_canonical(),
+            helo: record.helo.as_deref(),
+            protocol: &record.signatures,
             mail_from,
             rcpt,
-            now,
-        );
+        };
+        let decision = conn.client.decide(&self.rules, &recipient, now);
         if let Some(until) = decision.stall_until
             && self.stopping.is_none()
         {
