@@ -2,9 +2,9 @@
 //! score`): clients scored per second against a local `rbldnsd` with three zones and an empty
 //! cache, request→answer latency, and what the loop pays per call (answering vs stalled DNS);
 //! then the real daemon's banner latency under 1000 connections/s, each from its own loopback
-//! address (so each is scored afresh), with DNS answering and with DNS stalled: rounds of 2 s
+//! address (so each is scored afresh), with DNS answering and with DNS stalled: rounds of 4 s
 //! alternating the two (a fresh daemon each), so a noisy machine weighs on both alike.
-//! `SCORE_BENCH_ROUNDS` (default 5) sets the rounds; `SCORE_BENCH_BANNER_ONLY=1` skips the
+//! `SCORE_BENCH_ROUNDS` (default 3) sets the rounds; `SCORE_BENCH_BANNER_ONLY=1` skips the
 //! resolver runs.
 
 use std::io::{BufRead, BufReader};
@@ -138,7 +138,7 @@ const RATE: u32 = 1_000;
 /// Client threads sharing the schedule (each connects, reads the banner, closes).
 const CLIENT_THREADS: u32 = 8;
 /// Seconds per banner run.
-const ROUND_SECONDS: u32 = 2;
+const ROUND_SECONDS: u32 = 4;
 
 /// The daemon with the bench zones, asking `nameserver`.
 fn daemon(nameserver: SocketAddr, timeout: &str) -> Daemon {
@@ -190,9 +190,48 @@ fn banner_run(addr: SocketAddr, seconds: u32, offset: u32) -> Vec<Duration> {
     })
 }
 
-fn banner_report(name: &str, latencies: &mut [Duration]) -> Duration {
+/// CPU time the daemon's threads used, by thread name, summed over runs.
+#[derive(Default)]
+struct ThreadCpu(Vec<(String, u64)>);
+
+impl ThreadCpu {
+    /// Adds the CPU ticks (utime + stime) of every thread of `pid` so far.
+    fn add(&mut self, pid: u32) {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return;
+        };
+        for task in tasks.filter_map(Result::ok) {
+            let (Ok(name), Ok(stat)) = (
+                std::fs::read_to_string(task.path().join("comm")),
+                std::fs::read_to_string(task.path().join("stat")),
+            ) else {
+                continue;
+            };
+            // Fields after the parenthesised name: utime and stime are the 12th and 13th.
+            let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = fields.get(11..13).map_or(0, |f| {
+                f.iter().filter_map(|v| v.parse::<u64>().ok()).sum::<u64>()
+            });
+            let name = name.trim().to_string();
+            match self.0.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, total)) => *total += ticks,
+                None => self.0.push((name, ticks)),
+            }
+        }
+    }
+}
+
+fn banner_report(name: &str, latencies: &mut [Duration], cpu: &ThreadCpu) -> Duration {
     println!("{name}");
     println!("  banner latency   {}", percentiles(latencies));
+    // USER_HZ is 100 on Linux.
+    let threads: Vec<String> = cpu
+        .0
+        .iter()
+        .map(|(name, ticks)| format!("{name} {:.2}s", *ticks as f64 / 100.0))
+        .collect();
+    println!("  daemon CPU       {}", threads.join(", "));
     latencies[((latencies.len() - 1) as f64 * 0.99) as usize]
 }
 
@@ -232,30 +271,42 @@ fn main() {
     let rounds: u32 = std::env::var("SCORE_BENCH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(3);
     println!(
         "# the daemon's banner under {RATE} connections/s, {rounds} rounds of {ROUND_SECONDS}s per case, each client its own address"
     );
     let (mut answering, mut stalled_latencies) = (Vec::new(), Vec::new());
+    let (mut answering_cpu, mut stalled_cpu) = (ThreadCpu::default(), ThreadCpu::default());
     for round in 0..rounds {
         // Fresh addresses every run, so no run profits from a cache.
         let offset = |case: u32| (round * 2 + case) * RATE * ROUND_SECONDS;
         let mut cases = [
-            (rbldnsd.addr, &mut answering, offset(0)),
-            (stalled.addr, &mut stalled_latencies, offset(1)),
+            (rbldnsd.addr, &mut answering, &mut answering_cpu, offset(0)),
+            (
+                stalled.addr,
+                &mut stalled_latencies,
+                &mut stalled_cpu,
+                offset(1),
+            ),
         ];
         if round % 2 == 1 {
             cases.reverse();
         }
-        for (nameserver, latencies, offset) in cases {
+        for (nameserver, latencies, cpu, offset) in cases {
             let daemon = daemon(nameserver, "2s");
             latencies.extend(banner_run(daemon.addr, ROUND_SECONDS, offset));
+            cpu.add(daemon.pid());
         }
     }
-    let answering_p99 = banner_report("answering: rbldnsd, 3 zones + PTR", &mut answering);
+    let answering_p99 = banner_report(
+        "answering: rbldnsd, 3 zones + PTR",
+        &mut answering,
+        &answering_cpu,
+    );
     let stalled_p99 = banner_report(
         "stalled: a server that never answers, dnsbl.timeout = 2s",
         &mut stalled_latencies,
+        &stalled_cpu,
     );
     println!(
         "  p99 stalled / answering: {:.2}",
