@@ -1,7 +1,13 @@
 //! Scoring throughput and loop-side responsiveness (`cargo bench -p sinkhole-tests --bench
 //! score`): clients scored per second against a local `rbldnsd` with three zones and an empty
-//! cache, request→answer latency, and what the loop pays per call (answering vs stalled DNS).
+//! cache, request→answer latency, and what the loop pays per call (answering vs stalled DNS);
+//! then the real daemon's banner latency under 1000 connections/s, each from its own loopback
+//! address (so each is scored afresh), with DNS answering and with DNS stalled: rounds of 4 s
+//! alternating the two (a fresh daemon each), so a noisy machine weighs on both alike.
+//! `SCORE_BENCH_ROUNDS` (default 3) sets the rounds; `SCORE_BENCH_BANNER_ONLY=1` skips the
+//! resolver runs.
 
+use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +15,9 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token, Waker};
 use sinkhole::config::{DnsblConfig, ZoneConfig};
 use sinkhole::score::{Answer, Resolver};
-use sinkhole_tests::dns::{stalled_dns, start_rbldnsd};
+use sinkhole_tests::daemon::{Daemon, connect_from, smtp_config};
+use sinkhole_tests::dns::{Rbldnsd, StalledDns, stalled_dns, start_rbldnsd};
+use sinkhole_tests::{free_port, temp_dir};
 
 const CLIENTS: u32 = 20_000;
 /// Requests kept outstanding, like a loop accepting this many connections at once.
@@ -125,6 +133,108 @@ fn report(name: &str, mut run: Run, clients: u32) {
     println!("  try_recv() call  {}", percentiles(&mut run.recv_calls));
 }
 
+/// Connections per second the banner runs open.
+const RATE: u32 = 1_000;
+/// Client threads sharing the schedule (each connects, reads the banner, closes).
+const CLIENT_THREADS: u32 = 8;
+/// Seconds per banner run.
+const ROUND_SECONDS: u32 = 4;
+
+/// The daemon with the bench zones, asking `nameserver`.
+fn daemon(nameserver: SocketAddr, timeout: &str) -> Daemon {
+    let dir = temp_dir("score-bench");
+    let port = free_port();
+    let mut dnsbl = format!("[dnsbl]\nnameservers = [\"{nameserver}\"]\ntimeout = \"{timeout}\"\n");
+    for (zone, weight) in [("zen.bench", 3), ("bl.bench", 2), ("allow.bench", -2)] {
+        dnsbl.push_str(&format!(
+            "[[dnsbl.zone]]\nname = \"{zone}\"\nweight = {weight}\n"
+        ));
+    }
+    let smtp = "max_connections = 50000\nmax_connections_per_ip = 1000";
+    let config = smtp_config(port, dir.path(), smtp, "", &dnsbl);
+    Daemon::start_with_config(dir, &config, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// Opens `RATE` connections per second for `seconds` (open loop: connection `n` is due at
+/// `n / RATE`), connection `n` from `client(offset + n)`; returns each one's time from its
+/// due instant to the banner line.
+fn banner_run(addr: SocketAddr, seconds: u32, offset: u32) -> Vec<Duration> {
+    let total = RATE * seconds;
+    let start = Instant::now() + Duration::from_millis(100);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..CLIENT_THREADS)
+            .map(|w| {
+                scope.spawn(move || {
+                    let mut latencies = Vec::new();
+                    for n in (w..total).step_by(CLIENT_THREADS as usize) {
+                        let due = start + Duration::from_secs(1) * n / RATE;
+                        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                        let stream = connect_from(addr, client(offset + n), Duration::from_secs(5))
+                            .expect("connect to sinkhole");
+                        stream
+                            .set_read_timeout(Some(Duration::from_secs(5)))
+                            .unwrap();
+                        let mut banner = String::new();
+                        BufReader::new(&stream).read_line(&mut banner).unwrap();
+                        assert!(banner.starts_with("220 "), "{banner:?}");
+                        latencies.push(due.elapsed());
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("client thread"))
+            .collect()
+    })
+}
+
+/// CPU time the daemon's threads used, by thread name, summed over runs.
+#[derive(Default)]
+struct ThreadCpu(Vec<(String, u64)>);
+
+impl ThreadCpu {
+    /// Adds the CPU ticks (utime + stime) of every thread of `pid` so far.
+    fn add(&mut self, pid: u32) {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return;
+        };
+        for task in tasks.filter_map(Result::ok) {
+            let (Ok(name), Ok(stat)) = (
+                std::fs::read_to_string(task.path().join("comm")),
+                std::fs::read_to_string(task.path().join("stat")),
+            ) else {
+                continue;
+            };
+            // Fields after the parenthesised name: utime and stime are the 12th and 13th.
+            let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = fields.get(11..13).map_or(0, |f| {
+                f.iter().filter_map(|v| v.parse::<u64>().ok()).sum::<u64>()
+            });
+            let name = name.trim().to_string();
+            match self.0.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, total)) => *total += ticks,
+                None => self.0.push((name, ticks)),
+            }
+        }
+    }
+}
+
+fn banner_report(name: &str, latencies: &mut [Duration], cpu: &ThreadCpu) -> Duration {
+    println!("{name}");
+    println!("  banner latency   {}", percentiles(latencies));
+    // USER_HZ is 100 on Linux.
+    let threads: Vec<String> = cpu
+        .0
+        .iter()
+        .map(|(name, ticks)| format!("{name} {:.2}s", *ticks as f64 / 100.0))
+        .collect();
+    println!("  daemon CPU       {}", threads.join(", "));
+    latencies[((latencies.len() - 1) as f64 * 0.99) as usize]
+}
+
 fn main() {
     // Every 4th client is listed in zen, every 8th in bl, every 16th in allow.
     let listing = |step: u32| -> String {
@@ -153,6 +263,59 @@ fn main() {
     ])
     .expect("rbldnsd");
 
+    let stalled = stalled_dns().unwrap();
+    let banner_only = std::env::var("SCORE_BENCH_BANNER_ONLY").is_ok_and(|v| v == "1");
+    if !banner_only {
+        resolver_runs(&rbldnsd, &stalled);
+    }
+    let rounds: u32 = std::env::var("SCORE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    println!(
+        "# the daemon's banner under {RATE} connections/s, {rounds} rounds of {ROUND_SECONDS}s per case, each client its own address"
+    );
+    let (mut answering, mut stalled_latencies) = (Vec::new(), Vec::new());
+    let (mut answering_cpu, mut stalled_cpu) = (ThreadCpu::default(), ThreadCpu::default());
+    for round in 0..rounds {
+        // Fresh addresses every run, so no run profits from a cache.
+        let offset = |case: u32| (round * 2 + case) * RATE * ROUND_SECONDS;
+        let mut cases = [
+            (rbldnsd.addr, &mut answering, &mut answering_cpu, offset(0)),
+            (
+                stalled.addr,
+                &mut stalled_latencies,
+                &mut stalled_cpu,
+                offset(1),
+            ),
+        ];
+        if round % 2 == 1 {
+            cases.reverse();
+        }
+        for (nameserver, latencies, cpu, offset) in cases {
+            let daemon = daemon(nameserver, "2s");
+            latencies.extend(banner_run(daemon.addr, ROUND_SECONDS, offset));
+            cpu.add(daemon.pid());
+        }
+    }
+    let answering_p99 = banner_report(
+        "answering: rbldnsd, 3 zones + PTR",
+        &mut answering,
+        &answering_cpu,
+    );
+    let stalled_p99 = banner_report(
+        "stalled: a server that never answers, dnsbl.timeout = 2s",
+        &mut stalled_latencies,
+        &stalled_cpu,
+    );
+    println!(
+        "  p99 stalled / answering: {:.2}",
+        stalled_p99.as_secs_f64() / answering_p99.as_secs_f64()
+    );
+}
+
+/// The resolver alone, driven as the loop drives it.
+fn resolver_runs(rbldnsd: &Rbldnsd, stalled: &StalledDns) {
     println!("# sinkhole scoring benchmark ({} outstanding)", WINDOW);
     let mut answering = start(&config(rbldnsd.addr, Duration::from_secs(2)));
     report(
@@ -165,8 +328,6 @@ fn main() {
         run(&mut answering, CLIENTS),
         CLIENTS,
     );
-
-    let stalled = stalled_dns().unwrap();
     let timeout = Duration::from_millis(500);
     report(
         "stalled: a server that never answers, dnsbl.timeout = 500ms",

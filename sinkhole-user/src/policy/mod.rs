@@ -225,6 +225,8 @@ impl Rule {
 pub struct Policy {
     local_domains: Vec<LocalDomain>,
     rules: Vec<Rule>,
+    /// See [`Policy::uses_score`]; worked out once, asked at every accept.
+    uses_score: bool,
 }
 
 impl Policy {
@@ -265,15 +267,28 @@ impl Policy {
                 })?;
             rule.reply = Some(reply);
         }
+        let uses_score = file.rule.iter().any(|r| {
+            !r.dnsbl.is_empty()
+                || r.score.is_some()
+                || !r.signature.is_empty()
+                || r.host.iter().any(|h| matches!(h, HostPattern::Rdns(_)))
+        });
         Ok(Policy {
             local_domains: file.local_domains,
             rules: file.rule,
+            uses_score,
         })
     }
 
     /// How many rules there are (for the reload log line).
     pub fn rule_count(&self) -> usize {
         self.rules.len()
+    }
+
+    /// Whether some rule looks at what scoring finds (a `.rdns` host, `dnsbl`, `score` or
+    /// `signature` condition), so that a recipient verdict must wait for the score.
+    pub fn uses_score(&self) -> bool {
+        self.uses_score
     }
 
     /// The sender is in one of `local_domains` (never true for the null sender).

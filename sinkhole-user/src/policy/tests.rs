@@ -425,3 +425,21 @@ fn matching_ignores_address_family_of_other_rules() {
     f.client_ip = IpAddr::from([203, 0, 113, 1]);
     assert_eq!(p.decide(&f).action, Action::Accept);
 }
+
+#[test]
+fn uses_score_when_a_rule_looks_at_scoring_facts() {
+    let parse = |text: &str| Policy::parse(text, "p.toml").unwrap();
+    assert!(!Policy::default().uses_score());
+    assert!(!parse("local_domains = [\"example.org\"]\n[[rule]]\nto = \"*\"\nhost = \"192.0.2.0/24\"\nhelo = \"*.example\"\naction = \"reject\"\n").uses_score());
+    for condition in [
+        "host = \".rdns.example\"",
+        "dnsbl = \"zen.example\"",
+        "score = 2",
+        "signature = \"helo-bare-ip\"",
+    ] {
+        let text = format!(
+            "[[rule]]\nto = \"*\"\naction = \"accept\"\n[[rule]]\nto = \"*\"\n{condition}\naction = \"reject\"\n"
+        );
+        assert!(parse(&text).uses_score(), "{condition}");
+    }
+}

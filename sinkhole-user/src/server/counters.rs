@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::client::BlockSource;
+
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Connections accepted and served (the refused ones are counted below, not here).
@@ -46,6 +48,15 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// The `sinkhole_blocks_total{source}` counter for `source`.
+    pub fn blocks(&self, source: BlockSource) -> &AtomicU64 {
+        match source {
+            BlockSource::Dnsbl => &self.blocks_dnsbl,
+            BlockSource::Policy => &self.blocks_policy,
+            BlockSource::Campaign => &self.blocks_campaign,
+        }
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
