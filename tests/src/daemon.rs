@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -30,6 +30,12 @@ pub fn smtp_config(
     )
 }
 
+/// The `[dnsbl]` table for a daemon that sends every lookup (PTR, forward, HELO) to `nameserver`
+/// and queries no DNSBL zone: scoring answers fast and only with what that server holds.
+pub fn dns_without_zones(nameserver: SocketAddr) -> String {
+    format!("[dnsbl]\nnameservers = [\"{nameserver}\"]\nzone = []\n")
+}
+
 /// A running `sinkhole run`, killed on drop.
 pub struct Daemon {
     child: Child,
@@ -42,9 +48,14 @@ impl Daemon {
     /// Starts a daemon on a free loopback port with [`smtp_config`]'s extra lines, and waits
     /// until it says it listens.
     pub fn start(smtp: &str, storage: &str) -> Daemon {
+        Daemon::start_with_tables(smtp, storage, "")
+    }
+
+    /// Like [`Daemon::start`], with `rest` as more tables (`[policy]`, `[dnsbl]`, ...).
+    pub fn start_with_tables(smtp: &str, storage: &str, rest: &str) -> Daemon {
         let dir = temp_dir("daemon");
         let port = free_port();
-        let config = smtp_config(port, dir.path(), smtp, storage, "");
+        let config = smtp_config(port, dir.path(), smtp, storage, rest);
         Daemon::start_with_config(dir, &config, SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
@@ -83,6 +94,11 @@ impl Daemon {
         self.child.id()
     }
 
+    /// The config file the daemon runs with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("sinkhole.toml")
+    }
+
     /// `STORAGE`.
     pub fn storage(&self) -> PathBuf {
         self.dir.path().join("data")
@@ -91,6 +107,61 @@ impl Daemon {
     /// What the daemon logged so far.
     pub fn stderr(&self) -> String {
         fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Waits (bounded by `limit`) until the daemon's stderr contains `needle`; panics with
+    /// what it logged if it does not, or if the daemon exits first.
+    pub fn wait_stderr(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let stderr = self.stderr();
+            if stderr.contains(needle) {
+                return stderr;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("sinkhole exited with {status} before logging `{needle}`: {stderr}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sinkhole did not log `{needle}` within {limit:?}: {stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Panics unless the daemon is still running.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("wait for sinkhole") {
+            panic!("sinkhole exited with {status}: {}", self.stderr());
+        }
+    }
+
+    /// Sends SIGHUP (reload the policy file).
+    pub fn reload(&self) {
+        self.kill("-HUP");
+    }
+
+    /// `sinkhole campaigns --config CONFIG --json`, parsed.
+    pub fn campaigns(&self) -> serde_json::Value {
+        let out = Command::new(sinkhole_bin())
+            .arg("campaigns")
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--json")
+            .output()
+            .expect("run sinkhole campaigns");
+        assert!(
+            out.status.success(),
+            "sinkhole campaigns exited {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "campaigns --json printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     /// Files in `STORAGE/maildir/new`, sorted by name.
@@ -121,8 +192,13 @@ impl Daemon {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
+        self.kill("-TERM");
+    }
+
+    /// `kill SIGNAL PID`.
+    fn kill(&self, signal: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([signal, &self.pid().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success());
@@ -187,12 +263,39 @@ impl SmtpClient {
     /// Connects with a 10 s read timeout (no test waits longer for a reply).
     pub fn connect(addr: SocketAddr) -> SmtpClient {
         let stream = TcpStream::connect(addr).expect("connect to sinkhole");
+        SmtpClient::over(stream)
+    }
+
+    /// Connects from the loopback address `source` (any 127.0.0.0/8 address works on Linux
+    /// without configuration), so the daemon sees a client of that address.
+    pub fn connect_from(addr: SocketAddr, source: IpAddr) -> SmtpClient {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .expect("a TCP socket");
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .unwrap_or_else(|e| panic!("bind {source}: {e}"));
+        socket
+            .connect(&addr.into())
+            .unwrap_or_else(|e| panic!("connect {source} -> {addr}: {e}"));
+        SmtpClient::over(socket.into())
+    }
+
+    fn over(stream: TcpStream) -> SmtpClient {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         SmtpClient {
             reader: BufReader::new(stream),
         }
+    }
+
+    /// The next `n` whole replies.
+    pub fn replies(&mut self, n: usize) -> Vec<Vec<String>> {
+        (0..n).map(|_| self.reply()).collect()
     }
 
     /// Sends `bytes` in one write.
