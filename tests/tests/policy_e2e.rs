@@ -357,7 +357,7 @@ fn a_stalled_recipient_holds_only_its_own_session() {
     assert!(waited >= stall, "held only {waited:?}");
     assert!(waited < stall * 4, "held {waited:?}");
     assert!(
-        other_done < answered_at,
+        other_done < answered_at && other_done < asked + stall,
         "the other session finished only after the stall ended"
     );
     // The stalled session goes on normally afterwards.
