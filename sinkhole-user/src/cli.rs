@@ -84,8 +84,4 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Attach the XDP program to `xdp.interfaces` as `run` does, without the SMTP side, and
-    /// hold it until SIGINT/SIGTERM (diagnostics and kernel tests).
-    #[command(hide = true)]
-    Attach(ConfigArg),
 }

@@ -54,9 +54,6 @@ fn main() -> ExitCode {
         }
         Command::List { json, config } => with_config(&config, |c| command::list(c, json)),
         Command::Stats { json, config } => with_config(&config, |c| command::stats(c, json)),
-        Command::Attach(config) => {
-            with_config(&config, |c| command::attach(c).map(|()| String::new()))
-        }
     }
 }
 

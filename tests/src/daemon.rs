@@ -12,7 +12,9 @@ use crate::{TempDir, free_port, sinkhole_bin, temp_dir};
 
 /// The TOML for a daemon on `127.0.0.1:port` with storage in `storage`; `smtp` and `storage`
 /// are extra lines for those tables, `rest` more tables. XDP maps are pinned nowhere real (the
-/// daemon falls back to its in-memory blocker).
+/// daemon falls back to its in-memory blocker). Unless `rest` configures `[dnsbl]`, scoring has
+/// no zones and asks a closed loopback port (every lookup fails at once), so no test sends a
+/// query beyond loopback.
 pub fn smtp_config(
     port: u16,
     storage: &Path,
@@ -20,14 +22,28 @@ pub fn smtp_config(
     storage_extra: &str,
     rest: &str,
 ) -> String {
+    let dnsbl = if rest.contains("[dnsbl") {
+        String::new()
+    } else {
+        format!(
+            "[dnsbl]\nnameservers = [\"127.0.0.1:{}\"]\nzone = []\n",
+            closed_udp_port()
+        )
+    };
     format!(
         "[smtp]\nlisten = [\"127.0.0.1:{port}\"]\nhostname = \"sinkhole.test\"\n{smtp}\n\
          [storage]\ndir = \"{}\"\n{storage_extra}\n\
          [xdp]\npin_dir = \"{}\"\n\
-         {rest}\n",
+         {dnsbl}{rest}\n",
         storage.join("data").display(),
         storage.join("no-bpffs").display(),
     )
+}
+
+/// A loopback UDP port nothing listens on (queries to it fail with port unreachable).
+fn closed_udp_port() -> u16 {
+    let socket = std::net::UdpSocket::bind(("127.0.0.1", 0)).expect("bind 127.0.0.1:0/udp");
+    socket.local_addr().expect("local_addr").port()
 }
 
 /// The `[dnsbl]` table for a daemon that sends every lookup (PTR, forward, HELO) to `nameserver`
@@ -239,6 +255,22 @@ impl Drop for Daemon {
     }
 }
 
+/// A TCP connection to `addr` from the local address `source`, given up after `timeout`.
+pub fn connect_from(
+    addr: SocketAddr,
+    source: IpAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect_timeout(&addr.into(), timeout)?;
+    Ok(socket.into())
+}
+
 /// Regular files in `dir`, sorted; empty when `dir` does not exist.
 pub fn files_in(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
@@ -262,29 +294,18 @@ pub struct SmtpClient {
 impl SmtpClient {
     /// Connects with a 10 s read timeout (no test waits longer for a reply).
     pub fn connect(addr: SocketAddr) -> SmtpClient {
-        let stream = TcpStream::connect(addr).expect("connect to sinkhole");
-        SmtpClient::over(stream)
+        SmtpClient::from_stream(TcpStream::connect(addr).expect("connect to sinkhole"))
     }
 
-    /// Connects from the loopback address `source` (any 127.0.0.0/8 address works on Linux
-    /// without configuration), so the daemon sees a client of that address.
+    /// Connects from the local address `source` (e.g. `127.0.0.7`, so the daemon sees a
+    /// client of its own on loopback).
     pub fn connect_from(addr: SocketAddr, source: IpAddr) -> SmtpClient {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
+        SmtpClient::from_stream(
+            connect_from(addr, source, Duration::from_secs(10)).expect("connect to sinkhole"),
         )
-        .expect("a TCP socket");
-        socket
-            .bind(&SocketAddr::new(source, 0).into())
-            .unwrap_or_else(|e| panic!("bind {source}: {e}"));
-        socket
-            .connect(&addr.into())
-            .unwrap_or_else(|e| panic!("connect {source} -> {addr}: {e}"));
-        SmtpClient::over(socket.into())
     }
 
-    fn over(stream: TcpStream) -> SmtpClient {
+    fn from_stream(stream: TcpStream) -> SmtpClient {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
@@ -296,6 +317,11 @@ impl SmtpClient {
     /// The next `n` whole replies.
     pub fn replies(&mut self, n: usize) -> Vec<Vec<String>> {
         (0..n).map(|_| self.reply()).collect()
+    }
+
+    /// The socket, e.g. to check that nothing has arrived yet.
+    pub fn stream(&self) -> &TcpStream {
+        self.reader.get_ref()
     }
 
     /// Sends `bytes` in one write.

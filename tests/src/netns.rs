@@ -124,15 +124,16 @@ impl VethPair {
     }
 }
 
-/// Starts the real daemon inside `ns` with `config` (XDP on the configured interfaces, maps in
-/// the host bpffs) and waits until its XDP program is attached. Until `sinkhole run` exists,
-/// this is the hidden `sinkhole attach` (the XDP part of `run`); switch the subcommand then.
+/// Starts the real daemon (`sinkhole run`) inside `ns` with `config` (XDP on the configured
+/// interfaces, maps in the host bpffs; its `smtp.listen` and `storage.dir` must work inside
+/// `ns`) and waits until its XDP program is attached and it listens.
 pub fn spawn_xdp_daemon(ns: &NetNs, config: &Path) -> anyhow::Result<ChildGuard> {
     let mut command = ns.command(sinkhole_bin());
-    command.arg("attach").arg("--config").arg(config);
+    command.arg("run").arg("--config").arg(config);
     command.env("RUST_LOG", "info");
     let mut daemon = ChildGuard::spawn(command)?;
     daemon.wait_for_stderr("XDP program attached", Duration::from_secs(20))?;
+    daemon.wait_for_stderr("listening on", Duration::from_secs(20))?;
     Ok(daemon)
 }
 

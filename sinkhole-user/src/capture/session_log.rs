@@ -70,6 +70,9 @@ pub struct SessionEnd {
     pub tls: bool,
     pub dnsbl: Vec<DnsblListing>,
     pub score: Option<i32>,
+    /// A complete score came within `dnsbl.timeout` of accept (else recipients were decided
+    /// without it, or the session ended first).
+    pub scored: bool,
     pub verdict: Verdict,
     pub record: SessionRecord,
 }
@@ -88,6 +91,7 @@ struct Line<'a> {
     pipelined: bool,
     dnsbl: Vec<Listing<'a>>,
     score: Option<i32>,
+    scored: bool,
     signatures: Vec<&'static str>,
     verdict: &'static str,
     transactions: Vec<Transaction<'a>>,
@@ -161,6 +165,7 @@ impl SessionEnd {
                 })
                 .collect(),
             score: self.score,
+            scored: self.scored,
             signatures: record.signatures.iter().map(|s| s.as_str()).collect(),
             verdict: self.verdict.as_str(),
             transactions: record
@@ -312,6 +317,7 @@ mod tests {
             tls: false,
             dnsbl: Vec::new(),
             score: None,
+            scored: false,
             verdict: Verdict::NoMail,
             record,
         };
@@ -332,6 +338,7 @@ mod tests {
             "pipelined",
             "dnsbl",
             "score",
+            "scored",
             "signatures",
             "verdict",
             "transactions",

@@ -1,4 +1,4 @@
-//! `sinkhole block`, `unblock`, `list`, `stats` and the hidden `attach`: each works on the
+//! `sinkhole block`, `unblock`, `list` and `stats`: each works on the
 //! pinned maps in `xdp.pin_dir`, creating them when they do not exist yet, so it makes no
 //! difference whether the daemon runs. Each returns the text to print.
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde_json::json;
 
-use super::{Block, BlockMaps, Blocker, Counters, KernelError, clock, maps};
+use super::{Block, BlockMaps, Counters, KernelError, clock, maps};
 use crate::config::Config;
 
 /// A command that could not do what was asked.
@@ -152,45 +152,4 @@ pub fn stats(config: &Config, as_json: bool) -> Result<String, CommandError> {
         blocks.len(),
         c.malformed,
     ))
-}
-
-/// `sinkhole attach` (hidden): attaches the XDP program as `run` does, without the SMTP side,
-/// and holds it, sweeping expired blocks, until SIGINT or SIGTERM; then detaches.
-pub fn attach(config: &Config) -> Result<(), CommandError> {
-    let mut blocker = super::open_xdp(config)?;
-    let signals = TermSignals::block();
-    while !signals.wait(Duration::from_secs(5)) {
-        if let Err(e) = blocker.sweep() {
-            log::warn!("sweep: {e}");
-        }
-    }
-    Ok(())
-}
-
-/// SIGINT and SIGTERM, blocked so they can be waited for.
-struct TermSignals(libc::sigset_t);
-
-impl TermSignals {
-    fn block() -> Self {
-        // SAFETY: sigset operations on a local set; blocking the two signals for this thread
-        // (the only one) so that sigtimedwait receives them.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            TermSignals(set)
-        }
-    }
-
-    /// Whether a signal came within `timeout`.
-    fn wait(&self, timeout: Duration) -> bool {
-        let ts = libc::timespec {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_nsec: 0,
-        };
-        // SAFETY: `self.0` is an initialised set; a null siginfo is allowed.
-        unsafe { libc::sigtimedwait(&self.0, std::ptr::null_mut(), &ts) > 0 }
-    }
 }

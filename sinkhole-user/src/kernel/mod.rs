@@ -81,13 +81,6 @@ pub fn open_blocker(config: &Config) -> Box<dyn Blocker> {
     }
 }
 
-/// The XDP program attached per `config`, or the error that prevented it (no fallback).
-pub fn open_xdp(config: &Config) -> Result<MapBlocker, KernelError> {
-    let (ebpf, mut maps) = open_maps(config)?;
-    let attachment = xdp::attach(ebpf, &mut maps, config)?;
-    Ok(MapBlocker::new(maps, config, Some(attachment)))
-}
-
 /// The pinned maps, with the allowlist map brought in step with `xdp.allow`.
 fn open_maps(config: &Config) -> Result<(aya::Ebpf, BlockMaps), KernelError> {
     let (ebpf, mut maps) = maps::open(&config.xdp.pin_dir)?;

@@ -10,11 +10,14 @@ use std::time::{Instant, SystemTime};
 
 use mio::net::TcpStream;
 
+use super::client::Client;
 use crate::smtp::Session;
 
 pub struct Connection {
     pub stream: TcpStream,
     pub session: Session,
+    /// Its score, policy and held recipient reply.
+    pub client: Client,
     pub peer: SocketAddr,
     /// Tells this connection apart from earlier ones in the same slot (timers, completions).
     pub serial: u64,
@@ -30,8 +33,8 @@ pub struct Connection {
     pub wants_writable: bool,
     /// A message of this connection is with the capture thread.
     pub capturing: bool,
-    /// The client closed its side (or the connection broke): close as soon as no message of
-    /// it is still being stored.
+    /// The client closed its side, the connection broke, or the client was just blocked: read
+    /// no more, and close as soon as the output is out and no message of it is being stored.
     pub peer_closed: bool,
 }
 

@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::client::BlockSource;
+
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Connections accepted and served (the refused ones are counted below, not here).
@@ -30,9 +32,29 @@ pub struct Counters {
     pub session_log_dropped: AtomicU64,
     /// Connections closed at the end of the shutdown grace period with output unsent.
     pub shutdown_forced_closes: AtomicU64,
+    /// Sessions whose recipients were decided without a complete score: the resolver was busy
+    /// or the answer missed `dnsbl.timeout`.
+    pub unscored: AtomicU64,
+    /// Clients put into the drop map, by source (`sinkhole_blocks_total{source}`).
+    pub blocks_dnsbl: AtomicU64,
+    pub blocks_policy: AtomicU64,
+    pub blocks_campaign: AtomicU64,
+    /// Blocks not made because `xdp.allow` covers the client.
+    pub blocks_allow_listed: AtomicU64,
+    /// Blocks that failed (the block table refused the entry).
+    pub block_errors: AtomicU64,
 }
 
 impl Counters {
+    /// The `sinkhole_blocks_total{source}` counter for `source`.
+    pub fn blocks(&self, source: BlockSource) -> &AtomicU64 {
+        match source {
+            BlockSource::Dnsbl => &self.blocks_dnsbl,
+            BlockSource::Policy => &self.blocks_policy,
+            BlockSource::Campaign => &self.blocks_campaign,
+        }
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }

@@ -2,11 +2,14 @@
 //!
 //! The loop accepts (refusing blocked clients and clients over a limit at once), moves bytes
 //! between sockets and [`Session`]s, answers the sessions' events, and keeps deadlines in a
-//! timer wheel. It never waits for anything but `epoll`: messages go to the capture thread,
-//! whose answers come back through a channel and a [`Waker`].
+//! timer wheel. It never waits for anything but `epoll`: messages go to the capture thread and
+//! score requests to the resolver thread, whose answers come back through channels and the one
+//! [`Waker`]. Recipient verdicts (score, then policy) are in [`decisions`] and [`client`].
 
+pub mod client;
 pub mod connection;
 pub mod counters;
+mod decisions;
 pub mod limits;
 pub mod listeners;
 pub mod timer;
@@ -19,16 +22,19 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::capture::headers::Trace;
 use crate::capture::session_log::{SessionEnd, Verdict, session_id};
 use crate::capture::{Capture, CaptureError, Job, StoreRequest, Stored, Ticket};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::kernel::Blocker;
+use crate::policy::PolicyStore;
+use crate::score::{Resolver, ScoreError};
 use crate::smtp::{Direction, Event, Reply, Session, SessionConfig, SessionRecord, TranscriptLine};
+use client::{Client, Rules, token};
 use connection::{Connection, FlushOutcome, ReadOutcome};
 use counters::Counters;
 use limits::{Limits, Refusal};
@@ -54,6 +60,10 @@ pub enum ServerError {
     Listen { addr: SocketAddr, source: io::Error },
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    #[error("policy: {0}")]
+    Policy(#[from] ConfigError),
+    #[error(transparent)]
+    Score(#[from] ScoreError),
     #[error("event loop: {0}")]
     Io(#[from] io::Error),
 }
@@ -67,6 +77,11 @@ pub struct Server {
     wheel: TimerWheel,
     limits: Limits,
     blocker: Box<dyn Blocker>,
+    /// Scores clients (DNSBL, reverse DNS) and checks HELO names, on its own thread.
+    resolver: Resolver,
+    /// The policy in force; each session keeps the one current at its accept.
+    policy: PolicyStore,
+    rules: Rules,
     capture: Capture,
     /// Stored messages coming back from the capture thread.
     stored: Receiver<Stored>,
@@ -83,8 +98,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every listen address, prepares storage and starts the capture thread.
+    /// Binds every listen address, reads the policy, prepares storage and starts the capture
+    /// and resolver threads.
     pub fn new(config: &Config, blocker: Box<dyn Blocker>) -> Result<Server, ServerError> {
+        let policy = PolicyStore::open(&config.policy)?;
         let poll = Poll::new()?;
         let mut listeners = Vec::with_capacity(config.smtp.listen.len());
         for (i, &addr) in config.smtp.listen.iter().enumerate() {
@@ -97,10 +114,12 @@ impl Server {
             )?;
             listeners.push(listener);
         }
-        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        // mio allows one waker per poll: the capture and resolver threads share it.
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let resolver = Resolver::spawn(&config.dnsbl, Arc::clone(&waker))?;
         let counters = Arc::new(Counters::default());
         let (stored_tx, stored) = mpsc::channel();
         let capture = Capture::start(
@@ -126,6 +145,9 @@ impl Server {
                 smtp.max_connections_per_ip.get(),
             ),
             blocker,
+            resolver,
+            policy,
+            rules: Rules::new(config),
             capture,
             stored,
             session_config: Arc::new(SessionConfig {
@@ -157,6 +179,7 @@ impl Server {
 
     /// Serves until SIGTERM or SIGINT, then shuts down cleanly: no new connections, every
     /// session told 421 (after its pending message is stored), the session log written out.
+    /// SIGHUP reloads the policy.
     pub fn run(mut self) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(1024);
         let mut due = Vec::new();
@@ -173,9 +196,22 @@ impl Server {
             let now = Instant::now();
             for event in events.iter() {
                 match event.token() {
-                    WAKER => self.take_stored(now),
+                    WAKER => {
+                        self.take_stored(now);
+                        self.take_answers(now);
+                    }
                     SIGNALS => {
-                        if self.signals.pending().next().is_some() {
+                        let (mut reload, mut stop) = (false, false);
+                        for signal in self.signals.pending() {
+                            match signal {
+                                SIGHUP => reload = true,
+                                _ => stop = true,
+                            }
+                        }
+                        if reload {
+                            self.reload_policy();
+                        }
+                        if stop {
                             match self.stopping {
                                 None => self.begin_shutdown(now),
                                 // A second signal: stop waiting for slow clients.
@@ -289,6 +325,9 @@ impl Server {
         Counters::add(&self.counters.connections_total, 1);
         Counters::add(&self.counters.connections_active, 1);
         self.serial += 1;
+        // Busy (too many outstanding) is counted by the resolver; the client goes unscored.
+        let requested = self.resolver.request(token(slot, self.serial), ip).is_ok();
+        let client = Client::new(self.policy.current(), now, &self.rules, requested);
         let started = SystemTime::now();
         let mut session = Session::new(Arc::clone(&self.session_config), now);
         // Whatever is already waiting came before the banner (pregreet).
@@ -302,6 +341,7 @@ impl Server {
         entry.insert(Connection {
             stream,
             session,
+            client,
             peer,
             serial: self.serial,
             id: session_id(started, self.serial),
@@ -323,6 +363,7 @@ impl Server {
             while let Some(event) = self.conns[slot].session.poll_event() {
                 self.handle_event(slot, event, now);
             }
+            self.ask_helo(slot);
             let conn = &mut self.conns[slot];
             match conn.flush() {
                 FlushOutcome::Broken => return self.close(slot),
@@ -370,10 +411,14 @@ impl Server {
         self.schedule(slot);
     }
 
-    /// Keeps one timer entry per connection at (or before) its session's deadline.
+    /// Keeps one timer entry per connection at (or before) its next deadline: the session's,
+    /// or that of a held recipient reply.
     fn schedule(&mut self, slot: usize) {
         let conn = &mut self.conns[slot];
-        let deadline = conn.session.deadline();
+        let deadline = match conn.client.deadline() {
+            Some(held) => held.min(conn.session.deadline()),
+            None => conn.session.deadline(),
+        };
         if conn.scheduled.is_some_and(|at| at <= deadline) {
             return;
         }
@@ -399,6 +444,7 @@ impl Server {
             if conn.session.deadline() <= now {
                 conn.session.handle_timeout(now);
             }
+            self.release_held(entry.slot, now, false);
             self.drive(entry.slot, now);
         }
     }
@@ -406,9 +452,7 @@ impl Server {
     fn handle_event(&mut self, slot: usize, event: Event, now: Instant) {
         match event {
             Event::Recipient { mail_from, rcpt } => {
-                if let Some(reply) = self.decide_recipient(slot, &mail_from, &rcpt) {
-                    self.conns[slot].session.resolve_recipient(reply, now);
-                }
+                self.decide_recipient(slot, mail_from, rcpt, now);
             }
             Event::Message {
                 mail_from,
@@ -425,13 +469,6 @@ impl Server {
                 self.conns[slot].session.shutdown(now);
             }
         }
-    }
-
-    /// The verdict for one recipient: a reply now, or `None` when it comes later (a provider
-    /// that must wait answers through the loop with `Session::resolve_recipient`). Until
-    /// policy and scoring land, every recipient is accepted.
-    fn decide_recipient(&mut self, _slot: usize, _mail_from: &str, _rcpt: &str) -> Option<Reply> {
-        Some(reply(250, "2.1.5 Ok"))
     }
 
     fn take_message(&mut self, slot: usize, mail_from: String, body: Vec<u8>, now: Instant) {
@@ -457,9 +494,9 @@ impl Server {
             trace: Trace {
                 session_id: conn.id.clone(),
                 client: conn.peer,
-                rdns: None,
+                rdns: conn.client.score.as_ref().and_then(|s| s.rdns.clone()),
                 helo: conn.session.record().helo.clone(),
-                dnsbl: Vec::new(),
+                dnsbl: conn.client.listings(),
                 mail_from,
             },
             body,
@@ -509,6 +546,8 @@ impl Server {
         }
         let slots: Vec<usize> = self.conns.iter().map(|(slot, _)| slot).collect();
         for slot in slots {
+            // Held replies go out now: nobody waits for a score or a stall any longer.
+            self.release_held(slot, now, true);
             self.conns[slot].session.shutdown(now);
             self.drive(slot, now);
         }
@@ -528,17 +567,28 @@ impl Server {
         self.counters
             .connections_active
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let record = conn.session.into_record();
+        let mut record = conn.session.into_record();
+        let client = conn.client;
+        let signatures = client.signatures(&record.signatures, record.helo.as_deref());
+        if let Some(escalation) = client.escalation_at_end(&self.rules, &signatures) {
+            self.block_client(conn.peer.ip().to_canonical(), &escalation);
+        }
+        if !client.scored && record.transactions.iter().any(|t| !t.rcpts.is_empty()) {
+            Counters::add(&self.counters.unscored, 1);
+        }
+        record.signatures = signatures;
+        let (rdns, fcrdns) = client.rdns();
         self.log_session(SessionEnd {
             id: conn.id,
             start: conn.started,
             end: SystemTime::now(),
             client: conn.peer,
-            rdns: None,
-            fcrdns: None,
+            rdns,
+            fcrdns,
             tls: false,
-            dnsbl: Vec::new(),
-            score: None,
+            dnsbl: client.listings(),
+            score: client.score.as_ref().map(|s| s.score),
+            scored: client.scored,
             verdict: Verdict::of(&record),
             record,
         });
@@ -566,6 +616,7 @@ impl Server {
             tls: false,
             dnsbl: Vec::new(),
             score: None,
+            scored: false,
             verdict,
             record: SessionRecord {
                 transcript,

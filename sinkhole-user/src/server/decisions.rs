@@ -1,0 +1,171 @@
+//! The loop's side of scoring and policy: score answers attached to their connections, the
+//! HELO check, recipient verdicts given, held (waiting for the score, or stalled) and released,
+//! blocks made, and the policy reloaded on SIGHUP. The verdicts themselves come from
+//! [`Client`](super::client::Client).
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use super::Server;
+use super::client::{Escalation, Held, token, token_matches, token_slot};
+use super::counters::Counters;
+use crate::score::Answer;
+
+impl Server {
+    /// A recipient to decide: now, or once the score is in (at most until it is due).
+    pub(super) fn decide_recipient(
+        &mut self,
+        slot: usize,
+        mail_from: String,
+        rcpt: String,
+        now: Instant,
+    ) {
+        let client = &mut self.conns[slot].client;
+        if client.awaits_score(now) && self.stopping.is_none() {
+            // The session holds further input meanwhile; `schedule` arms the score deadline.
+            client.held = Some(Held::Score { mail_from, rcpt });
+            return;
+        }
+        self.answer_recipient(slot, &mail_from, &rcpt, now);
+    }
+
+    /// Decides with what is known now and gives the reply (or holds it for a stall).
+    fn answer_recipient(&mut self, slot: usize, mail_from: &str, rcpt: &str, now: Instant) {
+        let conn = &mut self.conns[slot];
+        let record = conn.session.record();
+        let decision = conn.client.decide(
+            &self.rules,
+            conn.peer.ip().to_canonical(),
+            record.helo.as_deref(),
+            &record.signatures,
+            mail_from,
+            rcpt,
+            now,
+        );
+        if let Some(until) = decision.stall_until
+            && self.stopping.is_none()
+        {
+            conn.client.held = Some(Held::Stall {
+                until,
+                reply: decision.reply,
+            });
+            return;
+        }
+        if let Some(escalation) = decision.block {
+            conn.client.escalated = true;
+            let ip = conn.peer.ip().to_canonical();
+            if self.block_client(ip, &escalation) {
+                // Its packets are dropped from now on (or it is closed at accept): end the
+                // session once the refusal is out.
+                self.conns[slot].peer_closed = true;
+            }
+        }
+        self.conns[slot]
+            .session
+            .resolve_recipient(decision.reply, now);
+    }
+
+    /// Gives a held reply whose time has come (or any held reply, with `force`, at shutdown).
+    pub(super) fn release_held(&mut self, slot: usize, now: Instant, force: bool) {
+        let client = &mut self.conns[slot].client;
+        if !force && client.deadline().is_none_or(|due| due > now) {
+            return;
+        }
+        match client.held.take() {
+            Some(Held::Score { mail_from, rcpt }) => {
+                log::debug!(
+                    "session {}: no DNSBL score within dnsbl.timeout; deciding unscored",
+                    self.conns[slot].id
+                );
+                self.answer_recipient(slot, &mail_from, &rcpt, now);
+            }
+            Some(Held::Stall { reply, .. }) => {
+                self.conns[slot].session.resolve_recipient(reply, now);
+            }
+            None => {}
+        }
+    }
+
+    /// Attaches the resolver's answers to their connections; a recipient waiting for its
+    /// score is decided at once.
+    pub(super) fn take_answers(&mut self, now: Instant) {
+        while let Some(answer) = self.resolver.try_recv() {
+            let slot = token_slot(answer.token());
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            if !token_matches(answer.token(), conn.serial) {
+                continue;
+            }
+            match answer {
+                Answer::Client { score, .. } => {
+                    conn.client.set_score(score, now);
+                    if let Some(Held::Score { mail_from, rcpt }) = conn
+                        .client
+                        .held
+                        .take_if(|held| matches!(held, Held::Score { .. }))
+                    {
+                        self.answer_recipient(slot, &mail_from, &rcpt, now);
+                        self.drive(slot, now);
+                    }
+                }
+                Answer::Helo { check, .. } => conn.client.set_helo_check(check),
+            }
+        }
+    }
+
+    /// Asks for the check of the session's HELO name, once it is known (the first name only).
+    pub(super) fn ask_helo(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        if conn.client.helo_asked {
+            return;
+        }
+        let Some(helo) = conn.session.record().helo.as_deref() else {
+            return;
+        };
+        conn.client.helo_asked = true;
+        // Busy is counted by the resolver; the session then has no `helo-mismatch` verdict.
+        let _ = self
+            .resolver
+            .check_helo(token(slot, conn.serial), conn.peer.ip(), helo);
+    }
+
+    /// Puts `ip` into the drop map for `dnsbl.block_ttl`; true when it is blocked now.
+    pub(super) fn block_client(&mut self, ip: IpAddr, escalation: &Escalation) -> bool {
+        match self
+            .blocker
+            .block(ip, self.rules.block_ttl, &escalation.reason)
+        {
+            Ok(true) => {
+                Counters::add(self.counters.blocks(escalation.source), 1);
+                log::info!(
+                    "blocked {ip} for {} ({})",
+                    humantime::format_duration(self.rules.block_ttl),
+                    escalation.reason
+                );
+                true
+            }
+            Ok(false) => {
+                Counters::add(&self.counters.blocks_allow_listed, 1);
+                log::debug!("not blocking {ip} ({}): xdp.allow", escalation.reason);
+                false
+            }
+            Err(e) => {
+                Counters::add(&self.counters.block_errors, 1);
+                log::warn!("cannot block {ip} ({}): {e}", escalation.reason);
+                false
+            }
+        }
+    }
+
+    /// SIGHUP: the policy file again, parsed whole before it replaces the old rules.
+    pub(super) fn reload_policy(&mut self) {
+        match self.policy.reload() {
+            Ok(()) => log::info!(
+                "policy reloaded: {} rule(s), for sessions from now on",
+                self.policy.current().rule_count()
+            ),
+            Err(e) => log::error!("policy reload failed; the previous rules stay in force: {e}"),
+        }
+    }
+}
