@@ -110,6 +110,19 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Like [`Daemon::start_with_tables`], but `xdp.allow` leaves IPv4 loopback out (the default
+    /// allows it), so loopback clients can be blocked, in the in-memory blocker.
+    pub fn start_blocking_loopback(rest: &str) -> Daemon {
+        let dir = temp_dir("daemon");
+        let port = free_port();
+        let config = smtp_config(port, dir.path(), "", "", rest).replacen(
+            "[xdp]\n",
+            "[xdp]\nallow = [\"::1/128\"]\n",
+            1,
+        );
+        Daemon::start_with_config(dir, &config, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
     /// The config file the daemon runs with.
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("sinkhole.toml")

@@ -27,6 +27,13 @@ struct World {
 /// Starts `nsd` (authoritative for 127.0.0.0/8's reverse zone, with no names) and a daemon with
 /// `policy` as its policy file and `policy_extra` more `[policy]` lines.
 fn world(policy: &str, policy_extra: &str) -> World {
+    world_started(policy, policy_extra, |rest| {
+        Daemon::start_with_tables("", "", rest)
+    })
+}
+
+/// [`world`], with the daemon started by `start` from the extra config tables.
+fn world_started(policy: &str, policy_extra: &str, start: impl FnOnce(&str) -> Daemon) -> World {
     let dns = start_nsd(&[("127.in-addr.arpa", &zone_file(""))]).expect("nsd");
     let policy_dir = temp_dir("policy");
     let policy_path = policy_dir.path().join("policy.toml");
@@ -37,7 +44,7 @@ fn world(policy: &str, policy_extra: &str) -> World {
         policy_path.display()
     );
     World {
-        daemon: Daemon::start_with_tables("", "", &rest),
+        daemon: start(&rest),
         policy: policy_path,
         _policy_dir: policy_dir,
         _dns: dns,
@@ -306,7 +313,8 @@ fn senders_in_a_local_domain_are_refused_at_each_rcpt_but_the_null_sender_is_not
             ("someone@other.example".to_string(), 550)
         ]
     );
-    assert_eq!(s["transactions"][0]["data_code"], 554);
+    // The refused DATA sent no data, so there is no end-of-data reply.
+    assert_eq!(s["transactions"][0]["data_code"], Value::Null);
     assert_eq!(s["transactions"][1]["mail_from"], "");
     assert_eq!(rcpt_codes(s, 1), [("trap@example.org".to_string(), 250)]);
     assert_eq!(s["transactions"][1]["data_code"], 250);
@@ -468,4 +476,50 @@ fn sighup_loads_a_good_file_and_keeps_the_last_good_rules_on_a_broken_one() {
     assert_eq!(codes_for_new_session(&w.daemon), own("250", "550"));
     before.send(b"QUIT\r\n");
     w.daemon.stop();
+}
+
+#[test]
+fn a_block_rule_refuses_and_puts_the_client_into_the_drop_map() {
+    let mut w = world_started(
+        "[[rule]]\nto = \"trap@example.org\"\naction = \"block\"\n",
+        "",
+        Daemon::start_blocking_loopback,
+    );
+    let mut bot = client_from(&w.daemon, loopback(11));
+    assert_eq!(
+        command(&mut bot, "MAIL FROM:<a@sender.example>"),
+        "250 2.1.0 Ok"
+    );
+    assert_eq!(
+        command(&mut bot, "RCPT TO:<fine@example.org>"),
+        "250 2.1.5 Ok"
+    );
+    assert_eq!(
+        command(&mut bot, "RCPT TO:<trap@example.org>"),
+        "550 5.7.1 <trap@example.org>: Recipient address rejected: access denied"
+    );
+    // Blocked: the session ends once the refusal is out.
+    assert!(bot.closed());
+    w.daemon.wait_stderr(
+        "blocked 127.0.0.11 for 1h (policy:rule[0])",
+        Duration::from_secs(5),
+    );
+    // It is turned away at accept from now on; another client is not.
+    let mut again = SmtpClient::connect_from(w.daemon.addr, loopback(11));
+    assert_eq!(again.line(), None, "a blocked client heard something");
+    let mut other = client_from(&w.daemon, loopback(12));
+    assert_eq!(command(&mut other, "QUIT"), "221 2.0.0 Bye");
+
+    w.daemon.stop();
+    let sessions = w.daemon.sessions();
+    let from_11 = session_from(&sessions, "127.0.0.11");
+    assert_eq!(from_11.len(), 2, "{sessions:?}");
+    assert_eq!(
+        rcpt_codes(from_11[0], 0),
+        [
+            ("fine@example.org".to_string(), 250),
+            ("trap@example.org".to_string(), 550)
+        ]
+    );
+    assert_eq!(from_11[1]["verdict"], "blocked", "{sessions:?}");
 }
