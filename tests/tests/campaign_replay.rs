@@ -1,6 +1,7 @@
 //! A spam campaign replayed against the real daemon with a local-domain policy: a dozen
 //! clients from distinct loopback addresses, each pipelining `MAIL FROM` equal to `RCPT TO` in
-//! a local domain, then `sinkhole campaigns` grouping them. Also the single replay of issue 3.
+//! a local domain, then `sinkhole campaigns` grouping them, and `campaign.block_signatures`
+//! putting one group's clients into the drop map. Also the single replay of issue 3.
 //!
 //! DNS is a local `nsd`: no client has a PTR record (`no-rdns` for all), and the rDNS-like HELO
 //! names resolve to their clients (no `helo-mismatch`), so the two groups differ by exactly
@@ -10,6 +11,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sinkhole_tests::daemon::{Daemon, SmtpClient, dns_without_zones};
@@ -46,13 +48,15 @@ fn world() -> World {
     let policy_dir = temp_dir("policy");
     let policy = policy_dir.path().join("policy.toml");
     fs::write(&policy, "local_domains = [\"example.org\"]\n").unwrap();
+    // Sessions showing this set end with their client in the drop map: the literal group only.
     let rest = format!(
-        "{}[policy]\nfile = \"{}\"\n",
+        "{}[policy]\nfile = \"{}\"\n\
+         [campaign]\nblock_signatures = [[\"mail-from-eq-rcpt-to\", \"helo-ip-literal\"]]\n",
         dns_without_zones(dns.addr),
         policy.display()
     );
     World {
-        daemon: Daemon::start_with_tables("", "", &rest),
+        daemon: Daemon::start_blocking_loopback(&rest),
         _policy_dir: policy_dir,
         _dns: dns,
     }
@@ -118,7 +122,6 @@ fn a_dozen_bots_pipelining_from_eq_rcpt_in_a_local_domain_are_one_campaign_per_h
         );
         assert_eq!(replies[7], "221 2.0.0 Bye", "127.0.0.{last}: {replies:?}");
     }
-    w.daemon.stop();
     assert!(w.daemon.new_messages().is_empty());
 
     let named_set = [
@@ -134,7 +137,7 @@ fn a_dozen_bots_pipelining_from_eq_rcpt_in_a_local_domain_are_one_campaign_per_h
         "no-rdns",
         "pipelined-run-ahead",
     ];
-    let sessions = w.daemon.sessions();
+    let sessions = w.daemon.wait_sessions(12);
     assert_eq!(sessions.len(), 12, "{sessions:?}");
     let mut ids = HashSet::new();
     for s in &sessions {
@@ -179,6 +182,31 @@ fn a_dozen_bots_pipelining_from_eq_rcpt_in_a_local_domain_are_one_campaign_per_h
         assert!(!examples.is_empty(), "{report:#}");
         assert!(examples.iter().all(|e| ids.contains(*e)), "{report:#}");
     }
+
+    // `campaign.block_signatures` blocked the literal group's clients, and only them.
+    for last in LITERAL {
+        w.daemon.wait_stderr(
+            &format!(
+                "blocked 127.0.0.{last} for 1h (campaign:mail-from-eq-rcpt-to+helo-ip-literal)"
+            ),
+            Duration::from_secs(5),
+        );
+    }
+    let stderr = w.daemon.stderr();
+    for last in NAMED {
+        assert!(
+            !stderr.contains(&format!("blocked 127.0.0.{last} ")),
+            "{stderr}"
+        );
+    }
+    let source = |last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last));
+    let mut blocked = SmtpClient::connect_from(w.daemon.addr, source(*LITERAL.start()));
+    assert_eq!(blocked.line(), None, "a blocked bot heard something");
+    let mut named = SmtpClient::connect_from(w.daemon.addr, source(*NAMED.start()));
+    assert!(named.reply()[0].starts_with("220 "));
+    named.send(b"QUIT\r\n");
+    assert_eq!(named.reply(), ["221 2.0.0 Bye"]);
+    w.daemon.stop();
 }
 
 #[test]
