@@ -236,7 +236,7 @@ fn issue_3_replay_ehlo_mail_rcpt_in_one_write_is_refused_at_rcpt_and_logged() {
     assert_eq!(s["helo"], "host11.190-230-18.telecom.net.ar", "{s}");
     assert_eq!(s["pipelined"], true, "{s}");
     let signatures = strings(&s["signatures"]);
-    for expected in ["mail-from-eq-rcpt-to", "mail-from-local-domain"] {
+    for expected in ["mail-from-eq-rcpt-to", "mail-from-local-domain", "no-rdns"] {
         assert!(signatures.contains(&expected), "{s}");
     }
     assert_eq!(
@@ -251,5 +251,32 @@ fn issue_3_replay_ehlo_mail_rcpt_in_one_write_is_refused_at_rcpt_and_logged() {
             .iter()
             .any(|l| l[1] == "s" && l[2] == LOCAL_SENDER),
         "{s}"
+    );
+}
+
+/// The HELO name of the issue 3 replay does not exist in telecom.net.ar (our nsd serves that
+/// zone) and the client has no PTR, so the session shows `helo-mismatch` and `no-rdns`, however
+/// fast the bot quits. Ignored until the daemon waits (bounded by `dnsbl.timeout`) for the
+/// score and the HELO check before logging a session: today a session that ends a millisecond
+/// after its EHLO is logged with neither (`scored: false`), so the same bot lands in different
+/// campaigns depending on DNS timing, and an end-of-session block by score never happens.
+#[test]
+#[ignore = "daemon bug: a session ending before its DNS answers is logged without their signatures"]
+fn a_bot_that_quits_at_once_still_shows_helo_mismatch() {
+    let mut w = world();
+    let mut bot = SmtpClient::connect(w.daemon.addr);
+    assert!(bot.reply()[0].starts_with("220 "));
+    bot.send(b"EHLO host11.190-230-18.telecom.net.ar\r\nQUIT\r\n");
+    bot.reply();
+    assert_eq!(bot.reply(), ["221 2.0.0 Bye"]);
+    assert!(bot.closed());
+    w.daemon.stop();
+    let sessions = w.daemon.sessions();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(
+        strings(&sessions[0]["signatures"]),
+        ["helo-mismatch", "no-rdns"],
+        "{}",
+        sessions[0]
     );
 }
