@@ -46,6 +46,12 @@ fn closed_udp_port() -> u16 {
     socket.local_addr().expect("local_addr").port()
 }
 
+/// The `[dnsbl]` table for a daemon that sends every lookup (PTR, forward, HELO) to `nameserver`
+/// and queries no DNSBL zone: scoring answers fast and only with what that server holds.
+pub fn dns_without_zones(nameserver: SocketAddr) -> String {
+    format!("[dnsbl]\nnameservers = [\"{nameserver}\"]\nzone = []\n")
+}
+
 /// A running `sinkhole run`, killed on drop.
 pub struct Daemon {
     child: Child,
@@ -58,9 +64,14 @@ impl Daemon {
     /// Starts a daemon on a free loopback port with [`smtp_config`]'s extra lines, and waits
     /// until it says it listens.
     pub fn start(smtp: &str, storage: &str) -> Daemon {
+        Daemon::start_with_tables(smtp, storage, "")
+    }
+
+    /// Like [`Daemon::start`], with `rest` as more tables (`[policy]`, `[dnsbl]`, ...).
+    pub fn start_with_tables(smtp: &str, storage: &str, rest: &str) -> Daemon {
         let dir = temp_dir("daemon");
         let port = free_port();
-        let config = smtp_config(port, dir.path(), smtp, storage, "");
+        let config = smtp_config(port, dir.path(), smtp, storage, rest);
         Daemon::start_with_config(dir, &config, SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
@@ -99,6 +110,24 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Like [`Daemon::start_with_tables`], but `xdp.allow` leaves IPv4 loopback out (the default
+    /// allows it), so loopback clients can be blocked, in the in-memory blocker.
+    pub fn start_blocking_loopback(rest: &str) -> Daemon {
+        let dir = temp_dir("daemon");
+        let port = free_port();
+        let config = smtp_config(port, dir.path(), "", "", rest).replacen(
+            "[xdp]\n",
+            "[xdp]\nallow = [\"::1/128\"]\n",
+            1,
+        );
+        Daemon::start_with_config(dir, &config, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// The config file the daemon runs with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("sinkhole.toml")
+    }
+
     /// `STORAGE`.
     pub fn storage(&self) -> PathBuf {
         self.dir.path().join("data")
@@ -107,6 +136,61 @@ impl Daemon {
     /// What the daemon logged so far.
     pub fn stderr(&self) -> String {
         fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Waits (bounded by `limit`) until the daemon's stderr contains `needle`; panics with
+    /// what it logged if it does not, or if the daemon exits first.
+    pub fn wait_stderr(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let stderr = self.stderr();
+            if stderr.contains(needle) {
+                return stderr;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("sinkhole exited with {status} before logging `{needle}`: {stderr}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sinkhole did not log `{needle}` within {limit:?}: {stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Panics unless the daemon is still running.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("wait for sinkhole") {
+            panic!("sinkhole exited with {status}: {}", self.stderr());
+        }
+    }
+
+    /// Sends SIGHUP (reload the policy file).
+    pub fn reload(&self) {
+        self.kill("-HUP");
+    }
+
+    /// `sinkhole campaigns --config CONFIG --json`, parsed.
+    pub fn campaigns(&self) -> serde_json::Value {
+        let out = Command::new(sinkhole_bin())
+            .arg("campaigns")
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--json")
+            .output()
+            .expect("run sinkhole campaigns");
+        assert!(
+            out.status.success(),
+            "sinkhole campaigns exited {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "campaigns --json printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     /// Files in `STORAGE/maildir/new`, sorted by name.
@@ -137,8 +221,13 @@ impl Daemon {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
+        self.kill("-TERM");
+    }
+
+    /// `kill SIGNAL PID`.
+    fn kill(&self, signal: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([signal, &self.pid().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success());
@@ -236,6 +325,11 @@ impl SmtpClient {
         SmtpClient {
             reader: BufReader::new(stream),
         }
+    }
+
+    /// The next `n` whole replies.
+    pub fn replies(&mut self, n: usize) -> Vec<Vec<String>> {
+        (0..n).map(|_| self.reply()).collect()
     }
 
     /// The socket, e.g. to check that nothing has arrived yet.

@@ -130,6 +130,14 @@ pub fn start_rbldnsd(datasets: &[(&str, &str, &str)]) -> anyhow::Result<Rbldnsd>
         .context("rbldnsd did not come up"))
 }
 
+/// A zone file for [`start_nsd`]: SOA and NS records, then `records` (one per line, names
+/// relative to the zone).
+pub fn zone_file(records: &str) -> String {
+    format!(
+        "$TTL 300\n@ IN SOA ns.test. hostmaster.test. 1 600 300 86400 300\n@ IN NS ns.test.\n{records}"
+    )
+}
+
 /// A running `nsd` on a loopback port (stopped on drop).
 pub struct Nsd {
     pub addr: SocketAddr,
