@@ -706,7 +706,7 @@ fn spawn_metrics(config: &Config, server: &Server) {
     use crate::metrics::{self, Sources};
     let sources = Sources {
         server: server.counters(),
-        score: None,
+        score: Some(Arc::clone(server.resolver.counters())),
         maps: Sources::pinned_maps(&config.xdp.pin_dir),
     };
     match metrics::spawn(config.metrics.listen, sources) {
