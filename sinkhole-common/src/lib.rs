@@ -117,14 +117,19 @@ pub const GLOBAL_SCOPE: &str = "SCOPE";
 /// `smtp` covers: bit `port % 64` of word `port / 64`.
 pub const GLOBAL_SMTP_PORTS: &str = "SMTP_PORTS";
 
-/// What the program adds to `CLOCK_MONOTONIC_COARSE` to estimate `CLOCK_BOOTTIME` (the time
-/// stamps of [`BlockEntry`]): the time spent suspended, which only userspace can read cheaply.
-/// Written whenever userspace opens the maps and at every sweep of the daemon.
+/// How the program estimates `CLOCK_BOOTTIME` (the time stamps of [`BlockEntry`]) cheaply:
+/// `CLOCK_MONOTONIC_COARSE` plus the time spent suspended, which only userspace can read, and
+/// the estimate cached per kernel tick. Userspace writes the offset (and zeroes the cache)
+/// whenever it opens the maps and at every sweep of the daemon.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BootClock {
-    /// `CLOCK_BOOTTIME - CLOCK_MONOTONIC`, ns.
+    /// `CLOCK_BOOTTIME - CLOCK_MONOTONIC`, ns (written by userspace).
     pub monotonic_to_boot_ns: u64,
+    /// The kernel tick (`jiffies`) of [`BootClock::tick_boot_ns`] (written by the program).
+    pub tick_jiffies: u64,
+    /// The boot time estimate made at that tick (written by the program).
+    pub tick_boot_ns: u64,
 }
 
 /// Drop only TCP to a port in [`GLOBAL_SMTP_PORTS`].
@@ -151,6 +156,6 @@ pub mod counter {
 mod pod {
     // SAFETY: #[repr(C)], only integer and byte-array fields, no padding (8+8+8+40 bytes).
     unsafe impl aya::Pod for super::BlockEntry {}
-    // SAFETY: #[repr(C)], a single u64.
+    // SAFETY: #[repr(C)], three u64.
     unsafe impl aya::Pod for super::BootClock {}
 }

@@ -23,7 +23,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     btf_maps::{Array, HashMap, LpmTrie, PerCpuArray},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_map_lookup_elem},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_map_lookup_elem},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -257,20 +257,40 @@ fn judge(exact: Option<*mut BlockEntry>, bucket: u32, key: impl Fn() -> TrieKey)
 /// `CLOCK_BOOTTIME`, estimated, read at most once per packet and only when an entry needs it.
 ///
 /// `bpf_ktime_get_boot_ns` reads the clock source (~50 ns on a VM); `bpf_ktime_get_coarse_ns`
-/// reads `CLOCK_MONOTONIC_COARSE`, the time of the last tick, from memory. Boot time is
-/// monotonic time plus the time spent suspended, which userspace writes into the `CLOCK` map
-/// when it opens the maps and at every sweep ([`BootClock`]). The estimate trails the true boot
-/// time by at most a tick (1-10 ms, by `CONFIG_HZ`), and after a resume by the suspend until
-/// the next refresh: close enough for TTLs of minutes and for `last_drop_at`.
+/// (Linux 5.11) reads `CLOCK_MONOTONIC_COARSE`, the time of the last tick, in a helper call.
+/// Boot time is monotonic time plus the time spent suspended, which userspace writes into the
+/// `CLOCK` map when it opens the maps and at every sweep ([`BootClock`]). And since the coarse
+/// clock only moves at a tick, the estimate is kept in the map with the tick (`jiffies`, which
+/// `bpf_jiffies64`, Linux 5.5, reads inline) it was made at: one helper call per tick, not per
+/// drop. The estimate trails the true boot time by at most two ticks (2-20 ms by `CONFIG_HZ`;
+/// CPUs racing on the refresh can only leave an older estimate), and after a resume by the
+/// suspend until the next refresh: close enough for TTLs of minutes and for `last_drop_at`.
 struct Clock(Option<u64>);
 
 impl Clock {
     #[inline(always)]
     fn now(&mut self) -> u64 {
         *self.0.get_or_insert_with(|| {
-            let offset = CLOCK.get(0).map_or(0, |c| c.monotonic_to_boot_ns);
-            // SAFETY: a helper without arguments or side effects.
-            unsafe { bpf_ktime_get_coarse_ns() }.wrapping_add(offset)
+            // SAFETY: helpers without arguments or side effects.
+            let (jiffies, coarse) = (
+                || unsafe { bpf_jiffies64() },
+                || unsafe { bpf_ktime_get_coarse_ns() },
+            );
+            let Some(clock) = CLOCK.get_ptr_mut(0) else {
+                return coarse();
+            };
+            let tick = jiffies();
+            // SAFETY: the one entry of an array map; a torn read across CPUs can only pair a
+            // tick with an older estimate (see above).
+            unsafe {
+                if (*clock).tick_jiffies == tick {
+                    return (*clock).tick_boot_ns;
+                }
+                let now = coarse().wrapping_add((*clock).monotonic_to_boot_ns);
+                (*clock).tick_boot_ns = now;
+                (*clock).tick_jiffies = tick;
+                now
+            }
         })
     }
 }
