@@ -9,7 +9,7 @@
 //!
 //! Cost per packet, in helpers: one hash lookup (`__htab_map_lookup_elem`, called directly
 //! by the JIT); the array and per-CPU array lookups are inlined by the verifier (per-CPU ones
-//! since Linux 6.7). A drop, or an entry with a TTL, reads the clock: an inlined `jiffies` load,
+//! on recent kernels, as on 6.18; a helper call on 5.15). A drop, or an entry with a TTL, reads the clock: an inlined `jiffies` load,
 //! and `bpf_ktime_get_coarse_ns` (Linux 5.11) once per tick (see [`Clock`]). Tries are walked
 //! only for sources in a marked bucket. Nothing here needs more than Linux 5.15.
 #![no_std]
