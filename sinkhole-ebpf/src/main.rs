@@ -9,9 +9,10 @@
 //!
 //! Cost per packet, in helpers: one hash lookup (`__htab_map_lookup_elem`, called directly
 //! by the JIT); the array and per-CPU array lookups are inlined by the verifier (per-CPU ones
-//! on recent kernels, as on 6.18; a helper call on 5.15). A drop, or an entry with a TTL, reads the clock: an inlined `jiffies` load,
-//! and `bpf_ktime_get_coarse_ns` (Linux 5.11) once per tick (see [`Clock`]). Tries are walked
-//! only for sources in a marked bucket. Nothing here needs more than Linux 5.15.
+//! on recent kernels, as on 6.18; a helper call on 5.15). A drop, or an entry with a TTL,
+//! reads the clock: an inlined `jiffies` load, and `bpf_ktime_get_coarse_ns` (Linux 5.11) once
+//! per tick (see [`Clock`]). Tries are walked only for sources in a marked bucket. Nothing
+//! here needs more than Linux 5.15.
 #![no_std]
 #![no_main]
 // The BPF target has no `AtomicU64::fetch_add` (no compare-and-swap); the intrinsic lowers to
