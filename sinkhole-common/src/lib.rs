@@ -10,10 +10,12 @@
 //! | `BLOCK_CIDR` | LPM trie       | `[u8; 16]` (IPv4 as mapped) | [`BlockEntry`] |
 //! | `ALLOW`      | LPM trie       | `[u8; 16]` (IPv4 as mapped) | `u8` (1)       |
 //! | `COUNTERS`   | per-CPU array  | a `counter::*` index        | `u64`          |
-//! | `SETTINGS`   | array, 1 entry | 0                           | [`Settings`]   |
-//! | `SMTP_PORTS` | array          | `port / 64`                 | `u64` bit set  |
+//! | `CLOCK`      | array, 1 entry | 0                           | [`BootClock`]  |
 //! | `CIDR_BUCKETS`  | array       | [`bucket`] of an address    | `u8`: 1 = look |
 //! | `ALLOW_BUCKETS` | array       | [`bucket`] of an address    | `u8`: 1 = look |
+//!
+//! The scope and the SMTP ports are no maps: they are `.rodata` globals of the program
+//! ([`GLOBAL_SCOPE`], [`GLOBAL_SMTP_PORTS`]), written by the loader when the daemon loads it.
 //!
 //! The bucket arrays spare the common packet a trie walk: the program looks into a trie only
 //! when the source's bucket is marked, and userspace marks every bucket a prefix in that trie
@@ -36,24 +38,21 @@ pub const MAP_BLOCK_CIDR: &str = "BLOCK_CIDR";
 pub const MAP_ALLOW: &str = "ALLOW";
 /// The per-CPU packet counters.
 pub const MAP_COUNTERS: &str = "COUNTERS";
-/// The program's settings ([`Settings`]).
-pub const MAP_SETTINGS: &str = "SETTINGS";
-/// The TCP destination ports scope `smtp` covers, as a 65,536-bit set.
-pub const MAP_SMTP_PORTS: &str = "SMTP_PORTS";
+/// The offset from `CLOCK_MONOTONIC` to `CLOCK_BOOTTIME` ([`BootClock`]).
+pub const MAP_CLOCK: &str = "CLOCK";
 /// Buckets the CIDR trie has a prefix in.
 pub const MAP_CIDR_BUCKETS: &str = "CIDR_BUCKETS";
 /// Buckets the allowlist trie has a prefix in.
 pub const MAP_ALLOW_BUCKETS: &str = "ALLOW_BUCKETS";
 
 /// Every map the program uses, in the order userspace opens them.
-pub const MAP_NAMES: [&str; 9] = [
+pub const MAP_NAMES: [&str; 8] = [
     MAP_BLOCK_V4,
     MAP_BLOCK_V6,
     MAP_BLOCK_CIDR,
     MAP_ALLOW,
     MAP_COUNTERS,
-    MAP_SETTINGS,
-    MAP_SMTP_PORTS,
+    MAP_CLOCK,
     MAP_CIDR_BUCKETS,
     MAP_ALLOW_BUCKETS,
 ];
@@ -65,7 +64,7 @@ pub const EXACT_CAPACITY: u32 = 1 << 21;
 pub const CIDR_CAPACITY: u32 = 1 << 17;
 /// Capacity of the allowlist trie.
 pub const ALLOW_CAPACITY: u32 = 4096;
-/// Words in [`MAP_SMTP_PORTS`]: one bit per TCP port.
+/// Words in [`GLOBAL_SMTP_PORTS`]: one bit per TCP port.
 pub const PORT_WORDS: u32 = 65536 / 64;
 
 /// Entries in each bucket array: 65,536 IPv4 buckets, then 65,536 IPv6 buckets.
@@ -112,15 +111,28 @@ impl BlockEntry {
 /// Value type of the allowlist trie (always 1: presence is what counts).
 pub type AllowFlag = u8;
 
-/// The program's settings, written by the daemon when it attaches.
+/// The program global (`u32`, `.rodata`) holding [`SCOPE_SMTP`] or [`SCOPE_ALL`].
+pub const GLOBAL_SCOPE: &str = "SCOPE";
+/// The program global (`[u64; PORT_WORDS]`, `.rodata`) holding the TCP destination ports scope
+/// `smtp` covers: bit `port % 64` of word `port / 64`.
+pub const GLOBAL_SMTP_PORTS: &str = "SMTP_PORTS";
+
+/// How the program estimates `CLOCK_BOOTTIME` (the time stamps of [`BlockEntry`]) cheaply:
+/// `CLOCK_MONOTONIC_COARSE` plus the time spent suspended, which only userspace can read, and
+/// the estimate cached per kernel tick. Userspace writes the offset (and zeroes the cache)
+/// whenever it opens the maps and at every sweep of the daemon.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Settings {
-    /// [`SCOPE_SMTP`] or [`SCOPE_ALL`].
-    pub scope: u32,
+pub struct BootClock {
+    /// `CLOCK_BOOTTIME - CLOCK_MONOTONIC`, ns (written by userspace).
+    pub monotonic_to_boot_ns: u64,
+    /// The kernel tick (`jiffies`) of [`BootClock::tick_boot_ns`] (written by the program).
+    pub tick_jiffies: u64,
+    /// The boot time estimate made at that tick (written by the program).
+    pub tick_boot_ns: u64,
 }
 
-/// Drop only TCP to a port in [`MAP_SMTP_PORTS`] (a zeroed map means this).
+/// Drop only TCP to a port in [`GLOBAL_SMTP_PORTS`].
 pub const SCOPE_SMTP: u32 = 0;
 /// Drop everything from a blocked source.
 pub const SCOPE_ALL: u32 = 1;
@@ -144,6 +156,6 @@ pub mod counter {
 mod pod {
     // SAFETY: #[repr(C)], only integer and byte-array fields, no padding (8+8+8+40 bytes).
     unsafe impl aya::Pod for super::BlockEntry {}
-    // SAFETY: #[repr(C)], a single u32.
-    unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: #[repr(C)], three u64.
+    unsafe impl aya::Pod for super::BootClock {}
 }

@@ -2,11 +2,17 @@
 //! them. Map layout and meaning: `sinkhole-common`.
 //!
 //! Per packet: parse Ethernet (at most one 802.1Q tag), IPv4 (any IHL) or IPv6 (fixed header,
-//! TCP right after it); with scope `smtp` only TCP to a port in `SMTP_PORTS` is considered.
-//! The source is looked up in the exact map of its family, then in the CIDR trie; a live
-//! (unexpired) entry drops the packet unless the source is in the allowlist. Anything
-//! truncated or odd passes and is counted. No allocation, no logging, no helper beyond the
-//! map lookups and one clock read on the drop path.
+//! TCP right after it); with scope `smtp` only TCP to a port in [`SMTP_PORTS`] is considered.
+//! The source is looked up in the exact map of its family, then (when its bucket is marked) in
+//! the CIDR trie; a live (unexpired) entry drops the packet unless the source is in the
+//! allowlist. Anything truncated or odd passes and is counted. No allocation, no logging.
+//!
+//! Cost per packet, in helpers: one hash lookup (`__htab_map_lookup_elem`, called directly
+//! by the JIT); the array and per-CPU array lookups are inlined by the verifier (per-CPU ones
+//! on recent kernels, as on 6.18; a helper call on 5.15). A drop, or an entry with a TTL,
+//! reads the clock: an inlined `jiffies` load, and `bpf_ktime_get_coarse_ns` (Linux 5.11) once
+//! per tick (see [`Clock`]). Tries are walked only for sources in a marked bucket. Nothing
+//! here needs more than Linux 5.15.
 #![no_std]
 #![no_main]
 // The BPF target has no `AtomicU64::fetch_add` (no compare-and-swap); the intrinsic lowers to
@@ -18,14 +24,14 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
-    helpers::{bpf_ktime_get_boot_ns, bpf_map_lookup_elem},
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_map_lookup_elem},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use sinkhole_common::{
-    ALLOW_CAPACITY, AllowFlag, BUCKETS, BlockEntry, CIDR_CAPACITY, EXACT_CAPACITY, PORT_WORDS,
-    SCOPE_ALL, Settings, bucket_v4, bucket_v6, counter,
+    ALLOW_CAPACITY, AllowFlag, BUCKETS, BlockEntry, BootClock, CIDR_CAPACITY, EXACT_CAPACITY,
+    PORT_WORDS, SCOPE_ALL, bucket_v4, bucket_v6, counter,
 };
 
 /// `BPF_F_NO_PREALLOC`: the exact maps take memory per entry, not per slot.
@@ -44,13 +50,22 @@ static ALLOW: LpmTrie<[u8; 16], AllowFlag, { ALLOW_CAPACITY as usize }> = LpmTri
 #[btf_map]
 static COUNTERS: PerCpuArray<u64, { counter::COUNT as usize }> = PerCpuArray::new();
 #[btf_map]
-static SETTINGS: Array<Settings, 1> = Array::new();
-#[btf_map]
-static SMTP_PORTS: Array<u64, { PORT_WORDS as usize }> = Array::new();
+static CLOCK: Array<BootClock, 1> = Array::new();
 #[btf_map]
 static CIDR_BUCKETS: Array<u8, { BUCKETS as usize }> = Array::new();
 #[btf_map]
 static ALLOW_BUCKETS: Array<u8, { BUCKETS as usize }> = Array::new();
+
+// Load-time settings, in `.rodata`: the loader writes them before it loads the program (see
+// `sinkhole-user/src/kernel/maps.rs`), the kernel freezes them, and the verifier, knowing
+// `SCOPE`, removes the branch not taken. Read through `read_volatile` so the compiler does not
+// fold the zero they are built with.
+/// [`sinkhole_common::SCOPE_SMTP`] or [`SCOPE_ALL`].
+#[unsafe(no_mangle)]
+static SCOPE: u32 = 0;
+/// The TCP destination ports scope `smtp` covers: bit `port % 64` of word `port / 64`.
+#[unsafe(no_mangle)]
+static SMTP_PORTS: [u64; PORT_WORDS as usize] = [0; PORT_WORDS as usize];
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -68,12 +83,6 @@ pub fn sinkhole(ctx: XdpContext) -> u32 {
     verdict
 }
 
-/// What the parser found: the family's counters, and the source when a block may apply.
-enum Packet<'a> {
-    V4(&'a [u8; 4]),
-    V6(&'a [u8; 16]),
-}
-
 /// The verdict and the counter it goes to.
 #[inline(always)]
 fn decide(ctx: &XdpContext) -> (u32, u32) {
@@ -88,18 +97,16 @@ fn decide(ctx: &XdpContext) -> (u32, u32) {
     } else {
         (ethertype, ETH_HLEN)
     };
-    let scope_all = match SETTINGS.get(0) {
-        Some(settings) => settings.scope == SCOPE_ALL,
-        None => false,
-    };
+    // SAFETY: a plain read of a static the loader initialised.
+    let scope_all = unsafe { core::ptr::read_volatile(&raw const SCOPE) } == SCOPE_ALL;
     match ethertype {
         ETH_P_IP => match parse_ipv4(ctx, l3, scope_all) {
-            Parsed::Candidate(source) => judge(Packet::V4(source)),
+            Parsed::Candidate(source) => judge_v4(source),
             Parsed::OutOfScope => (XDP_PASS, counter::PASSED_IPV4),
             Parsed::Malformed => malformed(counter::PASSED_IPV4),
         },
         ETH_P_IPV6 => match parse_ipv6(ctx, l3, scope_all) {
-            Parsed::Candidate(source) => judge(Packet::V6(source)),
+            Parsed::Candidate(source) => judge_v6(source),
             Parsed::OutOfScope => (XDP_PASS, counter::PASSED_IPV6),
             Parsed::Malformed => malformed(counter::PASSED_IPV6),
         },
@@ -123,10 +130,10 @@ enum Parsed<T> {
 
 #[inline(always)]
 fn parse_ipv4<'a>(ctx: &'a XdpContext, l3: usize, scope_all: bool) -> Parsed<&'a [u8; 4]> {
-    // Version/IHL, then the source address at offset 12.
-    let Some(&[version_ihl, ..]) = bytes_at::<20>(ctx, l3) else {
+    let Some(header) = bytes_at::<20>(ctx, l3) else {
         return Parsed::Malformed;
     };
+    let version_ihl = header[0];
     let ihl = (version_ihl & 0x0f) as usize;
     if version_ihl >> 4 != 4 || ihl < 5 {
         return Parsed::Malformed;
@@ -137,16 +144,11 @@ fn parse_ipv4<'a>(ctx: &'a XdpContext, l3: usize, scope_all: bool) -> Parsed<&'a
     if scope_all {
         return Parsed::Candidate(source);
     }
-    let Some(&[_, _, _, _, _, _, flags_frag_hi, frag_lo, _, protocol, ..]) =
-        bytes_at::<20>(ctx, l3)
-    else {
-        return Parsed::Malformed;
-    };
-    if protocol != IPPROTO_TCP {
+    if header[9] != IPPROTO_TCP {
         return Parsed::OutOfScope;
     }
     // A later fragment carries no TCP header: nothing to match a port against.
-    if (flags_frag_hi & 0x1f) != 0 || frag_lo != 0 {
+    if (header[6] & 0x1f) != 0 || header[7] != 0 {
         return Parsed::OutOfScope;
     }
     match tcp_to_smtp(ctx, l3 + ihl * 4) {
@@ -186,40 +188,61 @@ fn parse_ipv6<'a>(ctx: &'a XdpContext, l3: usize, scope_all: bool) -> Parsed<&'a
 fn tcp_to_smtp(ctx: &XdpContext, l4: usize) -> Option<bool> {
     let tcp = bytes_at::<TCP_MIN_HLEN>(ctx, l4)?;
     let port = u16::from_be_bytes([tcp[2], tcp[3]]);
-    let word = SMTP_PORTS.get(u32::from(port >> 6)).copied().unwrap_or(0);
+    // SAFETY: `port / 64` is below `PORT_WORDS`; a plain read of a static the loader set.
+    let word = unsafe { core::ptr::read_volatile(&raw const SMTP_PORTS[usize::from(port >> 6)]) };
     Some(word & (1u64 << (port & 63)) != 0)
 }
 
-/// Looks the source up and drops it when a live entry covers it and the allowlist does not.
 #[inline(always)]
-fn judge(packet: Packet<'_>) -> (u32, u32) {
-    let (exact, mapped, bucket, passed, dropped) = match packet {
-        Packet::V4(source) => (
-            BLOCK_V4.get_ptr_mut(source),
-            ipv4_mapped(source),
-            bucket_v4(source),
-            counter::PASSED_IPV4,
-            counter::DROPPED_IPV4,
-        ),
-        Packet::V6(source) => (
-            BLOCK_V6.get_ptr_mut(source),
-            *source,
-            bucket_v6(source),
-            counter::PASSED_IPV6,
-            counter::DROPPED_IPV6,
-        ),
-    };
-    let key = Key::new(128, mapped);
+fn judge_v4(source: &[u8; 4]) -> (u32, u32) {
+    let bucket = bucket_v4(source);
+    let verdict = judge(BLOCK_V4.get_ptr_mut(source), bucket, || {
+        TrieKey::ipv4_mapped(source)
+    });
+    (
+        verdict,
+        if verdict == XDP_DROP {
+            counter::DROPPED_IPV4
+        } else {
+            counter::PASSED_IPV4
+        },
+    )
+}
+
+#[inline(always)]
+fn judge_v6(source: &[u8; 16]) -> (u32, u32) {
+    let bucket = bucket_v6(source);
+    let verdict = judge(BLOCK_V6.get_ptr_mut(source), bucket, || {
+        TrieKey::ipv6(source)
+    });
+    (
+        verdict,
+        if verdict == XDP_DROP {
+            counter::DROPPED_IPV6
+        } else {
+            counter::PASSED_IPV6
+        },
+    )
+}
+
+/// Drops when a live entry covers the source (its exact entry, else, when `bucket` is marked,
+/// the CIDR trie) and the allowlist does not. The trie key is built only when a trie is
+/// looked into.
+#[inline(always)]
+fn judge(exact: Option<*mut BlockEntry>, bucket: u32, key: impl Fn() -> TrieKey) -> u32 {
     let mut clock = Clock(None);
-    let Some(entry) = live(exact, &mut clock).or_else(|| {
-        marked(&CIDR_BUCKETS, bucket)
-            .then(|| live(cidr_lookup(&key), &mut clock))
-            .flatten()
-    }) else {
-        return (XDP_PASS, passed);
+    let entry = match live(exact, &mut clock) {
+        Some(entry) => entry,
+        None if marked(&CIDR_BUCKETS, bucket) => {
+            match live(trie_lookup(&BLOCK_CIDR, &key()), &mut clock) {
+                Some(entry) => entry.cast::<BlockEntry>(),
+                None => return XDP_PASS,
+            }
+        }
+        None => return XDP_PASS,
     };
-    if marked(&ALLOW_BUCKETS, bucket) && ALLOW.get(&key).is_some() {
-        return (XDP_PASS, passed);
+    if marked(&ALLOW_BUCKETS, bucket) && trie_lookup(&ALLOW, &key()).is_some() {
+        return XDP_PASS;
     }
     let now = clock.now();
     // SAFETY: `entry` points at a map value the kernel just returned; `drops` and
@@ -230,18 +253,46 @@ fn judge(packet: Packet<'_>) -> (u32, u32) {
         // Last writer wins; an aligned 8-byte store does not tear.
         core::ptr::write_volatile(&raw mut (*entry).last_drop_at, now);
     }
-    (XDP_DROP, dropped)
+    XDP_DROP
 }
 
-/// `CLOCK_BOOTTIME` read at most once per packet, and only when an entry needs it.
+/// `CLOCK_BOOTTIME`, estimated, read at most once per packet and only when an entry needs it.
+///
+/// `bpf_ktime_get_boot_ns` reads the clock source (~50 ns on a VM); `bpf_ktime_get_coarse_ns`
+/// (Linux 5.11) reads `CLOCK_MONOTONIC_COARSE`, the time of the last tick, in a helper call.
+/// Boot time is monotonic time plus the time spent suspended, which userspace writes into the
+/// `CLOCK` map when it opens the maps and at every sweep ([`BootClock`]). And since the coarse
+/// clock only moves at a tick, the estimate is kept in the map with the tick (`jiffies`, which
+/// `bpf_jiffies64`, Linux 5.5, reads inline) it was made at: one helper call per tick, not per
+/// drop. The estimate trails the true boot time by at most two ticks (2-20 ms by `CONFIG_HZ`;
+/// CPUs racing on the refresh can only leave an older estimate), and after a resume by the
+/// suspend until the next refresh: close enough for TTLs of minutes and for `last_drop_at`.
 struct Clock(Option<u64>);
 
 impl Clock {
     #[inline(always)]
     fn now(&mut self) -> u64 {
         *self.0.get_or_insert_with(|| {
-            // SAFETY: a helper without arguments or side effects.
-            unsafe { bpf_ktime_get_boot_ns() }
+            // SAFETY: helpers without arguments or side effects.
+            let (jiffies, coarse) = (
+                || unsafe { bpf_jiffies64() },
+                || unsafe { bpf_ktime_get_coarse_ns() },
+            );
+            let Some(clock) = CLOCK.get_ptr_mut(0) else {
+                return coarse();
+            };
+            let tick = jiffies();
+            // SAFETY: the one entry of an array map; a torn read across CPUs can only pair a
+            // tick with an older estimate (see above).
+            unsafe {
+                if (*clock).tick_jiffies == tick {
+                    return (*clock).tick_boot_ns;
+                }
+                let now = coarse().wrapping_add((*clock).monotonic_to_boot_ns);
+                (*clock).tick_boot_ns = now;
+                (*clock).tick_jiffies = tick;
+                now
+            }
         })
     }
 }
@@ -256,33 +307,59 @@ fn live(entry: Option<*mut BlockEntry>, clock: &mut Clock) -> Option<*mut BlockE
     (expires_at == 0 || clock.now() < expires_at).then_some(entry)
 }
 
-/// The longest CIDR entry covering `key`. (aya-ebpf's `LpmTrie::get` hands out a shared
-/// reference; the drop counter needs the writable pointer the helper returns.)
+/// The value of the longest prefix in `trie` covering `key`. (aya-ebpf's `LpmTrie::get` takes
+/// its own key type and hands out a shared reference; the drop counter needs the writable
+/// pointer the helper returns.)
 #[inline(always)]
-fn cidr_lookup(key: &Key<[u8; 16]>) -> Option<*mut BlockEntry> {
-    let map = core::ptr::from_ref(&BLOCK_CIDR).cast_mut().cast();
+fn trie_lookup<V, const N: usize, const F: usize>(
+    trie: &LpmTrie<[u8; 16], V, N, F>,
+    key: &TrieKey,
+) -> Option<*mut V> {
+    let map = core::ptr::from_ref(trie).cast_mut().cast();
     // SAFETY: `map` is the map definition the loader relocates; `key` is a full trie key on
-    // the stack.
+    // the stack, laid out as the kernel's `struct bpf_lpm_trie_key` with 16 bytes of data.
     let value = unsafe { bpf_map_lookup_elem(map, core::ptr::from_ref(key).cast()) };
     (!value.is_null()).then_some(value.cast())
+}
+
+/// A trie key as the kernel reads it (`struct bpf_lpm_trie_key`: prefix length, then the 16
+/// address bytes), built from 4-byte words: byte-wise building made the compiler zero it with
+/// a `memset` loop.
+#[repr(C)]
+struct TrieKey {
+    prefix_len: u32,
+    data: [u32; 4],
+}
+
+impl TrieKey {
+    /// `::ffff:a.b.c.d/128`: the tries hold IPv4 prefixes IPv4-mapped.
+    #[inline(always)]
+    fn ipv4_mapped(addr: &[u8; 4]) -> TrieKey {
+        TrieKey {
+            prefix_len: 128,
+            data: [
+                0,
+                0,
+                u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+                u32::from_ne_bytes(*addr),
+            ],
+        }
+    }
+
+    #[inline(always)]
+    fn ipv6(addr: &[u8; 16]) -> TrieKey {
+        let word = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+        TrieKey {
+            prefix_len: 128,
+            data: [word(0), word(4), word(8), word(12)],
+        }
+    }
 }
 
 /// Whether `bucket` is marked: only then can the trie behind it hold a prefix covering the source.
 #[inline(always)]
 fn marked(buckets: &Array<u8, { BUCKETS as usize }>, bucket: u32) -> bool {
     buckets.get(bucket).is_some_and(|&mark| mark != 0)
-}
-
-#[inline(always)]
-fn ipv4_mapped(addr: &[u8; 4]) -> [u8; 16] {
-    let mut mapped = [0u8; 16];
-    mapped[10] = 0xff;
-    mapped[11] = 0xff;
-    mapped[12] = addr[0];
-    mapped[13] = addr[1];
-    mapped[14] = addr[2];
-    mapped[15] = addr[3];
-    mapped
 }
 
 #[inline(always)]

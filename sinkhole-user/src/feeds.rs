@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use ipnet::IpNet;
 
 use crate::config::Config;
-use crate::kernel::{Block, BlockMaps, KernelError, clock, maps};
+use crate::kernel::{Block, KernelError, clock, maps};
 use crate::prefix::parse_prefix;
 
 /// The A record every exported entry answers with (the conventional "listed").
@@ -125,7 +125,7 @@ pub fn import(
         source,
     };
     let mut file = BufReader::new(fs::File::open(path).map_err(read_error)?);
-    let mut maps = open_maps(config)?;
+    let mut maps = maps::open_maps(&config.xdp.pin_dir)?;
     let expires_at = clock::expiry(ttl);
     let file_name = path.file_name().unwrap_or_default().to_string_lossy();
     let mut report = ImportReport::default();
@@ -225,7 +225,7 @@ pub fn export_rbldnsd(config: &Config, options: &ExportOptions) -> Result<String
         zone,
         skip_reasons,
     } = *options;
-    let maps = open_maps(config)?;
+    let maps = maps::open_maps(&config.xdp.pin_dir)?;
     let now = clock::boot_ns();
     let mut blocks: Vec<Block> = maps
         .list()?
@@ -278,10 +278,6 @@ pub fn export_rbldnsd(config: &Config, options: &ExportOptions) -> Result<String
         specs.join(" ")
     );
     Ok(out)
-}
-
-fn open_maps(config: &Config) -> Result<BlockMaps, KernelError> {
-    maps::open(&config.xdp.pin_dir).map(|(_, maps)| maps)
 }
 
 fn is_family(prefix: IpNet, family: Family) -> bool {

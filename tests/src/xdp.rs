@@ -3,7 +3,7 @@
 
 use aya::Ebpf;
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
-use sinkhole::kernel::BlockMaps;
+use sinkhole::kernel::{BlockMaps, Scope};
 
 use crate::netns::PinDir;
 
@@ -18,16 +18,19 @@ pub struct TestProgram {
 }
 
 impl TestProgram {
-    /// Opens fresh maps in a new pin directory and loads the program (not attached).
-    pub fn load(tag: &str) -> anyhow::Result<TestProgram> {
+    /// Opens fresh maps in a new pin directory and loads the program (not attached) with
+    /// `scope`.
+    pub fn load(tag: &str, scope: &Scope) -> anyhow::Result<TestProgram> {
         let pins = PinDir::new(tag);
-        let (mut ebpf, maps) = sinkhole::kernel::maps::open(pins.path())?;
-        let program: &mut Xdp = ebpf
-            .program_mut("sinkhole")
-            .ok_or_else(|| anyhow::anyhow!("no program `sinkhole`"))?
-            .try_into()?;
-        program.load()?;
+        let (ebpf, maps) = load_program(&pins, scope)?;
         Ok(TestProgram { ebpf, maps, pins })
+    }
+
+    /// Replaces the program with one loaded with `scope`, on the same maps (the scope is
+    /// fixed when a program is loaded, as the daemon does at start).
+    pub fn reload(&mut self, scope: &Scope) -> anyhow::Result<()> {
+        (self.ebpf, self.maps) = load_program(&self.pins, scope)?;
+        Ok(())
     }
 
     pub fn pin_dir(&self) -> &std::path::Path {
@@ -60,4 +63,14 @@ impl TestProgram {
             ..TestRunOptions::new()
         })?)
     }
+}
+
+fn load_program(pins: &PinDir, scope: &Scope) -> anyhow::Result<(Ebpf, BlockMaps)> {
+    let (mut ebpf, maps) = sinkhole::kernel::maps::open(pins.path(), scope)?;
+    let program: &mut Xdp = ebpf
+        .program_mut("sinkhole")
+        .ok_or_else(|| anyhow::anyhow!("no program `sinkhole`"))?
+        .try_into()?;
+    program.load()?;
+    Ok((ebpf, maps))
 }

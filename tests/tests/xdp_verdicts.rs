@@ -4,8 +4,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use sinkhole::kernel::{Counters, clock};
-use sinkhole_common::{SCOPE_ALL, SCOPE_SMTP, Settings};
+use sinkhole::kernel::{Counters, Scope, clock};
 use sinkhole_tests::frames::{Frame, UDP, arp};
 use sinkhole_tests::kernel_tests_allowed;
 use sinkhole_tests::xdp::{TestProgram, XDP_DROP, XDP_PASS};
@@ -27,14 +26,16 @@ fn setup(test: &str) -> Option<TestProgram> {
     if !kernel_tests_allowed(test) {
         return None;
     }
-    let mut p = TestProgram::load("t").expect("load the XDP program");
-    p.maps
-        .set_scope(Settings { scope: SCOPE_SMTP }, &[SMTP, 587])
-        .unwrap();
+    let scope = Scope {
+        all: false,
+        smtp_ports: vec![SMTP, 587],
+    };
+    let mut p = TestProgram::load("t", &scope).expect("load the XDP program");
     p.maps
         .set_allow(&[net("127.0.0.0/8"), net("203.0.113.128/25")])
         .unwrap();
-    let past = clock::boot_ns() - 1_000_000;
+    // Well past: the program's clock is coarse (it trails by up to a tick, 1-10 ms).
+    let past = clock::boot_ns() - 1_000_000_000;
     for (prefix, expires_at) in [
         ("198.51.100.7", 0),
         (
@@ -165,7 +166,7 @@ fn expired_entries_do_not_drop_but_a_live_cidr_still_does() {
     );
     assert_eq!(drops_of(&p, "198.51.100.0/24"), 1);
     // A CIDR entry that expired no longer drops either.
-    let past = clock::boot_ns() - 1;
+    let past = clock::boot_ns() - 1_000_000_000;
     p.maps
         .insert(net("198.51.100.0/24"), past, "range")
         .unwrap();
@@ -232,9 +233,11 @@ fn scope_smtp_spares_other_traffic_and_scope_all_does_not() {
         assert_eq!(p.verdict(&frame.bytes()).unwrap(), XDP_PASS, "{frame:?}");
     }
     assert_eq!(counters(&p).dropped(), 0);
-    p.maps
-        .set_scope(Settings { scope: SCOPE_ALL }, &[SMTP])
-        .unwrap();
+    p.reload(&Scope {
+        all: true,
+        smtp_ports: vec![SMTP],
+    })
+    .unwrap();
     for frame in &other {
         assert_eq!(p.verdict(&frame.bytes()).unwrap(), XDP_DROP, "{frame:?}");
     }

@@ -1,5 +1,5 @@
 //! The clocks of the block table: entries carry `CLOCK_BOOTTIME` nanoseconds (what the XDP
-//! program reads); people read wall-clock time.
+//! program estimates, see [`monotonic_to_boot_ns`]); people read wall-clock time.
 
 use std::time::{Duration, SystemTime};
 
@@ -14,9 +14,17 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Nanoseconds since boot, suspend included: the XDP program's `bpf_ktime_get_boot_ns`.
+/// Nanoseconds since boot, suspend included.
 pub fn boot_ns() -> u64 {
     clock_ns(libc::CLOCK_BOOTTIME)
+}
+
+/// `CLOCK_BOOTTIME - CLOCK_MONOTONIC`: the time spent suspended. The XDP program adds it to
+/// the cheap `bpf_ktime_get_coarse_ns` (`CLOCK_MONOTONIC_COARSE`) to estimate boot time, since
+/// `bpf_ktime_get_boot_ns` reads the clock source on every call.
+pub fn monotonic_to_boot_ns() -> u64 {
+    let monotonic = clock_ns(libc::CLOCK_MONOTONIC);
+    boot_ns().saturating_sub(monotonic)
 }
 
 /// The `expires_at` of an entry that lasts `ttl` from now; `None`: forever (0).
@@ -61,5 +69,16 @@ mod tests {
         assert!(ahead > Duration::from_secs(3590) && ahead <= Duration::from_secs(3600));
         assert_eq!(expiry(None), 0);
         assert!(rfc3339(in_an_hour).unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn boot_time_is_monotonic_time_plus_the_suspend() {
+        let offset = monotonic_to_boot_ns();
+        let estimate = clock_ns(libc::CLOCK_MONOTONIC) + offset;
+        let boot = boot_ns();
+        assert!(
+            boot.abs_diff(estimate) < 1_000_000_000,
+            "{boot} vs {estimate}"
+        );
     }
 }

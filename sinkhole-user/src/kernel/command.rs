@@ -22,8 +22,9 @@ pub enum CommandError {
     AllowListed(IpNet, IpNet),
 }
 
+/// The pinned maps (opening them also refreshes the program's clock offset).
 fn open(config: &Config) -> Result<BlockMaps, KernelError> {
-    maps::open(&config.xdp.pin_dir).map(|(_, maps)| maps)
+    maps::open_maps(&config.xdp.pin_dir)
 }
 
 /// `sinkhole block PREFIX [--ttl T] [--reason R]`.

@@ -13,10 +13,13 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::ops::RangeInclusive;
 
 use sinkhole_common::{
-    AllowFlag, BlockEntry, MAP_ALLOW, MAP_ALLOW_BUCKETS, MAP_BLOCK_CIDR, MAP_BLOCK_V4,
-    MAP_BLOCK_V6, MAP_CIDR_BUCKETS, MAP_COUNTERS, MAP_NAMES, MAP_SETTINGS, MAP_SMTP_PORTS,
-    PORT_WORDS, REASON_LEN, Settings, bucket_v4, bucket_v6, counter,
+    AllowFlag, BlockEntry, BootClock, GLOBAL_SCOPE, GLOBAL_SMTP_PORTS, MAP_ALLOW,
+    MAP_ALLOW_BUCKETS, MAP_BLOCK_CIDR, MAP_BLOCK_V4, MAP_BLOCK_V6, MAP_CIDR_BUCKETS, MAP_CLOCK,
+    MAP_COUNTERS, MAP_NAMES, PORT_WORDS, REASON_LEN, SCOPE_ALL, SCOPE_SMTP, bucket_v4, bucket_v6,
+    counter,
 };
+
+use super::clock;
 
 /// The XDP object, built by `build.rs` from `sinkhole-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sinkhole"));
@@ -126,15 +129,41 @@ pub struct BlockMaps {
     cidr: LpmTrie<MapData, [u8; 16], BlockEntry>,
     allow: LpmTrie<MapData, [u8; 16], AllowFlag>,
     counters: PerCpuArray<MapData, u64>,
-    settings: Array<MapData, Settings>,
-    ports: Array<MapData, u64>,
+    clock: Array<MapData, BootClock>,
     cidr_buckets: Array<MapData, u8>,
     allow_buckets: Array<MapData, u8>,
 }
 
+/// What the program drops, fixed when it is loaded (its `.rodata` globals, which the verifier
+/// sees as constants: no map lookup per packet).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Every packet from a blocked source, not only TCP to `smtp_ports` (`xdp.scope = "all"`).
+    pub all: bool,
+    /// The TCP destination ports scope `smtp` covers.
+    pub smtp_ports: Vec<u16>,
+}
+
+impl Scope {
+    /// The ports as the program's bit set: bit `port % 64` of word `port / 64`.
+    fn port_words(&self) -> [u64; PORT_WORDS as usize] {
+        let mut words = [0u64; PORT_WORDS as usize];
+        for &port in &self.smtp_ports {
+            words[usize::from(port >> 6)] |= 1 << (port & 63);
+        }
+        words
+    }
+}
+
+/// Opens (or creates and pins) every map under `pin_dir`, for commands that only work on the
+/// maps (the program is never loaded from here).
+pub fn open_maps(pin_dir: &Path) -> Result<BlockMaps, KernelError> {
+    open(pin_dir, &Scope::default()).map(|(_, maps)| maps)
+}
+
 /// Opens (or creates and pins) every map under `pin_dir`. The returned [`Ebpf`] still holds the
-/// (not yet loaded) `sinkhole` program, for the caller that attaches it.
-pub fn open(pin_dir: &Path) -> Result<(Ebpf, BlockMaps), KernelError> {
+/// (not yet loaded) `sinkhole` program, set to `scope`, for the caller that attaches it.
+pub fn open(pin_dir: &Path, scope: &Scope) -> Result<(Ebpf, BlockMaps), KernelError> {
     prepare_pin_dir(pin_dir)?;
     let mut loader = EbpfLoader::new();
     let paths: Vec<(&str, PathBuf)> = MAP_NAMES
@@ -144,6 +173,11 @@ pub fn open(pin_dir: &Path) -> Result<(Ebpf, BlockMaps), KernelError> {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
+    let scope_value = if scope.all { SCOPE_ALL } else { SCOPE_SMTP };
+    let port_words = scope.port_words();
+    loader
+        .override_global(GLOBAL_SCOPE, &scope_value, true)
+        .override_global(GLOBAL_SMTP_PORTS, &port_words, true);
     let mut ebpf = loader.load(OBJECT).map_err(|e| {
         KernelError::bpf(
             format!("cannot create the BPF maps in {}", pin_dir.display()),
@@ -163,7 +197,7 @@ pub fn open(pin_dir: &Path) -> Result<(Ebpf, BlockMaps), KernelError> {
             detail: e.to_string(),
         }
     };
-    let maps = BlockMaps {
+    let mut maps = BlockMaps {
         v4: take(MAP_BLOCK_V4)?
             .try_into()
             .map_err(stale(MAP_BLOCK_V4))?,
@@ -177,12 +211,7 @@ pub fn open(pin_dir: &Path) -> Result<(Ebpf, BlockMaps), KernelError> {
         counters: take(MAP_COUNTERS)?
             .try_into()
             .map_err(stale(MAP_COUNTERS))?,
-        settings: take(MAP_SETTINGS)?
-            .try_into()
-            .map_err(stale(MAP_SETTINGS))?,
-        ports: take(MAP_SMTP_PORTS)?
-            .try_into()
-            .map_err(stale(MAP_SMTP_PORTS))?,
+        clock: take(MAP_CLOCK)?.try_into().map_err(stale(MAP_CLOCK))?,
         cidr_buckets: take(MAP_CIDR_BUCKETS)?
             .try_into()
             .map_err(stale(MAP_CIDR_BUCKETS))?,
@@ -190,6 +219,7 @@ pub fn open(pin_dir: &Path) -> Result<(Ebpf, BlockMaps), KernelError> {
             .try_into()
             .map_err(stale(MAP_ALLOW_BUCKETS))?,
     };
+    maps.sync_clock()?;
     Ok((ebpf, maps))
 }
 
@@ -374,18 +404,18 @@ impl BlockMaps {
         Ok(())
     }
 
-    /// Writes the scope and the SMTP port set the program matches against.
-    pub fn set_scope(&mut self, settings: Settings, ports: &[u16]) -> Result<(), KernelError> {
-        let err = |e: MapError| KernelError::bpf("write the XDP settings", &e);
-        self.settings.set(0, settings, 0).map_err(err)?;
-        let mut words = vec![0u64; PORT_WORDS as usize];
-        for &port in ports {
-            words[usize::from(port >> 6)] |= 1 << (port & 63);
-        }
-        for (index, word) in (0u32..).zip(words) {
-            self.ports.set(index, word, 0).map_err(err)?;
-        }
-        Ok(())
+    /// Writes the current offset from `CLOCK_MONOTONIC` to `CLOCK_BOOTTIME` (the time spent
+    /// suspended) for the program's clock estimate (see [`BootClock`]).
+    pub fn sync_clock(&mut self) -> Result<(), KernelError> {
+        // The cached estimate goes: the program makes a new one at its next drop.
+        let clock = BootClock {
+            monotonic_to_boot_ns: clock::monotonic_to_boot_ns(),
+            tick_jiffies: 0,
+            tick_boot_ns: 0,
+        };
+        self.clock
+            .set(0, clock, 0)
+            .map_err(|e| KernelError::bpf("write the XDP clock offset", &e))
     }
 }
 

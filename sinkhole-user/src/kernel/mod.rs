@@ -18,7 +18,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::config::Config;
-pub use maps::{Block, BlockMaps, Counters, KernelError};
+pub use maps::{Block, BlockMaps, Counters, KernelError, Scope};
 pub use memory::MemoryBlocker;
 
 /// Where the daemon puts the clients it wants gone. The XDP implementation writes the pinned
@@ -69,8 +69,7 @@ pub fn open_blocker(config: &Config) -> Box<dyn Blocker> {
         );
         return Box::new(MapBlocker::new(maps, config, None));
     }
-    let mut maps = maps;
-    match xdp::attach(ebpf, &mut maps, config) {
+    match xdp::attach(ebpf, config) {
         Ok(attachment) => Box::new(MapBlocker::new(maps, config, Some(attachment))),
         Err(e) => {
             log::warn!(
@@ -81,9 +80,10 @@ pub fn open_blocker(config: &Config) -> Box<dyn Blocker> {
     }
 }
 
-/// The pinned maps, with the allowlist map brought in step with `xdp.allow`.
+/// The pinned maps, with the allowlist map brought in step with `xdp.allow`, and the program
+/// set to the configured scope.
 fn open_maps(config: &Config) -> Result<(aya::Ebpf, BlockMaps), KernelError> {
-    let (ebpf, mut maps) = maps::open(&config.xdp.pin_dir)?;
+    let (ebpf, mut maps) = maps::open(&config.xdp.pin_dir, &xdp::scope(config))?;
     maps.set_allow(&config.xdp.allow)?;
     Ok((ebpf, maps))
 }
@@ -151,6 +151,8 @@ impl Blocker for MapBlocker {
     }
 
     fn sweep(&mut self) -> Result<usize, BlockError> {
+        // Every few seconds: a resume from suspend shows in the program's clock soon after.
+        self.maps.sync_clock()?;
         let now = clock::boot_ns();
         if now < self.next_sweep {
             return Ok(0);

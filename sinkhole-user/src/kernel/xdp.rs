@@ -1,12 +1,10 @@
 //! Loading the `sinkhole` program and attaching it to the configured interfaces. Dropping the
 //! [`Attachment`] detaches it; the pinned maps stay.
 
+use super::maps::{KernelError, Scope};
+use crate::config::{Config, XdpMode as ConfigMode, XdpScope};
 use aya::Ebpf;
 use aya::programs::{Xdp, XdpMode};
-use sinkhole_common::{SCOPE_ALL, SCOPE_SMTP, Settings};
-
-use super::maps::{BlockMaps, KernelError};
-use crate::config::{Config, XdpMode as ConfigMode, XdpScope};
 
 /// The loaded program, attached to every configured interface while it lives.
 pub struct Attachment {
@@ -24,24 +22,23 @@ impl Drop for Attachment {
     }
 }
 
-/// Writes the scope and ports into `maps`, loads the program and attaches it to each of
-/// `config.xdp.interfaces`, saying in which mode.
-pub fn attach(
-    mut ebpf: Ebpf,
-    maps: &mut BlockMaps,
-    config: &Config,
-) -> Result<Attachment, KernelError> {
+/// What the program is to drop per `config` (`xdp.scope`, the ports of `smtp.listen`).
+pub fn scope(config: &Config) -> Scope {
+    Scope {
+        all: config.xdp.scope == XdpScope::All,
+        smtp_ports: config.smtp_ports(),
+    }
+}
+
+/// Loads the program (its scope set when `ebpf` was opened, see [`scope`]) and attaches it to
+/// each of `config.xdp.interfaces`, saying in which mode.
+pub fn attach(mut ebpf: Ebpf, config: &Config) -> Result<Attachment, KernelError> {
     if config.xdp.interfaces.is_empty() {
         return Err(KernelError::Bpf {
             context: "attach XDP".into(),
             detail: "no interface configured (xdp.interfaces)".into(),
         });
     }
-    let scope = match config.xdp.scope {
-        XdpScope::Smtp => SCOPE_SMTP,
-        XdpScope::All => SCOPE_ALL,
-    };
-    maps.set_scope(Settings { scope }, &config.smtp_ports())?;
     let program: &mut Xdp = ebpf
         .program_mut("sinkhole")
         .ok_or_else(|| KernelError::Bpf {

@@ -39,8 +39,8 @@ impl Sources {
         if !pin_dir.join(sinkhole_common::MAP_COUNTERS).exists() {
             return None;
         }
-        match maps::open(pin_dir) {
-            Ok((_, maps)) => Some(maps),
+        match maps::open_maps(pin_dir) {
+            Ok(maps) => Some(maps),
             Err(e) => {
                 log::warn!("metrics: no XDP series ({e})");
                 None
