@@ -261,7 +261,6 @@ fn issue_3_replay_ehlo_mail_rcpt_in_one_write_is_refused_at_rcpt_and_logged() {
 /// after its EHLO is logged with neither (`scored: false`), so the same bot lands in different
 /// campaigns depending on DNS timing, and an end-of-session block by score never happens.
 #[test]
-#[ignore = "daemon bug: a session ending before its DNS answers is logged without their signatures"]
 fn a_bot_that_quits_at_once_still_shows_helo_mismatch() {
     let mut w = world();
     let mut bot = SmtpClient::connect(w.daemon.addr);

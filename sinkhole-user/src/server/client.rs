@@ -120,6 +120,8 @@ pub struct Client {
     zones: Vec<String>,
     /// A check of the HELO name was asked for (once per session: the first name given).
     pub helo_asked: bool,
+    /// The resolver took that check and has not answered yet.
+    pub helo_pending: bool,
     helo_check: Option<HeloCheck>,
     /// Signatures the policy found (`mail-from-local-domain`).
     policy_signatures: Vec<Signature>,
@@ -139,6 +141,7 @@ impl Client {
             scored: false,
             zones: Vec::new(),
             helo_asked: false,
+            helo_pending: false,
             helo_check: None,
             policy_signatures: Vec::new(),
             held: None,
@@ -159,7 +162,14 @@ impl Client {
     }
 
     pub fn set_helo_check(&mut self, check: HeloCheck) {
+        self.helo_pending = false;
         self.helo_check = Some(check);
+    }
+
+    /// The resolver still owes an answer (the score, or the HELO check). It answers every
+    /// request it took within `dnsbl.timeout`, so this ends by itself.
+    pub fn awaits_answers(&self) -> bool {
+        (self.score.is_none() && self.score_due.is_some()) || self.helo_pending
     }
 
     /// When the loop must come back for a held reply.

@@ -85,30 +85,43 @@ impl Server {
         }
     }
 
-    /// Attaches the resolver's answers to their connections; a recipient waiting for its
-    /// score is decided at once.
+    /// Attaches the resolver's answers to their connections (a recipient waiting for its
+    /// score is decided at once), or to sessions that ended while an answer was out (logged
+    /// once the last one is in).
     pub(super) fn take_answers(&mut self, now: Instant) {
         while let Some(answer) = self.resolver.try_recv() {
-            let slot = token_slot(answer.token());
-            let Some(conn) = self.conns.get_mut(slot) else {
-                continue;
-            };
-            if !token_matches(answer.token(), conn.serial) {
-                continue;
-            }
-            match answer {
-                Answer::Client { score, .. } => {
-                    conn.client.set_score(score, now);
-                    if let Some(Held::Score { mail_from, rcpt }) = conn
-                        .client
-                        .held
-                        .take_if(|held| matches!(held, Held::Score { .. }))
-                    {
-                        self.answer_recipient(slot, &mail_from, &rcpt, now);
-                        self.drive(slot, now);
+            let token = answer.token();
+            let slot = token_slot(token);
+            if self
+                .conns
+                .get(slot)
+                .is_some_and(|conn| token_matches(token, conn.serial))
+            {
+                let conn = &mut self.conns[slot];
+                match answer {
+                    Answer::Client { score, .. } => {
+                        conn.client.set_score(score, now);
+                        if let Some(Held::Score { mail_from, rcpt }) = conn
+                            .client
+                            .held
+                            .take_if(|held| matches!(held, Held::Score { .. }))
+                        {
+                            self.answer_recipient(slot, &mail_from, &rcpt, now);
+                            self.drive(slot, now);
+                        }
                     }
+                    Answer::Helo { check, .. } => conn.client.set_helo_check(check),
                 }
-                Answer::Helo { check, .. } => conn.client.set_helo_check(check),
+            } else if let Some(ended) = self.lingering.get_mut(&token) {
+                match answer {
+                    Answer::Client { score, .. } => ended.client.set_score(score, now),
+                    Answer::Helo { check, .. } => ended.client.set_helo_check(check),
+                }
+                if !ended.client.awaits_answers()
+                    && let Some(ended) = self.lingering.remove(&token)
+                {
+                    self.finish_session(ended);
+                }
             }
         }
     }
@@ -124,9 +137,10 @@ impl Server {
         };
         conn.client.helo_asked = true;
         // Busy is counted by the resolver; the session then has no `helo-mismatch` verdict.
-        let _ = self
+        conn.client.helo_pending = self
             .resolver
-            .check_helo(token(slot, conn.serial), conn.peer.ip(), helo);
+            .check_helo(token(slot, conn.serial), conn.peer.ip(), helo)
+            .is_ok();
     }
 
     /// Puts `ip` into the drop map for `dnsbl.block_ttl`; true when it is blocked now.

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod listeners;
 pub mod timer;
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -95,6 +96,20 @@ pub struct Server {
     ready: Vec<(usize, u64)>,
     /// Set once a stop signal came: the instant by which everything is closed.
     stopping: Option<Instant>,
+    /// Closed sessions whose score or HELO check is still with the resolver, by resolver
+    /// token: their signatures and escalation must not depend on how fast the client quit.
+    /// Bounded by the resolver's outstanding requests, each answered within `dnsbl.timeout`.
+    lingering: HashMap<u64, EndedSession>,
+}
+
+/// A session whose connection is closed, before it is logged.
+struct EndedSession {
+    id: String,
+    start: SystemTime,
+    end: SystemTime,
+    peer: SocketAddr,
+    client: Client,
+    record: SessionRecord,
 }
 
 impl Server {
@@ -164,6 +179,7 @@ impl Server {
             serial: 0,
             ready: Vec::new(),
             stopping: None,
+            lingering: HashMap::new(),
         })
     }
 
@@ -247,7 +263,8 @@ impl Server {
                 }
             }
             if let Some(grace) = self.stopping {
-                if self.conns.is_empty() {
+                // Sessions waiting for the resolver get their answers (within dnsbl.timeout).
+                if self.conns.is_empty() && self.lingering.is_empty() {
                     break;
                 }
                 if now >= grace {
@@ -256,6 +273,7 @@ impl Server {
                 }
             }
         }
+        self.finish_lingering();
         log::info!("stopped; writing out the session log");
         self.capture.finish();
         Ok(())
@@ -570,11 +588,34 @@ impl Server {
         self.counters
             .connections_active
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let mut record = conn.session.into_record();
-        let client = conn.client;
+        let ended = EndedSession {
+            id: conn.id,
+            start: conn.started,
+            end: SystemTime::now(),
+            peer: conn.peer,
+            client: conn.client,
+            record: conn.session.into_record(),
+        };
+        if ended.client.awaits_answers() {
+            self.lingering.insert(token(slot, conn.serial), ended);
+        } else {
+            self.finish_session(ended);
+        }
+    }
+
+    /// Merges the session's signatures, escalates, and logs it.
+    fn finish_session(&mut self, ended: EndedSession) {
+        let EndedSession {
+            id,
+            start,
+            end,
+            peer,
+            client,
+            mut record,
+        } = ended;
         let signatures = client.signatures(&record.signatures, record.helo.as_deref());
         if let Some(escalation) = client.escalation_at_end(&self.rules, &signatures) {
-            self.block_client(conn.peer.ip().to_canonical(), &escalation);
+            self.block_client(peer.ip().to_canonical(), &escalation);
         }
         if !client.scored && record.transactions.iter().any(|t| !t.rcpts.is_empty()) {
             Counters::add(&self.counters.unscored, 1);
@@ -582,10 +623,10 @@ impl Server {
         record.signatures = signatures;
         let (rdns, fcrdns) = client.rdns();
         self.log_session(SessionEnd {
-            id: conn.id,
-            start: conn.started,
-            end: SystemTime::now(),
-            client: conn.peer,
+            id,
+            start,
+            end,
+            client: peer,
             rdns,
             fcrdns,
             tls: false,
@@ -595,6 +636,15 @@ impl Server {
             verdict: Verdict::of(&record),
             record,
         });
+    }
+
+    /// At the end of the shutdown grace: sessions still waiting for an answer are logged with
+    /// what they have.
+    fn finish_lingering(&mut self) {
+        let ended: Vec<EndedSession> = self.lingering.drain().map(|(_, e)| e).collect();
+        for session in ended {
+            self.finish_session(session);
+        }
     }
 
     /// Logs a connection closed right after accept; `said` is the line it was sent, if any.
@@ -678,7 +728,8 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     let files = raise_fd_limit(wanted);
     if files < wanted {
         log::warn!(
-            "open files limit {files} is below smtp.max_connections ({}); accept will fail earlier",
+            "open files limit {files} is below the {wanted} that smtp.max_connections ({}) needs; \
+             accept will fail earlier",
             config.smtp.max_connections
         );
     }
