@@ -226,9 +226,13 @@ impl SmtpClient {
         }
     }
 
-    /// True when the server closed the connection (after any remaining bytes are read).
+    /// True when the server closed the connection (after any remaining bytes are read): an end
+    /// of stream, or a reset (a server that closes with input of ours unread sends RST).
     pub fn closed(&mut self) -> bool {
         let mut rest = Vec::new();
-        self.reader.read_to_end(&mut rest).is_ok()
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
     }
 }
