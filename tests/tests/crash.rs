@@ -318,10 +318,19 @@ fn a_torn_session_log_line_does_not_swallow_the_next_one() {
     let session: serde_json::Value = serde_json::from_str(last)
         .unwrap_or_else(|e| panic!("the session after the restart: {e}: {last}"));
     assert_eq!(session["helo"], "after.example");
-    let out = sinkhole(&["campaigns", "--storage", storage.to_str().unwrap(), "--json"]).unwrap();
+    let out = sinkhole(&[
+        "campaigns",
+        "--storage",
+        storage.to_str().unwrap(),
+        "--json",
+    ])
+    .unwrap();
     assert!(out.status.success());
     let warning = String::from_utf8_lossy(&out.stderr);
-    assert!(warning.contains("line 1: not a session record"), "{warning}");
+    assert!(
+        warning.contains("line 1: not a session record"),
+        "{warning}"
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report[0]["sessions"], 1, "{report}");
 }
