@@ -77,33 +77,44 @@ impl Daemon {
 
     /// Starts a daemon with a complete config (written into `dir`), listening on `addr`.
     pub fn start_with_config(dir: TempDir, config: &str, addr: SocketAddr) -> Daemon {
-        let config_path = dir.path().join("sinkhole.toml");
-        fs::write(&config_path, config).expect("write config");
-        let stderr = fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
-        let child = Command::new(sinkhole_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn sinkhole run");
+        fs::write(dir.path().join("sinkhole.toml"), config).expect("write config");
+        let child = spawn(dir.path());
         let mut daemon = Daemon { child, addr, dir };
+        daemon.wait_listening();
+        daemon
+    }
+
+    /// Waits until the daemon says it listens on its address.
+    fn wait_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !daemon.stderr().contains(&format!("listening on {addr}")) {
-            if let Ok(Some(status)) = daemon.child.try_wait() {
-                panic!("sinkhole exited with {status}: {}", daemon.stderr());
+        while !self
+            .stderr()
+            .contains(&format!("listening on {}", self.addr))
+        {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("sinkhole exited with {status}: {}", self.stderr());
             }
             assert!(
                 Instant::now() < deadline,
                 "sinkhole did not start: {}",
-                daemon.stderr()
+                self.stderr()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        daemon
+    }
+
+    /// SIGKILL (a crash: nothing is written out) and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the daemon if it runs and starts it again on the same config and storage (its
+    /// stderr log starts afresh).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn(self.dir.path());
+        self.wait_listening();
     }
 
     pub fn pid(&self) -> u32 {
@@ -167,7 +178,7 @@ impl Daemon {
 
     /// Sends SIGHUP (reload the policy file).
     pub fn reload(&self) {
-        self.kill("-HUP");
+        self.signal("-HUP");
     }
 
     /// `sinkhole campaigns --config CONFIG --json`, parsed.
@@ -221,11 +232,11 @@ impl Daemon {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        self.kill("-TERM");
+        self.signal("-TERM");
     }
 
     /// `kill SIGNAL PID`.
-    fn kill(&self, signal: &str) {
+    fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([signal, &self.pid().to_string()])
             .status()
@@ -282,6 +293,21 @@ pub fn connect_from(
     socket.bind(&SocketAddr::new(source, 0).into())?;
     socket.connect_timeout(&addr.into(), timeout)?;
     Ok(socket.into())
+}
+
+/// `sinkhole run --config DIR/sinkhole.toml`, stderr into `DIR/stderr.log`.
+fn spawn(dir: &Path) -> Child {
+    let stderr = fs::File::create(dir.join("stderr.log")).expect("stderr file");
+    Command::new(sinkhole_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(dir.join("sinkhole.toml"))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn sinkhole run")
 }
 
 /// Regular files in `dir`, sorted; empty when `dir` does not exist.
@@ -368,9 +394,13 @@ impl SmtpClient {
         }
     }
 
-    /// True when the server closed the connection (after any remaining bytes are read).
+    /// True when the server closed the connection (after any remaining bytes are read): an end
+    /// of stream, or a reset (a server that closes with input of ours unread sends RST).
     pub fn closed(&mut self) -> bool {
         let mut rest = Vec::new();
-        self.reader.read_to_end(&mut rest).is_ok()
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
     }
 }

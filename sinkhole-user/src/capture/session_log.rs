@@ -216,12 +216,38 @@ pub struct SessionLog {
     lines: u64,
 }
 
+/// Whether `file` is non-empty and does not end with a newline.
+fn ends_torn(file: &File) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    let mut last = [0u8];
+    file.read_exact_at(&mut last, len - 1)?;
+    Ok(last[0] != b'\n')
+}
+
 /// Pending bytes past which the log is written out before its flush interval.
 const FLUSH_BYTES: usize = 256 * 1024;
 
 impl SessionLog {
+    /// Opens (or creates) the log for appending. A crash during a write can leave the last line
+    /// cut short: it is ended with a newline here, so it stays one bad line (skipped by the
+    /// readers) instead of swallowing the first line written now.
     pub fn open(path: &Path) -> io::Result<SessionLog> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)?;
+        if ends_torn(&file)? {
+            log::warn!(
+                "{}: the last line is torn (a crash?); ending it",
+                path.display()
+            );
+            file.write_all(b"\n")?;
+        }
         Ok(SessionLog {
             file,
             pending: Vec::with_capacity(FLUSH_BYTES),
@@ -258,6 +284,24 @@ impl SessionLog {
 mod tests {
     use super::*;
     use crate::smtp::{RcptRecord, TransactionRecord, TranscriptLine};
+
+    #[test]
+    fn a_torn_last_line_is_ended_at_open() {
+        let path = std::env::temp_dir().join(format!("sinkhole-torn-{}.jsonl", std::process::id()));
+        std::fs::write(&path, b"{\"id\":\"a\"}\n{\"id\":\"b\",\"sta").unwrap();
+        let mut log = SessionLog::open(&path).unwrap();
+        log.pending.extend_from_slice(b"{\"id\":\"c\"}\n");
+        log.flush().unwrap();
+        drop(log);
+        // A whole log is left as it is.
+        drop(SessionLog::open(&path).unwrap());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            "{\"id\":\"a\"}\n{\"id\":\"b\",\"sta\n{\"id\":\"c\"}\n"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
 
     #[test]
     fn verdicts() {

@@ -70,7 +70,10 @@ impl TimerWheel {
             self.len -= before - slot.len();
             self.cursor += 1;
         }
-        self.cursor = self.cursor.max(target);
+        // The current tick is only partly over: its slot may still hold entries due later in
+        // it, so the next call looks at it again (moving past it would leave them for a whole
+        // revolution of the wheel).
+        self.cursor = target;
     }
 
     /// When the loop must wake next to serve the wheel, or `None` when it is empty.
@@ -119,6 +122,19 @@ mod tests {
         assert_eq!(due.len(), 1);
         assert_eq!(wheel.len, 0);
         assert_eq!(wheel.next_wake(), None);
+    }
+
+    #[test]
+    fn an_entry_later_in_the_current_tick_fires_in_that_tick() {
+        let start = Instant::now();
+        let mut wheel = TimerWheel::new(start);
+        // Both instants are in tick 3 (100-150 ms).
+        wheel.insert(entry(1, start + Duration::from_millis(120)));
+        let mut due = Vec::new();
+        wheel.expire(start + Duration::from_millis(110), &mut due);
+        assert!(due.is_empty());
+        wheel.expire(start + Duration::from_millis(130), &mut due);
+        assert_eq!(due, vec![entry(1, start + Duration::from_millis(120))]);
     }
 
     #[test]
