@@ -93,6 +93,20 @@ impl StorageConfig {
     pub fn session_log(&self) -> PathBuf {
         self.dir.join("sessions.jsonl")
     }
+
+    /// What the daemon writes into after start-up: the storage folder, the Maildir's folders
+    /// and the session log (handed to `smtp.run_as` when the daemon drops root).
+    pub fn written_paths(&self) -> Vec<PathBuf> {
+        let maildir = self.maildir();
+        vec![
+            self.dir.clone(),
+            maildir.join("tmp"),
+            maildir.join("new"),
+            maildir.join("cur"),
+            maildir,
+            self.session_log(),
+        ]
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

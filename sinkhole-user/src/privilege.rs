@@ -43,6 +43,8 @@ pub enum PrivilegeError {
         step: &'static str,
         source: nix::Error,
     },
+    #[error("shrinking the capability bounding set: {0}")]
+    Bounding(caps::errors::CapsError),
     #[error("becoming `{user}`: {step}: {source}")]
     Capabilities {
         user: String,
@@ -90,14 +92,30 @@ pub fn hand_over<'a>(
     Ok(())
 }
 
-/// Becomes `account`, keeping exactly `keep` as permitted and effective capabilities and
-/// nothing in the bounding, inheritable or ambient sets beyond them. A no-op when already that
-/// user and not root.
+/// Shrinks the bounding set to `keep`, so that no thread can ever regain anything else (not
+/// even through exec). Per thread like every capability set, and inherited by threads spawned
+/// later: call it first thing, before any other thread exists. It leaves the permitted set
+/// alone, so start-up keeps its privileges until [`become_user`]. Needs CAP_SETPCAP; under the
+/// packaged systemd unit that is absent and `CapabilityBoundingSet=` has done the shrinking.
+pub fn limit_bounding_set(keep: &[Capability]) -> Result<(), PrivilegeError> {
+    if !caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        return Ok(());
+    }
+    for c in caps::all() {
+        if !keep.contains(&c) && caps::has_cap(None, CapSet::Bounding, c).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, c).map_err(PrivilegeError::Bounding)?;
+        }
+    }
+    Ok(())
+}
+
+/// Becomes `account`, keeping exactly `keep` as permitted and effective capabilities of the
+/// calling thread, and nothing inheritable or ambient; other threads keep no capabilities. A
+/// no-op when already that user and not root.
 pub fn become_user(account: &Account, keep: &[Capability]) -> Result<(), PrivilegeError> {
     if !Uid::effective().is_root() {
         return Ok(());
     }
-    let user = || account.name.clone();
     let cred = |step| {
         move |source| PrivilegeError::Credentials {
             user: account.name.clone(),
@@ -114,15 +132,6 @@ pub fn become_user(account: &Account, keep: &[Capability]) -> Result<(), Privile
     };
     let keep: CapsHashSet = keep.iter().copied().collect();
 
-    // While still root: shrink the bounding set. That needs CAP_SETPCAP; under the packaged
-    // systemd unit it is absent and the unit's CapabilityBoundingSet= has done the shrinking.
-    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
-        for c in caps::all() {
-            if !keep.contains(&c) && caps::has_cap(None, CapSet::Bounding, c).unwrap_or(false) {
-                caps::drop(None, CapSet::Bounding, c).map_err(cap("dropping the bounding set"))?;
-            }
-        }
-    }
     nix::sys::prctl::set_keepcaps(true).map_err(cred("PR_SET_KEEPCAPS"))?;
     setgroups(&[account.gid]).map_err(cred("setgroups"))?;
     setgid(account.gid).map_err(cred("setgid"))?;
@@ -135,7 +144,7 @@ pub fn become_user(account: &Account, keep: &[Capability]) -> Result<(), Privile
     caps::set(None, CapSet::Effective, &keep).map_err(cap("setting effective capabilities"))?;
     log::info!(
         "running as {} (uid {}), keeping {:?}",
-        user(),
+        account.name,
         account.uid,
         keep
     );
@@ -165,6 +174,7 @@ mod tests {
             return;
         }
         let nobody = lookup("nobody").unwrap();
+        limit_bounding_set(DAEMON_CAPABILITIES).unwrap();
         become_user(&nobody, DAEMON_CAPABILITIES).unwrap();
         // Capabilities are per thread: show this one's.
         print!(

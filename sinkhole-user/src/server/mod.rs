@@ -17,6 +17,7 @@ pub mod timer;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant, SystemTime};
@@ -67,6 +68,8 @@ pub enum ServerError {
     Score(#[from] ScoreError),
     #[error("event loop: {0}")]
     Io(#[from] io::Error),
+    #[error(transparent)]
+    Privilege(#[from] crate::privilege::PrivilegeError),
 }
 
 /// The daemon, set up and ready to [`Server::run`].
@@ -723,6 +726,10 @@ pub fn raise_fd_limit(wanted: u64) -> u64 {
 /// `sinkhole run`: sets up the daemon from `config` (with the kernel module's blocker) and
 /// serves until stopped.
 pub fn run(config: &Config) -> Result<(), ServerError> {
+    if !config.smtp.run_as.is_empty() {
+        // Before any thread is spawned, so that all of them inherit it.
+        crate::privilege::limit_bounding_set(crate::privilege::DAEMON_CAPABILITIES)?;
+    }
     // Listeners, the log, the Maildir, epoll: a few dozen descriptors besides the clients.
     let wanted = config.smtp.max_connections.get() as u64 + 64;
     let files = raise_fd_limit(wanted);
@@ -735,6 +742,8 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     }
     let server = Server::new(config, crate::kernel::open_blocker(config))?;
     spawn_metrics(config, &server);
+    // Everything privileged is open now: XDP, the maps, the listeners, the storage.
+    drop_privileges(config)?;
     for addr in server.local_addrs()? {
         log::info!("listening on {addr}");
     }
@@ -749,6 +758,20 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         }
     );
     server.run()
+}
+
+/// Becomes `smtp.run_as` (after handing it the storage), or warns once when staying root.
+fn drop_privileges(config: &Config) -> Result<(), ServerError> {
+    use crate::privilege;
+    if config.smtp.run_as.is_empty() {
+        privilege::warn_if_root();
+        return Ok(());
+    }
+    let account = privilege::lookup(&config.smtp.run_as)?;
+    let paths = config.storage.written_paths();
+    privilege::hand_over(&account, paths.iter().map(PathBuf::as_path))?;
+    privilege::become_user(&account, privilege::DAEMON_CAPABILITIES)?;
+    Ok(())
 }
 
 /// Starts `/metrics` on `metrics.listen`. A trap that cannot serve metrics still traps: the
