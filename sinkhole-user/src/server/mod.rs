@@ -10,6 +10,7 @@ pub mod client;
 pub mod connection;
 pub mod counters;
 mod decisions;
+pub mod handover;
 pub mod limits;
 pub mod listeners;
 pub mod timer;
@@ -17,6 +18,7 @@ pub mod timer;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant, SystemTime};
@@ -67,6 +69,12 @@ pub enum ServerError {
     Score(#[from] ScoreError),
     #[error("event loop: {0}")]
     Io(#[from] io::Error),
+    #[error(
+        "already running as pid {pid} on this storage ({file}); `sinkhole run --takeover` replaces it"
+    )]
+    AlreadyRunning { pid: i32, file: PathBuf },
+    #[error("pid file {file}: {source}")]
+    PidFile { file: PathBuf, source: io::Error },
 }
 
 /// The daemon, set up and ready to [`Server::run`].
@@ -721,8 +729,17 @@ pub fn raise_fd_limit(wanted: u64) -> u64 {
 }
 
 /// `sinkhole run`: sets up the daemon from `config` (with the kernel module's blocker) and
-/// serves until stopped.
-pub fn run(config: &Config) -> Result<(), ServerError> {
+/// serves until stopped. With `takeover`, replaces the daemon running on the same storage (see
+/// [`handover`]); without, refuses to start beside it.
+pub fn run(config: &Config, takeover: bool) -> Result<(), ServerError> {
+    let storage = &config.storage;
+    let previous = handover::running(&storage.dir);
+    if let (Some(pid), false) = (previous, takeover) {
+        return Err(ServerError::AlreadyRunning {
+            pid: pid.as_raw_nonzero().get(),
+            file: storage.dir.join(handover::PID_FILE),
+        });
+    }
     // Listeners, the log, the Maildir, epoll: a few dozen descriptors besides the clients.
     let wanted = config.smtp.max_connections.get() as u64 + 64;
     let files = raise_fd_limit(wanted);
@@ -738,7 +755,22 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     for addr in server.local_addrs()? {
         log::info!("listening on {addr}");
     }
-    let storage = &config.storage;
+    let _pid_file =
+        handover::PidFile::write(&storage.dir).map_err(|source| ServerError::PidFile {
+            file: storage.dir.join(handover::PID_FILE),
+            source,
+        })?;
+    match previous {
+        Some(pid) => {
+            let pid_n = pid.as_raw_nonzero();
+            match handover::stop(pid) {
+                Ok(()) => log::info!("took over from pid {pid_n}: asked it to stop"),
+                Err(e) => log::warn!("cannot stop the previous daemon (pid {pid_n}): {e}"),
+            }
+        }
+        None if takeover => log::info!("--takeover: no daemon was running on this storage"),
+        None => {}
+    }
     log::info!(
         "storage {} (messages {})",
         storage.dir.display(),
