@@ -72,7 +72,7 @@ mod tests {
     fn a_stale_or_foreign_pid_is_not_a_running_daemon() {
         let dir = dir("stale");
         assert_eq!(running(&dir), None, "no file");
-        fs::write(&dir.join(PID_FILE), "not a pid\n").unwrap();
+        fs::write(dir.join(PID_FILE), "not a pid\n").unwrap();
         assert_eq!(running(&dir), None, "garbage");
         // Our own pid (the test binary is not called `sinkhole`, and it is us).
         let file = PidFile::write(&dir).unwrap();
@@ -86,9 +86,9 @@ mod tests {
     fn a_newer_daemons_pid_file_is_left_in_place() {
         let dir = dir("newer");
         let file = PidFile::write(&dir).unwrap();
-        fs::write(&dir.join(PID_FILE), "1\n").unwrap();
+        fs::write(dir.join(PID_FILE), "1\n").unwrap();
         drop(file);
-        assert_eq!(fs::read_to_string(&dir.join(PID_FILE)).unwrap(), "1\n");
+        assert_eq!(fs::read_to_string(dir.join(PID_FILE)).unwrap(), "1\n");
         fs::remove_dir_all(&dir).unwrap();
     }
 }
