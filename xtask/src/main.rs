@@ -4,6 +4,7 @@
 mod deploy;
 mod fuzz;
 mod setup;
+mod update;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
@@ -36,6 +37,16 @@ enum Task {
     Deploy {
         #[arg(long, default_value = "/")]
         root: PathBuf,
+    },
+    /// Build and install the release binary (as `deploy`), then replace the running daemon
+    /// with no gap (`sinkhole run --takeover`, logging to --log).
+    Update {
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        #[arg(long, default_value = "/etc/sinkhole/sinkhole.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "/var/log/sinkhole.log")]
+        log: PathBuf,
     },
     /// Run a benchmark and print its figures.
     Bench {
@@ -87,6 +98,7 @@ fn run(task: Task) -> Result<()> {
             Ok(())
         }
         Task::Deploy { root } => deploy::deploy(&root),
+        Task::Update { root, config, log } => update::update(&root, &config, &log),
         Task::Bench { which } => bench(which),
     }
 }
