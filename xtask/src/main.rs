@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own commands. `setup` makes a machine ready (called by all the
 //! others), `run` runs the daemon, `test` runs every test, `bench` the benchmarks.
 
+mod demo;
 mod deploy;
 mod fuzz;
 mod setup;
@@ -48,6 +49,9 @@ enum Task {
         #[arg(long, default_value = "/var/log/sinkhole.log")]
         log: PathBuf,
     },
+    /// A first look (root, under a minute): the daemon with XDP in network namespaces, a spam
+    /// campaign replayed against it, its scores, blocks and drop counters as they happen.
+    Demo,
     /// Run a benchmark and print its figures.
     Bench {
         #[arg(value_enum)]
@@ -99,6 +103,7 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Deploy { root } => deploy::deploy(&root),
         Task::Update { root, config, log } => update::update(&root, &config, &log),
+        Task::Demo => demo::demo(),
         Task::Bench { which } => bench(which),
     }
 }
