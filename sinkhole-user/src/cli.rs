@@ -29,7 +29,14 @@ pub struct ConfigArg {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon.
-    Run(ConfigArg),
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Replace the daemon running on the same storage (its pid in `STORAGE/sinkhole.pid`)
+        /// with no gap: attach into its XDP link, listen beside it, then stop it (SIGTERM).
+        #[arg(long)]
+        takeover: bool,
+    },
     /// Validate the configuration (and the policy file it names); exit 2 if it is wrong.
     CheckConfig(ConfigArg),
     /// Drop a client's packets (in the pinned maps; the daemon need not run).

@@ -41,8 +41,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run(config) => with_config(&config, |c| {
-            sinkhole::server::run(c).map(|()| String::new())
+        Command::Run { config, takeover } => with_config(&config, |c| {
+            sinkhole::server::run(c, takeover).map(|()| String::new())
         }),
         Command::Import {
             file,

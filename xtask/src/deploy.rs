@@ -77,7 +77,7 @@ pub fn deploy(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn install(from: &Path, to: &Path, mode: u32) -> Result<()> {
+pub(crate) fn install(from: &Path, to: &Path, mode: u32) -> Result<()> {
     if let Some(dir) = to.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

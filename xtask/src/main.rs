@@ -1,9 +1,11 @@
 //! `cargo xtask`: the project's own commands. `setup` makes a machine ready (called by all the
 //! others), `run` runs the daemon, `test` runs every test, `bench` the benchmarks.
 
+mod demo;
 mod deploy;
 mod fuzz;
 mod setup;
+mod update;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
@@ -37,6 +39,19 @@ enum Task {
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
+    /// Build and install the release binary (as `deploy`), then replace the running daemon
+    /// with no gap (`sinkhole run --takeover`, logging to --log).
+    Update {
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        #[arg(long, default_value = "/etc/sinkhole/sinkhole.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "/var/log/sinkhole.log")]
+        log: PathBuf,
+    },
+    /// A first look (root, under a minute): the daemon with XDP in network namespaces, a spam
+    /// campaign replayed against it, its scores, blocks and drop counters as they happen.
+    Demo,
     /// Run a benchmark and print its figures.
     Bench {
         #[arg(value_enum)]
@@ -87,6 +102,8 @@ fn run(task: Task) -> Result<()> {
             Ok(())
         }
         Task::Deploy { root } => deploy::deploy(&root),
+        Task::Update { root, config, log } => update::update(&root, &config, &log),
+        Task::Demo => demo::demo(),
         Task::Bench { which } => bench(which),
     }
 }

@@ -11,7 +11,7 @@ mod collect;
 mod http;
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -74,10 +74,12 @@ impl MetricsHandle {
 /// address is served as configured, with a warning: the counters tell anyone who can reach
 /// them how the trap is doing.
 pub fn spawn(listen: SocketAddr, sources: Sources) -> Result<MetricsHandle, MetricsError> {
-    let listener = TcpListener::bind(listen).map_err(|source| MetricsError::Listen {
-        addr: listen,
-        source,
-    })?;
+    // SO_REUSEPORT as for SMTP: a daemon taking over serves metrics beside the old one.
+    let listener =
+        crate::server::listeners::bind_std(listen).map_err(|source| MetricsError::Listen {
+            addr: listen,
+            source,
+        })?;
     let addr = listener
         .local_addr()
         .map_err(|source| MetricsError::Listen {

@@ -10,6 +10,7 @@ pub mod client;
 pub mod connection;
 pub mod counters;
 mod decisions;
+pub mod handover;
 pub mod limits;
 pub mod listeners;
 pub mod timer;
@@ -70,6 +71,12 @@ pub enum ServerError {
     Io(#[from] io::Error),
     #[error(transparent)]
     Privilege(#[from] crate::privilege::PrivilegeError),
+    #[error(
+        "already running as pid {pid} on this storage ({file}); `sinkhole run --takeover` replaces it"
+    )]
+    AlreadyRunning { pid: i32, file: PathBuf },
+    #[error("pid file {file}: {source}")]
+    PidFile { file: PathBuf, source: io::Error },
 }
 
 /// The daemon, set up and ready to [`Server::run`].
@@ -724,8 +731,17 @@ pub fn raise_fd_limit(wanted: u64) -> u64 {
 }
 
 /// `sinkhole run`: sets up the daemon from `config` (with the kernel module's blocker) and
-/// serves until stopped.
-pub fn run(config: &Config) -> Result<(), ServerError> {
+/// serves until stopped. With `takeover`, replaces the daemon running on the same storage (see
+/// [`handover`]); without, refuses to start beside it.
+pub fn run(config: &Config, takeover: bool) -> Result<(), ServerError> {
+    let storage = &config.storage;
+    let previous = handover::running(&storage.dir);
+    if let (Some(pid), false) = (previous, takeover) {
+        return Err(ServerError::AlreadyRunning {
+            pid: pid.as_raw_nonzero().get(),
+            file: storage.dir.join(handover::PID_FILE),
+        });
+    }
     if !config.smtp.run_as.is_empty() {
         // Before any thread is spawned, so that all of them inherit it.
         crate::privilege::limit_bounding_set(crate::privilege::DAEMON_CAPABILITIES)?;
@@ -747,7 +763,22 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     for addr in server.local_addrs()? {
         log::info!("listening on {addr}");
     }
-    let storage = &config.storage;
+    let _pid_file =
+        handover::PidFile::write(&storage.dir).map_err(|source| ServerError::PidFile {
+            file: storage.dir.join(handover::PID_FILE),
+            source,
+        })?;
+    match previous {
+        Some(pid) => {
+            let pid_n = pid.as_raw_nonzero();
+            match handover::stop(pid) {
+                Ok(()) => log::info!("took over from pid {pid_n}: asked it to stop"),
+                Err(e) => log::warn!("cannot stop the previous daemon (pid {pid_n}): {e}"),
+            }
+        }
+        None if takeover => log::info!("--takeover: no daemon was running on this storage"),
+        None => {}
+    }
     log::info!(
         "storage {} (messages {})",
         storage.dir.display(),

@@ -1,0 +1,94 @@
+//! One daemon per storage directory, and handing over from a running daemon to a new one.
+//!
+//! The running daemon's pid is in `STORAGE/sinkhole.pid`. A second `sinkhole run` on the same
+//! storage refuses to start. `sinkhole run --takeover` starts beside the running one instead:
+//! its XDP program replaces the old one in the pinned link (one step, see
+//! [`crate::kernel::xdp`]), its listeners share the ports (SO_REUSEPORT), then it writes its own
+//! pid and sends the old daemon SIGTERM, which finishes its sessions and leaves.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use rustix::process::{Pid, Signal, getpid, kill_process, test_kill_process};
+
+/// The pid file's name inside `storage.dir`.
+pub const PID_FILE: &str = "sinkhole.pid";
+
+/// The `sinkhole` daemon that the pid file in `storage` names, if it still runs.
+pub fn running(storage: &Path) -> Option<Pid> {
+    let text = fs::read_to_string(storage.join(PID_FILE)).ok()?;
+    let pid = Pid::from_raw(text.trim().parse().ok()?)?;
+    let comm = fs::read_to_string(format!("/proc/{}/comm", pid.as_raw_nonzero())).ok()?;
+    // A stale file may name a pid reused by another program.
+    (pid != getpid() && test_kill_process(pid).is_ok() && comm.trim_end() == "sinkhole")
+        .then_some(pid)
+}
+
+/// Asks the daemon `pid` to stop (SIGTERM: it finishes in-flight messages, then leaves).
+pub fn stop(pid: Pid) -> io::Result<()> {
+    kill_process(pid, Signal::TERM)?;
+    Ok(())
+}
+
+/// `STORAGE/sinkhole.pid` naming this process; removed when dropped unless a newer daemon has
+/// written its own pid since.
+pub struct PidFile {
+    path: PathBuf,
+}
+
+impl PidFile {
+    pub fn write(storage: &Path) -> io::Result<PidFile> {
+        let path = storage.join(PID_FILE);
+        let tmp = path.with_extension("pid.new");
+        fs::write(&tmp, format!("{}\n", getpid().as_raw_nonzero()))?;
+        // Renamed into place: a reader never sees half a number.
+        fs::rename(&tmp, &path)?;
+        Ok(PidFile { path })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let own = getpid().as_raw_nonzero().to_string();
+        if fs::read_to_string(&self.path).is_ok_and(|text| text.trim() == own) {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("sinkhole-handover-{name}-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_stale_or_foreign_pid_is_not_a_running_daemon() {
+        let dir = dir("stale");
+        assert_eq!(running(&dir), None, "no file");
+        fs::write(dir.join(PID_FILE), "not a pid\n").unwrap();
+        assert_eq!(running(&dir), None, "garbage");
+        // Our own pid (the test binary is not called `sinkhole`, and it is us).
+        let file = PidFile::write(&dir).unwrap();
+        assert_eq!(running(&dir), None, "own pid");
+        drop(file);
+        assert!(!dir.join(PID_FILE).exists(), "removed on drop");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_newer_daemons_pid_file_is_left_in_place() {
+        let dir = dir("newer");
+        let file = PidFile::write(&dir).unwrap();
+        fs::write(dir.join(PID_FILE), "1\n").unwrap();
+        drop(file);
+        assert_eq!(fs::read_to_string(dir.join(PID_FILE)).unwrap(), "1\n");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
