@@ -319,7 +319,32 @@ impl Config {
 
     /// Parses a configuration; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        parse_toml(text, origin)
+        let config: Config = parse_toml(text, origin)?;
+        config.check_tls_pair(text, origin)?;
+        Ok(config)
+    }
+
+    /// `smtp.tls_cert` and `smtp.tls_key` come together, or neither (a self-signed pair).
+    fn check_tls_pair(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let (cert, key) = (&self.smtp.tls_cert, &self.smtp.tls_key);
+        let (set, missing) = match (cert.as_os_str().is_empty(), key.as_os_str().is_empty()) {
+            (false, true) => ("tls_cert", "tls_key"),
+            (true, false) => ("tls_key", "tls_cert"),
+            _ => return Ok(()),
+        };
+        // The line of the key that is set (the one that is missing has none).
+        let line = text
+            .lines()
+            .position(|l| l.trim_start().starts_with(set))
+            .map_or(1, |i| i + 1);
+        Err(ConfigError::Invalid {
+            origin: origin.to_owned(),
+            line,
+            key: format!("smtp.{missing}"),
+            message: format!(
+                "must be set together with smtp.{set} (or leave both empty for a self-signed pair)"
+            ),
+        })
     }
 
     /// TCP ports the XDP scope `smtp` covers.
@@ -432,6 +457,18 @@ mod tests {
 
     fn err(text: &str) -> String {
         Config::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn tls_cert_and_key_come_together() {
+        assert_eq!(
+            err("[smtp]\nhostname = \"a\"\ntls_cert = \"/c.pem\"\n"),
+            "t.toml:3: smtp.tls_key: must be set together with smtp.tls_cert (or leave both \
+             empty for a self-signed pair)"
+        );
+        assert!(err("[smtp]\ntls_key = \"/k.pem\"\n").starts_with("t.toml:2: smtp.tls_cert: "));
+        let both = Config::parse("[smtp]\ntls_cert = \"/c\"\ntls_key = \"/k\"\n", "t.toml");
+        assert_eq!(both.unwrap().smtp.tls_key, Path::new("/k"));
     }
 
     #[test]

@@ -16,6 +16,13 @@ const TEST_PEERS: &[(&str, &str)] = &[
     ("rbldnsd", "/usr/sbin/rbldnsd"),
     ("nsd", "/usr/sbin/nsd"),
     ("swaks", "/usr/bin/swaks"),
+    // swaks --tls needs Net::SSLeay (only recommended by swaks); its module path depends on the
+    // Perl version and architecture, the copyright file does not.
+    (
+        "libnet-ssleay-perl",
+        "/usr/share/doc/libnet-ssleay-perl/copyright",
+    ),
+    ("openssl", "/usr/bin/openssl"),
     ("bpftool", "/usr/sbin/bpftool"),
     ("xdp-tools", "/usr/sbin/xdp-filter"),
     ("postfix", "/usr/sbin/smtp-sink"),

@@ -67,7 +67,8 @@ pub struct SessionEnd {
     pub client: SocketAddr,
     pub rdns: Option<String>,
     pub fcrdns: Option<bool>,
-    pub tls: bool,
+    /// The TLS the session ended in (after STARTTLS and a completed handshake).
+    pub tls: Option<TlsInfo>,
     pub dnsbl: Vec<DnsblListing>,
     pub score: Option<i32>,
     /// A complete score came within `dnsbl.timeout` of accept (else recipients were decided
@@ -75,6 +76,16 @@ pub struct SessionEnd {
     pub scored: bool,
     pub verdict: Verdict,
     pub record: SessionRecord,
+}
+
+/// A negotiated TLS session: `{"version":"TLSv1_3","cipher":"TLS13_AES_256_GCM_SHA384",
+/// "sni":"mx.example.org"|null}` in the log (rustls' names).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct TlsInfo {
+    pub version: &'static str,
+    pub cipher: &'static str,
+    /// The name the client asked for (SNI), if it sent one.
+    pub sni: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -87,7 +98,9 @@ struct Line<'a> {
     rdns: Option<&'a str>,
     fcrdns: Option<bool>,
     helo: Option<&'a str>,
-    tls: bool,
+    /// `false` without TLS (as before TLS was supported), else the [`TlsInfo`] object.
+    #[serde(serialize_with = "tls_or_false")]
+    tls: Option<&'a TlsInfo>,
     pipelined: bool,
     dnsbl: Vec<Listing<'a>>,
     score: Option<i32>,
@@ -119,6 +132,13 @@ struct Transaction<'a> {
 struct Rcpt<'a> {
     addr: &'a str,
     code: u16,
+}
+
+fn tls_or_false<S: serde::Serializer>(tls: &Option<&TlsInfo>, s: S) -> Result<S::Ok, S::Error> {
+    match tls {
+        Some(info) => info.serialize(s),
+        None => s.serialize_bool(false),
+    }
 }
 
 impl SessionEnd {
@@ -154,7 +174,7 @@ impl SessionEnd {
             rdns: self.rdns.as_deref(),
             fcrdns: self.fcrdns,
             helo: record.helo.as_deref(),
-            tls: self.tls,
+            tls: self.tls.as_ref(),
             pipelined: record.pipelined,
             dnsbl: self
                 .dnsbl
@@ -358,7 +378,7 @@ mod tests {
             client: "[::ffff:192.0.2.9]:25".parse().unwrap(),
             rdns: None,
             fcrdns: None,
-            tls: false,
+            tls: None,
             dnsbl: Vec::new(),
             score: None,
             scored: false,
@@ -402,5 +422,41 @@ mod tests {
             value["transcript"][1][2],
             "[sinkhole: 7 more lines not kept]"
         );
+        assert_eq!(value["tls"], false);
+    }
+
+    #[test]
+    fn negotiated_tls_is_an_object() {
+        let mut end = SessionEnd {
+            id: "x".into(),
+            start: UNIX_EPOCH,
+            end: UNIX_EPOCH,
+            client: "192.0.2.9:25".parse().unwrap(),
+            rdns: None,
+            fcrdns: None,
+            tls: Some(TlsInfo {
+                version: "TLSv1_3",
+                cipher: "TLS13_AES_256_GCM_SHA384",
+                sni: Some("mx.example.org".into()),
+            }),
+            dnsbl: Vec::new(),
+            score: None,
+            scored: false,
+            verdict: Verdict::NoMail,
+            record: SessionRecord::default(),
+        };
+        let mut out = Vec::new();
+        end.to_line(&mut out);
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            value["tls"],
+            serde_json::json!({"version": "TLSv1_3", "cipher": "TLS13_AES_256_GCM_SHA384",
+                "sni": "mx.example.org"})
+        );
+        end.tls.as_mut().unwrap().sni = None;
+        out.clear();
+        end.to_line(&mut out);
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["tls"]["sni"], serde_json::Value::Null);
     }
 }

@@ -14,6 +14,7 @@ pub mod handover;
 pub mod limits;
 pub mod listeners;
 pub mod timer;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -30,7 +31,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::capture::headers::Trace;
-use crate::capture::session_log::{SessionEnd, Verdict, session_id};
+use crate::capture::session_log::{SessionEnd, TlsInfo, Verdict, session_id};
 use crate::capture::{Capture, CaptureError, Job, StoreRequest, Stored, Ticket};
 use crate::config::{Config, ConfigError};
 use crate::kernel::Blocker;
@@ -38,7 +39,7 @@ use crate::policy::PolicyStore;
 use crate::score::{Resolver, ScoreError};
 use crate::smtp::{Direction, Event, Reply, Session, SessionConfig, SessionRecord, TranscriptLine};
 use client::{Client, Rules, token};
-use connection::{Connection, FlushOutcome, ReadOutcome};
+use connection::{Connection, FlushOutcome, ReadOutcome, Transport};
 use counters::Counters;
 use limits::{Limits, Refusal};
 use timer::{TimerEntry, TimerWheel};
@@ -67,6 +68,8 @@ pub enum ServerError {
     Policy(#[from] ConfigError),
     #[error(transparent)]
     Score(#[from] ScoreError),
+    #[error("STARTTLS: {0}")]
+    Tls(#[from] tls::TlsError),
     #[error("event loop: {0}")]
     Io(#[from] io::Error),
     #[error(transparent)]
@@ -97,6 +100,8 @@ pub struct Server {
     /// Stored messages coming back from the capture thread.
     stored: Receiver<Stored>,
     session_config: Arc<SessionConfig>,
+    /// STARTTLS (always offered: a self-signed pair when none is configured).
+    tls: Arc<rustls::ServerConfig>,
     capture_enabled: bool,
     counters: Arc<Counters>,
     scratch: Vec<u8>,
@@ -119,6 +124,7 @@ struct EndedSession {
     end: SystemTime,
     peer: SocketAddr,
     client: Client,
+    tls: Option<TlsInfo>,
     record: SessionRecord,
 }
 
@@ -127,6 +133,7 @@ impl Server {
     /// and resolver threads.
     pub fn new(config: &Config, blocker: Box<dyn Blocker>) -> Result<Server, ServerError> {
         let policy = PolicyStore::open(&config.policy)?;
+        let tls = tls::server_config(config)?;
         let poll = Poll::new()?;
         let mut listeners = Vec::with_capacity(config.smtp.listen.len());
         for (i, &addr) in config.smtp.listen.iter().enumerate() {
@@ -180,8 +187,9 @@ impl Server {
                 max_message_bytes: smtp.max_message_bytes,
                 max_recipients: smtp.max_recipients.get(),
                 idle_timeout: smtp.idle_timeout,
-                starttls: false,
+                starttls: true,
             }),
+            tls,
             capture_enabled: config.storage.capture,
             counters,
             scratch: vec![0; SCRATCH],
@@ -368,6 +376,7 @@ impl Server {
         session.greet(now);
         entry.insert(Connection {
             stream,
+            transport: Transport::Plain,
             session,
             client,
             peer,
@@ -488,13 +497,16 @@ impl Server {
                 body,
             } => self.take_message(slot, mail_from, body, now),
             Event::StartTls => {
-                // STARTTLS is not advertised, so a session never gets here; if it did, going on
-                // in clear text after the 220 would break the protocol.
-                log::warn!(
-                    "session {}: STARTTLS without TLS support; closing",
-                    self.conns[slot].id
-                );
-                self.conns[slot].session.shutdown(now);
+                let conn = &mut self.conns[slot];
+                match rustls::ServerConnection::new(Arc::clone(&self.tls)) {
+                    Ok(tls) => conn.start_tls(tls),
+                    Err(e) => {
+                        // Going on in clear text after the 220 would break the protocol.
+                        log::warn!("session {}: cannot start TLS: {e}; closing", conn.id);
+                        conn.transport = Transport::Failed(format!("cannot start TLS: {e}"));
+                        conn.session.shutdown(now);
+                    }
+                }
             }
         }
     }
@@ -591,6 +603,8 @@ impl Server {
 
     fn close(&mut self, slot: usize) {
         let conn = self.conns.remove(slot);
+        let tls = conn.tls_info();
+        let tls_failure = conn.tls_failure().map(|e| format!("<{e}>"));
         self.counters
             .replies
             .add_session(&conn.session.record().replies);
@@ -598,14 +612,18 @@ impl Server {
         self.counters
             .connections_active
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let ended = EndedSession {
+        let mut ended = EndedSession {
             id: conn.id,
             start: conn.started,
             end: SystemTime::now(),
             peer: conn.peer,
             client: conn.client,
+            tls,
             record: conn.session.into_record(),
         };
+        if let Some(note) = tls_failure {
+            note_at_end(&mut ended.record, conn.started, note);
+        }
         if ended.client.awaits_answers() {
             self.lingering.insert(token(slot, conn.serial), ended);
         } else {
@@ -621,6 +639,7 @@ impl Server {
             end,
             peer,
             client,
+            tls,
             mut record,
         } = ended;
         let signatures = client.signatures(&record.signatures, record.helo.as_deref());
@@ -639,7 +658,7 @@ impl Server {
             client: peer,
             rdns,
             fcrdns,
-            tls: false,
+            tls,
             dnsbl: client.listings(),
             score: client.score.as_ref().map(|s| s.score),
             scored: client.scored,
@@ -676,7 +695,7 @@ impl Server {
             client: peer,
             rdns: None,
             fcrdns: None,
-            tls: false,
+            tls: None,
             dnsbl: Vec::new(),
             score: None,
             scored: false,
@@ -693,6 +712,20 @@ impl Server {
             Counters::add(&self.counters.session_log_dropped, 1);
         }
     }
+}
+
+/// Adds a line of the loop's own to a finished session's transcript (within its cap).
+fn note_at_end(record: &mut SessionRecord, started: SystemTime, line: String) {
+    if record.transcript.len() >= crate::smtp::MAX_TRANSCRIPT_LINES {
+        record.transcript_dropped += 1;
+        return;
+    }
+    let ms = started.elapsed().unwrap_or_default().as_millis();
+    record.transcript.push(TranscriptLine {
+        ms: u64::try_from(ms).unwrap_or(u64::MAX),
+        direction: Direction::Client,
+        line,
+    });
 }
 
 fn reply(code: u16, text: &str) -> Reply {
