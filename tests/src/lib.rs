@@ -92,6 +92,21 @@ pub fn temp_dir(tag: &str) -> TempDir {
         .expect("create a temp dir")
 }
 
+/// The drop counter of the block on `prefix` (as `list --json` spells it, e.g. `198.51.100.2/32`)
+/// in the pinned maps of `config`.
+pub fn entry_drops(config: &Path, prefix: &str) -> u64 {
+    let config = config.to_str().expect("UTF-8 config path");
+    let text = sinkhole_ok(&["list", "--json", "--config", config]).expect("sinkhole list");
+    let list: serde_json::Value = serde_json::from_str(&text).expect("list --json is JSON");
+    list.as_array()
+        .expect("an array")
+        .iter()
+        .find(|e| e["prefix"] == prefix)
+        .unwrap_or_else(|| panic!("{prefix} not in {list}"))["drops"]
+        .as_u64()
+        .expect("drops is a number")
+}
+
 /// Runs `sinkhole ARGS` to completion.
 pub fn sinkhole(args: &[&str]) -> anyhow::Result<Output> {
     Command::new(sinkhole_bin())

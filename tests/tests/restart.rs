@@ -4,41 +4,16 @@
 //! up) the attached program stay in force, and the blocked source never gets a connection.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use sinkhole_tests::netns::{NetNs, PinDir, VethPair};
-use sinkhole_tests::{ChildGuard, free_port, kernel_tests_allowed, sinkhole_bin, sinkhole_ok};
+use sinkhole_tests::netns::{PinDir, VethPair, spawn_xdp_daemon};
+use sinkhole_tests::{entry_drops, free_port, kernel_tests_allowed, sinkhole_ok};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 const SERVER: &str = "198.51.100.1";
 const BLOCKED: &str = "198.51.100.2";
 const UNBLOCKED: &str = "198.51.100.3";
-
-/// `sinkhole run` inside `ns`, once its program is attached and it listens.
-fn start_daemon(ns: &NetNs, config: &Path) -> anyhow::Result<ChildGuard> {
-    let mut command = ns.command(sinkhole_bin());
-    command.arg("run").arg("--config").arg(config);
-    command.env("RUST_LOG", "info");
-    let mut daemon = ChildGuard::spawn(command)?;
-    daemon.wait_for_stderr("XDP program attached", Duration::from_secs(20))?;
-    daemon.wait_for_stderr("listening on", Duration::from_secs(20))?;
-    Ok(daemon)
-}
-
-fn drops(config: &Path, prefix: &str) -> u64 {
-    let text = sinkhole_ok(&["list", "--json", "--config", config.to_str().unwrap()]).unwrap();
-    let list: Value = serde_json::from_str(&text).unwrap();
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["prefix"] == prefix)
-        .unwrap_or_else(|| panic!("{prefix} not in {list}"))["drops"]
-        .as_u64()
-        .unwrap()
-}
 
 /// A TCP connect from `from` to `to` within 300 ms.
 fn connects(from: IpAddr, to: SocketAddr) -> bool {
@@ -89,7 +64,7 @@ fn blocks_counters_and_the_program_survive_a_daemon_restart() -> anyhow::Result<
     let server: SocketAddr = format!("{SERVER}:{port}").parse()?;
     let (blocked, unblocked): (IpAddr, IpAddr) = (BLOCKED.parse()?, UNBLOCKED.parse()?);
 
-    let mut daemon = start_daemon(&pair.near, &config)?;
+    let mut daemon = spawn_xdp_daemon(&pair.near, &config)?;
     sinkhole_ok(&[
         "block",
         BLOCKED,
@@ -121,20 +96,20 @@ fn blocks_counters_and_the_program_survive_a_daemon_restart() -> anyhow::Result<
             })
         });
         std::thread::sleep(Duration::from_millis(1500));
-        let drops_before = drops(&config, &prefix);
+        let drops_before = entry_drops(&config, &prefix);
         daemon.stop();
         // From here until the new daemon listens, nothing listens on the port.
         phase.store(1, Ordering::Relaxed);
         let down = Instant::now();
         std::thread::sleep(Duration::from_millis(1000));
-        daemon = start_daemon(&pair.near, &config).expect("restart the daemon");
+        daemon = spawn_xdp_daemon(&pair.near, &config).expect("restart the daemon");
         let down_for = down.elapsed();
         phase.store(2, Ordering::Relaxed);
-        let drops_restarted = drops(&config, &prefix);
+        let drops_restarted = entry_drops(&config, &prefix);
         std::thread::sleep(Duration::from_millis(1500));
         stop.store(true, Ordering::Relaxed);
         sender.join().unwrap().unwrap();
-        let drops_after = drops(&config, &prefix);
+        let drops_after = entry_drops(&config, &prefix);
         (drops_before, drops_restarted, drops_after, down_for)
     });
     let counts: Vec<[u64; 3]> = tallies

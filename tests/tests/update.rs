@@ -5,14 +5,15 @@
 //! accepted before and after.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sinkhole_tests::daemon::{SmtpClient, connect_from};
 use sinkhole_tests::netns::{NetNs, PinDir, VethPair, spawn_xdp_daemon};
-use sinkhole_tests::{ChildGuard, free_port, kernel_tests_allowed, sinkhole_bin, sinkhole_ok};
+use sinkhole_tests::{
+    ChildGuard, entry_drops, free_port, kernel_tests_allowed, sinkhole_bin, sinkhole_ok,
+};
 
 const SERVER: &str = "198.51.100.1";
 const BLOCKED: &str = "198.51.100.2";
@@ -183,18 +184,6 @@ listen = "127.0.0.1:0"
     let attempts = attempts.into_inner();
     assert!(attempts >= 10, "only {attempts} connects tried");
     assert_eq!(accepted.into_inner(), 0, "a blocked client got through");
-    assert!(drops(&config, &format!("{BLOCKED}/32")) >= attempts);
+    assert!(entry_drops(&config, &format!("{BLOCKED}/32")) >= attempts);
     Ok(())
-}
-
-fn drops(config: &Path, prefix: &str) -> u64 {
-    let text = sinkhole_ok(&["list", "--json", "--config", config.to_str().unwrap()]).unwrap();
-    let list: serde_json::Value = serde_json::from_str(&text).unwrap();
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["prefix"] == prefix)
-        .unwrap_or_else(|| panic!("{prefix} not in {list}"))["drops"]
-        .as_u64()
-        .unwrap()
 }

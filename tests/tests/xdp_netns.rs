@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sinkhole_tests::netns::{NetNs, PinDir, VethPair, spawn_xdp_daemon};
-use sinkhole_tests::{free_port, kernel_tests_allowed, sinkhole_ok};
+use sinkhole_tests::{entry_drops, free_port, kernel_tests_allowed, sinkhole_ok};
 
 const SERVER_V4: &str = "198.51.100.1";
 const CLIENT_V4: &str = "198.51.100.2";
@@ -36,18 +36,6 @@ fn connects(ns: &NetNs, addr: SocketAddr) -> bool {
 fn stats(config: &Path) -> Value {
     let text = sinkhole_ok(&["stats", "--json", "--config", config.to_str().unwrap()]).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn drops(config: &Path, prefix: &str) -> u64 {
-    let text = sinkhole_ok(&["list", "--json", "--config", config.to_str().unwrap()]).unwrap();
-    let list: Value = serde_json::from_str(&text).unwrap();
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["prefix"] == prefix)
-        .unwrap_or_else(|| panic!("{prefix} not in {list}"))["drops"]
-        .as_u64()
-        .unwrap()
 }
 
 #[test]
@@ -97,8 +85,8 @@ pin_dir = "{pins}"
     sinkhole_ok(&["block", CLIENT_V6, "--config", cfg])?;
     assert!(!connects(&pair.far, v4), "v4 blocked");
     assert!(!connects(&pair.far, v6), "v6 blocked");
-    assert!(drops(&config, &format!("{CLIENT_V4}/32")) >= 1);
-    assert!(drops(&config, &format!("{CLIENT_V6}/128")) >= 1);
+    assert!(entry_drops(&config, &format!("{CLIENT_V4}/32")) >= 1);
+    assert!(entry_drops(&config, &format!("{CLIENT_V6}/128")) >= 1);
     let s = stats(&config);
     assert!(s["ipv4"]["dropped"].as_u64().unwrap() >= 1, "{s}");
     assert!(s["ipv6"]["dropped"].as_u64().unwrap() >= 1, "{s}");
