@@ -49,16 +49,27 @@ pub fn sinkhole_bin() -> &'static Path {
         if let Some(bin) = std::env::var_os("SINKHOLE_BIN") {
             return PathBuf::from(bin);
         }
+        // target/PROFILE/deps/TEST -> target/PROFILE/sinkhole, built with the same profile
+        // (benches run from target/release and must measure an optimised daemon).
+        let exe = std::env::current_exe().expect("current_exe");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/PROFILE/deps");
+        let mut args = vec![
+            "build",
+            "--quiet",
+            "-p",
+            "sinkhole-user",
+            "--bin",
+            "sinkhole",
+        ];
+        if dir.ends_with("release") {
+            args.push("--release");
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "sinkhole-user",
-                "--bin",
-                "sinkhole",
-            ])
+            .args(&args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cargo build of the sinkhole binary");
@@ -66,12 +77,6 @@ pub fn sinkhole_bin() -> &'static Path {
             status.success(),
             "cargo build of the sinkhole binary failed"
         );
-        // target/PROFILE/deps/TEST -> target/PROFILE/sinkhole
-        let exe = std::env::current_exe().expect("current_exe");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary lives in target/PROFILE/deps");
         dir.join("sinkhole")
     })
 }
