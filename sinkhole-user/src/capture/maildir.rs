@@ -1,15 +1,26 @@
 //! The Maildir writer with group commit.
 //!
-//! A batch of messages is written to `tmp/`, made durable with one sync, renamed into `new/`,
-//! and `new/` is synced once: a message is in `new/` only whole, and is announced (250) only
-//! after its name in `new/` is durable.
+//! A batch of messages is written to `tmp/`, each file's data is synced (in parallel, so the
+//! disk flushes overlap), the files are renamed into `new/`, and `new/` is synced once
+//! ([`NewDir::sync`], on another thread while the next batch is written): a message is in `new/`
+//! only whole, and is announced (250) only after its name in `new/` is durable. Only our own
+//! files and directory are synced, never the whole filesystem (`syncfs` would also write out
+//! whatever other processes left dirty on the disk).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::headers::Trace;
+
+/// Threads that sync a batch's files at most: each `fdatasync` waits for its own disk flush, and
+/// flushes issued together are merged by the block layer.
+const SYNC_THREADS: usize = 16;
+/// Stack of a sync thread (it only calls `fdatasync`).
+const SYNC_STACK: usize = 64 * 1024;
 
 /// One message to store.
 pub struct Message<'a> {
@@ -26,6 +37,12 @@ pub struct Maildir {
     by: String,
     pid: u32,
     counter: u64,
+}
+
+/// `new/`, open for syncing the renames into it.
+pub struct NewDir {
+    path: PathBuf,
+    dir: File,
 }
 
 impl Maildir {
@@ -59,6 +76,14 @@ impl Maildir {
         })
     }
 
+    /// `new/`, for [`NewDir::sync`] (on whichever thread commits the batches).
+    pub fn new_dir(&self) -> io::Result<NewDir> {
+        Ok(NewDir {
+            path: self.new.clone(),
+            dir: File::open(&self.new)?,
+        })
+    }
+
     /// A name unique to this host: `SECONDS.MMICROSPPIDQCOUNTER.HOST` (the Maildir convention);
     /// never derived from client input.
     fn unique_name(&mut self, now: SystemTime) -> String {
@@ -74,11 +99,11 @@ impl Maildir {
         )
     }
 
-    /// Stores `batch`, pushing one outcome per message (its name in `new/`, or the error) to
-    /// `outcomes` in order.
-    pub fn store_batch(&mut self, batch: &[Message<'_>], outcomes: &mut Vec<io::Result<String>>) {
+    /// Writes `batch` to `tmp/`, syncs the files' data and renames them into `new/`, pushing
+    /// one outcome per message (its name in `new/`, or the error) to `outcomes` in order. The
+    /// names are durable only once [`NewDir::sync`] has returned after this.
+    pub fn write_batch(&mut self, batch: &[Message<'_>], outcomes: &mut Vec<io::Result<String>>) {
         let now = SystemTime::now();
-        let first = outcomes.len();
         // Write every message to tmp/.
         let mut written: Vec<(usize, String, File)> = Vec::with_capacity(batch.len());
         for message in batch {
@@ -101,54 +126,80 @@ impl Maildir {
                 }
             }
         }
-        // One sync for the whole batch: a lone file syncs its own data; several share a syncfs.
-        let synced = match written.as_slice() {
-            [] => return,
-            [(_, _, file)] => file.sync_data(),
-            [(_, _, file), ..] => rustix::fs::syncfs(file).map_err(io::Error::from),
-        };
-        if let Err(e) = synced {
-            self.fail(&written, &self.tmp, &e, outcomes);
-            return;
-        }
-        // Into new/, then make the renames durable with one sync of the directory.
-        let mut renamed = Vec::with_capacity(written.len());
-        for (index, name, file) in written {
-            match fs::rename(self.tmp.join(&name), self.new.join(&name)) {
-                Ok(()) => renamed.push((index, name, file)),
+        let files: Vec<&File> = written.iter().map(|(_, _, file)| file).collect();
+        let synced = sync_data_all(&files);
+        // The synced ones into new/; the others (and those that cannot move) leave tmp/.
+        for ((index, name, _), synced) in written.into_iter().zip(synced) {
+            let from = self.tmp.join(&name);
+            let moved = synced.and_then(|()| fs::rename(&from, self.new.join(&name)));
+            outcomes[index] = match moved {
+                Ok(()) => Ok(name),
                 Err(e) => {
-                    let _ = fs::remove_file(self.tmp.join(&name));
-                    outcomes[index] = Err(e);
+                    let _ = fs::remove_file(&from);
+                    Err(e)
                 }
-            }
+            };
         }
-        if renamed.is_empty() {
-            return;
-        }
-        match File::open(&self.new).and_then(|dir| dir.sync_all()) {
-            Ok(()) => {
-                for (index, name, _) in renamed {
-                    outcomes[index] = Ok(name);
-                }
-            }
-            Err(e) => self.fail(&renamed, &self.new, &e, outcomes),
-        }
-        debug_assert_eq!(outcomes.len() - first, batch.len());
+    }
+}
+
+impl NewDir {
+    /// Makes every rename into `new/` done before this call durable.
+    pub fn sync(&self) -> io::Result<()> {
+        self.dir.sync_all()
     }
 
-    /// Removes the files of a batch that could not be made durable from `dir`, and fails them.
-    fn fail(
-        &self,
-        files: &[(usize, String, File)],
-        dir: &Path,
-        error: &io::Error,
-        outcomes: &mut [io::Result<String>],
-    ) {
-        for (index, name, _) in files {
-            let _ = fs::remove_file(dir.join(name));
-            outcomes[*index] = Err(io::Error::new(error.kind(), error.to_string()));
-        }
+    /// Takes back a message whose name could not be made durable (it was never announced).
+    pub fn remove(&self, name: &str) {
+        let _ = fs::remove_file(self.path.join(name));
     }
+}
+
+/// `fdatasync`s every file, several at once; one result per file, in order.
+fn sync_data_all(files: &[&File]) -> Vec<io::Result<()>> {
+    let threads = files.len().min(SYNC_THREADS);
+    if threads <= 1 {
+        return files.iter().map(|file| file.sync_data()).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let results: Vec<(usize, io::Result<()>)> = thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                thread::Builder::new()
+                    .stack_size(SYNC_STACK)
+                    .spawn_scoped(scope, || {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(file) = files.get(i) else {
+                                return done;
+                            };
+                            done.push((i, file.sync_data()));
+                        }
+                    })
+            })
+            .collect();
+        // A thread that could not start leaves its share to the others (or to this one).
+        let mut results: Vec<(usize, io::Result<()>)> = workers
+            .into_iter()
+            .filter_map(Result::ok)
+            .flat_map(|worker| worker.join().unwrap_or_default())
+            .collect();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(file) = files.get(i) else {
+                break results;
+            };
+            results.push((i, file.sync_data()));
+        }
+    });
+    let mut ordered: Vec<io::Result<()>> = (0..files.len())
+        .map(|_| Err(io::Error::other("the sync thread failed")))
+        .collect();
+    for (i, result) in results {
+        ordered[i] = result;
+    }
+    ordered
 }
 
 #[cfg(test)]
@@ -192,7 +243,8 @@ mod tests {
             },
         ];
         let mut outcomes = Vec::new();
-        maildir.store_batch(&batch, &mut outcomes);
+        maildir.write_batch(&batch, &mut outcomes);
+        maildir.new_dir().unwrap().sync().unwrap();
         let names: Vec<String> = outcomes.into_iter().map(Result::unwrap).collect();
         assert_eq!(names.len(), 2);
         assert_ne!(names[0], names[1]);
@@ -217,7 +269,7 @@ mod tests {
         fs::write(root.join("new"), b"").unwrap();
         let trace = trace();
         let mut outcomes = Vec::new();
-        maildir.store_batch(
+        maildir.write_batch(
             &[Message {
                 trace: &trace,
                 body: b"x\r\n",
