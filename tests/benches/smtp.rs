@@ -3,7 +3,10 @@
 //! (EHLO + PIPELINING) and the idle-connection footprint. Prints a Markdown table.
 //!
 //! Loopback only. `SMTP_BENCH_MESSAGES` (default 20000) and `SMTP_BENCH_IDLE` (default 20000)
-//! scale it down for a quick run; 0 leaves that part out.
+//! scale it down for a quick run; 0 leaves that part out. Each throughput row runs the peer and
+//! sinkhole alternately `SMTP_BENCH_ROUNDS` times (default 3) and compares the medians, so a
+//! busy moment of a shared machine does not decide the ratio. Storage (sinkhole's Maildir and
+//! `smtp-sink -d`'s directory) is in the same temporary directory, on one filesystem.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -281,6 +284,26 @@ fn sockstat_tcp_mem() -> Result<u64> {
     Ok(words.next().context("mem value")?.parse()?)
 }
 
+/// Runs `peer` and `ours` alternately `rounds` times; the median rate of each.
+fn back_to_back(
+    rounds: usize,
+    mut peer: impl FnMut() -> Result<f64>,
+    mut ours: impl FnMut() -> Result<f64>,
+) -> Result<(f64, f64)> {
+    let mut peer_rates = Vec::with_capacity(rounds);
+    let mut our_rates = Vec::with_capacity(rounds);
+    for _ in 0..rounds.max(1) {
+        peer_rates.push(peer()?);
+        our_rates.push(ours()?);
+    }
+    Ok((median(&mut peer_rates), median(&mut our_rates)))
+}
+
+fn median(rates: &mut [f64]) -> f64 {
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
 struct Row {
     load: String,
     peer: &'static str,
@@ -326,6 +349,7 @@ fn raise_fd_limit(wanted: u64) -> u64 {
 fn main() -> Result<()> {
     let messages = env_count("SMTP_BENCH_MESSAGES", 20_000);
     let idle = env_count("SMTP_BENCH_IDLE", 20_000);
+    let rounds = env_count("SMTP_BENCH_ROUNDS", 3);
     // The idle test holds that many sockets here too, and the daemon (which inherits the hard
     // limit) needs a few descriptors besides its clients: without CAP_SYS_RESOURCE a hard limit
     // below what is asked caps the connections held.
@@ -349,12 +373,11 @@ fn main() -> Result<()> {
         if messages == 0 {
             break;
         }
-        let sink = SmtpSink::start(None)?;
-        let peer_rate = smtp_source(sink.addr, SESSIONS, messages, reuse)?;
-        drop(sink);
-        let daemon = sinkhole(false);
-        let our_rate = smtp_source(daemon.addr, SESSIONS, messages, reuse)?;
-        drop(daemon);
+        let (peer_rate, our_rate) = back_to_back(
+            rounds,
+            || smtp_source(SmtpSink::start(None)?.addr, SESSIONS, messages, reuse),
+            || smtp_source(sinkhole(false).addr, SESSIONS, messages, reuse),
+        )?;
         rows.push(Row {
             load: source(reuse)
                 + if reuse {
@@ -376,18 +399,23 @@ fn main() -> Result<()> {
         if messages == 0 {
             break;
         }
-        let dump = temp_dir("smtp-sink-dump");
-        let sink = SmtpSink::start(Some(dump.path()))?;
-        let peer_rate = smtp_source(sink.addr, sessions, messages, true)?;
-        drop(sink);
-        let daemon = sinkhole(true);
-        let our_rate = smtp_source(daemon.addr, sessions, messages, true)?;
-        let stored = sinkhole_tests::daemon::files_in(&daemon.storage().join("maildir/new")).len();
-        drop(daemon);
-        ensure!(
-            stored == messages,
-            "sinkhole stored {stored} of {messages} messages"
-        );
+        let peer = || {
+            let dump = temp_dir("smtp-sink-dump");
+            let sink = SmtpSink::start(Some(dump.path()))?;
+            smtp_source(sink.addr, sessions, messages, true)
+        };
+        let ours = || {
+            let daemon = sinkhole(true);
+            let rate = smtp_source(daemon.addr, sessions, messages, true)?;
+            let new = daemon.storage().join("maildir/new");
+            let stored = sinkhole_tests::daemon::files_in(&new).len();
+            ensure!(
+                stored == messages,
+                "sinkhole stored {stored} of {messages} messages"
+            );
+            Ok(rate)
+        };
+        let (peer_rate, our_rate) = back_to_back(rounds, peer, ours)?;
         rows.push(Row {
             load: format!("smtp-source -s {sessions} -m {messages} -l {LENGTH} -d"),
             peer: "smtp-sink -d DIR (no sync)",
@@ -398,19 +426,15 @@ fn main() -> Result<()> {
         });
     }
 
-    let peer_rate = if messages > 0 {
-        let sink = SmtpSink::start(None)?;
-        pipelined_load(sink.addr, messages)?
-    } else {
-        0.0
-    };
     for capture in [false, true] {
         if messages == 0 {
             break;
         }
-        let daemon = sinkhole(capture);
-        let our_rate = pipelined_load(daemon.addr, messages)?;
-        drop(daemon);
+        let (peer_rate, our_rate) = back_to_back(
+            rounds,
+            || pipelined_load(SmtpSink::start(None)?.addr, messages),
+            || pipelined_load(sinkhole(capture).addr, messages),
+        )?;
         rows.push(Row {
             load: format!("smtp-bench EHLO+PIPELINING, {SESSIONS} sessions, {messages} msgs"),
             peer: "smtp-sink",
