@@ -16,10 +16,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::headers::Trace;
 
-/// Threads that sync a batch's files at most: each `fdatasync` waits for its own disk flush, and
-/// flushes issued together are merged by the block layer.
+/// Threads that write and sync a batch's files at most: each `fdatasync` waits for its own disk
+/// flush, and flushes issued together are merged by the block layer.
 const SYNC_THREADS: usize = 16;
-/// Stack of a sync thread (it only calls `fdatasync`).
+/// Stack of a writer thread (it formats a header block and writes a file).
 const SYNC_STACK: usize = 64 * 1024;
 
 /// One message to store.
@@ -104,42 +104,32 @@ impl Maildir {
     /// names are durable only once [`NewDir::sync`] has returned after this.
     pub fn write_batch(&mut self, batch: &[Message<'_>], outcomes: &mut Vec<io::Result<String>>) {
         let now = SystemTime::now();
-        // Write every message to tmp/.
-        let mut written: Vec<(usize, String, File)> = Vec::with_capacity(batch.len());
-        for message in batch {
-            let name = self.unique_name(now);
-            let path = self.tmp.join(&name);
-            let header = message.trace.header_block(&self.by, now);
-            let result = File::create_new(&path).and_then(|mut file| {
-                file.write_all(&header)?;
-                file.write_all(message.body)?;
-                Ok(file)
-            });
-            match result {
-                Ok(file) => {
-                    written.push((outcomes.len(), name, file));
-                    outcomes.push(Ok(String::new()));
-                }
-                Err(e) => {
-                    let _ = fs::remove_file(&path);
-                    outcomes.push(Err(e));
-                }
-            }
-        }
-        let files: Vec<&File> = written.iter().map(|(_, _, file)| file).collect();
-        let synced = sync_data_all(&files);
+        let names: Vec<String> = batch.iter().map(|_| self.unique_name(now)).collect();
+        // Several files at once: one's disk flush overlaps the others' writes and flushes.
+        let written = in_parallel(batch.len(), |i| {
+            self.write_synced(&names[i], &batch[i], now)
+        });
         // The synced ones into new/; the others (and those that cannot move) leave tmp/.
-        for ((index, name, _), synced) in written.into_iter().zip(synced) {
+        for (name, written) in names.into_iter().zip(written) {
             let from = self.tmp.join(&name);
-            let moved = synced.and_then(|()| fs::rename(&from, self.new.join(&name)));
-            outcomes[index] = match moved {
+            let moved = written.and_then(|()| fs::rename(&from, self.new.join(&name)));
+            outcomes.push(match moved {
                 Ok(()) => Ok(name),
                 Err(e) => {
                     let _ = fs::remove_file(&from);
                     Err(e)
                 }
-            };
+            });
         }
+    }
+
+    /// Writes one message to `tmp/name`, headers first, and syncs its data.
+    fn write_synced(&self, name: &str, message: &Message<'_>, now: SystemTime) -> io::Result<()> {
+        let header = message.trace.header_block(&self.by, now);
+        let mut file = File::create_new(self.tmp.join(name))?;
+        file.write_all(&header)?;
+        file.write_all(message.body)?;
+        file.sync_data()
     }
 }
 
@@ -155,51 +145,49 @@ impl NewDir {
     }
 }
 
-/// `fdatasync`s every file, several at once; one result per file, in order.
-fn sync_data_all(files: &[&File]) -> Vec<io::Result<()>> {
-    let threads = files.len().min(SYNC_THREADS);
+/// `job(0..n)` on up to [`SYNC_THREADS`] threads; the results in order.
+fn in_parallel<T: Send>(n: usize, job: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let threads = n.min(SYNC_THREADS);
     if threads <= 1 {
-        return files.iter().map(|file| file.sync_data()).collect();
+        return (0..n).map(job).collect();
     }
     let next = AtomicUsize::new(0);
-    let results: Vec<(usize, io::Result<()>)> = thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                thread::Builder::new()
-                    .stack_size(SYNC_STACK)
-                    .spawn_scoped(scope, || {
-                        let mut done = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(file) = files.get(i) else {
-                                return done;
-                            };
-                            done.push((i, file.sync_data()));
-                        }
-                    })
-            })
-            .collect();
-        // A thread that could not start leaves its share to the others (or to this one).
-        let mut results: Vec<(usize, io::Result<()>)> = workers
-            .into_iter()
-            .filter_map(Result::ok)
-            .flat_map(|worker| worker.join().unwrap_or_default())
-            .collect();
+    let work = || {
+        let mut done = Vec::new();
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(file) = files.get(i) else {
-                break results;
-            };
-            results.push((i, file.sync_data()));
+            if i >= n {
+                return done;
+            }
+            done.push((i, job(i)));
+        }
+    };
+    let mut results: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    thread::scope(|scope| {
+        // A thread that cannot start leaves its share to the others, and to this one.
+        let workers: Vec<_> = (1..threads)
+            .filter_map(|_| {
+                thread::Builder::new()
+                    .stack_size(SYNC_STACK)
+                    .spawn_scoped(scope, work)
+                    .ok()
+            })
+            .collect();
+        let mine = work();
+        for (i, result) in workers
+            .into_iter()
+            .flat_map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .chain(mine)
+        {
+            results[i] = Some(result);
         }
     });
-    let mut ordered: Vec<io::Result<()>> = (0..files.len())
-        .map(|_| Err(io::Error::other("the sync thread failed")))
-        .collect();
-    for (i, result) in results {
-        ordered[i] = result;
-    }
-    ordered
+    // Every index was taken by exactly one thread, which returned its result.
+    results.into_iter().flatten().collect()
 }
 
 #[cfg(test)]
