@@ -1,15 +1,26 @@
 //! The Maildir writer with group commit.
 //!
-//! A batch of messages is written to `tmp/`, made durable with one sync, renamed into `new/`,
-//! and `new/` is synced once: a message is in `new/` only whole, and is announced (250) only
-//! after its name in `new/` is durable.
+//! A batch of messages is written to `tmp/`, each file's data is synced (in parallel, so the
+//! disk flushes overlap), the files are renamed into `new/`, and `new/` is synced once
+//! ([`NewDir::sync`], on another thread while the next batch is written): a message is in `new/`
+//! only whole, and is announced (250) only after its name in `new/` is durable. Only our own
+//! files and directory are synced, never the whole filesystem (`syncfs` would also write out
+//! whatever other processes left dirty on the disk).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::headers::Trace;
+
+/// Threads that write and sync a batch's files at most: each `fdatasync` waits for its own disk
+/// flush, and flushes issued together are merged by the block layer.
+const SYNC_THREADS: usize = 16;
+/// Stack of a writer thread (it formats a header block and writes a file).
+const SYNC_STACK: usize = 64 * 1024;
 
 /// One message to store.
 pub struct Message<'a> {
@@ -26,6 +37,12 @@ pub struct Maildir {
     by: String,
     pid: u32,
     counter: u64,
+}
+
+/// `new/`, open for syncing the renames into it.
+pub struct NewDir {
+    path: PathBuf,
+    dir: File,
 }
 
 impl Maildir {
@@ -59,6 +76,14 @@ impl Maildir {
         })
     }
 
+    /// `new/`, for [`NewDir::sync`] (on whichever thread commits the batches).
+    pub fn new_dir(&self) -> io::Result<NewDir> {
+        Ok(NewDir {
+            path: self.new.clone(),
+            dir: File::open(&self.new)?,
+        })
+    }
+
     /// A name unique to this host: `SECONDS.MMICROSPPIDQCOUNTER.HOST` (the Maildir convention);
     /// never derived from client input.
     fn unique_name(&mut self, now: SystemTime) -> String {
@@ -74,81 +99,95 @@ impl Maildir {
         )
     }
 
-    /// Stores `batch`, pushing one outcome per message (its name in `new/`, or the error) to
-    /// `outcomes` in order.
-    pub fn store_batch(&mut self, batch: &[Message<'_>], outcomes: &mut Vec<io::Result<String>>) {
+    /// Writes `batch` to `tmp/`, syncs the files' data and renames them into `new/`, pushing
+    /// one outcome per message (its name in `new/`, or the error) to `outcomes` in order. The
+    /// names are durable only once [`NewDir::sync`] has returned after this.
+    pub fn write_batch(&mut self, batch: &[Message<'_>], outcomes: &mut Vec<io::Result<String>>) {
         let now = SystemTime::now();
-        let first = outcomes.len();
-        // Write every message to tmp/.
-        let mut written: Vec<(usize, String, File)> = Vec::with_capacity(batch.len());
-        for message in batch {
-            let name = self.unique_name(now);
-            let path = self.tmp.join(&name);
-            let header = message.trace.header_block(&self.by, now);
-            let result = File::create_new(&path).and_then(|mut file| {
-                file.write_all(&header)?;
-                file.write_all(message.body)?;
-                Ok(file)
+        let names: Vec<String> = batch.iter().map(|_| self.unique_name(now)).collect();
+        // Several files at once: one's disk flush overlaps the others' writes and flushes.
+        let written = in_parallel(batch.len(), |i| {
+            self.write_synced(&names[i], &batch[i], now)
+        });
+        // The synced ones into new/; the others (and those that cannot move) leave tmp/.
+        for (name, written) in names.into_iter().zip(written) {
+            let from = self.tmp.join(&name);
+            let moved = written.and_then(|()| fs::rename(&from, self.new.join(&name)));
+            outcomes.push(match moved {
+                Ok(()) => Ok(name),
+                Err(e) => {
+                    let _ = fs::remove_file(&from);
+                    Err(e)
+                }
             });
-            match result {
-                Ok(file) => {
-                    written.push((outcomes.len(), name, file));
-                    outcomes.push(Ok(String::new()));
-                }
-                Err(e) => {
-                    let _ = fs::remove_file(&path);
-                    outcomes.push(Err(e));
-                }
-            }
         }
-        // One sync for the whole batch: a lone file syncs its own data; several share a syncfs.
-        let synced = match written.as_slice() {
-            [] => return,
-            [(_, _, file)] => file.sync_data(),
-            [(_, _, file), ..] => rustix::fs::syncfs(file).map_err(io::Error::from),
-        };
-        if let Err(e) = synced {
-            self.fail(&written, &self.tmp, &e, outcomes);
-            return;
-        }
-        // Into new/, then make the renames durable with one sync of the directory.
-        let mut renamed = Vec::with_capacity(written.len());
-        for (index, name, file) in written {
-            match fs::rename(self.tmp.join(&name), self.new.join(&name)) {
-                Ok(()) => renamed.push((index, name, file)),
-                Err(e) => {
-                    let _ = fs::remove_file(self.tmp.join(&name));
-                    outcomes[index] = Err(e);
-                }
-            }
-        }
-        if renamed.is_empty() {
-            return;
-        }
-        match File::open(&self.new).and_then(|dir| dir.sync_all()) {
-            Ok(()) => {
-                for (index, name, _) in renamed {
-                    outcomes[index] = Ok(name);
-                }
-            }
-            Err(e) => self.fail(&renamed, &self.new, &e, outcomes),
-        }
-        debug_assert_eq!(outcomes.len() - first, batch.len());
     }
 
-    /// Removes the files of a batch that could not be made durable from `dir`, and fails them.
-    fn fail(
-        &self,
-        files: &[(usize, String, File)],
-        dir: &Path,
-        error: &io::Error,
-        outcomes: &mut [io::Result<String>],
-    ) {
-        for (index, name, _) in files {
-            let _ = fs::remove_file(dir.join(name));
-            outcomes[*index] = Err(io::Error::new(error.kind(), error.to_string()));
-        }
+    /// Writes one message to `tmp/name`, headers first, and syncs its data.
+    fn write_synced(&self, name: &str, message: &Message<'_>, now: SystemTime) -> io::Result<()> {
+        let header = message.trace.header_block(&self.by, now);
+        let mut file = File::create_new(self.tmp.join(name))?;
+        file.write_all(&header)?;
+        file.write_all(message.body)?;
+        file.sync_data()
     }
+}
+
+impl NewDir {
+    /// Makes every rename into `new/` done before this call durable.
+    pub fn sync(&self) -> io::Result<()> {
+        self.dir.sync_all()
+    }
+
+    /// Takes back a message whose name could not be made durable (it was never announced).
+    pub fn remove(&self, name: &str) {
+        let _ = fs::remove_file(self.path.join(name));
+    }
+}
+
+/// `job(0..n)` on up to [`SYNC_THREADS`] threads; the results in order.
+fn in_parallel<T: Send>(n: usize, job: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let threads = n.min(SYNC_THREADS);
+    if threads <= 1 {
+        return (0..n).map(job).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                return done;
+            }
+            done.push((i, job(i)));
+        }
+    };
+    let mut results: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    thread::scope(|scope| {
+        // A thread that cannot start leaves its share to the others, and to this one.
+        let workers: Vec<_> = (1..threads)
+            .filter_map(|_| {
+                thread::Builder::new()
+                    .stack_size(SYNC_STACK)
+                    .spawn_scoped(scope, work)
+                    .ok()
+            })
+            .collect();
+        let mine = work();
+        for (i, result) in workers
+            .into_iter()
+            .flat_map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .chain(mine)
+        {
+            results[i] = Some(result);
+        }
+    });
+    // Every index was taken by exactly one thread, which returned its result.
+    results.into_iter().flatten().collect()
 }
 
 #[cfg(test)]
@@ -192,7 +231,8 @@ mod tests {
             },
         ];
         let mut outcomes = Vec::new();
-        maildir.store_batch(&batch, &mut outcomes);
+        maildir.write_batch(&batch, &mut outcomes);
+        maildir.new_dir().unwrap().sync().unwrap();
         let names: Vec<String> = outcomes.into_iter().map(Result::unwrap).collect();
         assert_eq!(names.len(), 2);
         assert_ne!(names[0], names[1]);
@@ -217,7 +257,7 @@ mod tests {
         fs::write(root.join("new"), b"").unwrap();
         let trace = trace();
         let mut outcomes = Vec::new();
-        maildir.store_batch(
+        maildir.write_batch(
             &[Message {
                 trace: &trace,
                 body: b"x\r\n",

@@ -2,9 +2,13 @@
 //! their own so the event loop never waits for a disk.
 //!
 //! The loop submits [`Job`]s without blocking ([`Capture::submit`] refuses when the queue is
-//! full); the thread takes everything queued at once, stores the messages with one sync
-//! ([`maildir::Maildir::store_batch`]), hands each outcome to the loop's callback, and appends
-//! session lines to the log, which it writes out at least every second and when it stops.
+//! full). The capture thread takes everything queued at once as one batch, writes it to `tmp/`,
+//! syncs the files and renames them into `new/` ([`maildir::Maildir::write_batch`]), and hands
+//! the batch to the commit thread, which syncs `new/` once for every batch that reached it
+//! meanwhile ([`maildir::NewDir::sync`]) and only then hands each outcome to the loop's
+//! callback. The two stages overlap: while `new/` is being synced the next batch is written
+//! (classic pipelined group commit). The capture thread also appends session lines to the log,
+//! which it writes out at least every second and when it stops.
 
 pub mod headers;
 pub mod maildir;
@@ -20,13 +24,16 @@ use std::time::{Duration, Instant};
 use crate::config::StorageConfig;
 use crate::server::counters::Counters;
 use headers::Trace;
-use maildir::{Maildir, Message};
+use maildir::{Maildir, Message, NewDir};
 use session_log::{SessionEnd, SessionLog};
 
 /// Jobs the queue holds at most.
 const QUEUE: usize = 8192;
 /// Messages stored with one sync at most.
 const MAX_BATCH: usize = 256;
+/// Batches renamed into `new/` that may wait for the commit thread (then the capture thread
+/// waits too, and the loop's queue fills).
+const COMMIT_QUEUE: usize = 4;
 /// The session log is written out at least this often.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -63,7 +70,7 @@ pub enum CaptureError {
     Maildir { path: PathBuf, source: io::Error },
     #[error("cannot open the session log {}: {source}", path.display())]
     SessionLog { path: PathBuf, source: io::Error },
-    #[error("cannot start the capture thread: {0}")]
+    #[error("cannot start a capture thread: {0}")]
     Thread(io::Error),
 }
 
@@ -71,11 +78,12 @@ pub enum CaptureError {
 pub struct Capture {
     jobs: SyncSender<Job>,
     thread: JoinHandle<()>,
+    committer: Option<JoinHandle<()>>,
 }
 
 impl Capture {
-    /// Opens the Maildir (when `storage.capture`) and the session log, and starts the thread.
-    /// `on_stored` runs on the thread for every stored (or failed) message.
+    /// Opens the Maildir (when `storage.capture`) and the session log, and starts the threads.
+    /// `on_stored` runs on the commit thread for every stored (or failed) message.
     pub fn start(
         storage: &StorageConfig,
         hostname: &str,
@@ -84,12 +92,13 @@ impl Capture {
     ) -> Result<Capture, CaptureError> {
         let maildir = if storage.capture {
             let path = storage.maildir();
-            let maildir =
-                Maildir::open(&path, hostname).map_err(|source| CaptureError::Maildir {
-                    path: path.clone(),
-                    source,
-                })?;
-            Some((maildir, path))
+            let error = |source| CaptureError::Maildir {
+                path: path.clone(),
+                source,
+            };
+            let maildir = Maildir::open(&path, hostname).map_err(error)?;
+            let new_dir = maildir.new_dir().map_err(error)?;
+            Some((maildir, new_dir))
         } else {
             std::fs::create_dir_all(&storage.dir).map_err(|source| CaptureError::SessionLog {
                 path: storage.session_log(),
@@ -102,19 +111,40 @@ impl Capture {
             path: log_path.clone(),
             source,
         })?;
+        let (maildir, committer) = match maildir {
+            Some((maildir, new_dir)) => {
+                let (batches, committed) = mpsc::sync_channel(COMMIT_QUEUE);
+                let committer = Committer {
+                    new_dir,
+                    dir: storage.maildir(),
+                    counters: Arc::clone(&counters),
+                    on_stored,
+                };
+                let thread = thread::Builder::new()
+                    .name("capture-commit".into())
+                    .spawn(move || committer.run(committed))
+                    .map_err(CaptureError::Thread)?;
+                (Some((maildir, batches)), Some(thread))
+            }
+            // The loop answers itself when capture is off; no message reaches the threads.
+            None => (None, None),
+        };
         let (jobs, queue) = mpsc::sync_channel(QUEUE);
         let worker = Worker {
             maildir,
             log,
             log_path,
             counters,
-            on_stored,
         };
         let thread = thread::Builder::new()
             .name("capture".into())
             .spawn(move || worker.run(queue))
             .map_err(CaptureError::Thread)?;
-        Ok(Capture { jobs, thread })
+        Ok(Capture {
+            jobs,
+            thread,
+            committer,
+        })
     }
 
     /// Queues a job; false when the queue is full and the job was dropped (the loop must not
@@ -126,21 +156,32 @@ impl Capture {
     /// Finishes what is queued, writes the log out, and stops the thread.
     pub fn finish(self) {
         drop(self.jobs);
-        if self.thread.join().is_err() {
-            log::error!("the capture thread panicked");
+        // The capture thread ends first and so closes the commit thread's queue.
+        for thread in std::iter::once(self.thread).chain(self.committer) {
+            if thread.join().is_err() {
+                log::error!("a capture thread panicked");
+            }
         }
     }
 }
 
-struct Worker<F> {
-    maildir: Option<(Maildir, PathBuf)>,
+/// A message written, synced and renamed into `new/` (or failed on the way there).
+struct Written {
+    ticket: Ticket,
+    size: usize,
+    session_id: String,
+    outcome: io::Result<String>,
+}
+
+struct Worker {
+    /// The Maildir and the commit thread's queue (when capture is on).
+    maildir: Option<(Maildir, SyncSender<Vec<Written>>)>,
     log: SessionLog,
     log_path: PathBuf,
     counters: Arc<Counters>,
-    on_stored: F,
 }
 
-impl<F: FnMut(Stored)> Worker<F> {
+impl Worker {
     fn run(mut self, queue: Receiver<Job>) {
         let mut stores = Vec::with_capacity(MAX_BATCH);
         let mut outcomes = Vec::with_capacity(MAX_BATCH);
@@ -180,52 +221,36 @@ impl<F: FnMut(Stored)> Worker<F> {
         }
     }
 
+    /// Writes a batch into `new/` and passes it on to the commit thread.
     fn store(&mut self, stores: &mut Vec<StoreRequest>, outcomes: &mut Vec<io::Result<String>>) {
+        let Some((maildir, committer)) = &mut self.maildir else {
+            stores.clear();
+            return;
+        };
         if stores.is_empty() {
             return;
         }
         outcomes.clear();
-        match &mut self.maildir {
-            Some((maildir, _)) => {
-                let batch: Vec<Message<'_>> = stores
-                    .iter()
-                    .map(|s| Message {
-                        trace: &s.trace,
-                        body: &s.body,
-                    })
-                    .collect();
-                maildir.store_batch(&batch, outcomes);
-            }
-            // The loop answers itself when capture is off; nothing reaches here.
-            None => outcomes.extend(
-                stores
-                    .iter()
-                    .map(|_| Err(io::ErrorKind::Unsupported.into())),
-            ),
-        }
-        for (request, outcome) in stores.drain(..).zip(outcomes.drain(..)) {
-            let name = match outcome {
-                Ok(name) => Some(name),
-                Err(e) => {
-                    let dir = self
-                        .maildir
-                        .as_ref()
-                        .map(|(_, path)| path.display().to_string());
-                    log::error!(
-                        "cannot store a message of session {} in {}: {e}",
-                        request.trace.session_id,
-                        dir.unwrap_or_default()
-                    );
-                    Counters::add(&self.counters.capture_failed, 1);
-                    None
-                }
-            };
-            (self.on_stored)(Stored {
+        let batch: Vec<Message<'_>> = stores
+            .iter()
+            .map(|s| Message {
+                trace: &s.trace,
+                body: &s.body,
+            })
+            .collect();
+        maildir.write_batch(&batch, outcomes);
+        let written = stores
+            .drain(..)
+            .zip(outcomes.drain(..))
+            .map(|(request, outcome)| Written {
                 ticket: request.ticket,
                 size: request.body.len(),
-                name,
-            });
-        }
+                session_id: request.trace.session_id,
+                outcome,
+            })
+            .collect();
+        // The commit thread lives as long as this one (it ends when this queue closes).
+        let _ = committer.send(written);
     }
 
     fn flush_log(&mut self) {
@@ -240,5 +265,56 @@ impl<F: FnMut(Stored)> Worker<F> {
             self.log_path.display()
         );
         Counters::add(&self.counters.session_log_dropped, lines);
+    }
+}
+
+/// The commit thread: syncs `new/` for every batch that has reached it, then answers.
+struct Committer<F> {
+    new_dir: NewDir,
+    /// The Maildir, for the error messages.
+    dir: PathBuf,
+    counters: Arc<Counters>,
+    on_stored: F,
+}
+
+impl<F: FnMut(Stored)> Committer<F> {
+    fn run(mut self, committed: Receiver<Vec<Written>>) {
+        let mut pending: Vec<Written> = Vec::with_capacity(MAX_BATCH);
+        while let Ok(batch) = committed.recv() {
+            pending.extend(batch);
+            // Batches renamed while the last sync ran share this one.
+            while let Ok(batch) = committed.try_recv() {
+                pending.extend(batch);
+            }
+            if pending.iter().any(|w| w.outcome.is_ok())
+                && let Err(error) = self.new_dir.sync()
+            {
+                for written in &mut pending {
+                    if let Ok(name) = &written.outcome {
+                        self.new_dir.remove(name);
+                        written.outcome = Err(io::Error::new(error.kind(), error.to_string()));
+                    }
+                }
+            }
+            for written in pending.drain(..) {
+                let name = match written.outcome {
+                    Ok(name) => Some(name),
+                    Err(e) => {
+                        log::error!(
+                            "cannot store a message of session {} in {}: {e}",
+                            written.session_id,
+                            self.dir.display()
+                        );
+                        Counters::add(&self.counters.capture_failed, 1);
+                        None
+                    }
+                };
+                (self.on_stored)(Stored {
+                    ticket: written.ticket,
+                    size: written.size,
+                    name,
+                });
+            }
+        }
     }
 }

@@ -57,6 +57,9 @@ const READS_PER_TURN: usize = 16;
 const MAX_IN_FLIGHT_BYTES: usize = 256 * 1024 * 1024;
 /// How long shutdown waits for in-flight messages and unsent 421s.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// After `accept` failed for want of descriptors or memory, when to try again (sooner when a
+/// connection closes).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -115,6 +118,9 @@ pub struct Server {
     /// token: their signatures and escalation must not depend on how fast the client quit.
     /// Bounded by the resolver's outstanding requests, each answered within `dnsbl.timeout`.
     lingering: HashMap<u64, EndedSession>,
+    /// Set when `accept` failed with clients still queued: the listeners are edge-triggered
+    /// and send no new event for those, so the loop tries again by then.
+    accept_retry: Option<Instant>,
 }
 
 /// A session whose connection is closed, before it is logged.
@@ -198,6 +204,7 @@ impl Server {
             ready: Vec::new(),
             stopping: None,
             lingering: HashMap::new(),
+            accept_retry: None,
         })
     }
 
@@ -274,6 +281,9 @@ impl Server {
                 }
             }
             self.expire_timers(now, &mut due);
+            if self.accept_retry.is_some_and(|at| at <= now) {
+                self.retry_accept(now);
+            }
             if now.duration_since(last_sweep) >= Duration::from_secs(5) {
                 last_sweep = now;
                 if let Err(e) = self.blocker.sweep() {
@@ -301,11 +311,11 @@ impl Server {
         if !self.ready.is_empty() {
             return Some(Duration::ZERO);
         }
-        let wake = match (self.wheel.next_wake(), self.stopping) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        wake.map(|at| at.saturating_duration_since(now))
+        [self.wheel.next_wake(), self.stopping, self.accept_retry]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| at.saturating_duration_since(now))
     }
 
     fn accept_all(&mut self, index: usize, now: Instant) {
@@ -319,12 +329,28 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
                 Err(e) => {
-                    // Out of descriptors or memory: what stays queued is tried at the next event.
+                    // Out of descriptors or memory: what stays queued is tried again soon.
                     Counters::add(&self.counters.accept_errors, 1);
-                    log::warn!("accept: {e}");
+                    if self.accept_retry.is_none() {
+                        log::warn!("accept: {e}; trying again in {ACCEPT_RETRY:?}");
+                    }
+                    self.accept_retry = Some(now + ACCEPT_RETRY);
                     return;
                 }
             }
+        }
+    }
+
+    /// Accepts what queued while `accept` was failing; stays in retry mode (without logging
+    /// again) until every listener is drained.
+    fn retry_accept(&mut self, now: Instant) {
+        self.accept_retry = Some(now + ACCEPT_RETRY);
+        let errors = Counters::get(&self.counters.accept_errors);
+        for index in 0..self.listeners.len() {
+            self.accept_all(index, now);
+        }
+        if Counters::get(&self.counters.accept_errors) == errors {
+            self.accept_retry = None;
         }
     }
 
@@ -581,6 +607,7 @@ impl Server {
     fn begin_shutdown(&mut self, now: Instant) {
         log::info!("stopping: {} session(s) open", self.conns.len());
         self.stopping = Some(now + SHUTDOWN_GRACE);
+        self.accept_retry = None;
         for mut listener in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut listener);
         }
@@ -608,6 +635,10 @@ impl Server {
         self.counters
             .replies
             .add_session(&conn.session.record().replies);
+        // A descriptor is free again: a waiting client may have it.
+        if self.accept_retry.is_some() {
+            self.accept_retry = Some(Instant::now());
+        }
         self.limits.release(conn.peer.ip().to_canonical());
         self.counters
             .connections_active
