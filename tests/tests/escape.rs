@@ -217,6 +217,10 @@ fn file_names_never_come_from_client_input() {
         "data/maildir/tmp",
         "data/maildir/new",
         "data/maildir/cur",
+        // The self-signed STARTTLS pair made at first start.
+        "data/tls",
+        "data/tls/cert.pem",
+        "data/tls/key.pem",
     ]
     .iter()
     .map(PathBuf::from)
