@@ -4,8 +4,9 @@
 //! Per packet: parse Ethernet (at most one 802.1Q tag), IPv4 (any IHL) or IPv6 (fixed header,
 //! TCP right after it); with scope `smtp` only TCP to a port in [`SMTP_PORTS`] is considered.
 //! The source is looked up in the exact map of its family, then (when its bucket is marked) in
-//! the CIDR trie; a live (unexpired) entry drops the packet unless the source is in the
-//! allowlist. Anything truncated or odd passes and is counted. No allocation, no logging.
+//! the CIDR trie; a live (unexpired) entry drops the packet, a CIDR entry only when the source
+//! is not in the allowlist (userspace keeps no exact entry for an allow-listed address).
+//! Anything truncated or odd passes and is counted. No allocation, no logging.
 //!
 //! Cost per packet, in helpers: one hash lookup (`__htab_map_lookup_elem`, called directly
 //! by the JIT); the array and per-CPU array lookups are inlined by the verifier (per-CPU ones
