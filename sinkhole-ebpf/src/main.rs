@@ -4,8 +4,9 @@
 //! Per packet: parse Ethernet (at most one 802.1Q tag), IPv4 (any IHL) or IPv6 (fixed header,
 //! TCP right after it); with scope `smtp` only TCP to a port in [`SMTP_PORTS`] is considered.
 //! The source is looked up in the exact map of its family, then (when its bucket is marked) in
-//! the CIDR trie; a live (unexpired) entry drops the packet unless the source is in the
-//! allowlist. Anything truncated or odd passes and is counted. No allocation, no logging.
+//! the CIDR trie; a live (unexpired) entry drops the packet, a CIDR entry only when the source
+//! is not in the allowlist (userspace keeps no exact entry for an allow-listed address).
+//! Anything truncated or odd passes and is counted. No allocation, no logging.
 //!
 //! Cost per packet, in helpers: one hash lookup (`__htab_map_lookup_elem`, called directly
 //! by the JIT); the array and per-CPU array lookups are inlined by the verifier (per-CPU ones
@@ -225,25 +226,27 @@ fn judge_v6(source: &[u8; 16]) -> (u32, u32) {
     )
 }
 
-/// Drops when a live entry covers the source (its exact entry, else, when `bucket` is marked,
-/// the CIDR trie) and the allowlist does not. The trie key is built only when a trie is
-/// looked into.
+/// Drops when a live entry covers the source: its exact entry, else, when `bucket` is marked,
+/// the CIDR trie, unless the allowlist covers the source. Only a CIDR match is checked against
+/// the allowlist: userspace never keeps an exact entry for an allow-listed address (blocking
+/// one is refused, and setting the allowlist removes those it covers; see
+/// `sinkhole-user/src/kernel/maps.rs`). The trie key is built only when a trie is looked into.
 #[inline(always)]
 fn judge(exact: Option<*mut BlockEntry>, bucket: u32, key: impl Fn() -> TrieKey) -> u32 {
     let mut clock = Clock(None);
     let entry = match live(exact, &mut clock) {
         Some(entry) => entry,
         None if marked(&CIDR_BUCKETS, bucket) => {
-            match live(trie_lookup(&BLOCK_CIDR, &key()), &mut clock) {
-                Some(entry) => entry.cast::<BlockEntry>(),
-                None => return XDP_PASS,
+            let Some(entry) = live(trie_lookup(&BLOCK_CIDR, &key()), &mut clock) else {
+                return XDP_PASS;
+            };
+            if marked(&ALLOW_BUCKETS, bucket) && trie_lookup(&ALLOW, &key()).is_some() {
+                return XDP_PASS;
             }
+            entry
         }
         None => return XDP_PASS,
     };
-    if marked(&ALLOW_BUCKETS, bucket) && trie_lookup(&ALLOW, &key()).is_some() {
-        return XDP_PASS;
-    }
     let now = clock.now();
     // SAFETY: `entry` points at a map value the kernel just returned; `drops` and
     // `last_drop_at` are u64 fields at 8-byte aligned offsets of an 8-byte aligned value (see

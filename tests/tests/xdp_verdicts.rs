@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use sinkhole::kernel::{Counters, Scope, clock};
+use sinkhole::kernel::{Counters, KernelError, Scope, clock};
 use sinkhole_tests::frames::{Frame, UDP, arp};
 use sinkhole_tests::kernel_tests_allowed;
 use sinkhole_tests::xdp::{TestProgram, XDP_DROP, XDP_PASS};
@@ -19,9 +19,10 @@ fn net(text: &str) -> IpNet {
     sinkhole::prefix::parse_prefix(text).unwrap()
 }
 
-/// The program with scope smtp on ports 25 and 587, an allowlist, and these blocks:
-/// exact 198.51.100.7, 2001:db8::7 and allow-listed 203.0.113.200; expired exact 198.51.100.8
-/// and 2001:db8::8; CIDRs 192.0.2.0/25, 2001:db8:bad::/48, 203.0.113.0/24 (partly allowed).
+/// The program with scope smtp on ports 25 and 587, these blocks: exact 198.51.100.7,
+/// 2001:db8::7 and 203.0.113.200; expired exact 198.51.100.8 and 2001:db8::8; CIDRs
+/// 192.0.2.0/25, 2001:db8:bad::/48, 203.0.113.0/24; then an allowlist covering part of the
+/// last (which removes the exact entry 203.0.113.200, as the daemon's start does).
 fn setup(test: &str) -> Option<TestProgram> {
     if !kernel_tests_allowed(test) {
         return None;
@@ -31,9 +32,6 @@ fn setup(test: &str) -> Option<TestProgram> {
         smtp_ports: vec![SMTP, 587],
     };
     let mut p = TestProgram::load("t", &scope).expect("load the XDP program");
-    p.maps
-        .set_allow(&[net("127.0.0.0/8"), net("203.0.113.128/25")])
-        .unwrap();
     // Well past: the program's clock is coarse (it trails by up to a tick, 1-10 ms).
     let past = clock::boot_ns() - 1_000_000_000;
     for (prefix, expires_at) in [
@@ -51,7 +49,15 @@ fn setup(test: &str) -> Option<TestProgram> {
     ] {
         p.maps.insert(net(prefix), expires_at, "test").unwrap();
     }
+    p.maps
+        .set_allow(&[net("127.0.0.0/8"), net("203.0.113.128/25")])
+        .unwrap();
     Some(p)
+}
+
+fn listed(p: &TestProgram, prefix: &str) -> bool {
+    let prefix = net(prefix);
+    p.maps.list().unwrap().iter().any(|b| b.prefix == prefix)
 }
 
 fn counters(p: &TestProgram) -> Counters {
@@ -182,7 +188,10 @@ fn the_allowlist_wins_over_blocks() {
     let Some(mut p) = setup("the_allowlist_wins_over_blocks") else {
         return;
     };
-    // Exact entry and covering CIDR, both inside 203.0.113.128/25.
+    // The exact entry inside 203.0.113.128/25 went when the allowlist was set; the covering
+    // CIDR stays, and the allowlist wins over it.
+    assert!(!listed(&p, "203.0.113.200"));
+    assert!(listed(&p, "203.0.113.0/24"));
     assert_eq!(
         p.verdict(&Frame::tcp(ip("203.0.113.200"), SMTP).bytes())
             .unwrap(),
@@ -199,20 +208,58 @@ fn the_allowlist_wins_over_blocks() {
             .unwrap(),
         XDP_DROP
     );
-    // Loopback blocked by hand still passes.
-    p.maps.insert(net("127.0.0.1"), 0, "oops").unwrap();
+    // An exact block of an allow-listed address is refused (the program checks only CIDR
+    // matches against the allowlist); a CIDR covering one is not.
+    assert!(matches!(
+        p.maps.insert(net("127.0.0.1"), 0, "oops"),
+        Err(KernelError::AllowListed(_))
+    ));
+    assert!(!listed(&p, "127.0.0.1"));
+    p.maps.insert(net("127.0.0.0/24"), 0, "oops").unwrap();
     assert_eq!(
         p.verdict(&Frame::tcp(ip("127.0.0.1"), SMTP).bytes())
             .unwrap(),
         XDP_PASS
     );
-    assert_eq!(drops_of(&p, "203.0.113.200"), 0);
-    // Taking the allowlist away lets the block apply.
+    assert_eq!(drops_of(&p, "203.0.113.0/24"), 1);
+    // Taking the allowlist away lets the CIDR block apply.
     p.maps.set_allow(&[]).unwrap();
     assert_eq!(
         p.verdict(&Frame::tcp(ip("203.0.113.200"), SMTP).bytes())
             .unwrap(),
         XDP_DROP
+    );
+}
+
+#[test]
+fn an_allowlist_that_gains_an_address_removes_its_exact_block() {
+    let Some(mut p) = setup("an_allowlist_that_gains_an_address_removes_its_exact_block") else {
+        return;
+    };
+    let frame = Frame::tcp(ip("198.51.100.7"), SMTP).bytes();
+    assert_eq!(p.verdict(&frame).unwrap(), XDP_DROP);
+    // Setting the same allowlist again (a restart without a change) keeps every entry.
+    p.maps
+        .set_allow(&[net("127.0.0.0/8"), net("203.0.113.128/25")])
+        .unwrap();
+    assert!(listed(&p, "198.51.100.7") && listed(&p, "2001:db8::7"));
+    // A restart with 198.51.100.7 and 2001:db8::/64 added to xdp.allow.
+    p.maps
+        .set_allow(&[
+            net("127.0.0.0/8"),
+            net("203.0.113.128/25"),
+            net("198.51.100.7"),
+            net("2001:db8::/64"),
+        ])
+        .unwrap();
+    assert!(!listed(&p, "198.51.100.7"));
+    assert!(!listed(&p, "2001:db8::7") && !listed(&p, "2001:db8::8"));
+    assert!(listed(&p, "198.51.100.8") && listed(&p, "192.0.2.0/25"));
+    assert_eq!(p.verdict(&frame).unwrap(), XDP_PASS);
+    assert_eq!(
+        p.verdict(&Frame::tcp(ip("2001:db8::7"), 587).bytes())
+            .unwrap(),
+        XDP_PASS
     );
 }
 

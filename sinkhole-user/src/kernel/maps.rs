@@ -42,6 +42,8 @@ pub enum KernelError {
     StaleMap { path: PathBuf, detail: String },
     #[error("the block map for {0} is full")]
     Full(IpNet),
+    #[error("{0} is in the allowlist map (xdp.allow of the daemon that last started)")]
+    AllowListed(IpNet),
     #[error("{context}: {detail}")]
     Bpf { context: String, detail: String },
 }
@@ -250,12 +252,19 @@ fn fs_magic(path: &Path) -> Option<i64> {
 impl BlockMaps {
     /// Puts `prefix` in the block table until `expires_at` (boot ns, 0 = never), replacing
     /// any entry for exactly `prefix` (its drop counter starts again from 0).
+    ///
+    /// A single address the allowlist map covers is refused ([`KernelError::AllowListed`]):
+    /// the program checks only CIDR matches against the allowlist, so an exact entry must never
+    /// be allow-listed ([`BlockMaps::set_allow`] removes those a new allowlist covers).
     pub fn insert(
         &mut self,
         prefix: IpNet,
         expires_at: u64,
         reason: &str,
     ) -> Result<(), KernelError> {
+        if prefix.prefix_len() == prefix.max_prefix_len() && self.allow_listed(prefix.addr())? {
+            return Err(KernelError::AllowListed(prefix));
+        }
         let entry = BlockEntry {
             expires_at,
             drops: 0,
@@ -377,8 +386,17 @@ impl BlockMaps {
         })
     }
 
+    /// Whether the allowlist map covers `ip`.
+    fn allow_listed(&self, ip: IpAddr) -> Result<bool, KernelError> {
+        let key = Key::new(128, mapped(ip));
+        not_found_is_none(self.allow.get(&key, 0), || format!("look up {ip}"))
+            .map(|found| found.is_some())
+    }
+
     /// Makes the allowlist trie (and its bucket marks) hold exactly `allow`. Only the daemon
-    /// writes the allowlist, so stale marks can be cleared safely.
+    /// writes the allowlist, so stale marks can be cleared safely. When it gains a prefix, the
+    /// exact entries it covers are removed (and logged): the program does not check exact
+    /// matches against the allowlist (see [`BlockMaps::insert`]).
     pub fn set_allow(&mut self, allow: &[IpNet]) -> Result<(), KernelError> {
         let err = |e: MapError| KernelError::bpf("update the allowlist map", &e);
         let wanted: Vec<Key<[u8; 16]>> = allow.iter().map(|&p| lpm_key(p)).collect();
@@ -390,6 +408,12 @@ impl BlockMaps {
         for key in &wanted {
             self.allow.insert(key, 1, 0).map_err(err)?;
         }
+        if wanted
+            .iter()
+            .any(|w| !present.iter().any(|p| same_key(w, p)))
+        {
+            self.remove_exact_allowed(allow)?;
+        }
         for key in present
             .iter()
             .filter(|k| !wanted.iter().any(|w| same_key(w, k)))
@@ -399,6 +423,31 @@ impl BlockMaps {
                 let stale =
                     buckets(prefix).filter(|b| !allow.iter().any(|&a| buckets(a).contains(b)));
                 mark(&mut self.allow_buckets, stale, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the exact entries for addresses `allow` covers, logging each.
+    fn remove_exact_allowed(&mut self, allow: &[IpNet]) -> Result<(), KernelError> {
+        let err = |e: MapError| KernelError::bpf("read the block maps", &e);
+        let allowed = |ip: &IpAddr| allow.iter().any(|a| a.contains(ip));
+        let mut covered: Vec<IpAddr> = Vec::new();
+        for key in self.v4.keys() {
+            let ip = IpAddr::from(key.map_err(err)?);
+            if allowed(&ip) {
+                covered.push(ip);
+            }
+        }
+        for key in self.v6.keys() {
+            let ip = IpAddr::from(key.map_err(err)?);
+            if allowed(&ip) {
+                covered.push(ip);
+            }
+        }
+        for ip in covered {
+            if self.remove(IpNet::from(ip))? {
+                log::info!("unblocked {ip}: it is in the allowlist (xdp.allow)");
             }
         }
         Ok(())
