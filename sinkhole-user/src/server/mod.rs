@@ -813,6 +813,7 @@ pub fn run(config: &Config, takeover: bool) -> Result<(), ServerError> {
     // Listeners, the log, the Maildir, epoll: a few dozen descriptors besides the clients.
     let wanted = config.smtp.max_connections.get() as u64 + 64;
     let files = raise_fd_limit(wanted);
+    reserve_fd_table(files.min(wanted));
     if files < wanted {
         log::warn!(
             "open files limit {files} is below the {wanted} that smtp.max_connections ({}) needs; \
@@ -853,6 +854,20 @@ pub fn run(config: &Config, takeover: bool) -> Result<(), ServerError> {
         }
     );
     server.run()
+}
+
+/// Grows the descriptor table to `size` slots now, while this is the only thread: in a
+/// multi-threaded process every later growth waits for an RCU grace period (milliseconds) in
+/// whichever thread allocates the descriptor, typically the loop in `accept()` while the
+/// resolver's sockets pile up behind a dead DNS server.
+fn reserve_fd_table(size: u64) {
+    let Ok(highest) = i32::try_from(size.saturating_sub(1)) else {
+        return;
+    };
+    // A duplicate at the highest slot makes the kernel size the table; closing it keeps the size.
+    if let Err(e) = rustix::io::fcntl_dupfd_cloexec(std::io::stderr(), highest) {
+        log::debug!("cannot pre-size the descriptor table to {size}: {e}");
+    }
 }
 
 /// Becomes `smtp.run_as` (after handing it the storage), or warns once when staying root.
