@@ -354,6 +354,20 @@ impl SmtpClient {
     }
 
     /// The next `n` whole replies.
+    /// One message (`a@example.com` to `trap@example.org`, a `Subject: t` header and `body`)
+    /// after EHLO, each step checked as the daemon answers an accepted one; returns the reply
+    /// to the end of data.
+    pub fn transaction(&mut self, body: &str) -> String {
+        self.send(b"MAIL FROM:<a@example.com>\r\n");
+        assert_eq!(self.reply(), ["250 2.1.0 Ok"]);
+        self.send(b"RCPT TO:<trap@example.org>\r\n");
+        assert_eq!(self.reply(), ["250 2.1.5 Ok"]);
+        self.send(b"DATA\r\n");
+        assert!(self.reply()[0].starts_with("354 "));
+        self.send(format!("Subject: t\r\n\r\n{body}\r\n.\r\n").as_bytes());
+        self.reply().remove(0)
+    }
+
     pub fn replies(&mut self, n: usize) -> Vec<Vec<String>> {
         (0..n).map(|_| self.reply()).collect()
     }

@@ -34,18 +34,6 @@ fn loopback(n: u8, h: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, n, h))
 }
 
-/// One message through `client` after EHLO; returns the reply to the end of data.
-fn transaction(client: &mut SmtpClient, body: &str) -> String {
-    client.send(b"MAIL FROM:<a@example.com>\r\n");
-    assert_eq!(client.reply(), ["250 2.1.0 Ok"]);
-    client.send(b"RCPT TO:<trap@example.org>\r\n");
-    assert_eq!(client.reply(), ["250 2.1.5 Ok"]);
-    client.send(b"DATA\r\n");
-    assert!(client.reply()[0].starts_with("354 "));
-    client.send(format!("Subject: t\r\n\r\n{body}\r\n.\r\n").as_bytes());
-    client.reply().remove(0)
-}
-
 /// A fresh client that connects, greets and stores one message; retried (bounded) while the
 /// daemon still counts connections that are going away.
 fn fresh_client_completes_a_transaction(daemon: &Daemon) {
@@ -64,7 +52,7 @@ fn fresh_client_completes_a_transaction(daemon: &Daemon) {
     };
     client.send(b"EHLO fresh.example\r\n");
     client.reply();
-    let reply = transaction(&mut client, "fresh");
+    let reply = client.transaction("fresh");
     assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
 }
 
@@ -193,7 +181,7 @@ fn ten_thousand_connections_past_max_connections_get_421_while_the_admitted_are_
     let rss_during = rss(&daemon);
 
     // With every slot taken, the early client still completes a transaction.
-    let reply = transaction(&mut early, "during the flood");
+    let reply = early.transaction("during the flood");
     assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
 
     let lines: Vec<String> = crowd.got.iter().map(|g| first_line(g)).collect();
@@ -428,7 +416,7 @@ fn a_one_gib_message_is_refused_with_552_while_memory_stays_flat() {
         "an oversize message was stored"
     );
     // The session goes on: a message within the limit is taken.
-    let reply = transaction(&mut client, "small");
+    let reply = client.transaction("small");
     assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
     assert_eq!(daemon.new_messages().len(), 1);
 }

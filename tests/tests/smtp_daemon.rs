@@ -12,14 +12,7 @@ use sinkhole_tests::{sinkhole_bin, temp_dir};
 fn send_message(client: &mut SmtpClient, body: &str) -> String {
     client.send(b"EHLO client.example\r\n");
     client.reply();
-    client.send(b"MAIL FROM:<a@example.com>\r\n");
-    assert_eq!(client.reply(), ["250 2.1.0 Ok"]);
-    client.send(b"RCPT TO:<trap@example.org>\r\n");
-    assert_eq!(client.reply(), ["250 2.1.5 Ok"]);
-    client.send(b"DATA\r\n");
-    assert!(client.reply()[0].starts_with("354 "));
-    client.send(format!("Subject: t\r\n\r\n{body}\r\n.\r\n").as_bytes());
-    client.reply().remove(0)
+    client.transaction(body)
 }
 
 #[test]
