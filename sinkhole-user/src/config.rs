@@ -377,13 +377,41 @@ pub fn parse_toml<T: de::DeserializeOwned>(text: &str, origin: &str) -> Result<T
     let deserializer = toml::de::Deserializer::parse(text)
         .map_err(|e| invalid(e.span(), "(syntax)".into(), e.message().to_owned()))?;
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let key = match e.path().to_string() {
-            p if p == "." => "(top level)".to_owned(),
-            p => p,
-        };
+        let key = key_path(e.path());
         let inner = e.into_inner();
         invalid(inner.span(), key, inner.message().to_owned())
     })
+}
+
+/// The dotted key an error is about, written as TOML would need it (`smtp.listen`,
+/// `dnsbl.zone[0].codes[1]`, `"".x` for a key that is empty); `(top level)` for the document.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for segment in path {
+        match segment {
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Map { key: name } | Segment::Enum { variant: name } => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                let bare = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if bare {
+                    key.push_str(name);
+                } else {
+                    key.push_str(&format!("{name:?}"));
+                }
+            }
+            Segment::Unknown => key.push_str(if key.is_empty() { "?" } else { ".?" }),
+        }
+    }
+    if key.is_empty() {
+        key.push_str("(top level)");
+    }
+    key
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -567,5 +595,8 @@ block_signatures = [["mail-from-eq-rcpt-to", "mail-from-local-domain"]]
                 .starts_with("t.toml:2: campaign.block_signatures[0][0]: unknown signature `nope`")
         );
         assert!(err("[smtp\n").starts_with("t.toml:1: (syntax): "));
+        // Keys that need quoting are quoted (an empty one was once an empty key).
+        assert!(err("[\"\"]\n").starts_with("t.toml:1: \"\": unknown field"));
+        assert!(err("[smtp]\n\"a b\" = 1\n").starts_with("t.toml:2: smtp.\"a b\": unknown field"));
     }
 }
