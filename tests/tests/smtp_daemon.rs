@@ -101,24 +101,25 @@ fn sigterm_says_421_to_open_sessions_and_writes_the_log_out() {
 #[test]
 fn unwritable_storage_gives_451_and_leaves_nothing_in_new() {
     let mut daemon = Daemon::start("", "");
-    // tmp/ becomes a plain file: no message file can be created.
+    // new/ becomes a plain file: no message can be made or named there.
+    let new = daemon.storage().join("maildir/new");
     let tmp = daemon.storage().join("maildir/tmp");
-    fs::remove_dir(&tmp).unwrap();
-    fs::write(&tmp, b"").unwrap();
+    fs::remove_dir(&new).unwrap();
+    fs::write(&new, b"").unwrap();
     let mut client = SmtpClient::connect(daemon.addr);
     client.reply();
     let reply = send_message(&mut client, "lost");
     assert!(reply.starts_with("451 4.3.0 "), "{reply}");
-    // new/ must not hold a half message when the rename is what fails either.
-    fs::remove_file(&tmp).unwrap();
-    fs::create_dir(&tmp).unwrap();
-    let new = daemon.storage().join("maildir/new");
-    fs::remove_dir(&new).unwrap();
-    fs::write(&new, b"").unwrap();
+    // The client may try again on the same connection; it is refused the same way.
     client.send(b"RSET\r\n");
     client.reply();
     let reply = send_message(&mut client, "lost too");
     assert!(reply.starts_with("451 4.3.0 "), "{reply}");
+    assert_eq!(
+        fs::read(&new).unwrap(),
+        b"",
+        "something was written where new/ was"
+    );
     assert!(
         files_in(&tmp).is_empty(),
         "a tmp file was left: {:?}",

@@ -2,11 +2,11 @@
 //! their own so the event loop never waits for a disk.
 //!
 //! The loop submits [`Job`]s without blocking ([`Capture::submit`] refuses when the queue is
-//! full). The capture thread takes everything queued at once as one batch, writes it to `tmp/`,
-//! syncs the files and renames them into `new/` ([`maildir::Maildir::write_batch`]), and hands
-//! the batch to the commit thread, which syncs `new/` once for every batch that reached it
-//! meanwhile ([`maildir::NewDir::sync`]) and only then hands each outcome to the loop's
-//! callback. The two stages overlap: while `new/` is being synced the next batch is written
+//! full). The capture thread takes everything queued at once as one batch, writes it, syncs the
+//! filesystem and names the files in `new/` ([`maildir::Maildir::write_batch`]), and hands the
+//! batch to the commit thread, which syncs once more for every batch that reached it meanwhile
+//! ([`maildir::NewDir::sync`]) and only then hands each outcome to the loop's callback. The two
+//! stages overlap: while one batch's names are being made durable the next batch is written
 //! (classic pipelined group commit). The capture thread also appends session lines to the log,
 //! which it writes out at least every second and when it stops.
 
@@ -31,7 +31,7 @@ use session_log::{SessionEnd, SessionLog};
 const QUEUE: usize = 8192;
 /// Messages stored with one sync at most.
 const MAX_BATCH: usize = 256;
-/// Batches renamed into `new/` that may wait for the commit thread (then the capture thread
+/// Batches named in `new/` that may wait for the commit thread (then the capture thread
 /// waits too, and the loop's queue fills).
 const COMMIT_QUEUE: usize = 4;
 /// The session log is written out at least this often.
@@ -165,7 +165,7 @@ impl Capture {
     }
 }
 
-/// A message written, synced and renamed into `new/` (or failed on the way there).
+/// A message written, synced and named in `new/` (or failed on the way there).
 struct Written {
     ticket: Ticket,
     size: usize,
@@ -282,7 +282,7 @@ impl<F: FnMut(Stored)> Committer<F> {
         let mut pending: Vec<Written> = Vec::with_capacity(MAX_BATCH);
         while let Ok(batch) = committed.recv() {
             pending.extend(batch);
-            // Batches renamed while the last sync ran share this one.
+            // Batches named while the last sync ran share this one.
             while let Ok(batch) = committed.try_recv() {
                 pending.extend(batch);
             }
