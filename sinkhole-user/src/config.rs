@@ -42,6 +42,10 @@ pub struct SmtpConfig {
     pub max_recipients: NonZeroUsize,
     #[serde(deserialize_with = "positive_duration")]
     pub idle_timeout: Duration,
+    /// How long the loop keeps polling without sleeping after its last event (0: it always
+    /// sleeps when idle). A busy server answers without a wake-up's latency.
+    #[serde(deserialize_with = "duration")]
+    pub busy_poll: Duration,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub run_as: String,
@@ -60,6 +64,7 @@ impl Default for SmtpConfig {
             max_message_bytes: 10 * 1024 * 1024,
             max_recipients: NonZeroUsize::new(100).unwrap(),
             idle_timeout: Duration::from_secs(300),
+            busy_poll: Duration::from_micros(200),
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             run_as: String::new(),
@@ -464,6 +469,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{text}` is not a duration like 30s, 5m or 1h ({e})"))
 }
 
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    parse_duration(&String::deserialize(d)?).map_err(de::Error::custom)
+}
+
 fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     match parse_duration(&text).map_err(de::Error::custom)? {
@@ -505,6 +514,7 @@ mod tests {
         assert_eq!(c.smtp.listen.len(), 2);
         assert_eq!(c.smtp.max_connections.get(), 20_000);
         assert_eq!(c.smtp.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.smtp.busy_poll, Duration::from_micros(200));
         assert_eq!(c.dnsbl.zone[0].name, "zen.spamhaus.org");
         assert_eq!(c.xdp.pin_dir, Path::new("/sys/fs/bpf/sinkhole"));
         assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9725");
