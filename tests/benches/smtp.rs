@@ -97,6 +97,7 @@ fn smtp_source(addr: SocketAddr, sessions: usize, messages: usize, reuse: bool) 
         ])
         .arg(addr.to_string())
         .stdout(Stdio::null());
+    settle_disks();
     let started = Instant::now();
     let status = command.status().context("run smtp-source")?;
     let elapsed = started.elapsed();
@@ -105,6 +106,13 @@ fn smtp_source(addr: SocketAddr, sessions: usize, messages: usize, reuse: bool) 
         "smtp-source against {addr} failed: {status}"
     );
     Ok(messages as f64 / elapsed.as_secs_f64())
+}
+
+/// Writes out everything dirty before a timed run, so that no run pays for the writes of the
+/// one before it: a durable store's syncs would otherwise also write out the files the
+/// previous run (say, `smtp-sink -d`) left in the page cache.
+fn settle_disks() {
+    rustix::fs::sync();
 }
 
 /// Reads one whole reply; returns its code.
@@ -131,6 +139,7 @@ fn pipelined_load(addr: SocketAddr, messages: usize) -> Result<f64> {
         );
     }
     body.extend_from_slice(b".\r\n");
+    settle_disks();
     let started = Instant::now();
     let workers: Vec<_> = (0..SESSIONS)
         .map(|i| {
