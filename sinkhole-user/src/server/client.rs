@@ -131,12 +131,12 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client at accept; `requested` says whether the resolver took the score request.
-    pub fn new(policy: Arc<Policy>, now: Instant, rules: &Rules, requested: bool) -> Client {
+    /// A client at accept, unscored until [`Client::score_requested`].
+    pub fn new(policy: Arc<Policy>, rules: &Rules) -> Client {
         Client {
             waits: rules.zones || policy.uses_score(),
             policy,
-            score_due: requested.then(|| now + rules.score_timeout),
+            score_due: None,
             score: None,
             scored: false,
             zones: Vec::new(),
@@ -147,6 +147,11 @@ impl Client {
             held: None,
             escalated: false,
         }
+    }
+
+    /// The resolver took the score request made at `now`: it answers by `dnsbl.timeout`.
+    pub fn score_requested(&mut self, now: Instant, rules: &Rules) {
+        self.score_due = Some(now + rules.score_timeout);
     }
 
     /// Whether a recipient must still wait for the score at `now`.
@@ -394,7 +399,7 @@ mod tests {
     #[test]
     fn a_score_at_the_thresholds_refuses_then_blocks() {
         let now = Instant::now();
-        let mut client = Client::new(policy(""), now, &rules(), true);
+        let mut client = requested(policy(""), now, &rules());
         assert!(client.awaits_score(now));
         client.set_score(
             score(&[("zen.example", 3), ("bl.example", 1)], None, false),
@@ -425,7 +430,7 @@ mod tests {
     #[test]
     fn an_allowlist_zone_lowers_the_score_below_reject() {
         let now = Instant::now();
-        let mut client = Client::new(policy(""), now, &rules(), true);
+        let mut client = requested(policy(""), now, &rules());
         client.set_score(
             score(&[("zen.example", 3), ("allow.example", -2)], None, false),
             now,
@@ -452,7 +457,7 @@ to = "*"
 dnsbl = "zen.example"
 action = "tempfail"
 "#;
-        let mut client = Client::new(policy(rules_text), now, &rules(), true);
+        let mut client = requested(policy(rules_text), now, &rules());
         let d = decide(&mut client, "a@x.example", "slow@example.org", now);
         assert_eq!(d.reply.code, 451);
         assert_eq!(d.stall_until, Some(now + Duration::from_secs(30)));
@@ -489,12 +494,7 @@ action = "tempfail"
     #[test]
     fn session_signatures_merge_and_campaign_sets_block_at_the_end() {
         let now = Instant::now();
-        let mut client = Client::new(
-            policy("local_domains = [\"example.org\"]"),
-            now,
-            &rules(),
-            true,
-        );
+        let mut client = requested(policy("local_domains = [\"example.org\"]"), now, &rules());
         let d = decide(&mut client, "x@example.org", "y@example.org", now);
         assert_eq!(d.reply.code, 550);
         client.set_score(score(&[], None, false), now);
@@ -527,7 +527,7 @@ action = "tempfail"
     #[test]
     fn helo_is_rdns_and_late_or_partial_scores_are_not_scored() {
         let now = Instant::now();
-        let mut client = Client::new(policy(""), now, &rules(), true);
+        let mut client = requested(policy(""), now, &rules());
         client.set_score(
             score(&[], Some("mx.example.net"), true),
             now + Duration::from_secs(3),
@@ -543,7 +543,7 @@ action = "tempfail"
         partial.timed_out = true;
         client.set_score(partial, now);
         assert!(!client.scored);
-        let unrequested = Client::new(policy(""), now, &rules(), false);
+        let unrequested = Client::new(policy(""), &rules());
         assert!(!unrequested.awaits_score(now));
         assert_eq!(unrequested.rdns(), (None, None));
         // No zones and a policy blind to the score: nothing to wait for.
@@ -551,15 +551,22 @@ action = "tempfail"
             zones: false,
             ..rules()
         };
-        assert!(!Client::new(policy(""), now, &no_zones, true).awaits_score(now));
+        assert!(!requested(policy(""), now, &no_zones).awaits_score(now));
         let scoring_policy = policy("[[rule]]\nto = \"*\"\nscore = 1\naction = \"reject\"\n");
-        assert!(Client::new(scoring_policy, now, &no_zones, true).awaits_score(now));
+        assert!(requested(scoring_policy, now, &no_zones).awaits_score(now));
+    }
+
+    /// A client whose score request the resolver took at `now`.
+    fn requested(policy: Arc<Policy>, now: Instant, rules: &Rules) -> Client {
+        let mut client = Client::new(policy, rules);
+        client.score_requested(now, rules);
+        client
     }
 
     #[test]
     fn held_replies_have_deadlines() {
         let now = Instant::now();
-        let mut client = Client::new(policy(""), now, &rules(), true);
+        let mut client = requested(policy(""), now, &rules());
         assert_eq!(client.deadline(), None);
         client.held = Some(Held::Score {
             mail_from: String::new(),

@@ -398,9 +398,7 @@ impl Server {
         Counters::add(&self.counters.connections_total, 1);
         Counters::add(&self.counters.connections_active, 1);
         self.serial += 1;
-        // Busy (too many outstanding) is counted by the resolver; the client goes unscored.
-        let requested = self.resolver.request(token(slot, self.serial), ip).is_ok();
-        let client = Client::new(self.policy.current(), now, &self.rules, requested);
+        let client = Client::new(self.policy.current(), &self.rules);
         let started = SystemTime::now();
         let mut session = Session::new(Arc::clone(&self.session_config), now);
         // Whatever is already waiting came before the banner (pregreet).
@@ -426,6 +424,15 @@ impl Server {
             capturing: false,
             peer_closed: false,
         });
+        let conn = &mut self.conns[slot];
+        // The banner goes out before the score is asked for: asking may wake the resolver's
+        // thread, a system call and on a busy machine a context switch that the client should
+        // not wait for. (What the flush leaves, and any error, `drive` meets again.)
+        let _ = conn.flush();
+        // Busy (too many outstanding) is counted by the resolver; the client goes unscored.
+        if self.resolver.request(token(slot, conn.serial), ip).is_ok() {
+            conn.client.score_requested(now, &self.rules);
+        }
         self.drive(slot, now);
     }
 
