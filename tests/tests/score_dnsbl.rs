@@ -335,6 +335,25 @@ fn score_cache_answers_when_the_servers_are_gone() {
 }
 
 #[test]
+fn score_server_errors_are_cached_like_answers() {
+    let world = world();
+    // Straight to rbldnsd, which serves no reverse zone: every PTR query is refused.
+    let mut lp = Loop::new(&DnsblConfig {
+        nameservers: vec![world.rbldnsd.addr],
+        ..config(world.router.addr)
+    });
+    let rdns_hits = |lp: &Loop| Counters::load(&lp.resolver.counters().rdns_cache_hits);
+    let first = lp.score(&[v4(2)]);
+    assert!(!first[&v4(2)].rdns_checked, "{:?}", first[&v4(2)]);
+    assert_eq!(first[&v4(2)].score, 5, "the zones still answer");
+    assert_eq!(rdns_hits(&lp), 0);
+    // The client comes back at once: the refusal is not asked for again.
+    let again = lp.score(&[v4(2)]);
+    assert_eq!(first, again);
+    assert_eq!(rdns_hits(&lp), 1);
+}
+
+#[test]
 fn score_helo_names() {
     let world = world();
     let mut lp = Loop::new(&config(world.router.addr));

@@ -35,8 +35,10 @@ pub struct Scorer {
     pub zones: Vec<Zone>,
     pub timeout: Duration,
     pub in_flight: Semaphore,
-    pub zone_cache: Mutex<TtlCache<(IpAddr, usize), ZoneResult>>,
-    pub rdns_cache: Mutex<TtlCache<IpAddr, Rdns>>,
+    /// A zone's result for an address, or its server's error (see [`Gap::is_cached`]).
+    pub zone_cache: Mutex<TtlCache<(IpAddr, usize), Result<ZoneResult, Gap>>>,
+    /// Reverse DNS, with the error that cut it short, if any.
+    pub rdns_cache: Mutex<TtlCache<IpAddr, (Rdns, Option<Gap>)>>,
     pub counters: Arc<Counters>,
 }
 
@@ -66,11 +68,21 @@ enum Reply {
 
 /// A lookup that produced no fact.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Gap {
+pub enum Gap {
     /// No answer in time, or never asked: the request is `timed_out`.
     NoAnswer,
     /// The server answered with an error.
     Failed,
+}
+
+impl Gap {
+    /// A server's error is cached like an answer, for the cache's minimum TTL (RFC 2308 section
+    /// 7 allows up to five minutes): a client that reconnects at once is not looked up again
+    /// against a server that just refused. No answer in time is not: it says more about our
+    /// load or the network than about the address.
+    fn is_cached(self) -> bool {
+        self == Gap::Failed
+    }
 }
 
 impl Scorer {
@@ -160,7 +172,7 @@ impl Scorer {
             .get(&(ip, index), Instant::now());
         if let Some(result) = cached {
             Counters::bump(&counters.cache_hits);
-            return Ok(result);
+            return result;
         }
 
         let name = reverse_name(ip, &zone.name);
@@ -174,9 +186,12 @@ impl Scorer {
                         _ => None,
                     })
                     .collect();
-                (classify(&zone.config.codes, &answers), ttl_of(&response))
+                (
+                    Ok(classify(&zone.config.codes, &answers)),
+                    ttl_of(&response),
+                )
             }
-            Reply::Empty(ttl) => (ZoneResult::Clean, negative_ttl(ttl)),
+            Reply::Empty(ttl) => (Ok(ZoneResult::Clean), negative_ttl(ttl)),
             Reply::Timeout => {
                 Counters::bump(&counters.timeout);
                 return Err(Gap::NoAnswer);
@@ -185,13 +200,13 @@ impl Scorer {
             Reply::Failed(error) => {
                 let n = Counters::bump(&counters.error);
                 log_rarely(n, || format!("dnsbl {}: {name} failed: {error}", zone.name));
-                return Err(Gap::Failed);
+                (Err(Gap::Failed), Duration::ZERO)
             }
         };
         match &result {
-            ZoneResult::Listed(_) => Counters::bump(&counters.listed),
-            ZoneResult::Clean => Counters::bump(&counters.clean),
-            ZoneResult::Refused(code) => {
+            Ok(ZoneResult::Listed(_)) => Counters::bump(&counters.listed),
+            Ok(ZoneResult::Clean) => Counters::bump(&counters.clean),
+            Ok(ZoneResult::Refused(code)) => {
                 let n = Counters::bump(&counters.error);
                 log_rarely(n, || {
                     format!(
@@ -201,28 +216,29 @@ impl Scorer {
                 });
                 n
             }
+            Err(_) => 0,
         };
         self.zone_cache
             .lock()
             .unwrap()
             .put((ip, index), result.clone(), ttl, Instant::now());
-        Ok(result)
+        result
     }
 
     /// The first PTR name and whether it resolves back to `ip`. With a gap, what was learnt
-    /// before it (a name whose forward lookup failed) is still returned, but not cached.
+    /// before it (a name whose forward lookup failed) is still returned.
     async fn rdns(&self, ip: IpAddr, deadline: Instant) -> (Rdns, Option<Gap>) {
         let cached = self.rdns_cache.lock().unwrap().get(&ip, Instant::now());
         if let Some(rdns) = cached {
             Counters::bump(&self.counters.rdns_cache_hits);
-            return (rdns, None);
+            return rdns;
         }
 
         let mut rdns = Rdns {
             name: None,
             fcrdns: false,
         };
-        let ttl = match self.query(&ptr_name(ip), RecordType::PTR, deadline).await {
+        let (gap, ttl) = match self.query(&ptr_name(ip), RecordType::PTR, deadline).await {
             Reply::Records(response) => {
                 rdns.name = response.answers.iter().find_map(|r| match &r.data {
                     RData::PTR(ptr) => Some(normalize_name(&ptr.0.to_ascii())),
@@ -233,22 +249,24 @@ impl Scorer {
                     Some(name) => match self.resolves_to(&format!("{name}."), ip, deadline).await {
                         Ok((fcrdns, forward_ttl)) => {
                             rdns.fcrdns = fcrdns;
-                            ptr_ttl.min(forward_ttl)
+                            (None, ptr_ttl.min(forward_ttl))
                         }
-                        Err(gap) => return (rdns, Some(gap)),
+                        Err(gap) => (Some(gap), Duration::ZERO),
                     },
-                    None => ptr_ttl,
+                    None => (None, ptr_ttl),
                 }
             }
-            Reply::Empty(ttl) => negative_ttl(ttl),
-            Reply::Timeout | Reply::NotSent => return (rdns, Some(Gap::NoAnswer)),
-            Reply::Failed(_) => return (rdns, Some(Gap::Failed)),
+            Reply::Empty(ttl) => (None, negative_ttl(ttl)),
+            Reply::Timeout | Reply::NotSent => (Some(Gap::NoAnswer), Duration::ZERO),
+            Reply::Failed(_) => (Some(Gap::Failed), Duration::ZERO),
         };
-        self.rdns_cache
-            .lock()
-            .unwrap()
-            .put(ip, rdns.clone(), ttl, Instant::now());
-        (rdns, None)
+        if gap.is_none_or(Gap::is_cached) {
+            self.rdns_cache
+                .lock()
+                .unwrap()
+                .put(ip, (rdns.clone(), gap), ttl, Instant::now());
+        }
+        (rdns, gap)
     }
 
     /// Whether `name` (fully qualified) has an A (AAAA) record equal to `ip`; with the TTL.
