@@ -11,6 +11,11 @@
 //! flight ([`Limits::in_flight`], beyond it a query waits for a slot until the deadline, then
 //! counts as no answer), cache entries
 //! ([`Limits::cache_entries`], least recently used first). [`Counters`] count what was refused.
+//!
+//! Answers are cached per (address, zone) and per address for reverse DNS, for their TTL
+//! clamped to 1 min–1 h; a server's error (SERVFAIL, REFUSED, an unreachable port) is cached
+//! like an answer for the minimum, so a client that reconnects at once is not looked up again.
+//! No answer in time is not cached.
 
 mod cache;
 mod counters;
