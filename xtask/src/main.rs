@@ -97,7 +97,7 @@ fn run(task: Task) -> Result<()> {
             exec(cmd)?;
             // CI also gives every fuzz target a bounded run from its seed corpus.
             if std::env::var("CI").is_ok_and(|v| v == "true") {
-                fuzz::run_all(60)?;
+                fuzz::run_all()?;
             }
             Ok(())
         }
