@@ -47,6 +47,8 @@ fn swaks_plain_message_is_stored_and_logged() {
         "{stored}"
     );
     assert!(stored.contains("X-Sinkhole-Client: 127.0.0.1:"), "{stored}");
+    // swaks says EHLO: RFC 3848's ESMTP.
+    assert!(stored.contains(" (sinkhole) with ESMTP id "), "{stored}");
     assert!(stored.contains("plain body line\r\n"), "{stored}");
     let name = messages[0]
         .file_name()

@@ -98,11 +98,10 @@ fn swaks_sends_a_message_over_starttls() {
 
     let messages = daemon.new_messages();
     assert_eq!(messages.len(), 1);
-    assert!(
-        fs::read_to_string(&messages[0])
-            .unwrap()
-            .contains("tls body")
-    );
+    let stored = fs::read_to_string(&messages[0]).unwrap();
+    assert!(stored.contains("tls body"), "{stored}");
+    // RFC 3848: the Received line names ESMTP over TLS.
+    assert!(stored.contains(" (sinkhole) with ESMTPS id "), "{stored}");
     daemon.stop();
     let session = &daemon.sessions()[0];
     assert_eq!(session["tls"]["version"], "TLSv1_3", "{session}");

@@ -18,6 +18,8 @@ pub struct Trace {
     pub client: SocketAddr,
     pub rdns: Option<String>,
     pub helo: Option<String>,
+    /// `SMTP`, `ESMTP` or `ESMTPS` ([`crate::smtp::Session::protocol`]).
+    pub protocol: &'static str,
     pub dnsbl: Vec<DnsblListing>,
     pub mail_from: String,
 }
@@ -49,7 +51,7 @@ impl Trace {
         let _ = write!(
             out,
             "Return-Path: <{mail_from}>\r\n\
-             Received: from {helo} ({rdns} [{ip}])\r\n\tby {by} (sinkhole) with SMTP id {id};\r\n\t{date}\r\n\
+             Received: from {helo} ({rdns} [{ip}])\r\n\tby {by} (sinkhole) with {protocol} id {id};\r\n\t{date}\r\n\
              X-Sinkhole-Session: {id}\r\n\
              X-Sinkhole-Client: {client}\r\n\
              X-Sinkhole-Rdns: {rdns_value}\r\n\
@@ -58,6 +60,7 @@ impl Trace {
             mail_from = sanitize(&self.mail_from),
             helo = helo.as_deref().unwrap_or("unknown"),
             rdns = rdns.as_deref().unwrap_or("unknown"),
+            protocol = self.protocol,
             id = self.session_id,
             date = rfc5322_date(at),
             client = self.client,
@@ -134,6 +137,7 @@ mod tests {
             client: "[2001:db8::7]:4000".parse().unwrap(),
             rdns: None,
             helo: Some("evil\r\nX-Injected: yes\u{7f}é".into()),
+            protocol: "ESMTPS",
             dnsbl: vec![DnsblListing {
                 zone: "zen.example".into(),
                 codes: vec!["127.0.0.2".into(), "127.0.0.4".into()],
@@ -144,6 +148,7 @@ mod tests {
         assert!(!block.contains("\r\nX-Injected"));
         assert!(block.contains("X-Sinkhole-Helo: evil??X-Injected: yes??\r\n"));
         assert!(block.contains("Return-Path: <a@b?c>\r\n"));
+        assert!(block.contains("\tby mx.example (sinkhole) with ESMTPS id abc;\r\n"));
         assert!(block.contains("X-Sinkhole-Client: [2001:db8::7]:4000\r\n"));
         assert!(block.contains("X-Sinkhole-Rdns: (none)\r\n"));
         assert!(block.contains("X-Sinkhole-Dnsbl: zen.example=127.0.0.2,127.0.0.4\r\n"));

@@ -263,6 +263,7 @@ mod tests {
             client: "192.0.2.1:1234".parse().unwrap(),
             rdns: None,
             helo: Some("client.example".into()),
+            protocol: "ESMTP",
             dnsbl: Vec::new(),
             mail_from: "a@example.org".into(),
         }

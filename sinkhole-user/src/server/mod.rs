@@ -580,6 +580,7 @@ impl Server {
                 client: conn.peer,
                 rdns: conn.client.score.as_ref().and_then(|s| s.rdns.clone()),
                 helo: conn.session.record().helo.clone(),
+                protocol: conn.session.protocol(),
                 dnsbl: conn.client.listings(),
                 mail_from,
             },

@@ -114,6 +114,8 @@ pub struct Session {
     phase: Phase,
     pending: Option<Pending>,
     helo_seen: bool,
+    /// The greeting was EHLO.
+    extended: bool,
     tls: bool,
     transaction: Option<Transaction>,
     body: Body,
@@ -152,6 +154,7 @@ impl Session {
             phase: Phase::Command,
             pending: None,
             helo_seen: false,
+            extended: false,
             tls: false,
             transaction: None,
             body,
@@ -320,6 +323,16 @@ impl Session {
 
     pub fn record(&self) -> &SessionRecord {
         &self.record
+    }
+
+    /// The protocol a `Received:` line names for this session's messages (RFC 3848): `SMTP`
+    /// after HELO, `ESMTP` after EHLO, `ESMTPS` inside TLS.
+    pub fn protocol(&self) -> &'static str {
+        match (self.tls, self.extended) {
+            (true, _) => "ESMTPS",
+            (false, true) => "ESMTP",
+            (false, false) => "SMTP",
+        }
     }
 
     pub fn into_record(self) -> SessionRecord {
@@ -517,6 +530,7 @@ impl Session {
     fn helo(&mut self, name: &[u8], extended: bool) {
         self.reset_transaction();
         self.helo_seen = true;
+        self.extended = extended;
         self.record.helo = Some(transcript::escape(name));
         if let Some(signature) = helo_signature(name) {
             self.signal(signature);

@@ -641,6 +641,22 @@ fn starttls_event_and_discarded_bytes() {
 }
 
 #[test]
+fn the_received_protocol_follows_the_greeting_and_tls() {
+    let now = Instant::now();
+    let mut session = Session::new(config(true, 1000, 3), now);
+    session.greet(now);
+    assert_eq!(session.protocol(), "SMTP");
+    session.receive(b"HELO x\r\n", now);
+    assert_eq!(session.protocol(), "SMTP");
+    session.receive(b"EHLO x\r\n", now);
+    assert_eq!(session.protocol(), "ESMTP");
+    session.receive(b"HELO x\r\n", now);
+    assert_eq!(session.protocol(), "SMTP");
+    session.receive(b"EHLO x\r\nSTARTTLS\r\n", now);
+    assert_eq!(session.protocol(), "ESMTPS");
+}
+
+#[test]
 fn timestamps_are_ms_since_start() {
     let run = run(
         default_config(),
