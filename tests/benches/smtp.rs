@@ -15,7 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use sinkhole_tests::daemon::Daemon;
+use sinkhole_tests::daemon::{Daemon, dns_without_zones};
+use sinkhole_tests::dns::{Rbldnsd, start_rbldnsd};
 use sinkhole_tests::{free_port, temp_dir};
 
 /// Parallel sessions, as `smtp-source -s 20`.
@@ -232,13 +233,13 @@ struct IdleResult {
     banner_p99: Duration,
 }
 
-fn idle_connections(count: usize) -> Result<IdleResult> {
+fn idle_connections(count: usize, dns: &str) -> Result<IdleResult> {
     let limits = format!(
         "max_connections = {}\nmax_connections_per_ip = {}\nidle_timeout = \"600s\"",
         count + 2000,
         count + 2000
     );
-    let mut daemon = Daemon::start(&limits, "capture = false");
+    let mut daemon = Daemon::start_with_tables(&limits, "capture = false", dns);
     // Warm up: the first sessions allocate what every later one reuses.
     for _ in 0..100 {
         banner(daemon.addr, 1)?;
@@ -322,15 +323,28 @@ struct Row {
     goal: Option<f64>,
 }
 
-fn sinkhole(capture: bool) -> Daemon {
+/// A name server for the daemons: `rbldnsd` serving one empty zone, so it refuses every query
+/// the daemon makes (PTR, HELO names) at once, as a DNS server that answers does. (A closed port
+/// would not do: the resolver ignores the ICMP errors and every lookup waits for its
+/// `dnsbl.timeout`, leaving thousands of requests outstanding that no real daemon has.)
+fn name_server() -> Result<Rbldnsd> {
+    start_rbldnsd(&[(
+        "none.bench",
+        "ip4set",
+        "$SOA 300 ns.bench. hostmaster.bench. 1 600 300 86400 300\n",
+    )])
+}
+
+fn sinkhole(capture: bool, dns: &str) -> Daemon {
     let storage = if capture {
         "capture = true"
     } else {
         "capture = false"
     };
-    Daemon::start(
+    Daemon::start_with_tables(
         "max_connections = 20000\nmax_connections_per_ip = 20000",
         storage,
+        dns,
     )
 }
 
@@ -370,9 +384,11 @@ fn main() -> Result<()> {
             if reuse { " -d" } else { "" }
         )
     };
+    let name_server = name_server()?;
+    let dns = dns_without_zones(name_server.addr);
     // First, before the loads fill the ephemeral port range with TIME_WAIT sockets.
     let idle_result = if idle > 0 {
-        Some(idle_connections(held)?)
+        Some(idle_connections(held, &dns)?)
     } else {
         None
     };
@@ -385,7 +401,7 @@ fn main() -> Result<()> {
         let (peer_rate, our_rate) = back_to_back(
             rounds,
             || smtp_source(SmtpSink::start(None)?.addr, SESSIONS, messages, reuse),
-            || smtp_source(sinkhole(false).addr, SESSIONS, messages, reuse),
+            || smtp_source(sinkhole(false, &dns).addr, SESSIONS, messages, reuse),
         )?;
         rows.push(Row {
             load: source(reuse)
@@ -414,7 +430,7 @@ fn main() -> Result<()> {
             smtp_source(sink.addr, sessions, messages, true)
         };
         let ours = || {
-            let daemon = sinkhole(true);
+            let daemon = sinkhole(true, &dns);
             let rate = smtp_source(daemon.addr, sessions, messages, true)?;
             let new = daemon.storage().join("maildir/new");
             let stored = sinkhole_tests::daemon::files_in(&new).len();
@@ -442,7 +458,7 @@ fn main() -> Result<()> {
         let (peer_rate, our_rate) = back_to_back(
             rounds,
             || pipelined_load(SmtpSink::start(None)?.addr, messages),
-            || pipelined_load(sinkhole(capture).addr, messages),
+            || pipelined_load(sinkhole(capture, &dns).addr, messages),
         )?;
         rows.push(Row {
             load: format!("smtp-bench EHLO+PIPELINING, {SESSIONS} sessions, {messages} msgs"),

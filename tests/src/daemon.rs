@@ -13,8 +13,10 @@ use crate::{TempDir, free_port, sinkhole_bin, temp_dir};
 /// The TOML for a daemon on `127.0.0.1:port` with storage in `storage`; `smtp` and `storage`
 /// are extra lines for those tables, `rest` more tables. XDP maps are pinned nowhere real (the
 /// daemon falls back to its in-memory blocker). Unless `rest` configures `[dnsbl]`, scoring has
-/// no zones and asks a closed loopback port (every lookup fails at once), so no test sends a
-/// query beyond loopback.
+/// no zones and asks a closed loopback port, so no test sends a query beyond loopback. (The
+/// resolver does not act on the port-unreachable errors: each lookup is unanswered until
+/// `dnsbl.timeout`, and a closed session's log line waits for that. Tests that need answers
+/// use [`dns_without_zones`] with a real server.)
 pub fn smtp_config(
     port: u16,
     storage: &Path,
