@@ -1,8 +1,9 @@
 //! Bounded fuzzing runs (`cargo xtask test` under `CI=true`): every cargo-fuzz target in `fuzz/`
 //! for a fixed number of inputs from a fixed seed, on a copy of its seed corpus, so generated
-//! inputs never land in the repo. The same commit explores the same inputs on every machine, so
-//! CI does not fail on one run's luck, and what it finds, a run here finds again. A crash fails
-//! with the target's name and the file that reproduces it.
+//! inputs never land in the repo. The same commit then explores nearly the same inputs on every
+//! machine (coverage feedback still varies a little: the targets' hash maps are seeded per
+//! process), so CI rarely depends on one run's luck. A crash fails with the target's name and
+//! the file that reproduces it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
