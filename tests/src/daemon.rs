@@ -355,7 +355,6 @@ impl SmtpClient {
         }
     }
 
-    /// The next `n` whole replies.
     /// One message (`a@example.com` to `trap@example.org`, a `Subject: t` header and `body`)
     /// after EHLO, each step checked as the daemon answers an accepted one; returns the reply
     /// to the end of data.
@@ -370,6 +369,7 @@ impl SmtpClient {
         self.reply().remove(0)
     }
 
+    /// The next `n` whole replies.
     pub fn replies(&mut self, n: usize) -> Vec<Vec<String>> {
         (0..n).map(|_| self.reply()).collect()
     }

@@ -10,6 +10,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sinkhole_tests::daemon::{Daemon, files_in};
@@ -171,6 +172,17 @@ fn check_session_log(storage: &Path) -> bool {
     torn
 }
 
+/// `sinkhole campaigns --storage STORAGE --json`, run to the end.
+fn campaigns_json(storage: &Path) -> Output {
+    sinkhole(&[
+        "campaigns",
+        "--storage",
+        storage.to_str().unwrap(),
+        "--json",
+    ])
+    .unwrap()
+}
+
 #[test]
 fn messages_answered_250_survive_sigkill_whole() {
     let seed = SystemTime::now()
@@ -237,13 +249,7 @@ fn messages_answered_250_survive_sigkill_whole() {
         }
         let torn = check_session_log(&storage);
         if torn {
-            let out = sinkhole(&[
-                "campaigns",
-                "--storage",
-                storage.to_str().unwrap(),
-                "--json",
-            ])
-            .unwrap();
+            let out = campaigns_json(&storage);
             assert!(out.status.success(), "campaigns on a torn log: {out:?}");
             let warning = String::from_utf8_lossy(&out.stderr);
             assert!(warning.contains("torn last line"), "{warning}");
@@ -277,13 +283,7 @@ fn messages_answered_250_survive_sigkill_whole() {
         !check_session_log(&storage),
         "a clean stop leaves no torn line"
     );
-    let out = sinkhole(&[
-        "campaigns",
-        "--storage",
-        storage.to_str().unwrap(),
-        "--json",
-    ])
-    .unwrap();
+    let out = campaigns_json(&storage);
     assert!(out.status.success());
 }
 
@@ -318,13 +318,7 @@ fn a_torn_session_log_line_does_not_swallow_the_next_one() {
     let session: serde_json::Value = serde_json::from_str(last)
         .unwrap_or_else(|e| panic!("the session after the restart: {e}: {last}"));
     assert_eq!(session["helo"], "after.example");
-    let out = sinkhole(&[
-        "campaigns",
-        "--storage",
-        storage.to_str().unwrap(),
-        "--json",
-    ])
-    .unwrap();
+    let out = campaigns_json(&storage);
     assert!(out.status.success());
     let warning = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -78,13 +78,17 @@ impl Maildir {
             );
         }
         let new = root.join("new");
-        let unnamed_files = unnamed_files_work(&tmp);
-        if !unnamed_files {
-            log::info!(
-                "{}: no O_TMPFILE here, messages are written to tmp/ and renamed",
-                root.display()
-            );
-        }
+        let unnamed_files = match unnamed_files_work(&tmp) {
+            Ok(()) => true,
+            Err(e) => {
+                log::info!(
+                    "{}: cannot make and link O_TMPFILE files ({e}); messages are written to \
+                     tmp/ and renamed",
+                    root.display()
+                );
+                false
+            }
+        };
         Ok(Maildir {
             new_dir: File::open(&new)?,
             tmp,
@@ -143,12 +147,7 @@ impl Maildir {
     fn write(&self, name: &str, message: &Message<'_>, now: SystemTime) -> io::Result<Unnamed> {
         let header = message.trace.header_block(&self.by, now);
         if self.unnamed_files {
-            let file = File::from(rustix::fs::openat(
-                &self.new_dir,
-                ".",
-                OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o666),
-            )?);
+            let file = unnamed_file(&self.new_dir)?;
             write_message(&file, &header, message.body)?;
             return Ok(Unnamed::File(file));
         }
@@ -234,23 +233,28 @@ fn link_unnamed(file: &File, dir: &File, name: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether `O_TMPFILE` and [`link_unnamed`] work in `dir` (the filesystem may lack the one, the
-/// process `/proc` for the other). Tried in `tmp/`, so a Maildir reader never sees the probe.
-fn unnamed_files_work(dir: &Path) -> bool {
-    let probe = || -> io::Result<()> {
-        let dir = File::open(dir)?;
-        let file = File::from(rustix::fs::openat(
-            &dir,
-            ".",
-            OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )?);
-        let name = format!(".probe.{}", std::process::id());
-        link_unnamed(&file, &dir, &name)?;
-        rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::empty())?;
-        Ok(())
-    };
-    probe().is_ok()
+/// A new file in `dir` with no name yet (`O_TMPFILE`): it vanishes with its descriptor unless
+/// [`link_unnamed`] names it.
+fn unnamed_file(dir: &File) -> io::Result<File> {
+    let fd = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o666),
+    )?;
+    Ok(File::from(fd))
+}
+
+/// Whether [`unnamed_file`] and [`link_unnamed`] work in `dir` (the filesystem may lack
+/// `O_TMPFILE`, the process `/proc`), and if not why. Tried in `tmp/`, so a Maildir reader never
+/// sees the probe.
+fn unnamed_files_work(dir: &Path) -> io::Result<()> {
+    let dir = File::open(dir)?;
+    let file = unnamed_file(&dir)?;
+    let name = format!(".probe.{}", std::process::id());
+    link_unnamed(&file, &dir, &name)?;
+    rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::empty())?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use session_log::{SessionEnd, SessionLog};
 
 /// Jobs the queue holds at most.
 const QUEUE: usize = 8192;
-/// Messages stored with one sync at most.
+/// Messages a batch holds at most (all made durable by the same two syncs).
 const MAX_BATCH: usize = 256;
 /// Batches named in `new/` that may wait for the commit thread (then the capture thread
 /// waits too, and the loop's queue fills).
