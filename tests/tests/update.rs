@@ -37,15 +37,7 @@ fn send_mail(ns: &NetNs, server: SocketAddr, source: IpAddr) -> String {
         assert!(greeting[0].starts_with("220"), "{greeting:?}");
         client.send(b"EHLO good.example\r\n");
         client.reply();
-        client.send(b"MAIL FROM:<a@good.example>\r\n");
-        client.reply();
-        client.send(b"RCPT TO:<trap@example.org>\r\n");
-        let rcpt = client.reply();
-        assert!(rcpt[0].starts_with("250"), "{rcpt:?}");
-        client.send(b"DATA\r\n");
-        client.reply();
-        client.send(b"Subject: update\r\n\r\nhello\r\n.\r\n");
-        let done = client.reply().join("\n");
+        let done = client.transaction("hello");
         client.send(b"QUIT\r\n");
         done
     })
