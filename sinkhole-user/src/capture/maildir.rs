@@ -1,16 +1,16 @@
-//! The Maildir writer with group commit.
+//! The Maildir writer, in two steps for group commit.
 //!
-//! A batch of messages is written, each to a file of its own; then the filesystem is synced
-//! once (`syncfs`), the files get their names in `new/`, and the filesystem is synced once more
-//! ([`NewDir::sync`], on the commit thread while the next batch is written) before any of them
-//! is announced (250). So a message is in `new/` only whole, and is announced only after its
-//! name is durable, for two disk flushes per batch, however many messages it holds.
+//! [`Maildir::write`] puts a message into a file of its own that has no name in `new/` yet;
+//! [`NewDir::name`] gives it its name there once a sync that began after the write has
+//! returned, and the message is announced (250) only once a sync that began after the naming has
+//! returned (see `capture/mod.rs` for the loop that interleaves them). So a message is in `new/`
+//! only whole, and is announced only after its name is durable.
 //!
-//! Why `syncfs` and not an `fdatasync` per file and an `fsync` of `new/`: on the virtio disk
-//! where this was measured, 20 parallel `fdatasync`s of 1.5 KB files took 9.7 ms, one
-//! `syncfs` after writing the same 20 files 1.1 ms (each flush is a round trip to the host);
-//! the price is that `syncfs` also writes out what other processes left dirty on the same
-//! filesystem, so `storage.dir` is best on a filesystem of its own (see the README).
+//! The sync is `syncfs`, not an `fdatasync` per file and an `fsync` of `new/`: on the virtio disk
+//! where this was measured, 20 parallel `fdatasync`s of 1.5 KB files took 9.7 ms, one `syncfs`
+//! after writing the same 20 files 1.1 ms (each flush is a round trip to the host); the price is
+//! that `syncfs` also writes out what other processes left dirty on the same filesystem, so
+//! `storage.dir` is best on a filesystem of its own (see the README).
 //!
 //! The files are made with `O_TMPFILE` in `new/` and linked there under their names: one
 //! directory entry per message instead of the classic three (create in `tmp/`, rename out of
@@ -48,12 +48,17 @@ pub struct Maildir {
     counter: u64,
 }
 
-/// A message written but not named in `new/` yet.
-enum Unnamed {
+/// A message written but not named in `new/` yet, with the name it is to get there.
+pub struct Unnamed {
+    name: String,
+    file: UnnamedFile,
+}
+
+enum UnnamedFile {
     /// An `O_TMPFILE` file.
-    File(File),
-    /// A file in `tmp/`, by its name there.
-    InTmp(String),
+    Tmpfile(File),
+    /// `tmp/NAME`.
+    InTmp,
 }
 
 impl Maildir {
@@ -116,102 +121,83 @@ impl Maildir {
         )
     }
 
-    /// Writes `batch`, syncs the filesystem and names the files in `new/`, pushing one outcome
-    /// per message (its name in `new/`, or the error) to `outcomes` in order. The names are
-    /// durable only once [`NewDir::sync`] has returned after this. A message that fails
-    /// leaves nothing behind.
-    pub fn write_batch(&mut self, batch: &[Message<'_>], outcomes: &mut Vec<io::Result<String>>) {
-        let now = SystemTime::now();
-        let written: Vec<(String, io::Result<Unnamed>)> = batch
-            .iter()
-            .map(|message| {
-                let name = self.unique_name(now);
-                let file = self.write(&name, message, now);
-                (name, file)
-            })
-            .collect();
-        let synced = syncfs(&self.new_dir);
-        for (name, file) in written {
-            let named = file.and_then(|file| match &synced {
-                Ok(()) => self.name(file, &name),
-                Err(e) => {
-                    self.discard(file);
-                    Err(io::Error::new(e.kind(), e.to_string()))
-                }
-            });
-            outcomes.push(named.map(|()| name));
-        }
-    }
-
-    /// Writes one message, our headers first, to a file not yet named in `new/`.
-    fn write(&self, name: &str, message: &Message<'_>, now: SystemTime) -> io::Result<Unnamed> {
+    /// Writes one message, our headers first, to a file not yet named in `new/` (a failed write
+    /// leaves nothing behind).
+    pub fn write(&mut self, message: &Message<'_>, now: SystemTime) -> io::Result<Unnamed> {
+        let name = self.unique_name(now);
         let header = message.trace.header_block(&self.by, now);
         if self.unnamed_files {
             let file = unnamed_file(&self.new_dir)?;
             write_message(&file, &header, message.body)?;
-            return Ok(Unnamed::File(file));
+            return Ok(Unnamed {
+                name,
+                file: UnnamedFile::Tmpfile(file),
+            });
         }
-        let path = self.tmp.join(name);
+        let path = self.tmp.join(&name);
         let written =
             File::create_new(&path).and_then(|file| write_message(&file, &header, message.body));
         if let Err(e) = written {
             let _ = fs::remove_file(&path);
             return Err(e);
         }
-        Ok(Unnamed::InTmp(name.to_owned()))
+        Ok(Unnamed {
+            name,
+            file: UnnamedFile::InTmp,
+        })
     }
 
-    /// Gives a written file its name in `new/`.
-    fn name(&self, file: Unnamed, name: &str) -> io::Result<()> {
-        match file {
-            Unnamed::File(file) => link_unnamed(&file, &self.new_dir, name),
-            Unnamed::InTmp(tmp_name) => {
-                let from = self.tmp.join(&tmp_name);
-                fs::rename(&from, self.new.join(name)).inspect_err(|_| {
-                    let _ = fs::remove_file(&from);
-                })
-            }
-        }
-    }
-
-    /// Drops a written file (an `O_TMPFILE` one goes with its descriptor).
-    fn discard(&self, file: Unnamed) {
-        if let Unnamed::InTmp(name) = file {
-            let _ = fs::remove_file(self.tmp.join(name));
-        }
-    }
-
-    /// `new/`, for [`NewDir::sync`] (on whichever thread commits the batches).
+    /// `new/`, for whichever thread syncs and names the files (see [`NewDir`]).
     pub fn new_dir(&self) -> io::Result<NewDir> {
         Ok(NewDir {
-            path: self.new.clone(),
+            tmp: self.tmp.clone(),
+            new: self.new.clone(),
             dir: File::open(&self.new)?,
         })
     }
 }
 
-/// `new/`, open for making the names given in it durable.
+/// `new/`, open for syncing the filesystem and naming written files.
 pub struct NewDir {
-    path: PathBuf,
+    tmp: PathBuf,
+    new: PathBuf,
     dir: File,
 }
 
 impl NewDir {
     /// Makes everything written and named in this Maildir before this call durable.
     pub fn sync(&self) -> io::Result<()> {
-        syncfs(&self.dir)
+        rustix::fs::syncfs(&self.dir)?;
+        Ok(())
+    }
+
+    /// Gives a written file its name in `new/`, which it returns; when that fails, the file is
+    /// gone. Only once a [`NewDir::sync`] begun after [`Maildir::write`] has returned, so that
+    /// no crash leaves a name on a file whose data is not on disk.
+    pub fn name(&self, file: Unnamed) -> io::Result<String> {
+        let named = match &file.file {
+            UnnamedFile::Tmpfile(unnamed) => link_unnamed(unnamed, &self.dir, &file.name),
+            UnnamedFile::InTmp => {
+                let from = self.tmp.join(&file.name);
+                fs::rename(&from, self.new.join(&file.name)).inspect_err(|_| {
+                    let _ = fs::remove_file(&from);
+                })
+            }
+        };
+        named.map(|()| file.name)
+    }
+
+    /// Drops a written file (an `O_TMPFILE` one goes with its descriptor).
+    pub fn discard(&self, file: Unnamed) {
+        if let UnnamedFile::InTmp = file.file {
+            let _ = fs::remove_file(self.tmp.join(file.name));
+        }
     }
 
     /// Takes back a message whose name could not be made durable (it was never announced).
     pub fn remove(&self, name: &str) {
-        let _ = fs::remove_file(self.path.join(name));
+        let _ = fs::remove_file(self.new.join(name));
     }
-}
-
-/// Writes out every dirty page and inode of the filesystem `file` is on, and flushes the disk.
-fn syncfs(file: &File) -> io::Result<()> {
-    rustix::fs::syncfs(file)?;
-    Ok(())
 }
 
 /// Writes `header` then `body` to a new file, in one call when it takes both.
@@ -293,10 +279,20 @@ mod tests {
                 body: b"Subject: two\r\n\r\nbody two\r\n",
             },
         ];
-        let mut outcomes = Vec::new();
-        maildir.write_batch(&batch, &mut outcomes);
-        maildir.new_dir().unwrap().sync().unwrap();
-        let names: Vec<String> = outcomes.into_iter().map(Result::unwrap).collect();
+        let new_dir = maildir.new_dir().unwrap();
+        let now = SystemTime::now();
+        let written: Vec<Unnamed> = batch
+            .iter()
+            .map(|message| maildir.write(message, now).unwrap())
+            .collect();
+        // Written, not named: nothing in new/ yet.
+        assert_eq!(fs::read_dir(root.join("new")).unwrap().count(), 0);
+        new_dir.sync().unwrap();
+        let names: Vec<String> = written
+            .into_iter()
+            .map(|file| new_dir.name(file).unwrap())
+            .collect();
+        new_dir.sync().unwrap();
         assert_eq!(names.len(), 2);
         assert_ne!(names[0], names[1]);
         for (name, message) in names.iter().zip(&batch) {
@@ -339,19 +335,18 @@ mod tests {
             let root = temp_dir("fail");
             let mut maildir = Maildir::open(&root, "mx.example").unwrap();
             maildir.unnamed_files = unnamed_files;
+            let new_dir = maildir.new_dir().unwrap();
             // new/ is not a directory any more: the file cannot be named there.
             fs::remove_dir(root.join("new")).unwrap();
             fs::write(root.join("new"), b"").unwrap();
             let trace = trace();
-            let mut outcomes = Vec::new();
-            maildir.write_batch(
-                &[Message {
-                    trace: &trace,
-                    body: b"x\r\n",
-                }],
-                &mut outcomes,
-            );
-            assert!(outcomes[0].is_err());
+            let message = Message {
+                trace: &trace,
+                body: b"x\r\n",
+            };
+            let written = maildir.write(&message, SystemTime::now());
+            let named = written.and_then(|file| new_dir.name(file));
+            assert!(named.is_err());
             assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
             assert_eq!(fs::read(root.join("new")).unwrap(), b"");
             fs::remove_dir_all(&root).unwrap();

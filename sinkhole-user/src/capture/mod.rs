@@ -1,14 +1,15 @@
-//! Durable capture: the Maildir writer with group commit and the session log, on a thread of
+//! Durable capture: the Maildir writer with group commit and the session log, on threads of
 //! their own so the event loop never waits for a disk.
 //!
 //! The loop submits [`Job`]s without blocking ([`Capture::submit`] refuses when the queue is
-//! full). The capture thread takes everything queued at once as one batch, writes it, syncs the
-//! filesystem and names the files in `new/` ([`maildir::Maildir::write_batch`]), and hands the
-//! batch to the commit thread, which syncs once more for every batch that reached it meanwhile
-//! ([`maildir::NewDir::sync`]) and only then hands each outcome to the loop's callback. The two
-//! stages overlap: while one batch's names are being made durable the next batch is written
-//! (classic pipelined group commit). The capture thread also appends session lines to the log,
-//! which it writes out at least every second and when it stops.
+//! full). The capture thread takes everything queued at once as one batch, writes each message
+//! to a file not yet named in `new/` ([`maildir::Maildir::write`]) and hands the batch to the
+//! commit thread. That thread syncs the filesystem ([`maildir::NewDir::sync`]) again and again
+//! while messages are on their way; after each sync it hands the loop's callback the outcomes of
+//! the messages it named before that sync (their names are now durable) and names in `new/` the
+//! files written before it (their data is now durable; [`maildir::NewDir::name`]). Under load one
+//! sync thus serves two batches: pipelined group commit. The capture thread also appends session
+//! lines to the log, which it writes out at least every second and when it stops.
 
 pub mod headers;
 pub mod maildir;
@@ -19,12 +20,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::StorageConfig;
 use crate::server::counters::Counters;
 use headers::Trace;
-use maildir::{Maildir, Message, NewDir};
+use maildir::{Maildir, Message, NewDir, Unnamed};
 use session_log::{SessionEnd, SessionLog};
 
 /// Jobs the queue holds at most.
@@ -165,17 +166,18 @@ impl Capture {
     }
 }
 
-/// A message written, synced and named in `new/` (or failed on the way there).
-struct Written {
+/// A message on its way into `new/`: `T` is the written file ([`Unnamed`]) until it is named,
+/// then its name.
+struct Written<T> {
     ticket: Ticket,
     size: usize,
     session_id: String,
-    outcome: io::Result<String>,
+    outcome: io::Result<T>,
 }
 
 struct Worker {
     /// The Maildir and the commit thread's queue (when capture is on).
-    maildir: Option<(Maildir, SyncSender<Vec<Written>>)>,
+    maildir: Option<(Maildir, SyncSender<Vec<Written<Unnamed>>>)>,
     log: SessionLog,
     log_path: PathBuf,
     counters: Arc<Counters>,
@@ -184,7 +186,6 @@ struct Worker {
 impl Worker {
     fn run(mut self, queue: Receiver<Job>) {
         let mut stores = Vec::with_capacity(MAX_BATCH);
-        let mut outcomes = Vec::with_capacity(MAX_BATCH);
         let mut last_flush = Instant::now();
         loop {
             let wait = FLUSH_INTERVAL.saturating_sub(last_flush.elapsed());
@@ -200,7 +201,7 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            self.store(&mut stores, &mut outcomes);
+            self.store(&mut stores);
             if last_flush.elapsed() >= FLUSH_INTERVAL {
                 self.flush_log();
                 last_flush = Instant::now();
@@ -221,8 +222,8 @@ impl Worker {
         }
     }
 
-    /// Writes a batch into `new/` and passes it on to the commit thread.
-    fn store(&mut self, stores: &mut Vec<StoreRequest>, outcomes: &mut Vec<io::Result<String>>) {
+    /// Writes a batch into files not yet named and passes it on to the commit thread.
+    fn store(&mut self, stores: &mut Vec<StoreRequest>) {
         let Some((maildir, committer)) = &mut self.maildir else {
             stores.clear();
             return;
@@ -230,23 +231,20 @@ impl Worker {
         if stores.is_empty() {
             return;
         }
-        outcomes.clear();
-        let batch: Vec<Message<'_>> = stores
-            .iter()
-            .map(|s| Message {
-                trace: &s.trace,
-                body: &s.body,
-            })
-            .collect();
-        maildir.write_batch(&batch, outcomes);
+        let now = SystemTime::now();
         let written = stores
             .drain(..)
-            .zip(outcomes.drain(..))
-            .map(|(request, outcome)| Written {
+            .map(|request| Written {
+                outcome: maildir.write(
+                    &Message {
+                        trace: &request.trace,
+                        body: &request.body,
+                    },
+                    now,
+                ),
                 ticket: request.ticket,
                 size: request.body.len(),
                 session_id: request.trace.session_id,
-                outcome,
             })
             .collect();
         // The commit thread lives as long as this one (it ends when this queue closes).
@@ -268,7 +266,8 @@ impl Worker {
     }
 }
 
-/// The commit thread: syncs `new/` for every batch that has reached it, then answers.
+/// The commit thread: syncs the filesystem over and over while messages are on their way, and
+/// after each sync names the files written before it and announces the names made before it.
 struct Committer<F> {
     new_dir: NewDir,
     /// The Maildir, for the error messages.
@@ -278,43 +277,82 @@ struct Committer<F> {
 }
 
 impl<F: FnMut(Stored)> Committer<F> {
-    fn run(mut self, committed: Receiver<Vec<Written>>) {
-        let mut pending: Vec<Written> = Vec::with_capacity(MAX_BATCH);
-        while let Ok(batch) = committed.recv() {
-            pending.extend(batch);
-            // Batches named while the last sync ran share this one.
-            while let Ok(batch) = committed.try_recv() {
-                pending.extend(batch);
-            }
-            if pending.iter().any(|w| w.outcome.is_ok())
-                && let Err(error) = self.new_dir.sync()
-            {
-                for written in &mut pending {
-                    if let Ok(name) = &written.outcome {
-                        self.new_dir.remove(name);
-                        written.outcome = Err(io::Error::new(error.kind(), error.to_string()));
-                    }
+    fn run(mut self, written: Receiver<Vec<Written<Unnamed>>>) {
+        // Files whose data the next sync makes durable, and names it makes durable: under load
+        // one sync serves a batch of each, so a batch costs one disk flush, not two.
+        let mut unnamed: Vec<Written<Unnamed>> = Vec::with_capacity(MAX_BATCH);
+        let mut named: Vec<Written<String>> = Vec::with_capacity(MAX_BATCH);
+        loop {
+            if unnamed.is_empty() && named.is_empty() {
+                match written.recv() {
+                    Ok(batch) => unnamed.extend(batch),
+                    Err(_) => return,
                 }
             }
-            for written in pending.drain(..) {
-                let name = match written.outcome {
-                    Ok(name) => Some(name),
-                    Err(e) => {
-                        log::error!(
-                            "cannot store a message of session {} in {}: {e}",
-                            written.session_id,
-                            self.dir.display()
-                        );
-                        Counters::add(&self.counters.capture_failed, 1);
-                        None
+            // Batches written while the last sync ran share this one.
+            while let Ok(batch) = written.try_recv() {
+                unnamed.extend(batch);
+            }
+            // (`named` holds only names; a failed write needs no sync.)
+            let synced = if !named.is_empty() || unnamed.iter().any(|w| w.outcome.is_ok()) {
+                self.new_dir.sync()
+            } else {
+                Ok(())
+            };
+            for mut message in named.drain(..) {
+                if let (Ok(name), Err(error)) = (&message.outcome, &synced) {
+                    self.new_dir.remove(name);
+                    message.outcome = Err(copy(error));
+                }
+                self.answer(message);
+            }
+            for message in unnamed.drain(..) {
+                let outcome = match (message.outcome, &synced) {
+                    (Ok(file), Ok(())) => self.new_dir.name(file),
+                    (Ok(file), Err(error)) => {
+                        self.new_dir.discard(file);
+                        Err(copy(error))
                     }
+                    (Err(error), _) => Err(error),
                 };
-                (self.on_stored)(Stored {
-                    ticket: written.ticket,
-                    size: written.size,
-                    name,
-                });
+                let message = Written {
+                    outcome,
+                    ticket: message.ticket,
+                    size: message.size,
+                    session_id: message.session_id,
+                };
+                if message.outcome.is_ok() {
+                    named.push(message);
+                } else {
+                    self.answer(message);
+                }
             }
         }
     }
+
+    /// Hands the outcome to the loop, logging a failure.
+    fn answer(&mut self, message: Written<String>) {
+        let name = match message.outcome {
+            Ok(name) => Some(name),
+            Err(e) => {
+                log::error!(
+                    "cannot store a message of session {} in {}: {e}",
+                    message.session_id,
+                    self.dir.display()
+                );
+                Counters::add(&self.counters.capture_failed, 1);
+                None
+            }
+        };
+        (self.on_stored)(Stored {
+            ticket: message.ticket,
+            size: message.size,
+            name,
+        });
+    }
+}
+
+/// One sync error for each message it failed.
+fn copy(error: &io::Error) -> io::Error {
+    io::Error::new(error.kind(), error.to_string())
 }
