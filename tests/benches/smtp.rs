@@ -1,6 +1,8 @@
 //! `cargo xtask bench smtp` (`cargo bench -p sinkhole-tests --bench smtp`): sinkhole against Postfix's
 //! `smtp-sink` under the same load in the same run, plus the loads `smtp-source` cannot make
-//! (EHLO + PIPELINING) and the idle-connection footprint. Prints a Markdown table.
+//! (EHLO + PIPELINING) and the idle-connection footprint. Prints a Markdown table. The rows
+//! without storage also run a do-nothing server ([`NullSmtp`]) under the same load: what the
+//! load generator can do on this machine, the ceiling for any server.
 //!
 //! Loopback only. `SMTP_BENCH_MESSAGES` (default 20000) and `SMTP_BENCH_IDLE` (default 20000)
 //! scale it down for a quick run; 0 leaves that part out. Each throughput row runs the peer and
@@ -8,16 +10,19 @@
 //! busy moment of a shared machine does not decide the ratio. Storage (sinkhole's Maildir and
 //! `smtp-sink -d`'s directory) is in the same temporary directory, on one filesystem.
 
+use std::cell::RefCell;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use sinkhole_tests::daemon::{Daemon, dns_without_zones};
+use sinkhole_tests::daemon::{Daemon, dns_without_zones, smtp_config};
 use sinkhole_tests::dns::{Rbldnsd, start_rbldnsd};
+use sinkhole_tests::null_smtp::NullSmtp;
 use sinkhole_tests::{free_port, temp_dir};
+use tempfile::TempDir;
 
 /// Parallel sessions, as `smtp-source -s 20`.
 const SESSIONS: usize = 20;
@@ -294,19 +299,18 @@ fn sockstat_tcp_mem() -> Result<u64> {
     Ok(words.next().context("mem value")?.parse()?)
 }
 
-/// Runs `peer` and `ours` alternately `rounds` times; the median rate of each.
-fn back_to_back(
+/// Runs the loads in turn, `rounds` times over; the median rate of each, in order.
+fn interleaved<const N: usize>(
     rounds: usize,
-    mut peer: impl FnMut() -> Result<f64>,
-    mut ours: impl FnMut() -> Result<f64>,
-) -> Result<(f64, f64)> {
-    let mut peer_rates = Vec::with_capacity(rounds);
-    let mut our_rates = Vec::with_capacity(rounds);
+    mut loads: [&mut dyn FnMut() -> Result<f64>; N],
+) -> Result<[f64; N]> {
+    let mut rates = [(); N].map(|()| Vec::with_capacity(rounds));
     for _ in 0..rounds.max(1) {
-        peer_rates.push(peer()?);
-        our_rates.push(ours()?);
+        for (load, rates) in loads.iter_mut().zip(&mut rates) {
+            rates.push(load()?);
+        }
     }
-    Ok((median(&mut peer_rates), median(&mut our_rates)))
+    Ok(rates.map(|mut rates| median(&mut rates)))
 }
 
 fn median(rates: &mut [f64]) -> f64 {
@@ -321,6 +325,8 @@ struct Row {
     ours: &'static str,
     our_rate: f64,
     goal: Option<f64>,
+    /// The null responder's rate under the same load, where storing plays no part.
+    ceiling: Option<f64>,
 }
 
 /// A name server for the daemons: `rbldnsd` serving one empty zone, so it refuses every query
@@ -335,17 +341,47 @@ fn name_server() -> Result<Rbldnsd> {
     )])
 }
 
-fn sinkhole(capture: bool, dns: &str) -> Daemon {
-    let storage = if capture {
-        "capture = true"
-    } else {
-        "capture = false"
-    };
-    Daemon::start_with_tables(
-        "max_connections = 20000\nmax_connections_per_ip = 20000",
+/// A sinkhole daemon whose storage (Maildir, session log) is `storage`.
+fn sinkhole(capture: bool, dns: &str, storage: &Path) -> Daemon {
+    let port = free_port();
+    let config = smtp_config(
+        port,
         storage,
+        "max_connections = 20000\nmax_connections_per_ip = 20000",
+        if capture {
+            "capture = true"
+        } else {
+            "capture = false"
+        },
         dns,
+    );
+    Daemon::start_with_config(
+        temp_dir("daemon"),
+        &config,
+        SocketAddr::from(([127, 0, 0, 1], port)),
     )
+}
+
+/// The directories the runs of one row store into, each run a fresh one, all removed together
+/// once the row is done: removing a run's 20,000 files right after it (and the discards the
+/// filesystem then sends to the disk) would slow down the run after it, the other server's.
+#[derive(Default)]
+struct RowDirs(RefCell<Vec<TempDir>>);
+
+impl RowDirs {
+    fn fresh(&self, tag: &str) -> PathBuf {
+        let dir = temp_dir(tag);
+        let path = dir.path().to_owned();
+        self.0.borrow_mut().push(dir);
+        path
+    }
+}
+
+impl Drop for RowDirs {
+    fn drop(&mut self) {
+        self.0.get_mut().clear();
+        settle_disks();
+    }
 }
 
 /// The same as the daemon does at start (root may raise the hard limit too); the limit in
@@ -398,10 +434,17 @@ fn main() -> Result<()> {
         if messages == 0 {
             break;
         }
-        let (peer_rate, our_rate) = back_to_back(
+        let dirs = RowDirs::default();
+        let [peer_rate, our_rate, ceiling] = interleaved(
             rounds,
-            || smtp_source(SmtpSink::start(None)?.addr, SESSIONS, messages, reuse),
-            || smtp_source(sinkhole(false, &dns).addr, SESSIONS, messages, reuse),
+            [
+                &mut || smtp_source(SmtpSink::start(None)?.addr, SESSIONS, messages, reuse),
+                &mut || {
+                    let daemon = sinkhole(false, &dns, &dirs.fresh("sinkhole"));
+                    smtp_source(daemon.addr, SESSIONS, messages, reuse)
+                },
+                &mut || smtp_source(NullSmtp::start()?.addr, SESSIONS, messages, reuse),
+            ],
         )?;
         rows.push(Row {
             load: source(reuse)
@@ -415,6 +458,7 @@ fn main() -> Result<()> {
             ours: "sinkhole, capture = false",
             our_rate,
             goal: Some(1.3),
+            ceiling: Some(ceiling),
         });
     }
 
@@ -424,15 +468,16 @@ fn main() -> Result<()> {
         if messages == 0 {
             break;
         }
-        let peer = || {
-            let dump = temp_dir("smtp-sink-dump");
-            let sink = SmtpSink::start(Some(dump.path()))?;
+        let dirs = RowDirs::default();
+        let mut peer = || {
+            let sink = SmtpSink::start(Some(&dirs.fresh("smtp-sink-dump")))?;
             smtp_source(sink.addr, sessions, messages, true)
         };
-        let ours = || {
-            let daemon = sinkhole(true, &dns);
+        let mut ours = || {
+            let storage = dirs.fresh("sinkhole");
+            let daemon = sinkhole(true, &dns, &storage);
             let rate = smtp_source(daemon.addr, sessions, messages, true)?;
-            let new = daemon.storage().join("maildir/new");
+            let new = storage.join("data/maildir/new");
             let stored = sinkhole_tests::daemon::files_in(&new).len();
             ensure!(
                 stored == messages,
@@ -440,7 +485,7 @@ fn main() -> Result<()> {
             );
             Ok(rate)
         };
-        let (peer_rate, our_rate) = back_to_back(rounds, peer, ours)?;
+        let [peer_rate, our_rate] = interleaved(rounds, [&mut peer, &mut ours])?;
         rows.push(Row {
             load: format!("smtp-source -s {sessions} -m {messages} -l {LENGTH} -d"),
             peer: "smtp-sink -d DIR (no sync)",
@@ -448,6 +493,7 @@ fn main() -> Result<()> {
             ours: "sinkhole, durable capture",
             our_rate,
             goal: (sessions == SESSIONS).then_some(1.0),
+            ceiling: None,
         });
     }
 
@@ -455,11 +501,21 @@ fn main() -> Result<()> {
         if messages == 0 {
             break;
         }
-        let (peer_rate, our_rate) = back_to_back(
-            rounds,
-            || pipelined_load(SmtpSink::start(None)?.addr, messages),
-            || pipelined_load(sinkhole(capture, &dns).addr, messages),
-        )?;
+        let mut peer = || pipelined_load(SmtpSink::start(None)?.addr, messages);
+        let dirs = RowDirs::default();
+        let mut ours = || {
+            let daemon = sinkhole(capture, &dns, &dirs.fresh("sinkhole"));
+            pipelined_load(daemon.addr, messages)
+        };
+        let (peer_rate, our_rate, ceiling) = if capture {
+            let [peer_rate, our_rate] = interleaved(rounds, [&mut peer, &mut ours])?;
+            (peer_rate, our_rate, None)
+        } else {
+            let mut null = || pipelined_load(NullSmtp::start()?.addr, messages);
+            let [peer_rate, our_rate, ceiling] =
+                interleaved(rounds, [&mut peer, &mut ours, &mut null])?;
+            (peer_rate, our_rate, Some(ceiling))
+        };
         rows.push(Row {
             load: format!("smtp-bench EHLO+PIPELINING, {SESSIONS} sessions, {messages} msgs"),
             peer: "smtp-sink",
@@ -471,19 +527,25 @@ fn main() -> Result<()> {
             },
             our_rate,
             goal: None,
+            ceiling,
         });
     }
 
     println!("## SMTP\n");
-    println!("| load | peer | peer msg/s | sinkhole | sinkhole msg/s | ratio | goal |");
-    println!("|---|---|---:|---|---:|---:|---:|");
+    println!(
+        "| load | peer | peer msg/s | sinkhole | sinkhole msg/s | ratio | goal | null responder msg/s (ceiling vs peer) |"
+    );
+    println!("|---|---|---:|---|---:|---:|---:|---:|");
     for row in &rows {
         let ratio = row.our_rate / row.peer_rate;
         let goal = row.goal.map_or("-".to_string(), |g| {
             format!("≥ {g:.1}x {}", if ratio >= g { "met" } else { "MISSED" })
         });
+        let ceiling = row.ceiling.map_or("-".to_string(), |c| {
+            format!("{c:.0} ({:.2}x)", c / row.peer_rate)
+        });
         println!(
-            "| {} | {} | {:.0} | {} | {:.0} | {ratio:.2}x | {goal} |",
+            "| {} | {} | {:.0} | {} | {:.0} | {ratio:.2}x | {goal} | {ceiling} |",
             row.load, row.peer, row.peer_rate, row.ours, row.our_rate
         );
     }

@@ -1,12 +1,14 @@
 //! Shared harness for the integration tests: the real `sinkhole` binary, child processes that
 //! die with the test, free ports, network namespaces that clean up after themselves, and the
 //! privilege rule for kernel tests. Topic modules: `daemon` (the SMTP daemon and a raw client),
-//! `dns` (real DNS servers), `netns` (namespaces, veth, bpffs), `frames` and `xdp` (test runs).
+//! `dns` (real DNS servers), `netns` (namespaces, veth, bpffs), `frames` and `xdp` (test runs),
+//! `null_smtp` (the benchmarks' do-nothing SMTP server).
 
 pub mod daemon;
 pub mod dns;
 pub mod frames;
 pub mod netns;
+pub mod null_smtp;
 pub mod xdp;
 
 use std::io::{BufRead as _, BufReader};
