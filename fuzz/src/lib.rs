@@ -54,6 +54,7 @@ pub fn session_config(
         max_recipients,
         idle_timeout: IDLE_TIMEOUT,
         starttls,
+        keep_bodies: true,
     })
 }
 
@@ -350,8 +351,11 @@ impl Driver {
                 self.expect_decision(Decision::Recipient);
                 self.decision_seed = rcpt.len();
             }
-            Event::Message { rcpts, body, .. } => {
+            Event::Message {
+                rcpts, body, size, ..
+            } => {
                 assert!(!rcpts.is_empty(), "a message without recipients");
+                assert_eq!(body.len() as u64, *size, "the size is not the body's");
                 assert!(
                     body.len() as u64 <= self.config.max_message_bytes,
                     "a message over the size limit was handed over"

@@ -196,6 +196,7 @@ impl Server {
                 max_recipients: smtp.max_recipients.get(),
                 idle_timeout: smtp.idle_timeout,
                 starttls: true,
+                keep_bodies: config.storage.capture,
             }),
             tls,
             capture_enabled: config.storage.capture,
@@ -539,7 +540,8 @@ impl Server {
                 mail_from,
                 rcpts: _,
                 body,
-            } => self.take_message(slot, mail_from, body, now),
+                size,
+            } => self.take_message(slot, mail_from, body, size, now),
             Event::StartTls => {
                 let conn = &mut self.conns[slot];
                 match rustls::ServerConnection::new(Arc::clone(&self.tls)) {
@@ -555,11 +557,18 @@ impl Server {
         }
     }
 
-    fn take_message(&mut self, slot: usize, mail_from: String, body: Vec<u8>, now: Instant) {
+    fn take_message(
+        &mut self,
+        slot: usize,
+        mail_from: String,
+        body: Vec<u8>,
+        size: u64,
+        now: Instant,
+    ) {
         let conn = &mut self.conns[slot];
         if !self.capture_enabled {
             Counters::add(&self.counters.messages_total, 1);
-            Counters::add(&self.counters.message_bytes_total, body.len() as u64);
+            Counters::add(&self.counters.message_bytes_total, size);
             conn.session
                 .resolve_message(reply(250, "2.0.0 Ok"), None, now);
             return;

@@ -17,20 +17,27 @@ enum LineState {
     Cr,
 }
 
-/// A message body being received: kept up to the size limit, counted past it.
+/// A message body being received: kept up to the size limit (when kept at all), counted past it.
 #[derive(Debug)]
 pub struct Body {
     bytes: Vec<u8>,
     size: u64,
     limit: u64,
+    keep: bool,
 }
 
+/// What a body reserves at its first bytes: most spam fits, so a body is not grown byte by
+/// byte through a dozen reallocations.
+const FIRST_RESERVE: usize = 8 * 1024;
+
 impl Body {
-    pub fn new(limit: u64) -> Body {
+    /// A body kept up to `limit` bytes, or only counted when `keep` is false.
+    pub fn new(limit: u64, keep: bool) -> Body {
         Body {
             bytes: Vec::new(),
             size: 0,
             limit,
+            keep,
         }
     }
 
@@ -42,16 +49,20 @@ impl Body {
 
     pub fn extend(&mut self, chunk: &[u8]) {
         self.size = self.size.saturating_add(chunk.len() as u64);
+        if !self.keep {
+            return;
+        }
         if self.size <= self.limit {
+            if self.bytes.capacity() == 0 {
+                let limit = usize::try_from(self.limit).unwrap_or(usize::MAX);
+                self.bytes
+                    .reserve(FIRST_RESERVE.min(limit).max(chunk.len()));
+            }
             self.bytes.extend_from_slice(chunk);
         } else if !self.bytes.is_empty() {
             // Over the limit: nothing more is kept, and what was kept is let go.
             self.bytes = Vec::new();
         }
-    }
-
-    fn push(&mut self, byte: u8) {
-        self.extend(std::slice::from_ref(&byte));
     }
 
     /// Bytes received so far (after dot-unstuffing), kept or not.
@@ -91,46 +102,65 @@ impl DataReader {
     pub fn feed(&mut self, input: &[u8], body: &mut Body) -> Option<usize> {
         let mut i = 0;
         while i < input.len() {
-            if self.state == LineState::Middle {
-                // The common case: copy up to the next CR in one go.
-                let run = input[i..]
-                    .iter()
-                    .position(|&b| b == b'\r')
-                    .unwrap_or(input.len() - i);
-                body.extend(&input[i..i + run]);
-                i += run;
-                if i == input.len() {
-                    break;
+            match self.state {
+                LineState::Middle | LineState::Cr => {
+                    // The common case: the rest of the line, through its LF, in one go.
+                    let Some(lf) = memchr::memchr(b'\n', &input[i..]) else {
+                        body.extend(&input[i..]);
+                        self.state = if input.last() == Some(&b'\r') {
+                            LineState::Cr
+                        } else {
+                            LineState::Middle
+                        };
+                        return None;
+                    };
+                    let after_cr = match lf {
+                        0 => self.state == LineState::Cr,
+                        _ => input[i + lf - 1] == b'\r',
+                    };
+                    body.extend(&input[i..=i + lf]);
+                    i += lf + 1;
+                    // Only CRLF starts a line: a bare LF is line content (RFC 5321 4.1.1.4).
+                    self.state = if after_cr {
+                        LineState::Start
+                    } else {
+                        LineState::Middle
+                    };
+                }
+                LineState::Start if input[i] == b'.' => {
+                    i += 1;
+                    self.state = LineState::Dot;
+                }
+                LineState::Start => self.state = LineState::Middle,
+                LineState::Dot => {
+                    let byte = input[i];
+                    i += 1;
+                    self.state = if byte == b'\r' {
+                        LineState::DotCr
+                    } else {
+                        // `.` followed by more on the line: the dot is dropped (RFC 5321 4.5.2).
+                        body.extend(&[byte]);
+                        LineState::Middle
+                    };
+                }
+                LineState::DotCr => {
+                    let byte = input[i];
+                    i += 1;
+                    if byte == b'\n' {
+                        *self = DataReader::default();
+                        return Some(i);
+                    }
+                    // `.` CR and more: the dot is dropped, the CR is content.
+                    body.extend(&[b'\r', byte]);
+                    self.state = if byte == b'\r' {
+                        LineState::Cr
+                    } else {
+                        LineState::Middle
+                    };
                 }
             }
-            let byte = input[i];
-            i += 1;
-            self.state = match (self.state, byte) {
-                (LineState::Start, b'.') => LineState::Dot,
-                (LineState::Dot, b'\r') => LineState::DotCr,
-                (LineState::DotCr, b'\n') => {
-                    *self = DataReader::default();
-                    return Some(i);
-                }
-                // `.` followed by more on the line: the dot is dropped (RFC 5321 4.5.2).
-                (LineState::DotCr, _) => {
-                    body.push(b'\r');
-                    self.after_byte(LineState::Cr, byte, body)
-                }
-                (state, _) => self.after_byte(state, byte, body),
-            };
         }
         None
-    }
-
-    /// Emits `byte`, seen in `state` (never a held-back state), and says where that leaves us.
-    fn after_byte(&self, state: LineState, byte: u8, body: &mut Body) -> LineState {
-        body.push(byte);
-        match (state, byte) {
-            (LineState::Cr, b'\n') => LineState::Start,
-            (_, b'\r') => LineState::Cr,
-            _ => LineState::Middle,
-        }
     }
 }
 
@@ -140,7 +170,7 @@ mod tests {
 
     fn read_all(pieces: &[&[u8]]) -> (Vec<u8>, Option<usize>) {
         let mut reader = DataReader::default();
-        let mut body = Body::new(1 << 20);
+        let mut body = Body::new(1 << 20, true);
         let mut consumed = 0;
         for piece in pieces {
             if let Some(n) = reader.feed(piece, &mut body) {
@@ -186,12 +216,21 @@ mod tests {
 
     #[test]
     fn body_stops_keeping_past_the_limit() {
-        let mut body = Body::new(4);
+        let mut body = Body::new(4, true);
         body.extend(b"abcd");
         assert!(!body.is_oversize());
         body.extend(b"e");
         assert!(body.is_oversize());
         assert_eq!(body.size(), 5);
+        assert!(body.take().is_empty());
+    }
+
+    #[test]
+    fn an_unkept_body_is_counted_not_stored() {
+        let mut reader = DataReader::default();
+        let mut body = Body::new(1 << 20, false);
+        assert_eq!(reader.feed(b"ab\r\n..c\r\n.\r\nQUIT", &mut body), Some(12));
+        assert_eq!(body.size(), 8);
         assert!(body.take().is_empty());
     }
 }

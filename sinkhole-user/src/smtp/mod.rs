@@ -69,6 +69,9 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// Advertise STARTTLS (only when the server can do it).
     pub starttls: bool,
+    /// Hand each message's bytes over in [`Event::Message`]; when false (nothing is stored)
+    /// they are only counted.
+    pub keep_bodies: bool,
 }
 
 /// A reply to send: a code and its text (which begins with the enhanced status code when there
@@ -97,7 +100,10 @@ pub enum Event {
         mail_from: String,
         /// The accepted recipients.
         rcpts: Vec<String>,
+        /// The message; empty unless [`SessionConfig::keep_bodies`].
         body: Vec<u8>,
+        /// Its size in bytes (after dot-unstuffing), kept or not.
+        size: u64,
     },
     /// The client asked for STARTTLS and was told 220: the server must start the TLS handshake
     /// before feeding any more bytes; bytes already buffered after the command are discarded

@@ -135,7 +135,7 @@ pub struct Session {
 
 impl Session {
     pub fn new(config: Arc<SessionConfig>, now: Instant) -> Session {
-        let body = Body::new(config.max_message_bytes);
+        let body = Body::new(config.max_message_bytes, config.keep_bodies);
         Session {
             config,
             start: now,
@@ -719,6 +719,7 @@ impl Session {
             mail_from: transaction.mail_from.clone(),
             rcpts: std::mem::take(&mut transaction.accepted),
             body: self.body.take(),
+            size,
         });
         self.pending = Some(Pending::Message);
     }

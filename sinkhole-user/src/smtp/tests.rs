@@ -19,6 +19,7 @@ fn config(starttls: bool, max_message_bytes: u64, max_recipients: usize) -> Arc<
         max_recipients,
         idle_timeout: IDLE,
         starttls,
+        keep_bodies: true,
     })
 }
 
