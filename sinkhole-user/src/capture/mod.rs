@@ -30,10 +30,10 @@ use session_log::{SessionEnd, SessionLog};
 
 /// Jobs the queue holds at most.
 const QUEUE: usize = 8192;
-/// Messages a batch holds at most (all made durable by the same two syncs).
+/// Messages the capture thread writes at most before it hands them on.
 const MAX_BATCH: usize = 256;
-/// Batches named in `new/` that may wait for the commit thread (then the capture thread
-/// waits too, and the loop's queue fills).
+/// Written batches that may wait for the commit thread (then the capture thread waits too,
+/// and the loop's queue fills).
 const COMMIT_QUEUE: usize = 4;
 /// The session log is written out at least this often.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
