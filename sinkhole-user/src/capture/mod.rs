@@ -306,8 +306,14 @@ impl<F: FnMut(Stored)> Committer<F> {
                 }
                 self.answer(message);
             }
-            for message in unnamed.drain(..) {
-                let outcome = match (message.outcome, &synced) {
+            for Written {
+                ticket,
+                size,
+                session_id,
+                outcome,
+            } in unnamed.drain(..)
+            {
+                let outcome = match (outcome, &synced) {
                     (Ok(file), Ok(())) => self.new_dir.name(file),
                     (Ok(file), Err(error)) => {
                         self.new_dir.discard(file);
@@ -316,10 +322,10 @@ impl<F: FnMut(Stored)> Committer<F> {
                     (Err(error), _) => Err(error),
                 };
                 let message = Written {
+                    ticket,
+                    size,
+                    session_id,
                     outcome,
-                    ticket: message.ticket,
-                    size: message.size,
-                    session_id: message.session_id,
                 };
                 if message.outcome.is_ok() {
                     named.push(message);
