@@ -578,7 +578,7 @@ impl Server {
             conn.session.resolve_message(busy(), None, now);
             return;
         }
-        let size = body.len();
+        let held = body.len();
         let request = StoreRequest {
             ticket: Ticket {
                 slot,
@@ -596,7 +596,7 @@ impl Server {
             body,
         };
         if self.capture.submit(Job::Store(request)) {
-            self.in_flight_bytes += size;
+            self.in_flight_bytes += held;
             conn.capturing = true;
         } else {
             Counters::add(&self.counters.capture_busy, 1);
