@@ -35,6 +35,10 @@ const MAX_BATCH: usize = 256;
 /// Written batches that may wait for the commit thread (then the capture thread waits too,
 /// and the loop's queue fills).
 const COMMIT_QUEUE: usize = 4;
+/// Descriptors the capture threads may hold open at most: files written and not yet named
+/// (nameless until then, so they stay open) in the batch being written, in the batches queued
+/// for the commit thread and in those it holds.
+pub const MAX_OPEN_FILES: usize = MAX_BATCH * (COMMIT_QUEUE + 2);
 /// The session log is written out at least this often.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 

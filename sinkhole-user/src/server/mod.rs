@@ -838,14 +838,18 @@ pub fn run(config: &Config, takeover: bool) -> Result<(), ServerError> {
         // Before any thread is spawned, so that all of them inherit it.
         crate::privilege::limit_bounding_set(crate::privilege::DAEMON_CAPABILITIES)?;
     }
-    // Listeners, the log, the Maildir, epoll: a few dozen descriptors besides the clients.
-    let wanted = config.smtp.max_connections.get() as u64 + 64;
+    // Besides the clients: the files being captured, the resolver's sockets, and a few dozen
+    // more (listeners, the log, the Maildir, epoll).
+    let wanted = (config.smtp.max_connections.get()
+        + crate::capture::MAX_OPEN_FILES
+        + crate::score::Limits::default().in_flight
+        + 64) as u64;
     let files = raise_fd_limit(wanted);
     reserve_fd_table(files.min(wanted));
     if files < wanted {
         log::warn!(
-            "open files limit {files} is below the {wanted} that smtp.max_connections ({}) needs; \
-             accept will fail earlier",
+            "open files limit {files} is below the {wanted} that smtp.max_connections ({}), \
+             capture and DNS need; accept will fail earlier",
             config.smtp.max_connections
         );
     }
