@@ -128,8 +128,10 @@ fn unwritable_storage_gives_451_and_leaves_nothing_in_new() {
     client.send(b"QUIT\r\n");
     client.reply();
     daemon.stop();
+    // The log line says which step failed: the file could not even be made.
     assert!(
-        daemon.stderr().contains("cannot store a message"),
+        daemon.stderr().contains("cannot store a message")
+            && daemon.stderr().contains(": writing it: "),
         "{}",
         daemon.stderr()
     );

@@ -126,25 +126,22 @@ impl Maildir {
     pub fn write(&mut self, message: &Message<'_>, now: SystemTime) -> io::Result<Unnamed> {
         let name = self.unique_name(now);
         let header = message.trace.header_block(&self.by, now);
-        if self.unnamed_files {
-            let file = unnamed_file(&self.new_dir)?;
-            write_message(&file, &header, message.body)?;
-            return Ok(Unnamed {
-                name,
-                file: UnnamedFile::Tmpfile(file),
-            });
-        }
-        let path = self.tmp.join(&name);
-        let written =
-            File::create_new(&path).and_then(|file| write_message(&file, &header, message.body));
-        if let Err(e) = written {
-            let _ = fs::remove_file(&path);
-            return Err(e);
-        }
-        Ok(Unnamed {
-            name,
-            file: UnnamedFile::InTmp,
-        })
+        let file = if self.unnamed_files {
+            unnamed_file(&self.new_dir).and_then(|file| {
+                write_message(&file, &header, message.body)?;
+                Ok(UnnamedFile::Tmpfile(file))
+            })
+        } else {
+            let path = self.tmp.join(&name);
+            File::create_new(&path)
+                .and_then(|file| write_message(&file, &header, message.body))
+                .map(|()| UnnamedFile::InTmp)
+                .inspect_err(|_| {
+                    let _ = fs::remove_file(&path);
+                })
+        };
+        let file = file.map_err(|e| doing("writing it", e))?;
+        Ok(Unnamed { name, file })
     }
 
     /// `new/`, for whichever thread syncs and names the files (see [`NewDir`]).
@@ -167,8 +164,7 @@ pub struct NewDir {
 impl NewDir {
     /// Makes everything written and named in this Maildir before this call durable.
     pub fn sync(&self) -> io::Result<()> {
-        rustix::fs::syncfs(&self.dir)?;
-        Ok(())
+        rustix::fs::syncfs(&self.dir).map_err(|e| doing("syncing the filesystem", e.into()))
     }
 
     /// Gives a written file its name in `new/`, which it returns; when that fails, the file is
@@ -184,7 +180,9 @@ impl NewDir {
                 })
             }
         };
-        named.map(|()| file.name)
+        named
+            .map_err(|e| doing("naming it in new/", e))
+            .map(|()| file.name)
     }
 
     /// Drops a written file (an `O_TMPFILE` one goes with its descriptor).
@@ -198,6 +196,12 @@ impl NewDir {
     pub fn remove(&self, name: &str) {
         let _ = fs::remove_file(self.new.join(name));
     }
+}
+
+/// `error`, saying what was being done when it happened (the log line names the message and
+/// the Maildir; this says which step failed).
+fn doing(what: &str, error: io::Error) -> io::Error {
+    io::Error::new(error.kind(), format!("{what}: {error}"))
 }
 
 /// Writes `header` then `body` to a new file, in one call when it takes both.
@@ -346,7 +350,15 @@ mod tests {
             };
             let written = maildir.write(&message, SystemTime::now());
             let named = written.and_then(|file| new_dir.name(file));
-            assert!(named.is_err());
+            // An O_TMPFILE file cannot even be made in the new/ that is gone; a file in tmp/
+            // is made, then cannot be moved. The error says which.
+            let step = if unnamed_files {
+                "writing it: "
+            } else {
+                "naming it in new/: "
+            };
+            let error = named.unwrap_err().to_string();
+            assert!(error.starts_with(step), "{error}");
             assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
             assert_eq!(fs::read(root.join("new")).unwrap(), b"");
             fs::remove_dir_all(&root).unwrap();
