@@ -37,8 +37,9 @@ const MAX_BATCH: usize = 256;
 const COMMIT_QUEUE: usize = 4;
 /// Descriptors the capture threads may hold open at most: files written and not yet named
 /// (nameless until then, so they stay open) in the batch being written, in the batches queued
-/// for the commit thread and in those it holds.
-pub const MAX_OPEN_FILES: usize = MAX_BATCH * (COMMIT_QUEUE + 2);
+/// for the commit thread, and in those it took (it stops taking past a full queue's worth of
+/// files, so at most one batch more).
+pub const MAX_OPEN_FILES: usize = MAX_BATCH * (2 * COMMIT_QUEUE + 2);
 /// The session log is written out at least this often.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -287,14 +288,19 @@ impl<F: FnMut(Stored)> Committer<F> {
         let mut unnamed: Vec<Written<Unnamed>> = Vec::with_capacity(MAX_BATCH);
         let mut named: Vec<Written<String>> = Vec::with_capacity(MAX_BATCH);
         loop {
-            if unnamed.is_empty() && named.is_empty() {
+            // (`unnamed` is empty here: every pass names or drops all it took.) Nothing to
+            // make durable: wait for a batch.
+            if named.is_empty() {
                 match written.recv() {
                     Ok(batch) => unnamed.extend(batch),
                     Err(_) => return,
                 }
             }
-            // Batches written while the last sync ran share this one.
-            while let Ok(batch) = written.try_recv() {
+            // Batches written while the last sync ran share this one, up to a full queue's
+            // worth of files, which bounds the files held open (see `MAX_OPEN_FILES`).
+            while unnamed.len() < MAX_BATCH * COMMIT_QUEUE
+                && let Ok(batch) = written.try_recv()
+            {
                 unnamed.extend(batch);
             }
             // (`named` holds only names; a failed write needs no sync.)
