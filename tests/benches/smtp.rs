@@ -15,6 +15,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -40,6 +41,8 @@ fn env_count(name: &str, default: usize) -> usize {
 struct SmtpSink {
     child: Child,
     addr: SocketAddr,
+    /// Its standard error, shown when a load against it fails.
+    stderr: tempfile::NamedTempFile,
 }
 
 impl SmtpSink {
@@ -53,20 +56,39 @@ impl SmtpSink {
         if let Some(dir) = dump {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))?;
-            // One file per message (strftime template + random suffix), never synced.
-            command.arg("-d").arg(format!("{}/", dir.display()));
+            // One file per message, never synced, named by the template plus a random hex
+            // suffix. smtp-sink seeds its random numbers with the time in seconds, so two
+            // sinks started in the same second draw the same names, and in a directory they
+            // share the second gives up ("mail_file_open: something is looping") after 100
+            // names taken: each sink's names get a prefix of their own.
+            static STARTED: AtomicUsize = AtomicUsize::new(0);
+            let run = STARTED.fetch_add(1, Ordering::Relaxed);
+            command.arg("-d").arg(format!("{}/{run}-", dir.display()));
         }
+        let stderr = tempfile::NamedTempFile::new()?;
         let child = command
             .arg("-c")
             .arg(addr.to_string())
             .arg("1000")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr.reopen()?)
             .spawn()
             .context("run smtp-sink (postfix; cargo xtask setup installs it)")?;
-        let sink = SmtpSink { child, addr };
+        let sink = SmtpSink {
+            child,
+            addr,
+            stderr,
+        };
         wait_listening(addr)?;
         Ok(sink)
+    }
+
+    /// `smtp-source` against this sink, failing with what the sink said.
+    fn load(&self, sessions: usize, messages: usize, reuse: bool) -> Result<f64> {
+        smtp_source(self.addr, sessions, messages, reuse).with_context(|| {
+            let said = std::fs::read_to_string(self.stderr.path()).unwrap_or_default();
+            format!("smtp-sink said: {:?}", said.trim())
+        })
     }
 }
 
@@ -438,7 +460,7 @@ fn main() -> Result<()> {
         let [peer_rate, our_rate, ceiling] = interleaved(
             rounds,
             [
-                &mut || smtp_source(SmtpSink::start(None)?.addr, SESSIONS, messages, reuse),
+                &mut || SmtpSink::start(None)?.load(SESSIONS, messages, reuse),
                 &mut || {
                     let daemon = sinkhole(false, &dns, &dirs.fresh("sinkhole"));
                     smtp_source(daemon.addr, SESSIONS, messages, reuse)
@@ -476,10 +498,7 @@ fn main() -> Result<()> {
         let dump = dirs.fresh("smtp-sink-dump");
         let storage = dirs.fresh("sinkhole");
         let new = storage.join("data/maildir/new");
-        let mut peer = || {
-            let sink = SmtpSink::start(Some(&dump))?;
-            smtp_source(sink.addr, sessions, messages, true)
-        };
+        let mut peer = || SmtpSink::start(Some(&dump))?.load(sessions, messages, true);
         let mut ours = || {
             let before = sinkhole_tests::daemon::files_in(&new).len();
             let daemon = sinkhole(true, &dns, &storage);
@@ -510,12 +529,15 @@ fn main() -> Result<()> {
             break;
         }
         let mut peer = || pipelined_load(SmtpSink::start(None)?.addr, messages);
+        // One Maildir for the whole row, as in the durable rows above.
         let dirs = RowDirs::default();
+        let storage = dirs.fresh("sinkhole");
         let mut ours = || {
-            let daemon = sinkhole(capture, &dns, &dirs.fresh("sinkhole"));
+            let daemon = sinkhole(capture, &dns, &storage);
             pipelined_load(daemon.addr, messages)
         };
         let (peer_rate, our_rate, ceiling) = if capture {
+            ours()?;
             let [peer_rate, our_rate] = interleaved(rounds, [&mut peer, &mut ours])?;
             (peer_rate, our_rate, None)
         } else {
