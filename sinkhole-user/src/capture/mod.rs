@@ -89,12 +89,13 @@ pub struct Capture {
 
 impl Capture {
     /// Opens the Maildir (when `storage.capture`) and the session log, and starts the threads.
-    /// `on_stored` runs on the commit thread for every stored (or failed) message.
+    /// `on_stored` runs on the commit thread with the outcomes of the messages each sync made
+    /// durable (or failed): once per sync, so the loop is woken once for all of them.
     pub fn start(
         storage: &StorageConfig,
         hostname: &str,
         counters: Arc<Counters>,
-        on_stored: impl FnMut(Stored) + Send + 'static,
+        on_stored: impl FnMut(Vec<Stored>) + Send + 'static,
     ) -> Result<Capture, CaptureError> {
         let maildir = if storage.capture {
             let path = storage.maildir();
@@ -124,6 +125,7 @@ impl Capture {
                     new_dir,
                     dir: storage.maildir(),
                     counters: Arc::clone(&counters),
+                    outcomes: Vec::new(),
                     on_stored,
                 };
                 let thread = thread::Builder::new()
@@ -278,10 +280,12 @@ struct Committer<F> {
     /// The Maildir, for the error messages.
     dir: PathBuf,
     counters: Arc<Counters>,
+    /// Outcomes not yet handed over.
+    outcomes: Vec<Stored>,
     on_stored: F,
 }
 
-impl<F: FnMut(Stored)> Committer<F> {
+impl<F: FnMut(Vec<Stored>)> Committer<F> {
     fn run(mut self, written: Receiver<Vec<Written<Unnamed>>>) {
         // Files whose data the next sync makes durable, and names it makes durable: under load
         // one sync serves a batch of each, so a batch costs one disk flush, not two.
@@ -316,6 +320,8 @@ impl<F: FnMut(Stored)> Committer<F> {
                 }
                 self.answer(message);
             }
+            // Before the naming below, which takes a while in a big directory.
+            self.hand_over();
             for Written {
                 ticket,
                 size,
@@ -343,10 +349,17 @@ impl<F: FnMut(Stored)> Committer<F> {
                     self.answer(message);
                 }
             }
+            self.hand_over();
         }
     }
 
-    /// Hands the outcome to the loop, logging a failure.
+    fn hand_over(&mut self) {
+        if !self.outcomes.is_empty() {
+            (self.on_stored)(std::mem::take(&mut self.outcomes));
+        }
+    }
+
+    /// Keeps the outcome for the loop, logging a failure.
     fn answer(&mut self, message: Written<String>) {
         let name = match message.outcome {
             Ok(name) => Some(name),
@@ -360,7 +373,7 @@ impl<F: FnMut(Stored)> Committer<F> {
                 None
             }
         };
-        (self.on_stored)(Stored {
+        self.outcomes.push(Stored {
             ticket: message.ticket,
             size: message.size,
             name,

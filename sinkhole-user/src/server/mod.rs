@@ -100,14 +100,16 @@ pub struct Server {
     policy: PolicyStore,
     rules: Rules,
     capture: Capture,
-    /// Stored messages coming back from the capture thread.
-    stored: Receiver<Stored>,
+    /// Stored messages coming back from the capture thread, a sync's worth at a time.
+    stored: Receiver<Vec<Stored>>,
     session_config: Arc<SessionConfig>,
     /// STARTTLS (always offered: a self-signed pair when none is configured).
     tls: Arc<rustls::ServerConfig>,
     capture_enabled: bool,
     counters: Arc<Counters>,
     scratch: Vec<u8>,
+    /// Messages with the capture threads, and the bytes they hold.
+    in_flight: usize,
     in_flight_bytes: usize,
     serial: u64,
     /// Connections left with input still waiting after their turn (slot, serial).
@@ -166,9 +168,9 @@ impl Server {
             &config.storage,
             &config.smtp.hostname,
             Arc::clone(&counters),
-            move |outcome| {
+            move |outcomes| {
                 // The loop outlives the thread; if it is gone there is no one left to tell.
-                if stored_tx.send(outcome).is_ok() {
+                if stored_tx.send(outcomes).is_ok() {
                     let _ = waker.wake();
                 }
             },
@@ -202,6 +204,7 @@ impl Server {
             capture_enabled: config.storage.capture,
             counters,
             scratch: vec![0; SCRATCH],
+            in_flight: 0,
             in_flight_bytes: 0,
             serial: 0,
             ready: Vec::new(),
@@ -318,9 +321,12 @@ impl Server {
     /// How long the next poll may sleep. Not at all while connections wait for their turn, nor
     /// for `busy_poll` after the last event: a client in mid-conversation (the next command of
     /// an SMTP exchange comes tens of microseconds after our reply) is then served without the
-    /// cost of waking the thread, which on a loaded machine is most of a round trip.
+    /// cost of waking the thread, which on a loaded machine is most of a round trip. But not
+    /// while messages are with the capture threads: those are then what the clients wait for,
+    /// and they need the CPU a polling loop would take (their outcomes wake the loop anyway).
     fn poll_timeout(&self, now: Instant, last_event: Instant) -> Option<Duration> {
-        if !self.ready.is_empty() || now.duration_since(last_event) < self.busy_poll {
+        let polling = self.in_flight == 0 && now.duration_since(last_event) < self.busy_poll;
+        if !self.ready.is_empty() || polling {
             return Some(Duration::ZERO);
         }
         [self.wheel.next_wake(), self.stopping, self.accept_retry]
@@ -596,6 +602,7 @@ impl Server {
             body,
         };
         if self.capture.submit(Job::Store(request)) {
+            self.in_flight += 1;
             self.in_flight_bytes += held;
             conn.capturing = true;
         } else {
@@ -606,30 +613,37 @@ impl Server {
 
     /// Answers the messages the capture thread has finished with.
     fn take_stored(&mut self, now: Instant) {
-        while let Ok(stored) = self.stored.try_recv() {
-            self.in_flight_bytes -= stored.size;
-            let Some(conn) = self.conns.get_mut(stored.ticket.slot) else {
-                continue;
-            };
-            if conn.serial != stored.ticket.serial {
-                continue;
+        while let Ok(outcomes) = self.stored.try_recv() {
+            for stored in outcomes {
+                self.answer_stored(stored, now);
             }
-            conn.capturing = false;
-            let answer = match stored.name {
-                Some(name) => {
-                    Counters::add(&self.counters.messages_total, 1);
-                    Counters::add(&self.counters.message_bytes_total, stored.size as u64);
-                    let text = format!("2.0.0 Ok: queued as {name}");
-                    (reply(250, &text), Some(name))
-                }
-                None => (
-                    reply(451, "4.3.0 Local storage error, try again later"),
-                    None,
-                ),
-            };
-            conn.session.resolve_message(answer.0, answer.1, now);
-            self.drive(stored.ticket.slot, now);
         }
+    }
+
+    fn answer_stored(&mut self, stored: Stored, now: Instant) {
+        self.in_flight -= 1;
+        self.in_flight_bytes -= stored.size;
+        let Some(conn) = self.conns.get_mut(stored.ticket.slot) else {
+            return;
+        };
+        if conn.serial != stored.ticket.serial {
+            return;
+        }
+        conn.capturing = false;
+        let answer = match stored.name {
+            Some(name) => {
+                Counters::add(&self.counters.messages_total, 1);
+                Counters::add(&self.counters.message_bytes_total, stored.size as u64);
+                let text = format!("2.0.0 Ok: queued as {name}");
+                (reply(250, &text), Some(name))
+            }
+            None => (
+                reply(451, "4.3.0 Local storage error, try again later"),
+                None,
+            ),
+        };
+        conn.session.resolve_message(answer.0, answer.1, now);
+        self.drive(stored.ticket.slot, now);
     }
 
     fn begin_shutdown(&mut self, now: Instant) {
