@@ -43,7 +43,8 @@ pub struct SmtpConfig {
     #[serde(deserialize_with = "positive_duration")]
     pub idle_timeout: Duration,
     /// How long the loop keeps polling without sleeping after its last event (0: it always
-    /// sleeps when idle). A busy server answers without a wake-up's latency.
+    /// sleeps when idle). A busy server answers without a wake-up's latency. Never while a
+    /// message is being stored: the capture threads need that CPU.
     #[serde(deserialize_with = "duration")]
     pub busy_poll: Duration,
     pub tls_cert: PathBuf,

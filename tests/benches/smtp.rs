@@ -8,7 +8,8 @@
 //! scale it down for a quick run; 0 leaves that part out. Each throughput row runs the peer and
 //! sinkhole alternately `SMTP_BENCH_ROUNDS` times (default 3) and compares the medians, so a
 //! busy moment of a shared machine does not decide the ratio. Storage (sinkhole's Maildir and
-//! `smtp-sink -d`'s directory) is in the same temporary directory, on one filesystem.
+//! `smtp-sink -d`'s directory) is in temporary directories on one filesystem, one per server
+//! for each row.
 
 use std::cell::RefCell;
 use std::io::{BufRead, BufReader, Write};
@@ -82,13 +83,42 @@ impl SmtpSink {
         wait_listening(addr)?;
         Ok(sink)
     }
+}
 
-    /// `smtp-source` against this sink, failing with what the sink said.
+/// A server under `smtp-source`'s load: its address, and what it logged, for when the load
+/// fails.
+trait Loaded {
+    fn addr(&self) -> SocketAddr;
+    /// Its name and standard error.
+    fn said(&self) -> (&'static str, String);
+
+    /// `smtp-source` against this server, failing with what it logged.
     fn load(&self, sessions: usize, messages: usize, reuse: bool) -> Result<f64> {
-        smtp_source(self.addr, sessions, messages, reuse).with_context(|| {
-            let said = std::fs::read_to_string(self.stderr.path()).unwrap_or_default();
-            format!("smtp-sink said: {:?}", said.trim())
+        smtp_source(self.addr(), sessions, messages, reuse).with_context(|| {
+            let (name, said) = self.said();
+            format!("{name} said: {:?}", said.trim())
         })
+    }
+}
+
+impl Loaded for SmtpSink {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn said(&self) -> (&'static str, String) {
+        let said = std::fs::read_to_string(self.stderr.path()).unwrap_or_default();
+        ("smtp-sink", said)
+    }
+}
+
+impl Loaded for Daemon {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn said(&self) -> (&'static str, String) {
+        ("sinkhole", self.stderr())
     }
 }
 
@@ -457,14 +487,12 @@ fn main() -> Result<()> {
             break;
         }
         let dirs = RowDirs::default();
+        let storage = dirs.fresh("sinkhole");
         let [peer_rate, our_rate, ceiling] = interleaved(
             rounds,
             [
                 &mut || SmtpSink::start(None)?.load(SESSIONS, messages, reuse),
-                &mut || {
-                    let daemon = sinkhole(false, &dns, &dirs.fresh("sinkhole"));
-                    smtp_source(daemon.addr, SESSIONS, messages, reuse)
-                },
+                &mut || sinkhole(false, &dns, &storage).load(SESSIONS, messages, reuse),
                 &mut || smtp_source(NullSmtp::start()?.addr, SESSIONS, messages, reuse),
             ],
         )?;
@@ -501,8 +529,7 @@ fn main() -> Result<()> {
         let mut peer = || SmtpSink::start(Some(&dump))?.load(sessions, messages, true);
         let mut ours = || {
             let before = sinkhole_tests::daemon::files_in(&new).len();
-            let daemon = sinkhole(true, &dns, &storage);
-            let rate = smtp_source(daemon.addr, sessions, messages, true)?;
+            let rate = sinkhole(true, &dns, &storage).load(sessions, messages, true)?;
             let stored = sinkhole_tests::daemon::files_in(&new).len() - before;
             ensure!(
                 stored == messages,
