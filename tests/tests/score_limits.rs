@@ -1,6 +1,7 @@
 //! The resolver's bounds against a DNS server that never answers: every request is answered
 //! at `dnsbl.timeout` (concurrently, not one after another), queries past the in-flight cap
-//! count as "no answer", and requests past the outstanding limit are refused.
+//! count as "no answer", and requests past the outstanding limit are refused. A server that
+//! stops answering is noticed, no longer asked but probed, and asked again once it answers.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroUsize;
@@ -9,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token, Waker};
 use sinkhole::config::{DnsblConfig, ZoneConfig};
-use sinkhole::score::{Answer, Busy, Counters, Limits, Resolver};
-use sinkhole_tests::dns::stalled_dns;
+use sinkhole::score::{
+    Answer, Busy, ClientScore, Counters, DOWN_AFTER, Limits, PROBE_EVERY, Resolver,
+};
+use sinkhole_tests::dns::{stalled_dns, start_rbldnsd};
 
 const TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -45,6 +48,15 @@ fn collect(poll: &mut Poll, resolver: &Resolver, n: usize) -> Vec<(Instant, Answ
         }
     }
     answers
+}
+
+/// Asks for `ip`'s score and waits for it.
+fn score_of(poll: &mut Poll, resolver: &Resolver, ip: IpAddr) -> ClientScore {
+    resolver.request(0, ip).unwrap();
+    match collect(poll, resolver, 1).remove(0).1 {
+        Answer::Client { score, .. } => score,
+        answer => panic!("{answer:?}"),
+    }
 }
 
 fn start(limits: Limits) -> (Poll, Resolver, sinkhole_tests::dns::StalledDns) {
@@ -162,4 +174,61 @@ fn score_resolver_stops_when_dropped() {
     let mut events = Events::with_capacity(4);
     poll.poll(&mut events, Some(TIMEOUT * 2)).unwrap();
     assert!(events.is_empty());
+}
+
+#[test]
+fn score_a_server_that_stops_answering_is_only_probed_until_it_answers_again() {
+    // Every client is listed; rbldnsd serves no reverse zone, so PTR queries are refused (an
+    // answer all the same).
+    let rbldnsd = start_rbldnsd(&[("zen.test", "ip4set", "127.0.0.0/8\n")]).unwrap();
+    let pid = rbldnsd.process.pid().to_string();
+    let mut poll = Poll::new().unwrap();
+    let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
+    let resolver = Resolver::spawn(&config(rbldnsd.addr), waker).unwrap();
+    let counters = resolver.counters().clone();
+    let listed = |score: &ClientScore| !score.timed_out && score.score == 1;
+    assert!(listed(&score_of(&mut poll, &resolver, client(1))));
+
+    // Stopped, the server leaves queries unanswered: enough of them in a row and it is down.
+    sinkhole_tests::run("kill", &["-STOP", &pid]).unwrap();
+    let clients = (0..DOWN_AFTER).map(|n| client(10 + n as u8));
+    for (token, ip) in clients.enumerate() {
+        resolver.request(token as u64, ip).unwrap();
+    }
+    for (_, answer) in collect(&mut poll, &resolver, DOWN_AFTER as usize) {
+        let Answer::Client { score, .. } = answer else {
+            panic!("{answer:?}")
+        };
+        assert!(score.timed_out && score.score == 0, "{score:?}");
+    }
+    assert_eq!(
+        Counters::load(&counters.zones[0].timeout),
+        u64::from(DOWN_AFTER)
+    );
+
+    // Down: the next client is answered at once, unscored, and nothing is sent for it.
+    let asked = Instant::now();
+    let score = score_of(&mut poll, &resolver, client(100));
+    assert!(asked.elapsed() < TIMEOUT / 2, "{:?}", asked.elapsed());
+    assert!(score.timed_out && score.score == 0, "{score:?}");
+    assert_eq!(Counters::load(&counters.refused_down), 2, "zone and PTR");
+    assert_eq!(
+        Counters::load(&counters.zones[0].timeout),
+        u64::from(DOWN_AFTER)
+    );
+
+    // Running again, the server answers the next probe, and clients are scored again.
+    sinkhole_tests::run("kill", &["-CONT", &pid]).unwrap();
+    let resumed = Instant::now();
+    let mut n = 101;
+    while !listed(&score_of(&mut poll, &resolver, client(n))) {
+        assert!(
+            resumed.elapsed() < PROBE_EVERY + TIMEOUT * 2,
+            "still down {:?} after the server resumed",
+            resumed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        n += 1;
+    }
+    assert!(listed(&score_of(&mut poll, &resolver, client(n + 1))));
 }

@@ -76,6 +76,7 @@ impl prometheus_client::collector::Collector for Collector {
             let refused = [
                 ([("reason", "busy")], load(&score.refused_busy)),
                 ([("reason", "in_flight")], load(&score.refused_in_flight)),
+                ([("reason", "upstream_down")], load(&score.refused_down)),
             ];
             counters(
                 e,

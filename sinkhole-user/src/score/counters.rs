@@ -16,6 +16,9 @@ pub struct Counters {
     pub refused_busy: AtomicU64,
     /// DNS queries not sent: no in-flight slot came free in time; they count as no answer.
     pub refused_in_flight: AtomicU64,
+    /// DNS queries not sent: their upstream is down (it left a run of queries unanswered and
+    /// is only probed until it answers again); they count as no answer.
+    pub refused_down: AtomicU64,
 }
 
 /// DNS queries sent to one zone, by result (`sinkhole_dnsbl_queries_total{zone,result}`), and
@@ -51,6 +54,7 @@ impl Counters {
             rdns_cache_hits: AtomicU64::new(0),
             refused_busy: AtomicU64::new(0),
             refused_in_flight: AtomicU64::new(0),
+            refused_down: AtomicU64::new(0),
         }
     }
 

@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 
 use super::cache::TtlCache;
 use super::counters::Counters;
+use super::outage::{Change, DOWN_AFTER, Outages, PROBE_EVERY};
 use super::query::{ptr_name, reverse_name};
 use super::zone::{ZoneResult, classify};
 use super::{ClientScore, HeloCheck, ZoneHit, normalize_name};
@@ -34,7 +35,12 @@ pub struct Scorer {
     pub dns: Dns,
     pub zones: Vec<Zone>,
     pub timeout: Duration,
+    /// One try of a query (hickory retries within `timeout`): a query out for less than this
+    /// when its deadline came says nothing about its upstream.
+    pub try_timeout: Duration,
     pub in_flight: Semaphore,
+    /// Upstreams that stopped answering: zones by index, then [`Scorer::names`].
+    pub outages: Mutex<Outages>,
     /// A zone's result for an address, or its server's error (see [`Gap::is_cached`]).
     pub zone_cache: Mutex<TtlCache<(IpAddr, usize), Result<ZoneResult, Gap>>>,
     /// Reverse DNS, with the error that cut it short, if any.
@@ -90,6 +96,7 @@ impl Scorer {
         dns: Dns,
         zones: &[ZoneConfig],
         timeout: Duration,
+        try_timeout: Duration,
         in_flight: usize,
         cache_entries: NonZeroUsize,
         counters: Arc<Counters>,
@@ -104,7 +111,9 @@ impl Scorer {
                 })
                 .collect(),
             timeout,
+            try_timeout,
             in_flight: Semaphore::new(in_flight),
+            outages: Mutex::new(Outages::new(zones.len() + 1)),
             zone_cache: Mutex::new(TtlCache::new(cache_entries)),
             rdns_cache: Mutex::new(TtlCache::new(cache_entries)),
             counters,
@@ -176,7 +185,7 @@ impl Scorer {
         }
 
         let name = reverse_name(ip, &zone.name);
-        let (result, ttl) = match self.query(&name, RecordType::A, deadline).await {
+        let (result, ttl) = match self.query(index, &name, RecordType::A, deadline).await {
             Reply::Records(response) => {
                 let answers: Vec<Ipv4Addr> = response
                     .answers
@@ -238,7 +247,11 @@ impl Scorer {
             name: None,
             fcrdns: false,
         };
-        let (gap, ttl) = match self.query(&ptr_name(ip), RecordType::PTR, deadline).await {
+        let ptr = ptr_name(ip);
+        let (gap, ttl) = match self
+            .query(self.names(), &ptr, RecordType::PTR, deadline)
+            .await
+        {
             Reply::Records(response) => {
                 rdns.name = response.answers.iter().find_map(|r| match &r.data {
                     RData::PTR(ptr) => Some(normalize_name(&ptr.0.to_ascii())),
@@ -281,7 +294,7 @@ impl Scorer {
             IpAddr::V4(_) => RecordType::A,
             IpAddr::V6(_) => RecordType::AAAA,
         };
-        match self.query(name, record_type, deadline).await {
+        match self.query(self.names(), name, record_type, deadline).await {
             Reply::Records(response) => {
                 let found = response.answers.iter().any(|r| match &r.data {
                     RData::A(a) => IpAddr::V4(a.0) == ip,
@@ -296,24 +309,40 @@ impl Scorer {
         }
     }
 
-    /// Sends one query when the in-flight cap allows, and waits for its answer; all by `deadline`.
-    async fn query(&self, name: &str, record_type: RecordType, deadline: Instant) -> Reply {
+    /// The upstream of reverse DNS and HELO names, after the zones.
+    fn names(&self) -> usize {
+        self.zones.len()
+    }
+
+    /// Sends one query to `upstream` when the in-flight cap allows and the upstream is not
+    /// down, and waits for its answer; all by `deadline`.
+    async fn query(
+        &self,
+        upstream: usize,
+        name: &str,
+        record_type: RecordType,
+        deadline: Instant,
+    ) -> Reply {
         let name = match Name::from_ascii(name) {
             Ok(name) => name,
             Err(error) => return Reply::Failed(error.into()),
         };
-        let deadline = tokio::time::Instant::from_std(deadline);
         // A query waits for a slot, but only until the request's deadline.
-        let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline, self.in_flight.acquire()).await
-        else {
+        let slot = self.in_flight.acquire();
+        let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline.into(), slot).await else {
             Counters::bump(&self.counters.refused_in_flight);
             return Reply::NotSent;
         };
+        let sent = Instant::now();
+        if !self.outages.lock().unwrap().may_ask(upstream, sent) {
+            Counters::bump(&self.counters.refused_down);
+            return Reply::NotSent;
+        }
         let mut responses = self.dns.lookup(
             Query::query(name, record_type),
             DnsRequestOptions::default(),
         );
-        match tokio::time::timeout_at(deadline, responses.next()).await {
+        let reply = match tokio::time::timeout_at(deadline.into(), responses.next()).await {
             Err(_elapsed) => Reply::Timeout,
             Ok(None) => Reply::Failed(NetError::Message("no response")),
             Ok(Some(Ok(response))) => Reply::Records(response),
@@ -322,6 +351,39 @@ impl Scorer {
             }
             Ok(Some(Err(NetError::Timeout))) => Reply::Timeout,
             Ok(Some(Err(error))) => Reply::Failed(error),
+        };
+        self.note_outcome(upstream, &reply, sent);
+        reply
+    }
+
+    /// Tells [`Outages`] what became of a query sent at `sent`, and logs when its upstream
+    /// goes down or comes back.
+    fn note_outcome(&self, upstream: usize, reply: &Reply, sent: Instant) {
+        let now = Instant::now();
+        let mut outages = self.outages.lock().unwrap();
+        let change = match reply {
+            Reply::Timeout if now.duration_since(sent) >= self.try_timeout => {
+                outages.unanswered(upstream, now)
+            }
+            Reply::Timeout | Reply::NotSent => None,
+            Reply::Records(_) | Reply::Empty(_) | Reply::Failed(_) => {
+                outages.answered(upstream, now)
+            }
+        };
+        drop(outages);
+        let what = match self.zones.get(upstream) {
+            Some(zone) => format!("dnsbl {}", zone.name),
+            None => "reverse DNS and HELO names".to_owned(),
+        };
+        match change {
+            None => {}
+            Some(Change::Down) => log::warn!(
+                "{what}: {DOWN_AFTER} queries in a row unanswered; until it answers, its \
+                 clients go unscored at once and one query every {PROBE_EVERY:?} probes it"
+            ),
+            Some(Change::Back(down)) => {
+                log::warn!("{what}: answering again after {down:.1?} without answers")
+            }
         }
     }
 }

@@ -16,10 +16,15 @@
 //! clamped to 1 min–1 h; a server's error (SERVFAIL, REFUSED, an unreachable port) is cached
 //! like an answer for the minimum, so a client that reconnects at once is not looked up again.
 //! No answer in time is not cached.
+//!
+//! An upstream that stops answering (a zone, or the names behind reverse DNS) is noticed after a
+//! run of unanswered queries and then only probed, once a second, until it answers again; its
+//! clients meanwhile go unscored at once ([`DOWN_AFTER`], [`PROBE_EVERY`]).
 
 mod cache;
 mod counters;
 mod lookup;
+mod outage;
 mod query;
 mod resolver;
 mod zone;
@@ -28,6 +33,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 pub use counters::{Counters, ZoneCounters};
+pub use outage::{DOWN_AFTER, PROBE_EVERY};
 pub use query::{ptr_name, reverse_name};
 pub use resolver::{Busy, Limits, Resolver, ScoreError};
 

@@ -6,7 +6,7 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{NameServerConfig, ResolverOpts};
 use hickory_resolver::net::NetError;
@@ -111,10 +111,11 @@ impl Resolver {
                 };
                 // hickory spawns its connection tasks on the runtime it is built in.
                 let scorer = match runtime.block_on(async { build_dns(&config, &limits) }) {
-                    Ok(dns) => Scorer::new(
+                    Ok((dns, try_timeout)) => Scorer::new(
                         dns,
                         &config.zone,
                         config.timeout,
+                        try_timeout,
                         limits.in_flight,
                         limits.cache_entries,
                         thread_counters,
@@ -238,7 +239,8 @@ async fn serve(
     }
 }
 
-fn build_dns(config: &DnsblConfig, limits: &Limits) -> Result<Dns, NetError> {
+/// The name server pool and the time it gives each try of a query.
+fn build_dns(config: &DnsblConfig, limits: &Limits) -> Result<(Dns, Duration), NetError> {
     let (servers, mut options) = if config.nameservers.is_empty() {
         let (system, options) = read_system_conf()?;
         (system.name_servers().to_vec(), options)
@@ -259,9 +261,10 @@ fn build_dns(config: &DnsblConfig, limits: &Limits) -> Result<Dns, NetError> {
     // A lost UDP datagram (a busy server's full socket buffer) must not cost the whole
     // deadline: each try gets an equal share of it, so the retries fit inside `dnsbl.timeout`.
     let attempts = options.attempts.max(2);
-    options.timeout = config.timeout / (attempts as u32 + 1);
+    let try_timeout = config.timeout / (attempts as u32 + 1);
+    options.timeout = try_timeout;
     options.max_active_requests = limits.in_flight;
     let context = Arc::new(PoolContext::new(options, TlsConfig::new()?));
     let pool = NameServerPool::from_config(servers, context, TokioRuntimeProvider::default());
-    Ok(RetryDnsHandle::new(pool, attempts))
+    Ok((RetryDnsHandle::new(pool, attempts), try_timeout))
 }
