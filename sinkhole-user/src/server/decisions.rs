@@ -87,9 +87,12 @@ impl Server {
 
     /// Attaches the resolver's answers to their connections (a recipient waiting for its
     /// score is decided at once), or to sessions that ended while an answer was out (logged
-    /// once the last one is in).
-    pub(super) fn take_answers(&mut self, now: Instant) {
-        while let Some(answer) = self.resolver.try_recv() {
+    /// once the last one is in). At most `limit`: true when there may be more.
+    pub(super) fn take_answers(&mut self, now: Instant, limit: usize) -> bool {
+        for _ in 0..limit {
+            let Some(answer) = self.resolver.try_recv() else {
+                return false;
+            };
             let token = answer.token();
             let slot = token_slot(token);
             if self
@@ -124,6 +127,7 @@ impl Server {
                 }
             }
         }
+        true
     }
 
     /// Asks for the check of the session's HELO name, once it is known (the first name only).

@@ -53,6 +53,10 @@ const LISTENER_BASE: usize = usize::MAX - 2;
 const SCRATCH: usize = 64 * 1024;
 /// Reads per connection per wake-up before the loop serves the others (fairness).
 const READS_PER_TURN: usize = 16;
+/// Resolver answers taken per wake-up before the loop serves its connections: the answers of
+/// thousands of clients can come at once (a DNS outage noticed releases every waiting query),
+/// and each may end a session and write its log line.
+const ANSWERS_PER_TURN: usize = 32;
 /// Message bytes the capture thread may hold at once; past it, 451 (try later).
 const MAX_IN_FLIGHT_BYTES: usize = 256 * 1024 * 1024;
 /// How long shutdown waits for in-flight messages and unsent 421s.
@@ -114,6 +118,8 @@ pub struct Server {
     serial: u64,
     /// Connections left with input still waiting after their turn (slot, serial).
     ready: Vec<(usize, u64)>,
+    /// The resolver may have answers not taken yet (its waker fired, or a turn's share ran out).
+    answers_waiting: bool,
     /// Set once a stop signal came: the instant by which everything is closed.
     stopping: Option<Instant>,
     /// Closed sessions whose score or HELO check is still with the resolver, by resolver
@@ -208,6 +214,7 @@ impl Server {
             in_flight_bytes: 0,
             serial: 0,
             ready: Vec::new(),
+            answers_waiting: false,
             stopping: None,
             lingering: HashMap::new(),
             accept_retry: None,
@@ -250,7 +257,7 @@ impl Server {
                 match event.token() {
                     WAKER => {
                         self.take_stored(now);
-                        self.take_answers(now);
+                        self.answers_waiting = true;
                     }
                     SIGNALS => {
                         let (mut reload, mut stop) = (false, false);
@@ -283,6 +290,9 @@ impl Server {
                         }
                     }
                 }
+            }
+            if self.answers_waiting {
+                self.answers_waiting = self.take_answers(now, ANSWERS_PER_TURN);
             }
             // Connections that used up their turn go on after everyone else had one.
             std::mem::swap(&mut ready, &mut self.ready);
@@ -318,7 +328,8 @@ impl Server {
         Ok(())
     }
 
-    /// How long the next poll may sleep. Not at all while connections wait for their turn, nor
+    /// How long the next poll may sleep. Not at all while connections or resolver answers wait
+    /// for their turn, nor
     /// for `busy_poll` after the last event: a client in mid-conversation (the next command of
     /// an SMTP exchange comes tens of microseconds after our reply) is then served without the
     /// cost of waking the thread, which on a loaded machine is most of a round trip. But not
@@ -326,7 +337,7 @@ impl Server {
     /// and they need the CPU a polling loop would take (their outcomes wake the loop anyway).
     fn poll_timeout(&self, now: Instant, last_event: Instant) -> Option<Duration> {
         let polling = self.in_flight == 0 && now.duration_since(last_event) < self.busy_poll;
-        if !self.ready.is_empty() || polling {
+        if !self.ready.is_empty() || self.answers_waiting || polling {
             return Some(Duration::ZERO);
         }
         [self.wheel.next_wake(), self.stopping, self.accept_retry]
