@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -70,6 +70,7 @@ struct Request {
 pub struct Resolver {
     requests: Option<async_mpsc::UnboundedSender<Request>>,
     answers: mpsc::Receiver<Answer>,
+    wake: Arc<Wake>,
     outstanding: AtomicUsize,
     limits: Limits,
     counters: Arc<Counters>,
@@ -94,6 +95,11 @@ impl Resolver {
         let (request_tx, request_rx) = async_mpsc::unbounded_channel();
         let (answer_tx, answer_rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let wake = Arc::new(Wake {
+            waker,
+            pending: AtomicBool::new(false),
+        });
+        let thread_wake = wake.clone();
         let config = config.clone();
         let thread_counters = counters.clone();
         let thread = std::thread::Builder::new()
@@ -126,7 +132,7 @@ impl Resolver {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                runtime.block_on(serve(Arc::new(scorer), request_rx, answer_tx, waker));
+                runtime.block_on(serve(Arc::new(scorer), request_rx, answer_tx, thread_wake));
             })?;
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -144,6 +150,7 @@ impl Resolver {
         Ok(Resolver {
             requests: Some(request_tx),
             answers: answer_rx,
+            wake,
             outstanding: AtomicUsize::new(0),
             limits,
             counters,
@@ -165,7 +172,15 @@ impl Resolver {
 
     /// The next answer, if one is ready. Call it until `None` whenever the waker fires.
     pub fn try_recv(&self) -> Option<Answer> {
-        let answer = self.answers.try_recv().ok()?;
+        let answer = match self.answers.try_recv() {
+            Ok(answer) => answer,
+            Err(_) => {
+                // Drained: the next answer must wake the loop again. Saying so before looking
+                // once more leaves no answer sent in between without a wake-up.
+                self.wake.pending.store(false, Ordering::SeqCst);
+                self.answers.try_recv().ok()?
+            }
+        };
         self.outstanding.fetch_sub(1, Ordering::Relaxed);
         Some(answer)
     }
@@ -206,17 +221,35 @@ impl Drop for Resolver {
     }
 }
 
+/// How the resolver thread wakes the loop: once per batch of answers, not once per answer
+/// (a system call each; thousands of answers can come at once when an outage is noticed).
+struct Wake {
+    waker: Arc<mio::Waker>,
+    /// A wake-up is on its way and the loop has not yet found the channel empty since.
+    pending: AtomicBool,
+}
+
+impl Wake {
+    fn wake(&self) {
+        if !self.pending.swap(true, Ordering::SeqCst)
+            && let Err(error) = self.waker.wake()
+        {
+            log::error!("cannot wake the event loop: {error}");
+        }
+    }
+}
+
 /// The resolver thread's loop: one task per request.
 async fn serve(
     scorer: Arc<Scorer>,
     mut requests: async_mpsc::UnboundedReceiver<Request>,
     answers: mpsc::Sender<Answer>,
-    waker: Arc<mio::Waker>,
+    wake: Arc<Wake>,
 ) {
     while let Some(request) = requests.recv().await {
         let scorer = scorer.clone();
         let answers = answers.clone();
-        let waker = waker.clone();
+        let wake = wake.clone();
         tokio::spawn(async move {
             let deadline = request.at + scorer.timeout;
             let answer = match request.helo {
@@ -230,10 +263,8 @@ async fn serve(
                 },
             };
             // The loop may be gone (shutting down): then nobody needs the answer.
-            if answers.send(answer).is_ok()
-                && let Err(error) = waker.wake()
-            {
-                log::error!("cannot wake the event loop: {error}");
+            if answers.send(answer).is_ok() {
+                wake.wake();
             }
         });
     }
