@@ -120,6 +120,9 @@ impl StorageConfig {
 pub struct DnsblConfig {
     /// Empty: the system resolver.
     pub nameservers: Vec<SocketAddr>,
+    /// Every score is answered within this of accept, complete or not. A zone (or reverse
+    /// DNS) that leaves 16 queries in a row unanswered is then only probed, once a second,
+    /// and its clients go unscored at once until it answers again.
     #[serde(deserialize_with = "positive_duration")]
     pub timeout: Duration,
     pub reject_threshold: i32,
