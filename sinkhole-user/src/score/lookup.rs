@@ -371,17 +371,19 @@ impl Scorer {
             }
         };
         drop(outages);
+        let Some(change) = change else {
+            return;
+        };
         let what = match self.zones.get(upstream) {
             Some(zone) => format!("dnsbl {}", zone.name),
             None => "reverse DNS and HELO names".to_owned(),
         };
         match change {
-            None => {}
-            Some(Change::Down) => log::warn!(
+            Change::Down => log::warn!(
                 "{what}: {DOWN_AFTER} queries in a row unanswered; until it answers, its \
                  clients go unscored at once and one query every {PROBE_EVERY:?} probes it"
             ),
-            Some(Change::Back(down)) => {
+            Change::Back(down) => {
                 log::warn!("{what}: answering again after {down:.1?} without answers")
             }
         }
