@@ -1,14 +1,16 @@
 //! Scoring in the real daemon: `sinkhole run` against `rbldnsd` (Spamhaus-like zones) and `nsd`
 //! (PTR and forward records) behind a zone router, clients connecting from distinct loopback
 //! sources so each is scored differently. RCPT replies, the session log and the trace headers
-//! show the score; a DNS server that never answers delays only RCPT, and only until
-//! `dnsbl.timeout`; a client above `dnsbl.block_threshold` ends up dropped by XDP.
+//! show the score; a DNS server that never answers delays only RCPT, only until
+//! `dnsbl.timeout`, and once the outage is noticed not at all; a client above
+//! `dnsbl.block_threshold` ends up dropped by XDP.
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use sinkhole::score::DOWN_AFTER;
 use sinkhole_tests::daemon::{Daemon, SmtpClient, connect_from, smtp_config};
 use sinkhole_tests::dns::{
     DnsRouter, Nsd, Rbldnsd, stalled_dns, start_dns_router, start_nsd, start_rbldnsd,
@@ -336,6 +338,50 @@ fn a_dns_server_that_never_answers_delays_only_rcpt_until_dnsbl_timeout() {
     // Nothing was learnt by the end of the session either.
     assert_eq!(s["dnsbl"], json!([]));
     assert!(!signatures(s).contains(&"dnsbl-listed"));
+}
+
+#[test]
+fn a_dns_outage_once_noticed_keeps_no_client_waiting() {
+    let stalled = stalled_dns().expect("stalled DNS");
+    let timeout = Duration::from_secs(1);
+    let mut d = daemon(&dnsbl_config(stalled.addr, "1s"));
+
+    // Clients come and go; each one's queries (four zones and PTR) go unanswered.
+    for last in 10..10 + DOWN_AFTER as u8 {
+        let mut c = SmtpClient::connect_from(d.addr, v4(last));
+        assert!(c.reply()[0].starts_with("220 "));
+        quit(&mut c);
+    }
+    // Each upstream says so once: the four zones, then reverse DNS.
+    let down = format!("{DOWN_AFTER} queries in a row unanswered");
+    let noticed = Instant::now();
+    while d.stderr().matches(&down).count() < 5 {
+        assert!(noticed.elapsed() < timeout * 5, "{}", d.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = d.stderr();
+    for upstream in [
+        "dnsbl zen.test",
+        "dnsbl bl.test",
+        "dnsbl allow.test",
+        "reverse DNS and HELO names",
+    ] {
+        assert!(
+            log.contains(&format!("{upstream}: {down}")),
+            "{upstream}: {log}"
+        );
+    }
+
+    // From then on a client's RCPT is answered at once, unscored.
+    let asked = Instant::now();
+    let (mut c, rcpt) = up_to_rcpt(d.addr, v4(40), "c.example");
+    assert_eq!(rcpt, "250 2.1.5 Ok");
+    assert!(asked.elapsed() < timeout / 2, "{:?}", asked.elapsed());
+    quit(&mut c);
+
+    d.stop();
+    let sessions = d.sessions();
+    assert_eq!(session_of(&sessions, "127.0.0.40")["scored"], false);
 }
 
 #[test]
