@@ -556,7 +556,8 @@ fn main() -> Result<()> {
             break;
         }
         let mut peer = || pipelined_load(SmtpSink::start(None)?.addr, messages);
-        // One Maildir for the whole row, as in the durable rows above.
+        // One Maildir for the whole row, filled by an untimed run first (when it stores), as
+        // in the durable rows above.
         let dirs = RowDirs::default();
         let storage = dirs.fresh("sinkhole");
         let mut ours = || {

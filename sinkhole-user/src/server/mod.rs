@@ -329,12 +329,12 @@ impl Server {
     }
 
     /// How long the next poll may sleep. Not at all while connections or resolver answers wait
-    /// for their turn, nor
-    /// for `busy_poll` after the last event: a client in mid-conversation (the next command of
-    /// an SMTP exchange comes tens of microseconds after our reply) is then served without the
-    /// cost of waking the thread, which on a loaded machine is most of a round trip. But not
-    /// while messages are with the capture threads: those are then what the clients wait for,
-    /// and they need the CPU a polling loop would take (their outcomes wake the loop anyway).
+    /// for their turn, nor for `busy_poll` after the last event: a client in mid-conversation
+    /// (the next command of an SMTP exchange comes tens of microseconds after our reply) is then
+    /// served without the cost of waking the thread, which on a loaded machine is most of a
+    /// round trip. But not while messages are with the capture threads: those are then what the
+    /// clients wait for, and they need the CPU a polling loop would take (their outcomes wake
+    /// the loop anyway).
     fn poll_timeout(&self, now: Instant, last_event: Instant) -> Option<Duration> {
         let polling = self.in_flight == 0 && now.duration_since(last_event) < self.busy_poll;
         if !self.ready.is_empty() || self.answers_waiting || polling {
