@@ -531,14 +531,18 @@ impl Server {
 
     fn expire_timers(&mut self, now: Instant, due: &mut Vec<TimerEntry>) {
         due.clear();
-        self.wheel.expire(now, due);
+        let conns = &self.conns;
+        self.wheel.expire(now, due, |entry| {
+            conns
+                .get(entry.slot)
+                .is_some_and(|conn| conn.serial == entry.serial && conn.scheduled == Some(entry.at))
+        });
         for entry in due.drain(..) {
+            // Serving an earlier entry cannot close this connection, but the loop must not
+            // panic if that ever changes.
             let Some(conn) = self.conns.get_mut(entry.slot) else {
                 continue;
             };
-            if conn.serial != entry.serial || conn.scheduled != Some(entry.at) {
-                continue;
-            }
             conn.scheduled = None;
             if conn.session.deadline() <= now {
                 conn.session.handle_timeout(now);
