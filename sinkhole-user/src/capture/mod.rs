@@ -67,7 +67,8 @@ pub struct Stored {
 
 pub enum Job {
     Store(StoreRequest),
-    Log(Box<SessionEnd>),
+    /// Finished sessions for the session log, several at a time (see `server::LogBatch`).
+    Log(Vec<SessionEnd>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -220,11 +221,13 @@ impl Worker {
     fn take(&mut self, job: Job, stores: &mut Vec<StoreRequest>) {
         match job {
             Job::Store(request) => stores.push(request),
-            Job::Log(session) => {
-                if let Err((lines, e)) = self.log.append(&session) {
-                    self.log_failed(lines, &e);
+            Job::Log(sessions) => {
+                for session in &sessions {
+                    if let Err((lines, e)) = self.log.append(session) {
+                        self.log_failed(lines, &e);
+                    }
                 }
-                Counters::add(&self.counters.session_log_lines, 1);
+                Counters::add(&self.counters.session_log_lines, sessions.len() as u64);
             }
         }
     }

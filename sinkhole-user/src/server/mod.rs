@@ -61,6 +61,12 @@ const ANSWERS_PER_TURN: usize = 32;
 const MAX_IN_FLIGHT_BYTES: usize = 256 * 1024 * 1024;
 /// How long shutdown waits for in-flight messages and unsent 421s.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Finished sessions the loop gathers before it hands them to the capture thread, and how long
+/// it holds the first of them (less when it is about to sleep). One hand-over wakes the thread
+/// once: under a flood of short connections, waking it for every session line took more CPU
+/// than writing the line.
+const LOG_BATCH: usize = 64;
+const LOG_BATCH_WAIT: Duration = Duration::from_millis(20);
 /// After `accept` failed for want of descriptors or memory, when to try again (sooner when a
 /// connection closes).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -126,6 +132,10 @@ pub struct Server {
     /// token: their signatures and escalation must not depend on how fast the client quit.
     /// Bounded by the resolver's outstanding requests, each answered within `dnsbl.timeout`.
     lingering: HashMap<u64, EndedSession>,
+    /// Finished sessions not yet handed to the capture thread, and when the first of them
+    /// came ([`LOG_BATCH`]).
+    logs: Vec<SessionEnd>,
+    logs_since: Instant,
     /// Set when `accept` failed with clients still queued: the listeners are edge-triggered
     /// and send no new event for those, so the loop tries again by then.
     accept_retry: Option<Instant>,
@@ -217,6 +227,8 @@ impl Server {
             answers_waiting: false,
             stopping: None,
             lingering: HashMap::new(),
+            logs: Vec::with_capacity(LOG_BATCH),
+            logs_since: Instant::now(),
             accept_retry: None,
             busy_poll: smtp.busy_poll,
         })
@@ -242,7 +254,12 @@ impl Server {
         let mut last_sweep = Instant::now();
         let mut last_event = Instant::now();
         loop {
-            let timeout = self.poll_timeout(Instant::now(), last_event);
+            let before = Instant::now();
+            let timeout = self.poll_timeout(before, last_event);
+            if timeout != Some(Duration::ZERO) || self.logs_due(before) {
+                // The loop may sleep now: what it holds for the log goes out first.
+                self.send_logs();
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -323,6 +340,7 @@ impl Server {
             }
         }
         self.finish_lingering();
+        self.send_logs();
         log::info!("stopped; writing out the session log");
         self.capture.finish();
         Ok(())
@@ -796,8 +814,28 @@ impl Server {
     }
 
     fn log_session(&mut self, session: SessionEnd) {
-        if !self.capture.submit(Job::Log(Box::new(session))) {
-            Counters::add(&self.counters.session_log_dropped, 1);
+        let now = Instant::now();
+        if self.logs.is_empty() {
+            self.logs_since = now;
+        }
+        self.logs.push(session);
+        if self.logs.len() >= LOG_BATCH || self.logs_due(now) {
+            self.send_logs();
+        }
+    }
+
+    fn logs_due(&self, now: Instant) -> bool {
+        !self.logs.is_empty() && now.duration_since(self.logs_since) >= LOG_BATCH_WAIT
+    }
+
+    fn send_logs(&mut self) {
+        if self.logs.is_empty() {
+            return;
+        }
+        let batch = std::mem::replace(&mut self.logs, Vec::with_capacity(LOG_BATCH));
+        let lines = batch.len() as u64;
+        if !self.capture.submit(Job::Log(batch)) {
+            Counters::add(&self.counters.session_log_dropped, lines);
         }
     }
 }
