@@ -18,16 +18,33 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// A blocking listener on `addr`: SO_REUSEADDR (restarts do not wait for TIME_WAIT),
 /// SO_REUSEPORT (a daemon taking over, `sinkhole run --takeover`, listens beside the one it
-/// replaces; the kernel only shares a port between sockets of the same user), and IPV6_V6ONLY
-/// on IPv6 so `0.0.0.0:P` and `[::]:P` can both be bound.
+/// replaces; the kernel only shares a port between sockets of the same user), IPV6_V6ONLY
+/// on IPv6 so `0.0.0.0:P` and `[::]:P` can both be bound, and TCP_NODELAY, which Linux gives
+/// every socket accepted from it (a reply goes out at once, not after Nagle's wait for the
+/// ACK of the one before; set here, it costs no system call per connection).
 pub fn bind_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_sockets_inherit_no_delay() {
+        let listener = bind_std("127.0.0.1:0".parse().expect("an address")).expect("bind");
+        let _client =
+            std::net::TcpStream::connect(listener.local_addr().expect("bound")).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        assert!(accepted.nodelay().expect("TCP_NODELAY"));
+    }
 }
