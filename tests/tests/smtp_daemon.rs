@@ -99,6 +99,35 @@ fn sigterm_says_421_to_open_sessions_and_writes_the_log_out() {
 }
 
 #[test]
+fn every_session_of_a_burst_reaches_the_log_whatever_batch_it_ends_in() {
+    // More sessions than one hand-over to the capture thread holds, and not a multiple of it:
+    // the lines go in batches, the last one partly filled when the daemon stops.
+    const SESSIONS: usize = 150;
+    let mut daemon = Daemon::start("", "");
+    for n in 0..SESSIONS {
+        let mut client = SmtpClient::connect(daemon.addr);
+        assert!(client.reply()[0].starts_with("220 "));
+        client.send(format!("HELO burst-{n}.example\r\nQUIT\r\n").as_bytes());
+        assert!(client.reply()[0].starts_with("250 "));
+        assert!(client.reply()[0].starts_with("221 "));
+    }
+    daemon.terminate();
+    let status = daemon.wait(Duration::from_secs(15));
+    assert!(status.success(), "{status}: {}", daemon.stderr());
+    let mut helos: Vec<String> = daemon
+        .sessions()
+        .iter()
+        .map(|s| s["helo"].as_str().unwrap_or_default().to_string())
+        .collect();
+    helos.sort();
+    let mut expected: Vec<String> = (0..SESSIONS)
+        .map(|n| format!("burst-{n}.example"))
+        .collect();
+    expected.sort();
+    assert_eq!(helos, expected);
+}
+
+#[test]
 fn unwritable_storage_gives_451_and_leaves_nothing_in_new() {
     let mut daemon = Daemon::start("", "");
     // new/ becomes a plain file: no message can be made or named there.
