@@ -430,11 +430,6 @@ impl Server {
             self.limits.release(ip);
             return;
         }
-        // Delayed ACKs from the first command on, so that each reply carries the ACK of its
-        // command. Linux starts a connection in quick-ACK mode, which gives the client's first
-        // command an ACK segment of its own a few microseconds before the reply: one of the 20
-        // segments of a short session. (Not inherited from the listener, hence per connection.)
-        let _ = socket2::SockRef::from(&stream).set_tcp_quickack(false);
         Counters::add(&self.counters.connections_total, 1);
         Counters::add(&self.counters.connections_active, 1);
         self.serial += 1;
