@@ -164,15 +164,26 @@ mod tests {
 
     #[test]
     fn an_entry_later_in_the_current_tick_fires_in_that_tick() {
-        let start = Instant::now();
-        let mut wheel = TimerWheel::new(start);
-        // Both instants are in tick 3 (100-150 ms).
-        wheel.insert(entry(1, start + Duration::from_millis(120)));
-        let mut due = Vec::new();
-        wheel.expire(start + Duration::from_millis(110), &mut due, |_| true);
-        assert!(due.is_empty());
-        wheel.expire(start + Duration::from_millis(130), &mut due, |_| true);
-        assert_eq!(due, vec![entry(1, start + Duration::from_millis(120))]);
+        // All instants are in tick 3 (100-150 ms); the entry is armed before the tick's first
+        // scan, or after it (the scan then found nothing due in the tick).
+        for armed_after_scan in [false, true] {
+            let start = Instant::now();
+            let mut wheel = TimerWheel::new(start);
+            let mut due = Vec::new();
+            let deadline = entry(1, start + Duration::from_millis(120));
+            if armed_after_scan {
+                wheel.expire(start + Duration::from_millis(105), &mut due, |_| true);
+            }
+            wheel.insert(deadline);
+            wheel.expire(start + Duration::from_millis(115), &mut due, |_| true);
+            assert!(due.is_empty());
+            wheel.expire(start + Duration::from_millis(125), &mut due, |_| true);
+            assert_eq!(
+                due,
+                vec![deadline],
+                "armed after the scan: {armed_after_scan}"
+            );
+        }
     }
 
     #[test]
@@ -194,19 +205,6 @@ mod tests {
         wheel.insert(entry(3, start + Duration::from_secs(1)));
         wheel.expire(start + Duration::from_secs(10), &mut due, |_| true);
         assert_eq!(due.len(), 1);
-    }
-
-    #[test]
-    fn an_entry_armed_in_the_current_tick_after_its_scan_still_fires_in_it() {
-        let start = Instant::now();
-        let mut wheel = TimerWheel::new(start);
-        let mut due = Vec::new();
-        wheel.expire(start + Duration::from_millis(105), &mut due, |_| true);
-        wheel.insert(entry(1, start + Duration::from_millis(120)));
-        wheel.expire(start + Duration::from_millis(115), &mut due, |_| true);
-        assert!(due.is_empty());
-        wheel.expire(start + Duration::from_millis(125), &mut due, |_| true);
-        assert_eq!(due, vec![entry(1, start + Duration::from_millis(120))]);
     }
 
     #[test]
