@@ -67,7 +67,8 @@ pub struct Stored {
 
 pub enum Job {
     Store(StoreRequest),
-    /// Finished sessions for the session log, several at a time (see `server::LogBatch`).
+    /// Finished sessions for the session log, gathered by the loop (see `LOG_BATCH` in
+    /// `server`).
     Log(Vec<SessionEnd>),
 }
 

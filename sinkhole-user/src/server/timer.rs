@@ -54,12 +54,17 @@ impl TimerWheel {
         (since.as_nanos() as u64).div_ceil(TICK_NANOS)
     }
 
+    /// The last instant of `tick`: the deadlines in it are those up to here.
+    fn tick_end(&self, tick: u64) -> Instant {
+        self.origin + Duration::from_nanos(tick * TICK_NANOS)
+    }
+
     pub fn insert(&mut self, entry: TimerEntry) {
         let tick = self.tick_of(entry.at).max(self.cursor);
         if tick == self.cursor {
-            self.cursor_next = Some(self.cursor_next.map_or(entry.at, |next| next.min(entry.at)));
+            self.cursor_next = earliest(self.cursor_next, entry.at);
         }
-        self.slots[(tick % SLOTS as u64) as usize].push(entry);
+        self.slots[slot_of(tick)].push(entry);
         self.len += 1;
     }
 
@@ -85,12 +90,12 @@ impl TimerWheel {
         // The deadlines of `target`'s own tick end here; later ones in its slot are for later
         // turns. (After a sleep of more than a turn, `target`'s slot is scanned as an earlier
         // tick's.)
-        let target_slot = target % SLOTS as u64;
-        let target_end = self.origin + Duration::from_nanos(target * TICK_NANOS);
+        let target_end = self.tick_end(target);
         let mut target_next: Option<Instant> = None;
         let mut tick = first;
         while tick <= last && self.len > 0 {
-            let slot = &mut self.slots[(tick % SLOTS as u64) as usize];
+            let holds_target = slot_of(tick) == slot_of(target);
+            let slot = &mut self.slots[slot_of(tick)];
             let before = slot.len();
             slot.retain(|entry| {
                 if !current(entry) {
@@ -99,8 +104,8 @@ impl TimerWheel {
                     due.push(*entry);
                     false
                 } else {
-                    if tick % SLOTS as u64 == target_slot && entry.at <= target_end {
-                        target_next = Some(target_next.map_or(entry.at, |n| n.min(entry.at)));
+                    if holds_target && entry.at <= target_end {
+                        target_next = earliest(target_next, entry.at);
                     }
                     true
                 }
@@ -122,10 +127,20 @@ impl TimerWheel {
         let base = self.cursor;
         let next = (0..SLOTS as u64)
             .map(|offset| base + offset)
-            .find(|tick| !self.slots[(tick % SLOTS as u64) as usize].is_empty())
+            .find(|&tick| !self.slots[slot_of(tick)].is_empty())
             .unwrap_or(base);
-        Some(self.origin + TICK * next as u32)
+        Some(self.tick_end(next))
     }
+}
+
+/// The slot that holds the entries of `tick` (and of the same tick in later turns).
+fn slot_of(tick: u64) -> usize {
+    (tick % SLOTS as u64) as usize
+}
+
+/// The earlier of `next` and `at`.
+fn earliest(next: Option<Instant>, at: Instant) -> Option<Instant> {
+    Some(next.map_or(at, |next| next.min(at)))
 }
 
 #[cfg(test)]
