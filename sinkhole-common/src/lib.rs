@@ -25,7 +25,7 @@
 //!
 //! Both tries key IPv4 prefixes as IPv4-mapped IPv6 (`::ffff:a.b.c.d/96+len`): one 16-byte key
 //! keeps the 8-byte aligned [`BlockEntry`] aligned in the trie node (a 4-byte IPv4 key would
-//! not), so its drop counter can be incremented atomically.
+//! not), so its counter and time stamp are aligned words that no store tears.
 #![no_std]
 
 /// The exact IPv4 block map.
@@ -92,7 +92,9 @@ pub const REASON_LEN: usize = 40;
 pub struct BlockEntry {
     /// `CLOCK_BOOTTIME` nanoseconds after which the entry no longer applies; 0 = never.
     pub expires_at: u64,
-    /// Packets dropped because of this entry. The program adds atomically (several CPUs).
+    /// Packets dropped because of this entry. The program adds without a lock (it was the
+    /// costliest instruction of the drop path): CPUs dropping the same source's packets at
+    /// the same instant can lose a count between them.
     pub drops: u64,
     /// `CLOCK_BOOTTIME` nanoseconds of the last drop; 0 = none yet.
     pub last_drop_at: u64,
@@ -117,19 +119,15 @@ pub const GLOBAL_SCOPE: &str = "SCOPE";
 /// `smtp` covers: bit `port % 64` of word `port / 64`.
 pub const GLOBAL_SMTP_PORTS: &str = "SMTP_PORTS";
 
-/// How the program estimates `CLOCK_BOOTTIME` (the time stamps of [`BlockEntry`]) cheaply:
-/// `CLOCK_MONOTONIC_COARSE` plus the time spent suspended, which only userspace can read, and
-/// the estimate cached per kernel tick. Userspace writes the offset (and zeroes the cache)
-/// whenever it opens the maps and at every sweep of the daemon.
+/// What the program needs to estimate `CLOCK_BOOTTIME` (the time stamps of [`BlockEntry`])
+/// cheaply: it reads `CLOCK_MONOTONIC_COARSE` and adds the time spent suspended, which only
+/// userspace can read. Userspace writes it whenever it opens the maps and at every sweep of
+/// the daemon; the program keeps its estimate for the current kernel tick to itself.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BootClock {
-    /// `CLOCK_BOOTTIME - CLOCK_MONOTONIC`, ns (written by userspace).
+    /// `CLOCK_BOOTTIME - CLOCK_MONOTONIC`, ns.
     pub monotonic_to_boot_ns: u64,
-    /// The kernel tick (`jiffies`) of [`BootClock::tick_boot_ns`] (written by the program).
-    pub tick_jiffies: u64,
-    /// The boot time estimate made at that tick (written by the program).
-    pub tick_boot_ns: u64,
 }
 
 /// Drop only TCP to a port in [`GLOBAL_SMTP_PORTS`].

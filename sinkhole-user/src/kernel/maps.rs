@@ -456,11 +456,8 @@ impl BlockMaps {
     /// Writes the current offset from `CLOCK_MONOTONIC` to `CLOCK_BOOTTIME` (the time spent
     /// suspended) for the program's clock estimate (see [`BootClock`]).
     pub fn sync_clock(&mut self) -> Result<(), KernelError> {
-        // The cached estimate goes: the program makes a new one at its next drop.
         let clock = BootClock {
             monotonic_to_boot_ns: clock::monotonic_to_boot_ns(),
-            tick_jiffies: 0,
-            tick_boot_ns: 0,
         };
         self.clock
             .set(0, clock, 0)
