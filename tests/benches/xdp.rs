@@ -1,7 +1,8 @@
 //! Per-packet cost of the `sinkhole` XDP program, through `BPF_PROG_TEST_RUN`, with 1,000,000
 //! exact IPv4 blocks and 10,000 CIDR blocks loaded, beside xdp-tools' `xdp-filter` (10,000
-//! source addresses, all its map holds) and an empty XDP program, all three run the same way in
-//! the same process. Needs root and `xdp-filter`. Prints a Markdown table.
+//! source addresses, all its map holds) and an empty XDP program, all three attached to an
+//! interface and run the same way in the same process. Needs root, `xdp-filter` and
+//! `bpftool`. Prints a Markdown table.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
@@ -83,6 +84,13 @@ fn main() -> anyhow::Result<()> {
     let _unload = XdpFilterUnload(&ns_path, &veth.near_if);
     let filter_fd = xdp_filter_fd(&veth)?;
     let empty_fd = load_empty()?;
+    // The kernel runs a program attached to an interface through a direct call in its XDP
+    // dispatcher, and any other through an indirect one, in a test run as on a real packet.
+    // xdp-filter is attached, so the other two are as well (generic XDP on the far side of
+    // the veth and on its loopback), each measured the way it would run.
+    let far_ns = format!("--net={}", veth.far.path().display());
+    attach_generic(&far_ns, &veth.far_if, sinkhole_fd.as_fd())?;
+    attach_generic(&far_ns, "lo", empty_fd.as_fd())?;
 
     let programs: [(&str, BorrowedFd<'_>); 3] = [
         ("sinkhole", sinkhole_fd.as_fd()),
@@ -174,10 +182,33 @@ fn xdp_filter_fd(veth: &VethPair) -> anyhow::Result<OwnedFd> {
     Ok(info.fd()?.as_fd().try_clone_to_owned()?)
 }
 
-// The raw BPF boundary: the empty program and the test runs, with the kernel's `union
-// bpf_attr` laid out by hand for the two commands used.
+/// Attaches `prog` in generic (skb) mode to `interface` of the namespace `ns_arg` names
+/// (`--net=PATH`); deleting the namespace detaches it.
+fn attach_generic(ns_arg: &str, interface: &str, prog: BorrowedFd<'_>) -> anyhow::Result<()> {
+    let id = program_id(prog)?.to_string();
+    run(
+        "nsenter",
+        &[
+            ns_arg,
+            "--",
+            "bpftool",
+            "net",
+            "attach",
+            "xdpgeneric",
+            "id",
+            &id,
+            "dev",
+            interface,
+        ],
+    )?;
+    Ok(())
+}
+
+// The raw BPF boundary: the empty program, its id and the test runs, with the kernel's `union
+// bpf_attr` laid out by hand for the three commands used.
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<i64> {
@@ -210,6 +241,17 @@ fn load_empty() -> anyhow::Result<OwnedFd> {
     let fd = bpf(BPF_PROG_LOAD, &mut attr).context("load the empty XDP program")?;
     // SAFETY: a fresh descriptor the kernel just returned, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The kernel's id of a loaded program.
+fn program_id(prog: BorrowedFd<'_>) -> anyhow::Result<u32> {
+    // The head of `struct bpf_prog_info`: `type`, then `id`.
+    let mut info = [0u32; 2];
+    let mut attr = [0u64; 16];
+    attr[0] = prog.as_raw_fd() as u64 | (std::mem::size_of_val(&info) as u64) << 32; // bpf_fd, info_len
+    attr[1] = info.as_mut_ptr() as u64; // info
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).context("BPF_OBJ_GET_INFO_BY_FD")?;
+    Ok(info[1])
 }
 
 /// Runs `frame` through the program `repeat` times; the verdict and ns per run.
