@@ -6,15 +6,18 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
+use aya::Ebpf;
 use aya::maps::{Map, MapData, PerCpuHashMap, PerCpuValues};
+use aya::programs::Xdp;
 use ipnet::{IpNet, Ipv4Net};
 use serde_json::Value;
 use sinkhole::kernel::Scope;
 use sinkhole_tests::frames::Frame;
-use sinkhole_tests::netns::VethPair;
+use sinkhole_tests::netns::NetNs;
 use sinkhole_tests::run;
 use sinkhole_tests::xdp::{TestProgram, XDP_DROP, XDP_PASS};
 
@@ -24,6 +27,8 @@ const CIDRS: u32 = 10_000;
 const XDP_FILTER_ADDRESSES: u32 = 10_000;
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 15;
+/// Loads of each program, each measured in every round.
+const INSTANCES: usize = 3;
 
 /// The n-th blocked exact address: 10.0.0.0 upwards (map keys only, never a packet target).
 fn exact(n: u32) -> Ipv4Addr {
@@ -65,43 +70,67 @@ fn main() -> anyhow::Result<()> {
         "loaded {EXACT} exact and {CIDRS} CIDR blocks in {:.1?}",
         started.elapsed()
     );
-    let sinkhole_fd = sinkhole_fd(&sinkhole)?;
 
-    let veth = VethPair::new(&[], &[])?;
-    let ns_path = format!("--net={}", veth.near.path().display());
-    run(
-        "nsenter",
-        &[
-            &ns_path,
-            "--",
-            "xdp-filter",
-            "load",
-            &veth.near_if,
-            "--mode",
-            "skb",
-        ],
-    )?;
-    let _unload = XdpFilterUnload(&ns_path, &veth.near_if);
-    let filter_fd = xdp_filter_fd(&veth)?;
-    let empty_fd = load_empty()?;
-    // The kernel runs a program attached to an interface through a direct call in its XDP
-    // dispatcher, and any other through an indirect one, in a test run as on a real packet.
-    // xdp-filter is attached, so the other two are as well (generic XDP on the far side of
-    // the veth and on its loopback), each measured the way it would run.
-    let far_ns = format!("--net={}", veth.far.path().display());
-    attach_generic(&far_ns, &veth.far_if, sinkhole_fd.as_fd())?;
-    attach_generic(&far_ns, "lo", empty_fd.as_fd())?;
+    // Every program is loaded INSTANCES times, each instance attached (generic XDP) to an
+    // interface of its own in a namespace the bench creates. Attached, because the kernel
+    // runs an attached program through a direct call in its XDP dispatcher and any other
+    // through an indirect one, in a test run as on a real packet. Several times, because
+    // where a program's code lands moves its cost by a few ns from one load to the next.
+    let ns = NetNs::new("x")?;
+    let ns_arg = format!("--net={}", ns.path().display());
+    let mut interfaces = (0..3 * INSTANCES).map(|i| -> anyhow::Result<String> {
+        let (name, peer) = (format!("xa{i}"), format!("xb{i}"));
+        ns.ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer])?;
+        ns.ip(&["link", "set", &name, "up"])?;
+        Ok(name)
+    });
+    let mut next_interface = || interfaces.next().expect("an interface per instance");
 
-    let programs: [(&str, BorrowedFd<'_>); 3] = [
-        ("sinkhole", sinkhole_fd.as_fd()),
-        ("xdp-filter", filter_fd.as_fd()),
-        ("empty XDP", empty_fd.as_fd()),
+    let mut sinkhole_instances = Vec::with_capacity(INSTANCES);
+    let mut sinkhole_fds = vec![sinkhole_fd(&sinkhole)?];
+    for _ in 1..INSTANCES {
+        let instance = sinkhole_instance(sinkhole.pin_dir(), &scope)?;
+        sinkhole_fds.push(instance_fd(&instance)?);
+        sinkhole_instances.push(instance);
+    }
+    let mut filter_fds = Vec::with_capacity(INSTANCES);
+    let mut _unload = Vec::with_capacity(INSTANCES);
+    for _ in 0..INSTANCES {
+        let interface = next_interface()?;
+        run(
+            "nsenter",
+            &[
+                &ns_arg,
+                "--",
+                "xdp-filter",
+                "load",
+                &interface,
+                "--mode",
+                "skb",
+            ],
+        )?;
+        filter_fds.push(xdp_filter_fd(&ns, &interface)?);
+        _unload.push(XdpFilterUnload(ns_arg.clone(), interface));
+    }
+    let empty_fds = (0..INSTANCES)
+        .map(|_| load_empty())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for fd in sinkhole_fds.iter().chain(&empty_fds) {
+        attach_generic(&ns_arg, &next_interface()?, fd.as_fd())?;
+    }
+
+    let programs: [(&str, Vec<BorrowedFd<'_>>); 3] = [
+        ("sinkhole", borrow(&sinkhole_fds)),
+        ("xdp-filter", borrow(&filter_fds)),
+        ("empty XDP", borrow(&empty_fds)),
     ];
-    for (name, fd) in &programs {
-        for (frame, want) in [(&pass, XDP_PASS), (&drop, XDP_DROP)] {
-            let got = test_run(*fd, frame, 1)?.0;
-            if name != &"empty XDP" && got != want {
-                bail!("{name} returned {got} instead of {want}");
+    for (name, fds) in &programs {
+        for fd in fds {
+            for (frame, want) in [(&pass, XDP_PASS), (&drop, XDP_DROP)] {
+                let got = test_run(*fd, frame, 1)?.0;
+                if name != &"empty XDP" && got != want {
+                    bail!("{name} returned {got} instead of {want}");
+                }
             }
         }
     }
@@ -114,7 +143,7 @@ fn main() -> anyhow::Result<()> {
     let (_, filter_pass, filter_drop) = results[1];
     let (_, empty_pass, empty_drop) = results[2];
     println!(
-        "BPF_PROG_TEST_RUN (kernel-timed), median of {ROUNDS} interleaved runs of {REPEAT} repeats; sinkhole with {EXACT} exact + {CIDRS} CIDR blocks, xdp-filter with {XDP_FILTER_ADDRESSES} source addresses\n"
+        "BPF_PROG_TEST_RUN (kernel-timed), median over {INSTANCES} loads x {ROUNDS} interleaved rounds of {REPEAT} repeats; sinkhole with {EXACT} exact + {CIDRS} CIDR blocks, xdp-filter with {XDP_FILTER_ADDRESSES} source addresses\n"
     );
     println!(
         "| program | pass ns/pkt | drop ns/pkt | pass vs xdp-filter | drop vs xdp-filter | pass above empty | drop above empty |"
@@ -132,13 +161,13 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Unloads xdp-filter when the bench ends: it pins its maps under /sys/fs/bpf/xdp-filter,
-/// which deleting the namespace would leave behind.
-struct XdpFilterUnload<'a>(&'a str, &'a str);
+/// Unloads xdp-filter from an interface when the bench ends: it pins its maps under
+/// /sys/fs/bpf/xdp-filter, which deleting the namespace would leave behind.
+struct XdpFilterUnload(String, String);
 
-impl Drop for XdpFilterUnload<'_> {
+impl Drop for XdpFilterUnload {
     fn drop(&mut self) {
-        if let Err(e) = run("nsenter", &[self.0, "--", "xdp-filter", "unload", self.1]) {
+        if let Err(e) = run("nsenter", &[&self.0, "--", "xdp-filter", "unload", &self.1]) {
             eprintln!("{e}");
         }
         let _ = std::fs::remove_dir("/sys/fs/bpf/xdp-filter");
@@ -146,16 +175,35 @@ impl Drop for XdpFilterUnload<'_> {
 }
 
 fn sinkhole_fd(p: &TestProgram) -> anyhow::Result<OwnedFd> {
-    // The harness keeps the program; run it through a duplicate of its descriptor so the
-    // three programs go through one code path.
+    // The harness keeps the program; run it through a duplicate of its descriptor so that
+    // every instance goes through one code path.
     Ok(p.program_fd()?.try_clone_to_owned()?)
 }
 
-/// Loads the IPv4 filter list of the xdp-filter instance attached to the veth, and returns
-/// its program.
-fn xdp_filter_fd(veth: &VethPair) -> anyhow::Result<OwnedFd> {
+/// One more load of the `sinkhole` program, on the maps pinned in `pin_dir`.
+fn sinkhole_instance(pin_dir: &Path, scope: &Scope) -> anyhow::Result<Ebpf> {
+    let (mut ebpf, _maps) = sinkhole::kernel::maps::open(pin_dir, scope)?;
+    let program: &mut Xdp = ebpf
+        .program_mut("sinkhole")
+        .context("no program `sinkhole`")?
+        .try_into()?;
+    program.load()?;
+    Ok(ebpf)
+}
+
+fn instance_fd(ebpf: &Ebpf) -> anyhow::Result<OwnedFd> {
+    let program: &Xdp = ebpf
+        .program("sinkhole")
+        .context("no program `sinkhole`")?
+        .try_into()?;
+    Ok(program.fd()?.as_fd().try_clone_to_owned()?)
+}
+
+/// Loads the IPv4 filter list of the xdp-filter instance attached to `interface` of `ns` (the
+/// instances share it: loading it again changes nothing), and returns its program.
+fn xdp_filter_fd(ns: &NetNs, interface: &str) -> anyhow::Result<OwnedFd> {
     let out = std::process::Command::new("ip")
-        .args(["-n", veth.near.name(), "-j", "link", "show", &veth.near_if])
+        .args(["-n", ns.name(), "-j", "link", "show", interface])
         .output()?;
     let links: Value = serde_json::from_slice(&out.stdout)?;
     let id = links[0]["xdp"]["prog"]["id"]
@@ -254,6 +302,10 @@ fn program_id(prog: BorrowedFd<'_>) -> anyhow::Result<u32> {
     Ok(info[1])
 }
 
+fn borrow(fds: &[OwnedFd]) -> Vec<BorrowedFd<'_>> {
+    fds.iter().map(|fd| fd.as_fd()).collect()
+}
+
 /// Runs `frame` through the program `repeat` times; the verdict and ns per run.
 fn test_run(prog: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, u32)> {
     let mut attr = [0u64; 16];
@@ -268,17 +320,20 @@ fn test_run(prog: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> anyhow::Result<(
 /// The median ns per run of every program on every frame. The rounds go through all
 /// programs and frames in turn, so a change in machine load shifts all of them alike.
 fn interleaved_medians(
-    programs: &[(&str, BorrowedFd<'_>)],
+    programs: &[(&str, Vec<BorrowedFd<'_>>)],
     frames: &[&[u8]],
 ) -> anyhow::Result<Vec<Vec<f64>>> {
-    let mut samples = vec![vec![Vec::with_capacity(ROUNDS); frames.len()]; programs.len()];
+    let mut samples =
+        vec![vec![Vec::with_capacity(ROUNDS * INSTANCES); frames.len()]; programs.len()];
     for _ in 0..ROUNDS {
-        for ((_, fd), per_frame) in programs.iter().zip(&mut samples) {
-            for (frame, runs) in frames.iter().zip(per_frame.iter_mut()) {
-                // The kernel's own figure (whole ns per run): it stops its timer while the
-                // loop yields the CPU, so time given to other tasks does not count, as it
-                // would in the wall time of the call.
-                runs.push(f64::from(test_run(*fd, frame, REPEAT)?.1));
+        for ((_, fds), per_frame) in programs.iter().zip(&mut samples) {
+            for fd in fds {
+                for (frame, runs) in frames.iter().zip(per_frame.iter_mut()) {
+                    // The kernel's own figure (whole ns per run): it stops its timer while
+                    // the loop yields the CPU, so time given to other tasks does not count,
+                    // as it would in the wall time of the call.
+                    runs.push(f64::from(test_run(*fd, frame, REPEAT)?.1));
+                }
             }
         }
     }
@@ -289,7 +344,7 @@ fn interleaved_medians(
                 .into_iter()
                 .map(|mut runs| {
                     runs.sort_by(f64::total_cmp);
-                    runs[ROUNDS / 2]
+                    runs[runs.len() / 2]
                 })
                 .collect()
         })
