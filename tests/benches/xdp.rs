@@ -78,7 +78,7 @@ fn main() -> anyhow::Result<()> {
     // where a program's code lands moves its cost by a few ns from one load to the next.
     let ns = NetNs::new("x")?;
     let ns_arg = format!("--net={}", ns.path().display());
-    let mut interfaces = (0..3 * INSTANCES).map(|i| -> anyhow::Result<String> {
+    let mut interfaces = (0..).map(|i| -> anyhow::Result<String> {
         let (name, peer) = (format!("xa{i}"), format!("xb{i}"));
         ns.ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer])?;
         ns.ip(&["link", "set", &name, "up"])?;
@@ -86,13 +86,36 @@ fn main() -> anyhow::Result<()> {
     });
     let mut next_interface = || interfaces.next().expect("an interface per instance");
 
-    let mut sinkhole_instances = Vec::with_capacity(INSTANCES);
-    let mut sinkhole_fds = vec![sinkhole_fd(&sinkhole)?];
-    for _ in 1..INSTANCES {
-        let instance = sinkhole_instance(sinkhole.pin_dir(), &scope)?;
-        sinkhole_fds.push(instance_fd(&instance)?);
-        sinkhole_instances.push(instance);
-    }
+    // Other builds of the program to measure beside it (`name=OBJECT,...`, see
+    // docs/benchmarks.md), on the same maps.
+    let variants = std::env::var("SINKHOLE_XDP_VARIANTS").unwrap_or_default();
+    let variants = variants
+        .split(',')
+        .filter(|spec| !spec.is_empty())
+        .map(|spec| -> anyhow::Result<(&str, Vec<u8>)> {
+            let (name, path) = spec
+                .split_once('=')
+                .with_context(|| format!("SINKHOLE_XDP_VARIANTS: {spec:?} is not name=OBJECT"))?;
+            let object = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+            Ok((name, object))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut sinkhole_instances = Vec::new();
+    let mut load_instances =
+        |object: Option<&[u8]>, first: Option<OwnedFd>| -> anyhow::Result<Vec<OwnedFd>> {
+            let mut fds: Vec<OwnedFd> = first.into_iter().collect();
+            while fds.len() < INSTANCES {
+                let instance = sinkhole_instance(sinkhole.pin_dir(), &scope, object)?;
+                fds.push(instance_fd(&instance)?);
+                sinkhole_instances.push(instance);
+            }
+            Ok(fds)
+        };
+    let sinkhole_fds = load_instances(None, Some(sinkhole_fd(&sinkhole)?))?;
+    let variant_fds = variants
+        .iter()
+        .map(|(name, object)| Ok((*name, load_instances(Some(object), None)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut filter_fds = Vec::with_capacity(INSTANCES);
     let mut _unload = Vec::with_capacity(INSTANCES);
     for _ in 0..INSTANCES {
@@ -115,15 +138,21 @@ fn main() -> anyhow::Result<()> {
     let empty_fds = (0..INSTANCES)
         .map(|_| load_empty())
         .collect::<anyhow::Result<Vec<_>>>()?;
-    for fd in sinkhole_fds.iter().chain(&empty_fds) {
+    let variant_fds_flat = variant_fds.iter().flat_map(|(_, fds)| fds);
+    for fd in sinkhole_fds
+        .iter()
+        .chain(&empty_fds)
+        .chain(variant_fds_flat)
+    {
         attach_generic(&ns_arg, &next_interface()?, fd.as_fd())?;
     }
 
-    let programs: [(&str, Vec<BorrowedFd<'_>>); 3] = [
+    let mut programs: Vec<(&str, Vec<BorrowedFd<'_>>)> = vec![
         ("sinkhole", borrow(&sinkhole_fds)),
         ("xdp-filter", borrow(&filter_fds)),
         ("empty XDP", borrow(&empty_fds)),
     ];
+    programs.extend(variant_fds.iter().map(|(name, fds)| (*name, borrow(fds))));
     for (name, fds) in &programs {
         for fd in fds {
             for (frame, want) in [(&pass, XDP_PASS), (&drop, XDP_DROP)] {
@@ -180,9 +209,13 @@ fn sinkhole_fd(p: &TestProgram) -> anyhow::Result<OwnedFd> {
     Ok(p.program_fd()?.try_clone_to_owned()?)
 }
 
-/// One more load of the `sinkhole` program, on the maps pinned in `pin_dir`.
-fn sinkhole_instance(pin_dir: &Path, scope: &Scope) -> anyhow::Result<Ebpf> {
-    let (mut ebpf, _maps) = sinkhole::kernel::maps::open(pin_dir, scope)?;
+/// One more load of the `sinkhole` program (this build's, or `object`), on the maps pinned in
+/// `pin_dir`.
+fn sinkhole_instance(pin_dir: &Path, scope: &Scope, object: Option<&[u8]>) -> anyhow::Result<Ebpf> {
+    let (mut ebpf, _maps) = match object {
+        None => sinkhole::kernel::maps::open(pin_dir, scope)?,
+        Some(object) => sinkhole::kernel::maps::open_object(pin_dir, scope, object)?,
+    };
     let program: &mut Xdp = ebpf
         .program_mut("sinkhole")
         .context("no program `sinkhole`")?

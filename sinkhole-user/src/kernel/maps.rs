@@ -166,6 +166,16 @@ pub fn open_maps(pin_dir: &Path) -> Result<BlockMaps, KernelError> {
 /// Opens (or creates and pins) every map under `pin_dir`. The returned [`Ebpf`] still holds the
 /// (not yet loaded) `sinkhole` program, set to `scope`, for the caller that attaches it.
 pub fn open(pin_dir: &Path, scope: &Scope) -> Result<(Ebpf, BlockMaps), KernelError> {
+    open_object(pin_dir, scope, OBJECT)
+}
+
+/// [`open`] with another build of the XDP object (the benchmark measures variants of the
+/// program side by side on the same maps).
+pub fn open_object(
+    pin_dir: &Path,
+    scope: &Scope,
+    object: &[u8],
+) -> Result<(Ebpf, BlockMaps), KernelError> {
     prepare_pin_dir(pin_dir)?;
     let mut loader = EbpfLoader::new();
     let paths: Vec<(&str, PathBuf)> = MAP_NAMES
@@ -180,7 +190,7 @@ pub fn open(pin_dir: &Path, scope: &Scope) -> Result<(Ebpf, BlockMaps), KernelEr
     loader
         .override_global(GLOBAL_SCOPE, &scope_value, true)
         .override_global(GLOBAL_SMTP_PORTS, &port_words, true);
-    let mut ebpf = loader.load(OBJECT).map_err(|e| {
+    let mut ebpf = loader.load(object).map_err(|e| {
         KernelError::bpf(
             format!("cannot create the BPF maps in {}", pin_dir.display()),
             &e,
