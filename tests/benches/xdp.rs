@@ -1,8 +1,8 @@
 //! Per-packet cost of the `sinkhole` XDP program, through `BPF_PROG_TEST_RUN`, with 1,000,000
 //! exact IPv4 blocks and 10,000 CIDR blocks loaded, beside xdp-tools' `xdp-filter` (10,000
-//! source addresses, all its map holds) and an empty XDP program, all three attached to an
-//! interface and run the same way in the same process. Needs root, `xdp-filter` and
-//! `bpftool`. Prints a Markdown table.
+//! source addresses, all its map holds) and an empty XDP program, each loaded three times,
+//! every load attached to an interface and run the same way in the same process. Needs root,
+//! `xdp-filter` and `bpftool`. Prints a Markdown table.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
@@ -54,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         all: false,
         smtp_ports: vec![25, 465, 587],
     };
+    // The maps every load of the program below shares, pinned in a directory of the bench's.
     let mut sinkhole = TestProgram::load("b", &scope)?;
     sinkhole
         .maps
@@ -78,13 +79,14 @@ fn main() -> anyhow::Result<()> {
     // where a program's code lands moves its cost by a few ns from one load to the next.
     let ns = NetNs::new("x")?;
     let ns_arg = format!("--net={}", ns.path().display());
-    let mut interfaces = (0..).map(|i| -> anyhow::Result<String> {
-        let (name, peer) = (format!("xa{i}"), format!("xb{i}"));
+    let mut interfaces = 0;
+    let mut next_interface = || -> anyhow::Result<String> {
+        interfaces += 1;
+        let (name, peer) = (format!("xa{interfaces}"), format!("xb{interfaces}"));
         ns.ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer])?;
         ns.ip(&["link", "set", &name, "up"])?;
         Ok(name)
-    });
-    let mut next_interface = || interfaces.next().expect("an interface per instance");
+    };
 
     // Other builds of the program to measure beside it (`name=OBJECT,...`, see
     // docs/benchmarks.md), on the same maps.
@@ -100,21 +102,23 @@ fn main() -> anyhow::Result<()> {
             Ok((name, object))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // The loads stay alive in `sinkhole_instances`; the measuring goes through their
+    // descriptors.
     let mut sinkhole_instances = Vec::new();
-    let mut load_instances =
-        |object: Option<&[u8]>, first: Option<OwnedFd>| -> anyhow::Result<Vec<OwnedFd>> {
-            let mut fds: Vec<OwnedFd> = first.into_iter().collect();
-            while fds.len() < INSTANCES {
+    let mut load_instances = |object: Option<&[u8]>| -> anyhow::Result<Vec<OwnedFd>> {
+        (0..INSTANCES)
+            .map(|_| {
                 let instance = sinkhole_instance(sinkhole.pin_dir(), &scope, object)?;
-                fds.push(instance_fd(&instance)?);
+                let fd = instance_fd(&instance)?;
                 sinkhole_instances.push(instance);
-            }
-            Ok(fds)
-        };
-    let sinkhole_fds = load_instances(None, Some(sinkhole_fd(&sinkhole)?))?;
+                Ok(fd)
+            })
+            .collect()
+    };
+    let sinkhole_fds = load_instances(None)?;
     let variant_fds = variants
         .iter()
-        .map(|(name, object)| Ok((*name, load_instances(Some(object), None)?)))
+        .map(|(name, object)| Ok((*name, load_instances(Some(object))?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut filter_fds = Vec::with_capacity(INSTANCES);
     let mut _unload = Vec::with_capacity(INSTANCES);
@@ -201,12 +205,6 @@ impl Drop for XdpFilterUnload {
         }
         let _ = std::fs::remove_dir("/sys/fs/bpf/xdp-filter");
     }
-}
-
-fn sinkhole_fd(p: &TestProgram) -> anyhow::Result<OwnedFd> {
-    // The harness keeps the program; run it through a duplicate of its descriptor so that
-    // every instance goes through one code path.
-    Ok(p.program_fd()?.try_clone_to_owned()?)
 }
 
 /// One more load of the `sinkhole` program (this build's, or `object`), on the maps pinned in

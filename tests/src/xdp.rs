@@ -44,12 +44,6 @@ impl TestProgram {
             .expect("loaded XDP program")
     }
 
-    /// The loaded program's descriptor (benchmarks run it beside other programs).
-    pub fn program_fd(&self) -> anyhow::Result<std::os::fd::BorrowedFd<'_>> {
-        use std::os::fd::AsFd as _;
-        Ok(self.program().fd()?.as_fd())
-    }
-
     /// The verdict for one frame.
     pub fn verdict(&self, frame: &[u8]) -> anyhow::Result<u32> {
         Ok(self.run(frame, 1)?.return_value)
