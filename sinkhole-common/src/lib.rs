@@ -25,7 +25,7 @@
 //!
 //! Both tries key IPv4 prefixes as IPv4-mapped IPv6 (`::ffff:a.b.c.d/96+len`): one 16-byte key
 //! keeps the 8-byte aligned [`BlockEntry`] aligned in the trie node (a 4-byte IPv4 key would
-//! not), so its counter and time stamp are aligned words that no store tears.
+//! not), so its drop counter can be incremented atomically.
 #![no_std]
 
 /// The exact IPv4 block map.
@@ -92,9 +92,7 @@ pub const REASON_LEN: usize = 40;
 pub struct BlockEntry {
     /// `CLOCK_BOOTTIME` nanoseconds after which the entry no longer applies; 0 = never.
     pub expires_at: u64,
-    /// Packets dropped because of this entry. The program adds without a lock (it was the
-    /// costliest instruction of the drop path): CPUs dropping the same source's packets at
-    /// the same instant can lose a count between them.
+    /// Packets dropped because of this entry. The program adds atomically (several CPUs).
     pub drops: u64,
     /// `CLOCK_BOOTTIME` nanoseconds of the last drop; 0 = none yet.
     pub last_drop_at: u64,

@@ -110,6 +110,42 @@ fn blocked_sources_are_dropped_and_counted() {
     );
 }
 
+/// Two CPUs dropping one source's packets at once: the entry's count is the sum of both, as
+/// when a bot's connections land on several receive queues.
+#[test]
+fn an_entry_counts_every_drop_of_cpus_dropping_at_once() {
+    let Some(p) = setup("an_entry_counts_every_drop_of_cpus_dropping_at_once") else {
+        return;
+    };
+    const RUNS: u32 = 1_000_000;
+    let allowed = rustix::thread::sched_getaffinity(None).expect("this thread's CPUs");
+    let cpus: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&cpu| allowed.is_set(cpu))
+        .take(2)
+        .collect();
+    if cpus.len() < 2 {
+        eprintln!("skipped: fewer than two CPUs to drop on at once");
+        return;
+    }
+    let frame = Frame::tcp(ip("198.51.100.7"), SMTP).bytes();
+    let start = std::sync::Barrier::new(cpus.len());
+    std::thread::scope(|scope| {
+        for &cpu in &cpus {
+            let (p, frame, start) = (&p, &frame, &start);
+            scope.spawn(move || {
+                let mut set = rustix::thread::CpuSet::new();
+                set.set(cpu);
+                rustix::thread::sched_setaffinity(None, &set).expect("pin the thread to a CPU");
+                start.wait();
+                assert_eq!(p.run(frame, RUNS).unwrap().return_value, XDP_DROP);
+            });
+        }
+    });
+    let both = 2 * u64::from(RUNS);
+    assert_eq!(counters(&p).dropped_ipv4, both);
+    assert_eq!(drops_of(&p, "198.51.100.7"), both);
+}
+
 #[test]
 fn unblocked_sources_pass() {
     let Some(p) = setup("unblocked_sources_pass") else {
