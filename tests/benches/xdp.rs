@@ -6,20 +6,18 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use aya::Ebpf;
 use aya::maps::{Map, MapData, PerCpuHashMap, PerCpuValues};
-use aya::programs::Xdp;
 use ipnet::{IpNet, Ipv4Net};
 use serde_json::Value;
 use sinkhole::kernel::Scope;
 use sinkhole_tests::frames::Frame;
 use sinkhole_tests::netns::NetNs;
 use sinkhole_tests::run;
-use sinkhole_tests::xdp::{TestProgram, XDP_DROP, XDP_PASS};
+use sinkhole_tests::xdp::{TestProgram, XDP_DROP, XDP_PASS, load_program, sinkhole_program};
 
 const EXACT: u32 = 1_000_000;
 const CIDRS: u32 = 10_000;
@@ -98,7 +96,11 @@ fn main() -> anyhow::Result<()> {
             let (name, path) = spec
                 .split_once('=')
                 .with_context(|| format!("SINKHOLE_XDP_VARIANTS: {spec:?} is not name=OBJECT"))?;
-            let object = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+            // Named as read: cargo runs the bench in `tests/`, where a relative path starts.
+            let object = std::fs::read(path).with_context(|| {
+                let full = std::path::absolute(path).unwrap_or_else(|_| path.into());
+                format!("SINKHOLE_XDP_VARIANTS: reading {}", full.display())
+            })?;
             Ok((name, object))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -108,7 +110,7 @@ fn main() -> anyhow::Result<()> {
     let mut load_instances = |object: Option<&[u8]>| -> anyhow::Result<Vec<OwnedFd>> {
         (0..INSTANCES)
             .map(|_| {
-                let instance = sinkhole_instance(sinkhole.pin_dir(), &scope, object)?;
+                let (instance, _maps) = load_program(sinkhole.pin_dir(), &scope, object)?;
                 let fd = instance_fd(&instance)?;
                 sinkhole_instances.push(instance);
                 Ok(fd)
@@ -207,27 +209,8 @@ impl Drop for XdpFilterUnload {
     }
 }
 
-/// One more load of the `sinkhole` program (this build's, or `object`), on the maps pinned in
-/// `pin_dir`.
-fn sinkhole_instance(pin_dir: &Path, scope: &Scope, object: Option<&[u8]>) -> anyhow::Result<Ebpf> {
-    let (mut ebpf, _maps) = match object {
-        None => sinkhole::kernel::maps::open(pin_dir, scope)?,
-        Some(object) => sinkhole::kernel::maps::open_object(pin_dir, scope, object)?,
-    };
-    let program: &mut Xdp = ebpf
-        .program_mut("sinkhole")
-        .context("no program `sinkhole`")?
-        .try_into()?;
-    program.load()?;
-    Ok(ebpf)
-}
-
 fn instance_fd(ebpf: &Ebpf) -> anyhow::Result<OwnedFd> {
-    let program: &Xdp = ebpf
-        .program("sinkhole")
-        .context("no program `sinkhole`")?
-        .try_into()?;
-    Ok(program.fd()?.as_fd().try_clone_to_owned()?)
+    Ok(sinkhole_program(ebpf)?.fd()?.as_fd().try_clone_to_owned()?)
 }
 
 /// Loads the IPv4 filter list of the xdp-filter instance attached to `interface` of `ns` (the

@@ -21,18 +21,23 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-/// Whether a kernel test may run: true as root. Otherwise it prints why it skips and returns
-/// false, except under `CI=true`, where a missing privilege fails the test.
+/// Whether a kernel test may run: true as root. Otherwise it [`skip`]s and returns false.
 pub fn kernel_tests_allowed(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: needs root (CAP_BPF, CAP_NET_ADMIN) and CI=true forbids skipping");
-    }
-    eprintln!("skipping {test}: needs root (CAP_BPF, CAP_NET_ADMIN)");
+    skip(test, "needs root (CAP_BPF, CAP_NET_ADMIN)");
     false
+}
+
+/// Says why `test` skips, which the caller then does; under `CI=true`, where nothing may
+/// skip, fails it instead.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: {why}, and CI=true forbids skipping");
+    }
+    eprintln!("skipping {test}: {why}");
 }
 
 /// A name unique to this test process and `tag`, short enough for interfaces (15 bytes) when

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use sinkhole::kernel::{Counters, KernelError, Scope, clock};
 use sinkhole_tests::frames::{Frame, UDP, arp};
-use sinkhole_tests::kernel_tests_allowed;
 use sinkhole_tests::xdp::{TestProgram, XDP_DROP, XDP_PASS};
+use sinkhole_tests::{kernel_tests_allowed, skip};
 
 const SMTP: u16 = 25;
 
@@ -124,8 +124,8 @@ fn an_entry_counts_every_drop_of_cpus_dropping_at_once() {
         .take(2)
         .collect();
     if cpus.len() < 2 {
-        eprintln!("skipped: fewer than two CPUs to drop on at once");
-        return;
+        let test = "an_entry_counts_every_drop_of_cpus_dropping_at_once";
+        return skip(test, "needs two CPUs to drop on at once");
     }
     let frame = Frame::tcp(ip("198.51.100.7"), SMTP).bytes();
     let start = std::sync::Barrier::new(cpus.len());
