@@ -23,7 +23,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::StorageConfig;
-use crate::server::counters::Counters;
+use crate::counters::DaemonCounters;
 use headers::Trace;
 use maildir::{Maildir, Message, NewDir, Unnamed};
 use session_log::{SessionEnd, SessionLog};
@@ -96,7 +96,7 @@ impl Capture {
     pub fn start(
         storage: &StorageConfig,
         hostname: &str,
-        counters: Arc<Counters>,
+        counters: Arc<DaemonCounters>,
         on_stored: impl FnMut(Vec<Stored>) + Send + 'static,
     ) -> Result<Capture, CaptureError> {
         let maildir = if storage.capture {
@@ -189,7 +189,7 @@ struct Worker {
     maildir: Option<(Maildir, SyncSender<Vec<Written<Unnamed>>>)>,
     log: SessionLog,
     log_path: PathBuf,
-    counters: Arc<Counters>,
+    counters: Arc<DaemonCounters>,
 }
 
 impl Worker {
@@ -228,7 +228,7 @@ impl Worker {
                         self.log_failed(lines, &e);
                     }
                 }
-                Counters::add(&self.counters.session_log_lines, sessions.len() as u64);
+                DaemonCounters::add(&self.counters.session_log_lines, sessions.len() as u64);
             }
         }
     }
@@ -273,7 +273,7 @@ impl Worker {
             "cannot write {lines} line(s) to {}: {error}",
             self.log_path.display()
         );
-        Counters::add(&self.counters.session_log_dropped, lines);
+        DaemonCounters::add(&self.counters.session_log_dropped, lines);
     }
 }
 
@@ -283,7 +283,7 @@ struct Committer<F> {
     new_dir: NewDir,
     /// The Maildir, for the error messages.
     dir: PathBuf,
-    counters: Arc<Counters>,
+    counters: Arc<DaemonCounters>,
     /// Outcomes not yet handed over.
     outcomes: Vec<Stored>,
     on_stored: F,
@@ -373,7 +373,7 @@ impl<F: FnMut(Vec<Stored>)> Committer<F> {
                     message.session_id,
                     self.dir.display()
                 );
-                Counters::add(&self.counters.capture_failed, 1);
+                DaemonCounters::add(&self.counters.capture_failed, 1);
                 None
             }
         };

@@ -91,7 +91,7 @@ impl prometheus_client::collector::Collector for Collector {
 
 impl Collector {
     fn encode_server(&self, e: &mut DescriptorEncoder) -> fmt::Result {
-        let c = &*self.sources.server;
+        let c = &*self.sources.daemon;
         counter(
             e,
             "smtp_connections",

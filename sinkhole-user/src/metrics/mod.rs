@@ -17,15 +17,15 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 
+use crate::counters::DaemonCounters;
 use crate::kernel::BlockMaps;
 use crate::kernel::maps;
 use crate::score::Counters as ScoreCounters;
-use crate::server::counters::Counters as ServerCounters;
 
 /// What a scrape reads.
 pub struct Sources {
     /// Connections, messages, replies, refusals, blocks.
-    pub server: Arc<ServerCounters>,
+    pub daemon: Arc<DaemonCounters>,
     /// DNSBL queries per zone and result; `None` when the daemon runs no resolver.
     pub score: Option<Arc<ScoreCounters>>,
     /// The pinned maps (XDP packet counters, block entries); `None` when there are none.
@@ -75,11 +75,10 @@ impl MetricsHandle {
 /// them how the trap is doing.
 pub fn spawn(listen: SocketAddr, sources: Sources) -> Result<MetricsHandle, MetricsError> {
     // SO_REUSEPORT as for SMTP: a daemon taking over serves metrics beside the old one.
-    let listener =
-        crate::server::listeners::bind_std(listen).map_err(|source| MetricsError::Listen {
-            addr: listen,
-            source,
-        })?;
+    let listener = crate::listeners::bind_std(listen).map_err(|source| MetricsError::Listen {
+        addr: listen,
+        source,
+    })?;
     let addr = listener
         .local_addr()
         .map_err(|source| MetricsError::Listen {

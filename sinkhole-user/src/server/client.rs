@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::campaign;
 use crate::capture::headers::DnsblListing;
 use crate::config::{CampaignConfig, Config};
+use crate::counters::BlockSource;
 use crate::policy::{Action, Policy, RcptFacts};
 use crate::score::{ClientScore, HeloCheck};
 use crate::signature::Signature;
@@ -44,24 +45,6 @@ impl Rules {
             zones: !config.dnsbl.zone.is_empty(),
             stall: config.policy.stall,
             campaign: config.campaign.clone(),
-        }
-    }
-}
-
-/// Who asked for a block, for `sinkhole_blocks_total{source}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BlockSource {
-    Dnsbl,
-    Policy,
-    Campaign,
-}
-
-impl BlockSource {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            BlockSource::Dnsbl => "dnsbl",
-            BlockSource::Policy => "policy",
-            BlockSource::Campaign => "campaign",
         }
     }
 }

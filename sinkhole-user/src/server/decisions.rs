@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::Server;
 use super::client::{Escalation, Held, Recipient, token, token_matches, token_slot};
-use super::counters::Counters;
+use crate::counters::DaemonCounters as Counters;
 use crate::score::Answer;
 
 impl Server {

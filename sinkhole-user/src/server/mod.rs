@@ -8,11 +8,9 @@
 
 pub mod client;
 pub mod connection;
-pub mod counters;
 mod decisions;
 pub mod handover;
 pub mod limits;
-pub mod listeners;
 pub mod timer;
 pub mod tls;
 
@@ -34,13 +32,14 @@ use crate::capture::headers::Trace;
 use crate::capture::session_log::{SessionEnd, TlsInfo, Verdict, session_id};
 use crate::capture::{Capture, CaptureError, Job, StoreRequest, Stored, Ticket};
 use crate::config::{Config, ConfigError};
+use crate::counters::DaemonCounters as Counters;
 use crate::kernel::Blocker;
+use crate::listeners;
 use crate::policy::PolicyStore;
 use crate::score::{Resolver, ScoreError};
 use crate::smtp::{Direction, Event, Reply, Session, SessionConfig, SessionRecord, TranscriptLine};
 use client::{Client, Rules, token};
 use connection::{Connection, FlushOutcome, ReadOutcome, Transport};
-use counters::Counters;
 use limits::{Limits, Refusal};
 use timer::{TimerEntry, TimerWheel};
 
@@ -987,7 +986,7 @@ fn drop_privileges(config: &Config) -> Result<(), ServerError> {
 fn spawn_metrics(config: &Config, server: &Server) {
     use crate::metrics::{self, Sources};
     let sources = Sources {
-        server: server.counters(),
+        daemon: server.counters(),
         score: Some(Arc::clone(server.resolver.counters())),
         maps: Sources::pinned_maps(&config.xdp.pin_dir),
     };

@@ -3,10 +3,27 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::client::BlockSource;
+/// Who asked for a block, for `sinkhole_blocks_total{source}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockSource {
+    Dnsbl,
+    Policy,
+    Campaign,
+}
 
+impl BlockSource {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BlockSource::Dnsbl => "dnsbl",
+            BlockSource::Policy => "policy",
+            BlockSource::Campaign => "campaign",
+        }
+    }
+}
+
+/// The daemon's own counters: its connections, messages, replies, capture and blocks.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub struct DaemonCounters {
     /// Connections accepted and served (the refused ones are counted below, not here).
     pub connections_total: AtomicU64,
     pub connections_active: AtomicU64,
@@ -47,7 +64,7 @@ pub struct Counters {
     pub block_errors: AtomicU64,
 }
 
-impl Counters {
+impl DaemonCounters {
     /// The `sinkhole_blocks_total{source}` counter for `source`.
     pub fn blocks(&self, source: BlockSource) -> &AtomicU64 {
         match source {
