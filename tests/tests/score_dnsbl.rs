@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token, Waker};
 use sinkhole::config::{DnsblConfig, ZoneConfig};
-use sinkhole::score::{Answer, ClientScore, Counters, HeloCheck, Resolver};
+use sinkhole::score::{Answer, ClientScore, HeloCheck, Resolver, ScoreCounters};
 use sinkhole::signature::Signature;
 use sinkhole_tests::dns::{DnsRouter, Nsd, Rbldnsd, start_dns_router, start_nsd, start_rbldnsd};
 
@@ -173,7 +173,7 @@ impl Loop {
         index: usize,
         pick: fn(&sinkhole::score::ZoneCounters) -> &AtomicU64,
     ) -> u64 {
-        Counters::load(pick(&self.resolver.counters().zones[index]))
+        ScoreCounters::load(pick(&self.resolver.counters().zones[index]))
     }
 }
 
@@ -326,7 +326,10 @@ fn score_cache_answers_when_the_servers_are_gone() {
         assert_eq!(lp.zone_counter(i, |z| &z.cache_hits), 2, "zone {i}");
         assert_eq!(lp.zone_counter(i, |z| &z.timeout), 0, "zone {i}");
     }
-    assert_eq!(Counters::load(&lp.resolver.counters().rdns_cache_hits), 2);
+    assert_eq!(
+        ScoreCounters::load(&lp.resolver.counters().rdns_cache_hits),
+        2
+    );
 
     // A client never seen has no cached answer and now gets none at all.
     let fresh = lp.score(&[v4(3)]);
@@ -342,7 +345,7 @@ fn score_server_errors_are_cached_like_answers() {
         nameservers: vec![world.rbldnsd.addr],
         ..config(world.router.addr)
     });
-    let rdns_hits = |lp: &Loop| Counters::load(&lp.resolver.counters().rdns_cache_hits);
+    let rdns_hits = |lp: &Loop| ScoreCounters::load(&lp.resolver.counters().rdns_cache_hits);
     let first = lp.score(&[v4(2)]);
     assert!(!first[&v4(2)].rdns_checked, "{:?}", first[&v4(2)]);
     assert_eq!(first[&v4(2)].score, 5, "the zones still answer");

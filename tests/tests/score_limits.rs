@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token, Waker};
 use sinkhole::config::{DnsblConfig, ZoneConfig};
 use sinkhole::score::{
-    Answer, Busy, ClientScore, Counters, DOWN_AFTER, Limits, PROBE_EVERY, Resolver,
+    Answer, Busy, ClientScore, DOWN_AFTER, Limits, PROBE_EVERY, Resolver, ScoreCounters,
 };
 use sinkhole_tests::dns::{stalled_dns, start_rbldnsd};
 
@@ -98,9 +98,9 @@ fn score_stalled_server_answers_every_request_at_the_timeout() {
         }
     }
     let zone = &resolver.counters().zones[0];
-    assert_eq!(Counters::load(&zone.timeout), 50);
+    assert_eq!(ScoreCounters::load(&zone.timeout), 50);
     assert_eq!(
-        Counters::load(&zone.clean) + Counters::load(&zone.listed),
+        ScoreCounters::load(&zone.clean) + ScoreCounters::load(&zone.listed),
         0
     );
 }
@@ -129,8 +129,8 @@ fn score_queries_past_the_in_flight_cap_count_as_no_answer() {
     }
     // Every zone query either waited in vain for a slot or was sent and timed out. (Which
     // one is a race at the shared deadline: slots freed at that instant may still be taken.)
-    let refused = Counters::load(&resolver.counters().refused_in_flight);
-    let zone_timeouts = Counters::load(&resolver.counters().zones[0].timeout);
+    let refused = ScoreCounters::load(&resolver.counters().refused_in_flight);
+    let zone_timeouts = ScoreCounters::load(&resolver.counters().zones[0].timeout);
     assert!(
         zone_timeouts >= 1 && refused + zone_timeouts >= 5,
         "{refused} {zone_timeouts}"
@@ -153,7 +153,7 @@ fn score_requests_past_the_outstanding_limit_are_refused() {
         resolver.check_helo(4, client(3), "a.example.test"),
         Err(Busy)
     );
-    assert_eq!(Counters::load(&resolver.counters().refused_busy), 2);
+    assert_eq!(ScoreCounters::load(&resolver.counters().refused_busy), 2);
 
     // Received answers free their places.
     collect(&mut poll, &resolver, 3);
@@ -202,7 +202,7 @@ fn score_a_server_that_stops_answering_is_only_probed_until_it_answers_again() {
         assert!(score.timed_out && score.score == 0, "{score:?}");
     }
     assert_eq!(
-        Counters::load(&counters.zones[0].timeout),
+        ScoreCounters::load(&counters.zones[0].timeout),
         u64::from(DOWN_AFTER)
     );
 
@@ -211,9 +211,13 @@ fn score_a_server_that_stops_answering_is_only_probed_until_it_answers_again() {
     let score = score_of(&mut poll, &resolver, client(100));
     assert!(asked.elapsed() < TIMEOUT / 2, "{:?}", asked.elapsed());
     assert!(score.timed_out && score.score == 0, "{score:?}");
-    assert_eq!(Counters::load(&counters.refused_down), 2, "zone and PTR");
     assert_eq!(
-        Counters::load(&counters.zones[0].timeout),
+        ScoreCounters::load(&counters.refused_down),
+        2,
+        "zone and PTR"
+    );
+    assert_eq!(
+        ScoreCounters::load(&counters.zones[0].timeout),
         u64::from(DOWN_AFTER)
     );
 

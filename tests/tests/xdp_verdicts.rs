@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use sinkhole::kernel::{Counters, KernelError, Scope, clock};
+use sinkhole::kernel::{KernelError, PacketCounters, Scope, clock};
 use sinkhole_tests::frames::{Frame, UDP, arp};
 use sinkhole_tests::xdp::{TestProgram, XDP_DROP, XDP_PASS};
 use sinkhole_tests::{kernel_tests_allowed, skip};
@@ -60,7 +60,7 @@ fn listed(p: &TestProgram, prefix: &str) -> bool {
     p.maps.list().unwrap().iter().any(|b| b.prefix == prefix)
 }
 
-fn counters(p: &TestProgram) -> Counters {
+fn counters(p: &TestProgram) -> PacketCounters {
     p.maps.counters().unwrap()
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde_json::json;
 
-use super::{Block, BlockMaps, Counters, KernelError, clock, maps};
+use super::{Block, BlockMaps, KernelError, PacketCounters, clock, maps};
 use crate::config::Config;
 
 /// A command that could not do what was asked.
@@ -109,7 +109,7 @@ pub fn list(config: &Config, as_json: bool) -> Result<String, CommandError> {
 /// `sinkhole stats [--json]`: packet counters and live block counts.
 pub fn stats(config: &Config, as_json: bool) -> Result<String, CommandError> {
     let maps = open(config)?;
-    let c: Counters = maps.counters()?;
+    let c: PacketCounters = maps.counters()?;
     let blocks = live_blocks(&maps)?;
     let v4 = blocks.iter().filter(|b| b.prefix.addr().is_ipv4()).count();
     let v6 = blocks.len() - v4;

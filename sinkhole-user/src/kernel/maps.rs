@@ -105,7 +105,7 @@ impl Block {
 
 /// The packet counters, summed over the CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
+pub struct PacketCounters {
     pub passed_ipv4: u64,
     pub passed_ipv6: u64,
     pub passed_other: u64,
@@ -114,7 +114,7 @@ pub struct Counters {
     pub malformed: u64,
 }
 
-impl Counters {
+impl PacketCounters {
     pub fn passed(&self) -> u64 {
         self.passed_ipv4 + self.passed_ipv6 + self.passed_other
     }
@@ -378,7 +378,7 @@ impl BlockMaps {
     }
 
     /// The counters summed over CPUs.
-    pub fn counters(&self) -> Result<Counters, KernelError> {
+    pub fn counters(&self) -> Result<PacketCounters, KernelError> {
         let read = |index: u32| -> Result<u64, KernelError> {
             let values = self
                 .counters
@@ -386,7 +386,7 @@ impl BlockMaps {
                 .map_err(|e| KernelError::bpf("read the XDP counters", &e))?;
             Ok(values.iter().sum())
         };
-        Ok(Counters {
+        Ok(PacketCounters {
             passed_ipv4: read(counter::PASSED_IPV4)?,
             passed_ipv6: read(counter::PASSED_IPV6)?,
             passed_other: read(counter::PASSED_OTHER)?,

@@ -18,7 +18,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::config::Config;
-pub use maps::{Block, BlockMaps, Counters, KernelError, Scope};
+pub use maps::{Block, BlockMaps, KernelError, PacketCounters, Scope};
 pub use memory::MemoryBlocker;
 
 /// Where the daemon puts the clients it wants gone. The XDP implementation writes the pinned

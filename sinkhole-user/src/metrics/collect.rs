@@ -215,7 +215,7 @@ impl Collector {
 
 /// What the pinned maps say at one moment.
 struct Kernel {
-    counters: crate::kernel::Counters,
+    counters: crate::kernel::PacketCounters,
     live_v4: u64,
     live_v6: u64,
 }

@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry;
 use crate::counters::DaemonCounters;
 use crate::kernel::BlockMaps;
 use crate::kernel::maps;
-use crate::score::Counters as ScoreCounters;
+use crate::score::ScoreCounters;
 
 /// What a scrape reads.
 pub struct Sources {

@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::config::ZoneConfig;
 
 /// Every counter of a [`Resolver`](super::Resolver). Totals since start; read with
-/// [`load`](Counters::load) or the fields' `load(Ordering::Relaxed)`.
+/// [`load`](ScoreCounters::load) or the fields' `load(Ordering::Relaxed)`.
 #[derive(Debug)]
-pub struct Counters {
+pub struct ScoreCounters {
     /// One per configured zone, in configuration order.
     pub zones: Vec<ZoneCounters>,
     /// Reverse DNS results (PTR + forward confirmation) served from the cache.
@@ -37,9 +37,9 @@ pub struct ZoneCounters {
     pub cache_hits: AtomicU64,
 }
 
-impl Counters {
+impl ScoreCounters {
     pub(crate) fn new(zones: &[ZoneConfig]) -> Self {
-        Counters {
+        ScoreCounters {
             zones: zones
                 .iter()
                 .map(|z| ZoneCounters {

@@ -17,7 +17,7 @@ use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use tokio::sync::Semaphore;
 
 use super::cache::TtlCache;
-use super::counters::Counters;
+use super::counters::ScoreCounters;
 use super::outage::{Change, DOWN_AFTER, Outages, PROBE_EVERY};
 use super::query::{ptr_name, reverse_name};
 use super::zone::{ZoneResult, classify};
@@ -45,7 +45,7 @@ pub struct Scorer {
     pub zone_cache: Mutex<TtlCache<(IpAddr, usize), Result<ZoneResult, Gap>>>,
     /// Reverse DNS, with the error that cut it short, if any.
     pub rdns_cache: Mutex<TtlCache<IpAddr, (Rdns, Option<Gap>)>>,
-    pub counters: Arc<Counters>,
+    pub counters: Arc<ScoreCounters>,
 }
 
 pub struct Zone {
@@ -99,7 +99,7 @@ impl Scorer {
         try_timeout: Duration,
         in_flight: usize,
         cache_entries: NonZeroUsize,
-        counters: Arc<Counters>,
+        counters: Arc<ScoreCounters>,
     ) -> Self {
         Scorer {
             dns,
@@ -180,7 +180,7 @@ impl Scorer {
             .unwrap()
             .get(&(ip, index), Instant::now());
         if let Some(result) = cached {
-            Counters::bump(&counters.cache_hits);
+            ScoreCounters::bump(&counters.cache_hits);
             return result;
         }
 
@@ -202,21 +202,21 @@ impl Scorer {
             }
             Reply::Empty(ttl) => (Ok(ZoneResult::Clean), negative_ttl(ttl)),
             Reply::Timeout => {
-                Counters::bump(&counters.timeout);
+                ScoreCounters::bump(&counters.timeout);
                 return Err(Gap::NoAnswer);
             }
             Reply::NotSent => return Err(Gap::NoAnswer),
             Reply::Failed(error) => {
-                let n = Counters::bump(&counters.error);
+                let n = ScoreCounters::bump(&counters.error);
                 log_rarely(n, || format!("dnsbl {}: {name} failed: {error}", zone.name));
                 (Err(Gap::Failed), Duration::ZERO)
             }
         };
         match &result {
-            Ok(ZoneResult::Listed(_)) => Counters::bump(&counters.listed),
-            Ok(ZoneResult::Clean) => Counters::bump(&counters.clean),
+            Ok(ZoneResult::Listed(_)) => ScoreCounters::bump(&counters.listed),
+            Ok(ZoneResult::Clean) => ScoreCounters::bump(&counters.clean),
             Ok(ZoneResult::Refused(code)) => {
-                let n = Counters::bump(&counters.error);
+                let n = ScoreCounters::bump(&counters.error);
                 log_rarely(n, || {
                     format!(
                         "dnsbl {}: query refused with {code} (not a listing)",
@@ -239,7 +239,7 @@ impl Scorer {
     async fn rdns(&self, ip: IpAddr, deadline: Instant) -> (Rdns, Option<Gap>) {
         let cached = self.rdns_cache.lock().unwrap().get(&ip, Instant::now());
         if let Some(rdns) = cached {
-            Counters::bump(&self.counters.rdns_cache_hits);
+            ScoreCounters::bump(&self.counters.rdns_cache_hits);
             return rdns;
         }
 
@@ -330,12 +330,12 @@ impl Scorer {
         // A query waits for a slot, but only until the request's deadline.
         let slot = self.in_flight.acquire();
         let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline.into(), slot).await else {
-            Counters::bump(&self.counters.refused_in_flight);
+            ScoreCounters::bump(&self.counters.refused_in_flight);
             return Reply::NotSent;
         };
         let sent = Instant::now();
         if !self.outages.lock().unwrap().may_ask(upstream, sent) {
-            Counters::bump(&self.counters.refused_down);
+            ScoreCounters::bump(&self.counters.refused_down);
             return Reply::NotSent;
         }
         let mut responses = self.dns.lookup(

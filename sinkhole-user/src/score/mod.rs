@@ -10,7 +10,8 @@
 //! Bounded: requests outstanding ([`Limits::outstanding`], beyond it `Busy`), DNS queries in
 //! flight ([`Limits::in_flight`], beyond it a query waits for a slot until the deadline, then
 //! counts as no answer), cache entries
-//! ([`Limits::cache_entries`], least recently used first). [`Counters`] count what was refused.
+//! ([`Limits::cache_entries`], least recently used first). [`ScoreCounters`] count what was
+//! refused.
 //!
 //! Answers are cached per (address, zone) and per address for reverse DNS, for their TTL
 //! clamped to 1 min–1 h; a server's error (SERVFAIL, REFUSED, an unreachable port) is cached
@@ -32,7 +33,7 @@ mod zone;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-pub use counters::{Counters, ZoneCounters};
+pub use counters::{ScoreCounters, ZoneCounters};
 pub use outage::{DOWN_AFTER, PROBE_EVERY};
 pub use query::{ptr_name, reverse_name};
 pub use resolver::{Busy, Limits, Resolver, ScoreError};

@@ -17,7 +17,7 @@ use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 use tokio::sync::mpsc as async_mpsc;
 
 use super::Answer;
-use super::counters::Counters;
+use super::counters::ScoreCounters;
 use super::lookup::{Dns, Scorer};
 use crate::config::DnsblConfig;
 
@@ -73,7 +73,7 @@ pub struct Resolver {
     wake: Arc<Wake>,
     outstanding: AtomicUsize,
     limits: Limits,
-    counters: Arc<Counters>,
+    counters: Arc<ScoreCounters>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -91,7 +91,7 @@ impl Resolver {
         waker: Arc<mio::Waker>,
         limits: Limits,
     ) -> Result<Resolver, ScoreError> {
-        let counters = Arc::new(Counters::new(&config.zone));
+        let counters = Arc::new(ScoreCounters::new(&config.zone));
         let (request_tx, request_rx) = async_mpsc::unbounded_channel();
         let (answer_tx, answer_rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
@@ -186,13 +186,13 @@ impl Resolver {
     }
 
     /// The counters, shared with the resolver thread (metrics read them).
-    pub fn counters(&self) -> &Arc<Counters> {
+    pub fn counters(&self) -> &Arc<ScoreCounters> {
         &self.counters
     }
 
     fn send(&self, token: u64, ip: IpAddr, helo: Option<String>) -> Result<(), Busy> {
         let refuse = || {
-            Counters::bump(&self.counters.refused_busy);
+            ScoreCounters::bump(&self.counters.refused_busy);
             Busy
         };
         if self.outstanding.load(Ordering::Relaxed) >= self.limits.outstanding {
