@@ -6,6 +6,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod counters;
+pub mod daemon;
 pub mod feeds;
 pub mod kernel;
 pub mod listeners;

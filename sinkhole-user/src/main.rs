@@ -42,7 +42,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config, takeover } => with_config(&config, |c| {
-            sinkhole::server::run(c, takeover).map(|()| String::new())
+            sinkhole::daemon::run(c, takeover).map(|()| String::new())
         }),
         Command::Import {
             file,

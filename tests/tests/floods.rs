@@ -155,7 +155,7 @@ fn first_line(got: &[u8]) -> String {
 fn ten_thousand_connections_past_max_connections_get_421_while_the_admitted_are_served() {
     let _serial = serial();
     // Ten thousand sockets of our own, plus the harness's.
-    let files = sinkhole::server::raise_fd_limit(12_000);
+    let files = sinkhole::daemon::raise_fd_limit(12_000);
     assert!(files >= 12_000, "open files limit {files} < 12000");
     let daemon = Daemon::start("max_connections = 1000\nmax_connections_per_ip = 10000", "");
     let rss_before = rss(&daemon);
@@ -215,7 +215,7 @@ fn ten_thousand_connections_past_max_connections_get_421_while_the_admitted_are_
 #[test]
 fn a_thousand_slowloris_clients_are_cut_at_the_idle_timeout_and_the_per_ip_limit_holds() {
     let _serial = serial();
-    let files = sinkhole::server::raise_fd_limit(4_000);
+    let files = sinkhole::daemon::raise_fd_limit(4_000);
     assert!(files >= 4_000, "open files limit {files} < 4000");
     let mut daemon = Daemon::start("idle_timeout = \"2s\"\nmax_connections_per_ip = 50", "");
     let rss_before = rss(&daemon);
