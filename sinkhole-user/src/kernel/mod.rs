@@ -7,7 +7,6 @@
 //! clients right after `accept()`.
 
 pub mod clock;
-pub mod command;
 pub mod maps;
 pub mod memory;
 pub mod xdp;

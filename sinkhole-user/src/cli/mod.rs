@@ -1,12 +1,23 @@
-//! The command line, as the Contract lists it.
+//! The command line, as the Contract lists it: the clap definitions here, and each command
+//! family's glue in a module of its own (`run`, `check_config`, `blocks`, `feeds`,
+//! `campaigns`), a thin layer over the library. [`dispatch`] runs a parsed command; `main`
+//! prints what it returns, or the [`Failure`] on one line with its exit status.
 
+mod blocks;
+mod campaigns;
+mod check_config;
+mod feeds;
+mod run;
+
+use std::fmt;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 
-use crate::config::parse_duration;
+use crate::config::{Config, ConfigError, parse_duration};
 use crate::feeds::{ExportFormat, Family, Format};
 use crate::prefix::parse_prefix;
 
@@ -130,4 +141,94 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+}
+
+/// A command that failed: the line `main` prints after `sinkhole: `, and the exit status.
+#[derive(Debug)]
+pub struct Failure {
+    status: u8,
+    error: anyhow::Error,
+}
+
+impl Failure {
+    /// The configuration (or the policy file it names) is wrong: exit 2.
+    fn bad_config(error: ConfigError) -> Failure {
+        Failure {
+            status: 2,
+            error: error.into(),
+        }
+    }
+
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(self.status)
+    }
+}
+
+/// The command could not do what was asked: exit 1.
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Failure {
+        Failure { status: 1, error }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+/// Runs `command`; returns the text to print on stdout (what a command streams itself, such as
+/// the campaigns report, is out already).
+pub fn dispatch(command: Command) -> Result<String, Failure> {
+    let out = match command {
+        Command::Run { config, takeover } => run::serve(&load(&config)?, takeover),
+        Command::CheckConfig(arg) => {
+            return check_config::check(arg.config.as_deref()).map_err(Failure::bad_config);
+        }
+        Command::Block {
+            prefix,
+            ttl,
+            reason,
+            config,
+        } => blocks::block(&load(&config)?, prefix, ttl, &reason),
+        Command::Unblock { prefix, config } => blocks::unblock(&load(&config)?, prefix),
+        Command::List { json, config } => blocks::list(&load(&config)?, json),
+        Command::Stats { json, config } => blocks::stats(&load(&config)?, json),
+        Command::Import {
+            file,
+            format,
+            ttl,
+            reason,
+            config,
+        } => feeds::import(&load(&config)?, &file, format, ttl, reason.as_deref()),
+        Command::Export {
+            format: ExportFormat::Rbldnsd,
+            output,
+            family,
+            zone,
+            skip_reason,
+            config,
+        } => feeds::export(
+            &load(&config)?,
+            output.as_deref(),
+            family,
+            &zone,
+            &skip_reason,
+        ),
+        // Without --storage the config is read for `storage.dir`; a wrong one is then exit 1.
+        Command::Campaigns {
+            storage,
+            json,
+            since,
+            top,
+            config,
+        } => campaigns::report(config.config.as_deref(), storage, json, since, top),
+    };
+    Ok(out?)
+}
+
+/// The configuration `--config` names (the embedded defaults without it); exit 2 when it is
+/// wrong.
+fn load(arg: &ConfigArg) -> Result<Config, Failure> {
+    Config::load(arg.config.as_deref()).map_err(Failure::bad_config)
 }

@@ -5,22 +5,12 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use anyhow::bail;
 use ipnet::IpNet;
 use serde_json::json;
 
-use super::{Block, BlockMaps, KernelError, PacketCounters, clock, maps};
 use crate::config::Config;
-
-/// A command that could not do what was asked.
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    #[error(transparent)]
-    Kernel(#[from] KernelError),
-    #[error("{0} is not blocked")]
-    NotBlocked(IpNet),
-    #[error("{0} is allow-listed by {1} (xdp.allow) and would never be dropped")]
-    AllowListed(IpNet, IpNet),
-}
+use crate::kernel::{Block, BlockMaps, KernelError, PacketCounters, clock, maps};
 
 /// The pinned maps (opening them also refreshes the program's clock offset).
 fn open(config: &Config) -> Result<BlockMaps, KernelError> {
@@ -33,9 +23,9 @@ pub fn block(
     prefix: IpNet,
     ttl: Option<Duration>,
     reason: &str,
-) -> Result<String, CommandError> {
+) -> anyhow::Result<String> {
     if let Some(allow) = config.xdp.allow.iter().find(|a| a.contains(&prefix)) {
-        return Err(CommandError::AllowListed(prefix, *allow));
+        bail!("{prefix} is allow-listed by {allow} (xdp.allow) and would never be dropped");
     }
     let mut maps = open(config)?;
     maps.insert(prefix, clock::expiry(ttl), reason)?;
@@ -49,11 +39,11 @@ pub fn block(
 }
 
 /// `sinkhole unblock PREFIX`.
-pub fn unblock(config: &Config, prefix: IpNet) -> Result<String, CommandError> {
+pub fn unblock(config: &Config, prefix: IpNet) -> anyhow::Result<String> {
     if open(config)?.remove(prefix)? {
         Ok(format!("unblocked {prefix}\n"))
     } else {
-        Err(CommandError::NotBlocked(prefix))
+        bail!("{prefix} is not blocked")
     }
 }
 
@@ -70,7 +60,7 @@ fn live_blocks(maps: &BlockMaps) -> Result<Vec<Block>, KernelError> {
 }
 
 /// `sinkhole list [--json]`: the live blocks (expired ones wait for the sweep, unshown).
-pub fn list(config: &Config, as_json: bool) -> Result<String, CommandError> {
+pub fn list(config: &Config, as_json: bool) -> anyhow::Result<String> {
     let blocks = live_blocks(&open(config)?)?;
     if as_json {
         let array: Vec<_> = blocks
@@ -107,7 +97,7 @@ pub fn list(config: &Config, as_json: bool) -> Result<String, CommandError> {
 }
 
 /// `sinkhole stats [--json]`: packet counters and live block counts.
-pub fn stats(config: &Config, as_json: bool) -> Result<String, CommandError> {
+pub fn stats(config: &Config, as_json: bool) -> anyhow::Result<String> {
     let maps = open(config)?;
     let c: PacketCounters = maps.counters()?;
     let blocks = live_blocks(&maps)?;
