@@ -1,0 +1,29 @@
+//! The integration tests, one binary with a module per area (built and linked once, as
+//! ripgrep's `tests/tests.rs`): the real `sinkhole` binary, real clients, real DNS servers and
+//! the real kernel, through the `sinkhole_tests` harness.
+//!
+//! The modules share one process and run side by side on the harness's threads: what each test
+//! makes is its own (a free port, a temporary directory, a [`sinkhole_tests::unique_name`] for
+//! namespaces, interfaces and pin directories).
+
+mod campaign_replay;
+mod campaigns;
+mod crash;
+mod escape;
+mod feeds;
+mod fleet;
+mod floods;
+mod metrics;
+mod policy_check;
+mod policy_e2e;
+mod privilege;
+mod restart;
+mod score_dnsbl;
+mod score_e2e;
+mod score_limits;
+mod smtp_clients;
+mod smtp_daemon;
+mod tls;
+mod update;
+mod xdp_netns;
+mod xdp_verdicts;
