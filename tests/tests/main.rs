@@ -4,7 +4,11 @@
 //!
 //! The modules share one process and run side by side on the harness's threads: what each test
 //! makes is its own (a free port, a temporary directory, a [`sinkhole_tests::unique_name`] for
-//! namespaces, interfaces and pin directories).
+//! namespaces, interfaces and pin directories). The process is shared too: the tests that load
+//! the whole machine (`floods`) hold [`sinkhole_tests::exclusive`], and those that assert on
+//! wall-clock bounds or on DNS answers within a timeout hold [`sinkhole_tests::shared`], so
+//! the two never run side by side (as when each file was a test binary of its own, run one
+//! after another).
 
 mod campaign_replay;
 mod campaigns;

@@ -194,6 +194,7 @@ fn codes(score: &ClientScore, zone_index: usize) -> Vec<String> {
 
 #[test]
 fn score_weights_codes_and_reverse_dns() {
+    let _machine = sinkhole_tests::shared();
     let world = world();
     let mut lp = Loop::new(&config(world.router.addr));
     let doc6: IpAddr = "2001:db8::25".parse().unwrap();
@@ -300,6 +301,7 @@ fn score_weights_codes_and_reverse_dns() {
 
 #[test]
 fn score_ipv4_mapped_clients_are_scored_as_ipv4() {
+    let _machine = sinkhole_tests::shared();
     let world = world();
     let mut lp = Loop::new(&config(world.router.addr));
     let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
@@ -311,6 +313,7 @@ fn score_ipv4_mapped_clients_are_scored_as_ipv4() {
 
 #[test]
 fn score_cache_answers_when_the_servers_are_gone() {
+    let _machine = sinkhole_tests::shared();
     let mut world = world();
     let mut lp = Loop::new(&config(world.router.addr));
     let clients = [v4(2), v4(8)];
@@ -336,6 +339,7 @@ fn score_cache_answers_when_the_servers_are_gone() {
 
 #[test]
 fn score_server_errors_are_cached_like_answers() {
+    let _machine = sinkhole_tests::shared();
     let world = world();
     // Straight to rbldnsd, which serves no reverse zone: every PTR query is refused.
     let mut lp = Loop::new(&DnsblConfig {
@@ -355,6 +359,7 @@ fn score_server_errors_are_cached_like_answers() {
 
 #[test]
 fn score_helo_names() {
+    let _machine = sinkhole_tests::shared();
     let world = world();
     let mut lp = Loop::new(&config(world.router.addr));
     let scores = lp.score(&[v4(2)]);

@@ -162,6 +162,7 @@ fn signatures(session: &Value) -> Vec<&str> {
 
 #[test]
 fn rcpt_replies_session_log_and_headers_follow_the_score() {
+    let _machine = sinkhole_tests::shared();
     let world = world();
     let mut d = daemon(&dnsbl_config(world.router.addr, "3s"));
     let addr = d.addr;
@@ -295,6 +296,7 @@ fn rcpt_replies_session_log_and_headers_follow_the_score() {
 
 #[test]
 fn a_dns_server_that_never_answers_delays_only_rcpt_until_dnsbl_timeout() {
+    let _machine = sinkhole_tests::shared();
     let stalled = stalled_dns().expect("stalled DNS");
     let timeout = Duration::from_secs(2);
     let mut d = daemon(&dnsbl_config(stalled.addr, "2s"));
@@ -342,6 +344,7 @@ fn a_dns_server_that_never_answers_delays_only_rcpt_until_dnsbl_timeout() {
 
 #[test]
 fn a_dns_outage_once_noticed_keeps_no_client_waiting() {
+    let _machine = sinkhole_tests::shared();
     let stalled = stalled_dns().expect("stalled DNS");
     let timeout = Duration::from_secs(1);
     let mut d = daemon(&dnsbl_config(stalled.addr, "1s"));
@@ -386,6 +389,7 @@ fn a_dns_outage_once_noticed_keeps_no_client_waiting() {
 
 #[test]
 fn a_client_above_block_threshold_is_dropped_by_xdp() -> anyhow::Result<()> {
+    let _machine = sinkhole_tests::shared();
     if !kernel_tests_allowed("a_client_above_block_threshold_is_dropped_by_xdp") {
         return Ok(());
     }
@@ -472,6 +476,7 @@ allow = ["::1/128"]
 
 #[test]
 fn sessions_keep_the_policy_of_their_accept_and_sighup_reloads_it() {
+    let _machine = sinkhole_tests::shared();
     let dir = temp_dir("policy-e2e");
     let policy = dir.path().join("policy.toml");
     let closed = r#"local_domains = ["sinkhole.test"]
