@@ -31,3 +31,23 @@ mod tls;
 mod update;
 mod xdp_netns;
 mod xdp_verdicts;
+
+/// With `autotests = false` a test file no module names is never built: each file beside this
+/// one must be named here.
+#[test]
+fn every_test_file_is_a_module() {
+    let main = include_str!("main.rs");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    for entry in std::fs::read_dir(&dir).expect("read the tests directory") {
+        let path = entry.expect("a directory entry").path();
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if path.extension().is_some_and(|e| e == "rs") && name != "main" {
+            assert!(
+                main.contains(&format!("\nmod {name};\n")),
+                "no `mod {name};`"
+            );
+        }
+    }
+}
