@@ -84,10 +84,15 @@ pub fn wait_for_dns(addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
     bail!("no DNS server answering at {addr} within {within:?}")
 }
 
+/// The `$SOA` line that starts a zone's first `rbldnsd` dataset (the SOA of [`zone_file`]).
+pub const RBLDNSD_SOA: &str = "$SOA 300 ns.test. hostmaster.test. 1 600 300 86400 300\n";
+
 /// A running `rbldnsd` on a loopback port (stopped on drop).
 pub struct Rbldnsd {
     pub addr: SocketAddr,
     pub process: ChildGuard,
+    /// The zones it serves, each once, in the order first given.
+    pub zones: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -96,10 +101,14 @@ pub struct Rbldnsd {
 pub fn start_rbldnsd(datasets: &[(&str, &str, &str)]) -> anyhow::Result<Rbldnsd> {
     let dir = server_dir("rbldnsd-")?;
     let mut specs = Vec::new();
+    let mut zones: Vec<String> = Vec::new();
     for (i, (zone, kind, lines)) in datasets.iter().enumerate() {
         let file = format!("data{i}");
         write_readable(&dir.path().join(&file), lines)?;
         specs.push(format!("{zone}:{kind}:{file}"));
+        if !zones.iter().any(|z| z == zone) {
+            zones.push((*zone).to_owned());
+        }
     }
     let mut last_error = None;
     for _ in 0..3 {
@@ -119,6 +128,7 @@ pub fn start_rbldnsd(datasets: &[(&str, &str, &str)]) -> anyhow::Result<Rbldnsd>
                 return Ok(Rbldnsd {
                     addr,
                     process,
+                    zones,
                     _dir: dir,
                 });
             }
@@ -321,4 +331,41 @@ impl Drop for DnsRouter {
             let _ = thread.join();
         }
     }
+}
+
+/// What the scoring tests resolve through: `rbldnsd` for the DNSBL zones and `nsd` for names
+/// and reverse zones, behind a [`DnsRouter`] as behind a recursive resolver.
+pub struct DnsWorld {
+    pub rbldnsd: Rbldnsd,
+    pub nsd: Nsd,
+    /// The one nameserver to configure.
+    pub router: DnsRouter,
+}
+
+/// Starts `nsd` with `zones` (as [`start_nsd`]) and a router in front of it and `rbldnsd`: each
+/// of `rbldnsd`'s zones goes to `rbldnsd`; to `nsd` goes each of its zones, a reverse zone as
+/// its whole tree (`in-addr.arpa`, `ip6.arpa`), so that reverse names it does not hold are
+/// answered (refused) rather than lost.
+pub fn start_dns_world(rbldnsd: Rbldnsd, zones: &[(&str, &str)]) -> anyhow::Result<DnsWorld> {
+    let nsd = start_nsd(zones)?;
+    let mut routes: Vec<(&str, SocketAddr)> = rbldnsd
+        .zones
+        .iter()
+        .map(|z| (z.as_str(), rbldnsd.addr))
+        .collect();
+    for (zone, _) in zones {
+        let route = ["in-addr.arpa", "ip6.arpa"]
+            .into_iter()
+            .find(|tree| zone.ends_with(tree))
+            .unwrap_or(zone);
+        if !routes.iter().any(|(r, _)| *r == route) {
+            routes.push((route, nsd.addr));
+        }
+    }
+    let router = start_dns_router(&routes)?;
+    Ok(DnsWorld {
+        rbldnsd,
+        nsd,
+        router,
+    })
 }

@@ -15,8 +15,8 @@ use std::io::{BufRead as _, BufReader};
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::sync::mpsc;
+use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -38,6 +38,24 @@ pub fn skip(test: &str, why: &str) {
         panic!("{test}: {why}, and CI=true forbids skipping");
     }
     eprintln!("skipping {test}: {why}");
+}
+
+/// Which tests may run beside which in the one test process: [`exclusive`] for the tests that
+/// load the whole machine, [`shared`] for the tests that assert on wall-clock bounds. Others
+/// take neither and run beside anything.
+static MACHINE: RwLock<()> = RwLock::new(());
+
+/// Held for the whole of a test that loads the machine (thousands of connections, a gigabyte
+/// through loopback): it runs when no [`shared`] holder runs, and they wait for it.
+pub fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    MACHINE.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Held for the whole of a test that asserts on wall-clock bounds (a timeout kept, an answer
+/// within a deadline), so that no [`exclusive`] test loads the machine meanwhile; any number
+/// of these run side by side.
+pub fn shared() -> RwLockReadGuard<'static, ()> {
+    MACHINE.read().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A name unique to this test process and `tag`, short enough for interfaces (15 bytes) when

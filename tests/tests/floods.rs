@@ -3,27 +3,21 @@
 //! never reads, a 1 GiB message, 10,000 recipients, and bytes no command should contain. Memory
 //! is the daemon's resident set (`VmRSS`), read before, during and after.
 //!
-//! The tests run one at a time (`SERIAL`): each loads the machine, and RSS and timings mean
-//! more without the others.
+//! The tests run one at a time and beside no test that times the daemon
+//! ([`sinkhole_tests::exclusive`]): each loads the machine, and RSS and timings mean more
+//! without the others.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 use sinkhole_tests::daemon::{Daemon, SmtpClient};
-use sinkhole_tests::{rss_kib, start_connect_from};
-
-static SERIAL: Mutex<()> = Mutex::new(());
+use sinkhole_tests::{exclusive, rss_kib, start_connect_from};
 
 /// The bound every test asserts on the daemon's resident set.
 const RSS_BOUND_KIB: u64 = 64 * 1024;
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn rss(daemon: &Daemon) -> u64 {
     rss_kib(daemon.pid()).expect("daemon RSS")
@@ -153,7 +147,7 @@ fn first_line(got: &[u8]) -> String {
 
 #[test]
 fn ten_thousand_connections_past_max_connections_get_421_while_the_admitted_are_served() {
-    let _serial = serial();
+    let _machine = exclusive();
     // Ten thousand sockets of our own, plus the harness's.
     let files = sinkhole::daemon::raise_fd_limit(12_000);
     assert!(files >= 12_000, "open files limit {files} < 12000");
@@ -214,7 +208,7 @@ fn ten_thousand_connections_past_max_connections_get_421_while_the_admitted_are_
 
 #[test]
 fn a_thousand_slowloris_clients_are_cut_at_the_idle_timeout_and_the_per_ip_limit_holds() {
-    let _serial = serial();
+    let _machine = exclusive();
     let files = sinkhole::daemon::raise_fd_limit(4_000);
     assert!(files >= 4_000, "open files limit {files} < 4000");
     let mut daemon = Daemon::start("idle_timeout = \"2s\"\nmax_connections_per_ip = 50", "");
@@ -310,7 +304,7 @@ fn a_thousand_slowloris_clients_are_cut_at_the_idle_timeout_and_the_per_ip_limit
 
 #[test]
 fn a_client_that_never_reads_its_replies_cannot_grow_the_daemon() {
-    let _serial = serial();
+    let _machine = exclusive();
     let daemon = Daemon::start("", "");
     let rss_before = rss(&daemon);
     let mut stream = TcpStream::connect(daemon.addr).unwrap();
@@ -367,7 +361,7 @@ fn a_client_that_never_reads_its_replies_cannot_grow_the_daemon() {
 
 #[test]
 fn a_one_gib_message_is_refused_with_552_while_memory_stays_flat() {
-    let _serial = serial();
+    let _machine = exclusive();
     let daemon = Daemon::start("max_message_bytes = 10485760", "");
     let rss_before = rss(&daemon);
     let mut client = SmtpClient::connect(daemon.addr);
@@ -423,7 +417,7 @@ fn a_one_gib_message_is_refused_with_552_while_memory_stays_flat() {
 
 #[test]
 fn ten_thousand_recipients_get_452_past_max_recipients() {
-    let _serial = serial();
+    let _machine = exclusive();
     let mut daemon = Daemon::start("max_recipients = 100", "");
     let stream = TcpStream::connect(daemon.addr).unwrap();
     stream
@@ -496,7 +490,7 @@ fn replies_to(daemon: &Daemon, lines: &[&[u8]]) -> Vec<String> {
 
 #[test]
 fn long_lines_nul_bare_cr_lf_and_invalid_utf8_get_the_right_replies() {
-    let _serial = serial();
+    let _machine = exclusive();
     let daemon = Daemon::start("", "");
 
     // A 100 KiB command line: 500, and an endless line counts as a bad command every 2 KiB,

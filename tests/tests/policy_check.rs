@@ -31,24 +31,7 @@ fn check(policy: &str) -> (i32, String, String) {
 
 #[test]
 fn a_good_policy_passes() {
-    let (code, stdout, _) = check(
-        r#"
-local_domains = ["example.org"]
-[[rule]]
-to = "old-shop@example.org"
-action = "reject"
-message = "550 5.1.1 This address is closed"
-[[rule]]
-to = "chris@example.org"
-from = ["@bulk.example.com", "<>"]
-host = ["203.0.113.0/24", ".dyn.example.net"]
-helo = "*.example.net"
-dnsbl = "zen.example"
-score = 2
-signature = ["helo-bare-ip"]
-action = "stall"
-"#,
-    );
+    let (code, stdout, _) = check(sinkhole::policy::EXAMPLE_FILE);
     assert_eq!((code, stdout.as_str()), (0, "configuration ok\n"));
 }
 

@@ -324,6 +324,7 @@ fn senders_in_a_local_domain_are_refused_at_each_rcpt_but_the_null_sender_is_not
 
 #[test]
 fn a_stalled_recipient_holds_only_its_own_session() {
+    let _machine = sinkhole_tests::shared();
     let stall = Duration::from_secs(2);
     let mut w = world(
         "[[rule]]\nto = \"slow@example.org\"\naction = \"stall\"\n",

@@ -12,9 +12,7 @@ use mio::{Events, Poll, Token, Waker};
 use sinkhole::config::{DnsblConfig, ZoneConfig};
 use sinkhole::score::{Answer, ClientScore, HeloCheck, Resolver, ScoreCounters};
 use sinkhole::signature::Signature;
-use sinkhole_tests::dns::{DnsRouter, Nsd, Rbldnsd, start_dns_router, start_nsd, start_rbldnsd};
-
-const SOA: &str = "$SOA 300 ns.test. hostmaster.test. 1 600 300 86400 300\n";
+use sinkhole_tests::dns::{DnsWorld, RBLDNSD_SOA, start_dns_world, start_rbldnsd, zone_file};
 
 /// Spamhaus' zen codes: 127.0.0.2 SBL, .3 CSS, .4-.7 XBL, .10-.11 PBL; 127.255.255.254 is
 /// "query through a public resolver", an error.
@@ -30,61 +28,35 @@ const ZEN_V6: &str = "::1 :127.0.0.4:XBL\n2001:db8::25 :127.0.0.2:SBL\n";
 const BL: &str = ":127.0.0.9:listed\n127.0.0.2\n127.0.0.4\n";
 const ALLOW: &str = ":127.0.0.2:known good\n127.0.0.4\n";
 
-const FORWARD: &str = "$TTL 300\n\
-    @ IN SOA ns.test. hostmaster.test. 1 600 300 86400 300\n\
-    @ IN NS ns.test.\n\
-    ns IN A 127.0.0.1\n\
+const FORWARD: &str = "ns IN A 127.0.0.1\n\
     good IN A 127.0.0.2\n\
     forged IN A 127.0.0.99\n\
     six IN AAAA ::1\n\
     helo IN A 127.0.0.3\n";
-const REVERSE4: &str = "$TTL 300\n\
-    @ IN SOA ns.test. hostmaster.test. 1 600 300 86400 300\n\
-    @ IN NS ns.test.\n\
-    2 IN PTR Good.TEST.\n\
+const REVERSE4: &str = "2 IN PTR Good.TEST.\n\
     3 IN PTR forged.test.\n";
-const REVERSE6: &str = "$TTL 300\n\
-    @ IN SOA ns.test. hostmaster.test. 1 600 300 86400 300\n\
-    @ IN NS ns.test.\n\
-    1 IN PTR six.test.\n";
+const REVERSE6: &str = "1 IN PTR six.test.\n";
 
-struct World {
-    rbldnsd: Rbldnsd,
-    nsd: Nsd,
-    router: DnsRouter,
-}
-
-fn world() -> World {
-    let zen = format!("{SOA}{ZEN_SBL}");
+fn world() -> DnsWorld {
+    let zen = format!("{RBLDNSD_SOA}{ZEN_SBL}");
     let rbldnsd = start_rbldnsd(&[
         ("zen.test", "ip4set", &zen),
         ("zen.test", "ip4set", ZEN_XBL),
         ("zen.test", "ip6trie", ZEN_V6),
-        ("bl.test", "ip4set", &format!("{SOA}{BL}")),
-        ("allow.test", "ip4set", &format!("{SOA}{ALLOW}")),
+        ("bl.test", "ip4set", &format!("{RBLDNSD_SOA}{BL}")),
+        ("allow.test", "ip4set", &format!("{RBLDNSD_SOA}{ALLOW}")),
     ])
     .expect("rbldnsd");
     let reverse6 = format!("{}ip6.arpa", "0.".repeat(31));
-    let nsd = start_nsd(&[
-        ("test", FORWARD),
-        ("0.0.127.in-addr.arpa", REVERSE4),
-        (&reverse6, REVERSE6),
-    ])
-    .expect("nsd");
-    let router = start_dns_router(&[
-        ("zen.test", rbldnsd.addr),
-        ("bl.test", rbldnsd.addr),
-        ("allow.test", rbldnsd.addr),
-        ("test", nsd.addr),
-        ("in-addr.arpa", nsd.addr),
-        ("ip6.arpa", nsd.addr),
-    ])
-    .expect("router");
-    World {
+    start_dns_world(
         rbldnsd,
-        nsd,
-        router,
-    }
+        &[
+            ("test", &zone_file(FORWARD)),
+            ("0.0.127.in-addr.arpa", &zone_file(REVERSE4)),
+            (&reverse6, &zone_file(REVERSE6)),
+        ],
+    )
+    .expect("DNS servers")
 }
 
 fn zone(name: &str, weight: i32, codes: &[&str]) -> ZoneConfig {
@@ -194,6 +166,7 @@ fn codes(score: &ClientScore, zone_index: usize) -> Vec<String> {
 
 #[test]
 fn score_weights_codes_and_reverse_dns() {
+    let _machine = sinkhole_tests::shared();
     let world = world();
     let mut lp = Loop::new(&config(world.router.addr));
     let doc6: IpAddr = "2001:db8::25".parse().unwrap();
@@ -300,6 +273,7 @@ fn score_weights_codes_and_reverse_dns() {
 
 #[test]
 fn score_ipv4_mapped_clients_are_scored_as_ipv4() {
+    let _machine = sinkhole_tests::shared();
     let world = world();
     let mut lp = Loop::new(&config(world.router.addr));
     let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
@@ -311,6 +285,7 @@ fn score_ipv4_mapped_clients_are_scored_as_ipv4() {
 
 #[test]
 fn score_cache_answers_when_the_servers_are_gone() {
+    let _machine = sinkhole_tests::shared();
     let mut world = world();
     let mut lp = Loop::new(&config(world.router.addr));
     let clients = [v4(2), v4(8)];
@@ -339,6 +314,7 @@ fn score_cache_answers_when_the_servers_are_gone() {
 
 #[test]
 fn score_server_errors_are_cached_like_answers() {
+    let _machine = sinkhole_tests::shared();
     let world = world();
     // Straight to rbldnsd, which serves no reverse zone: every PTR query is refused.
     let mut lp = Loop::new(&DnsblConfig {
@@ -358,6 +334,7 @@ fn score_server_errors_are_cached_like_answers() {
 
 #[test]
 fn score_helo_names() {
+    let _machine = sinkhole_tests::shared();
     let world = world();
     let mut lp = Loop::new(&config(world.router.addr));
     let scores = lp.score(&[v4(2)]);

@@ -13,12 +13,10 @@ use serde_json::{Value, json};
 use sinkhole::score::DOWN_AFTER;
 use sinkhole_tests::daemon::{Daemon, SmtpClient, connect_from, smtp_config};
 use sinkhole_tests::dns::{
-    DnsRouter, Nsd, Rbldnsd, stalled_dns, start_dns_router, start_nsd, start_rbldnsd,
+    DnsWorld, RBLDNSD_SOA, Rbldnsd, stalled_dns, start_dns_world, start_rbldnsd, zone_file,
 };
 use sinkhole_tests::netns::{NetNs, PinDir, spawn_xdp_daemon};
 use sinkhole_tests::{free_port, kernel_tests_allowed, sinkhole_ok, temp_dir};
-
-const SOA: &str = "$SOA 300 ns.test. hostmaster.test. 1 600 300 86400 300\n";
 
 /// Spamhaus' zen codes: 127.0.0.2 SBL, .3 CSS, .4-.7 XBL, .10-.11 PBL; 127.255.255.254 is
 /// "query through a public resolver", an error.
@@ -32,17 +30,11 @@ const ZEN: &str = ":127.0.0.2:SBL\n\
 const BL: &str = ":127.0.0.2:listed\n127.0.0.2\n127.0.0.9\n";
 const ALLOW: &str = ":127.0.0.2:known good\n127.0.0.4\n";
 
-const FORWARD: &str = "$TTL 300\n\
-    @ IN SOA ns.test. hostmaster.test. 1 600 300 86400 300\n\
-    @ IN NS ns.test.\n\
-    ns IN A 127.0.0.1\n\
+const FORWARD: &str = "ns IN A 127.0.0.1\n\
     good IN A 127.0.0.7\n\
     forged IN A 127.0.0.99\n\
     helo IN A 127.0.0.3\n";
-const REVERSE: &str = "$TTL 300\n\
-    @ IN SOA ns.test. hostmaster.test. 1 600 300 86400 300\n\
-    @ IN NS ns.test.\n\
-    3 IN PTR forged.test.\n\
+const REVERSE: &str = "3 IN PTR forged.test.\n\
     7 IN PTR Good.TEST.\n";
 
 /// zen.test counts SBL, CSS and XBL (3) and, as a second entry, PBL (1); bl.test 2;
@@ -74,35 +66,22 @@ weight = -2
 
 fn rbldnsd() -> Rbldnsd {
     start_rbldnsd(&[
-        ("zen.test", "ip4set", &format!("{SOA}{ZEN}")),
-        ("bl.test", "ip4set", &format!("{SOA}{BL}")),
-        ("allow.test", "ip4set", &format!("{SOA}{ALLOW}")),
+        ("zen.test", "ip4set", &format!("{RBLDNSD_SOA}{ZEN}")),
+        ("bl.test", "ip4set", &format!("{RBLDNSD_SOA}{BL}")),
+        ("allow.test", "ip4set", &format!("{RBLDNSD_SOA}{ALLOW}")),
     ])
     .expect("rbldnsd")
 }
 
-struct World {
-    _rbldnsd: Rbldnsd,
-    _nsd: Nsd,
-    router: DnsRouter,
-}
-
-fn world() -> World {
-    let rbldnsd = rbldnsd();
-    let nsd = start_nsd(&[("test", FORWARD), ("0.0.127.in-addr.arpa", REVERSE)]).expect("nsd");
-    let router = start_dns_router(&[
-        ("zen.test", rbldnsd.addr),
-        ("bl.test", rbldnsd.addr),
-        ("allow.test", rbldnsd.addr),
-        ("test", nsd.addr),
-        ("in-addr.arpa", nsd.addr),
-    ])
-    .expect("router");
-    World {
-        _rbldnsd: rbldnsd,
-        _nsd: nsd,
-        router,
-    }
+fn world() -> DnsWorld {
+    start_dns_world(
+        rbldnsd(),
+        &[
+            ("test", &zone_file(FORWARD)),
+            ("0.0.127.in-addr.arpa", &zone_file(REVERSE)),
+        ],
+    )
+    .expect("DNS servers")
 }
 
 fn daemon(rest: &str) -> Daemon {
@@ -162,6 +141,7 @@ fn signatures(session: &Value) -> Vec<&str> {
 
 #[test]
 fn rcpt_replies_session_log_and_headers_follow_the_score() {
+    let _machine = sinkhole_tests::shared();
     let world = world();
     let mut d = daemon(&dnsbl_config(world.router.addr, "3s"));
     let addr = d.addr;
@@ -295,6 +275,7 @@ fn rcpt_replies_session_log_and_headers_follow_the_score() {
 
 #[test]
 fn a_dns_server_that_never_answers_delays_only_rcpt_until_dnsbl_timeout() {
+    let _machine = sinkhole_tests::shared();
     let stalled = stalled_dns().expect("stalled DNS");
     let timeout = Duration::from_secs(2);
     let mut d = daemon(&dnsbl_config(stalled.addr, "2s"));
@@ -342,6 +323,7 @@ fn a_dns_server_that_never_answers_delays_only_rcpt_until_dnsbl_timeout() {
 
 #[test]
 fn a_dns_outage_once_noticed_keeps_no_client_waiting() {
+    let _machine = sinkhole_tests::shared();
     let stalled = stalled_dns().expect("stalled DNS");
     let timeout = Duration::from_secs(1);
     let mut d = daemon(&dnsbl_config(stalled.addr, "1s"));
@@ -386,6 +368,7 @@ fn a_dns_outage_once_noticed_keeps_no_client_waiting() {
 
 #[test]
 fn a_client_above_block_threshold_is_dropped_by_xdp() -> anyhow::Result<()> {
+    let _machine = sinkhole_tests::shared();
     if !kernel_tests_allowed("a_client_above_block_threshold_is_dropped_by_xdp") {
         return Ok(());
     }
@@ -472,6 +455,7 @@ allow = ["::1/128"]
 
 #[test]
 fn sessions_keep_the_policy_of_their_accept_and_sighup_reloads_it() {
+    let _machine = sinkhole_tests::shared();
     let dir = temp_dir("policy-e2e");
     let policy = dir.path().join("policy.toml");
     let closed = r#"local_domains = ["sinkhole.test"]

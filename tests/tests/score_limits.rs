@@ -69,6 +69,7 @@ fn start(limits: Limits) -> (Poll, Resolver, sinkhole_tests::dns::StalledDns) {
 
 #[test]
 fn score_stalled_server_answers_every_request_at_the_timeout() {
+    let _machine = sinkhole_tests::shared();
     let (mut poll, resolver, _stalled) = start(Limits::default());
     let start = Instant::now();
     for n in 0..50 {
@@ -107,6 +108,7 @@ fn score_stalled_server_answers_every_request_at_the_timeout() {
 
 #[test]
 fn score_queries_past_the_in_flight_cap_count_as_no_answer() {
+    let _machine = sinkhole_tests::shared();
     // One zone + PTR: the first client takes both query slots; the others wait for a slot
     // that never comes free and are answered at their deadline all the same.
     let limits = Limits {
@@ -139,6 +141,7 @@ fn score_queries_past_the_in_flight_cap_count_as_no_answer() {
 
 #[test]
 fn score_requests_past_the_outstanding_limit_are_refused() {
+    let _machine = sinkhole_tests::shared();
     let limits = Limits {
         outstanding: 3,
         cache_entries: NonZeroUsize::new(16).unwrap(),
@@ -164,6 +167,7 @@ fn score_requests_past_the_outstanding_limit_are_refused() {
 
 #[test]
 fn score_resolver_stops_when_dropped() {
+    let _machine = sinkhole_tests::shared();
     let (mut poll, resolver, _stalled) = start(Limits::default());
     resolver.request(1, client(1)).unwrap();
     // Dropping with a request in flight returns promptly (the runtime cancels it) and does
@@ -178,6 +182,7 @@ fn score_resolver_stops_when_dropped() {
 
 #[test]
 fn score_a_server_that_stops_answering_is_only_probed_until_it_answers_again() {
+    let _machine = sinkhole_tests::shared();
     // Every client is listed; rbldnsd serves no reverse zone, so PTR queries are refused (an
     // answer all the same).
     let rbldnsd = start_rbldnsd(&[("zen.test", "ip4set", "127.0.0.0/8\n")]).unwrap();

@@ -56,6 +56,7 @@ fn connections_past_the_per_ip_limit_get_421_and_are_logged_as_refused() {
 
 #[test]
 fn an_idle_client_is_told_421_after_the_idle_timeout() {
+    let _machine = sinkhole_tests::shared();
     let mut daemon = Daemon::start("idle_timeout = \"1s\"", "");
     let mut client = SmtpClient::connect(daemon.addr);
     assert!(client.reply()[0].starts_with("220 "));

@@ -2,44 +2,8 @@ use std::net::IpAddr;
 
 use super::*;
 
-const FILE: &str = r#"
-local_domains = ["example.org", "@Example.NET"]
-
-[[rule]]
-to = "old-shop@example.org"
-action = "reject"
-message = "550 5.1.1 This address is closed"
-
-[[rule]]
-to = "chris@example.org"
-from = ["@bulk.example.com", "@.mailer.example", "<>"]
-host = ["203.0.113.0/24", "2001:db8::/32", ".dyn.example.net"]
-action = "reject"
-
-[[rule]]
-to = ["trap@example.org", "@traps.example.org"]
-helo = "*.bad.example"
-action = "block"
-
-[[rule]]
-to = "*"
-dnsbl = ["zen.example", "b.example"]
-score = 2
-action = "tempfail"
-
-[[rule]]
-to = "slow@example.org"
-signature = ["helo-bare-ip", "pregreet"]
-action = "stall"
-
-[[rule]]
-to = "*"
-action = "accept"
-message = "250 2.1.5 Welcome"
-"#;
-
 fn policy() -> Policy {
-    Policy::parse(FILE, "p.toml").unwrap()
+    Policy::parse(EXAMPLE_FILE, "p.toml").unwrap()
 }
 
 /// Facts for a plain recipient from a clean client; tests override what they probe.
