@@ -12,6 +12,7 @@ use mio::{Events, Poll, Token, Waker};
 use sinkhole::config::{DnsblConfig, ZoneConfig};
 use sinkhole::score::{Answer, ClientScore, Counters, HeloCheck, Resolver};
 use sinkhole::signature::Signature;
+use sinkhole::smtp::Reply;
 use sinkhole_tests::dns::{DnsRouter, Nsd, Rbldnsd, start_dns_router, start_nsd, start_rbldnsd};
 
 const SOA: &str = "$SOA 300 ns.test. hostmaster.test. 1 600 300 86400 300\n";
@@ -218,8 +219,12 @@ fn score_weights_codes_and_reverse_dns() {
     assert!(s.fcrdns && s.rdns_checked && !s.timed_out);
     assert_eq!(s.signatures(), [Signature::DnsblListed]);
     assert_eq!(
-        s.reject_reply(3).as_deref(),
-        Some("550 5.7.1 Service unavailable; client [127.0.0.2] blocked using zen.test, bl.test")
+        s.reject_reply(3),
+        Some(Reply {
+            code: 550,
+            text: "5.7.1 Service unavailable; client [127.0.0.2] blocked using zen.test, bl.test"
+                .into()
+        })
     );
     assert!(s.should_block(5));
     assert_eq!(s.block_reason(), "dnsbl:zen.test,bl.test");
@@ -243,8 +248,12 @@ fn score_weights_codes_and_reverse_dns() {
     assert_eq!(s.score, 3);
     assert!(!s.should_block(5));
     assert_eq!(
-        s.reject_reply(3).as_deref(),
-        Some("550 5.7.1 Service unavailable; client [127.0.0.4] blocked using zen.test, bl.test")
+        s.reject_reply(3),
+        Some(Reply {
+            code: 550,
+            text: "5.7.1 Service unavailable; client [127.0.0.4] blocked using zen.test, bl.test"
+                .into()
+        })
     );
     assert_eq!(s.rdns, None);
     assert_eq!(s.signatures(), [Signature::NoRdns, Signature::DnsblListed]);

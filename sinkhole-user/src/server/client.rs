@@ -199,7 +199,7 @@ impl Client {
             add(&mut self.policy_signatures, Signature::MailFromLocalDomain);
         }
         if let Some(score) = &self.score
-            && let Some(line) = score.reject_reply(rules.reject_threshold)
+            && let Some(reply) = score.reject_reply(rules.reject_threshold)
         {
             let block = score
                 .should_block(rules.block_threshold)
@@ -208,7 +208,7 @@ impl Client {
                     reason: score.block_reason(),
                 });
             return Decision {
-                reply: reply_from_line(&line),
+                reply,
                 stall_until: None,
                 block,
             };
@@ -312,15 +312,6 @@ impl Client {
 fn add(signatures: &mut Vec<Signature>, signature: Signature) {
     if !signatures.contains(&signature) {
         signatures.push(signature);
-    }
-}
-
-/// `550 5.7.1 text` as a [`Reply`].
-fn reply_from_line(line: &str) -> Reply {
-    let (code, text) = line.split_once(' ').unwrap_or((line, ""));
-    Reply {
-        code: code.parse().unwrap_or(550),
-        text: text.to_owned(),
     }
 }
 
