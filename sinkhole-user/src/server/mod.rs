@@ -757,18 +757,13 @@ impl Server {
         record.signatures = signatures;
         let (rdns, fcrdns) = client.rdns();
         self.log_session(SessionEnd {
-            id,
-            start,
-            end,
-            client: peer,
             rdns,
             fcrdns,
             tls,
             dnsbl: client.listings(),
             score: client.score.as_ref().map(|s| s.score),
             scored: client.scored,
-            verdict: Verdict::of(&record),
-            record,
+            ..SessionEnd::new(id, peer, start, end, record)
         });
     }
 
@@ -785,31 +780,8 @@ impl Server {
     fn log_closed_at_accept(&mut self, peer: SocketAddr, verdict: Verdict, said: Option<&[u8]>) {
         self.serial += 1;
         let now = SystemTime::now();
-        let transcript = said
-            .map(|line| TranscriptLine {
-                ms: 0,
-                direction: Direction::Server,
-                line: String::from_utf8_lossy(line).trim_end().to_string(),
-            })
-            .into_iter()
-            .collect();
-        self.log_session(SessionEnd {
-            id: session_id(now, self.serial),
-            start: now,
-            end: now,
-            client: peer,
-            rdns: None,
-            fcrdns: None,
-            tls: None,
-            dnsbl: Vec::new(),
-            score: None,
-            scored: false,
-            verdict,
-            record: SessionRecord {
-                transcript,
-                ..SessionRecord::default()
-            },
-        });
+        let id = session_id(now, self.serial);
+        self.log_session(SessionEnd::closed_at_accept(id, peer, now, verdict, said));
     }
 
     fn log_session(&mut self, session: SessionEnd) {
