@@ -13,6 +13,7 @@ mod decisions;
 pub mod handover;
 pub mod limits;
 pub mod listeners;
+mod log_batch;
 pub mod timer;
 pub mod tls;
 
@@ -42,6 +43,7 @@ use client::{Client, Rules, token};
 use connection::{Connection, FlushOutcome, ReadOutcome, Transport};
 use counters::Counters;
 use limits::{Limits, Refusal};
+use log_batch::LogBatch;
 use timer::{TimerEntry, TimerWheel};
 
 const WAKER: Token = Token(usize::MAX);
@@ -61,12 +63,6 @@ const ANSWERS_PER_TURN: usize = 32;
 const MAX_IN_FLIGHT_BYTES: usize = 256 * 1024 * 1024;
 /// How long shutdown waits for in-flight messages and unsent 421s.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Finished sessions the loop gathers before it hands them to the capture thread, and how long
-/// it holds the first of them (less when it is about to sleep). One hand-over wakes the thread
-/// once: under a flood of short connections, waking it for every session line took more CPU
-/// than writing the line.
-const LOG_BATCH: usize = 64;
-const LOG_BATCH_WAIT: Duration = Duration::from_millis(20);
 /// After `accept` failed for want of descriptors or memory, when to try again (sooner when a
 /// connection closes).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -132,10 +128,8 @@ pub struct Server {
     /// token: their signatures and escalation must not depend on how fast the client quit.
     /// Bounded by the resolver's outstanding requests, each answered within `dnsbl.timeout`.
     lingering: HashMap<u64, EndedSession>,
-    /// Finished sessions not yet handed to the capture thread, and when the first of them
-    /// came ([`LOG_BATCH`]).
-    logs: Vec<SessionEnd>,
-    logs_since: Instant,
+    /// Finished sessions not yet handed to the capture thread.
+    logs: LogBatch,
     /// Set when `accept` failed with clients still queued: the listeners are edge-triggered
     /// and send no new event for those, so the loop tries again by then.
     accept_retry: Option<Instant>,
@@ -227,8 +221,7 @@ impl Server {
             answers_waiting: false,
             stopping: None,
             lingering: HashMap::new(),
-            logs: Vec::with_capacity(LOG_BATCH),
-            logs_since: Instant::now(),
+            logs: LogBatch::new(Instant::now()),
             accept_retry: None,
             busy_poll: smtp.busy_poll,
         })
@@ -256,7 +249,7 @@ impl Server {
         loop {
             let before = Instant::now();
             let timeout = self.poll_timeout(before, last_event);
-            if timeout != Some(Duration::ZERO) || self.logs_due(before) {
+            if timeout != Some(Duration::ZERO) || self.logs.is_due(before) {
                 // The loop may sleep now: what it holds for the log goes out first.
                 self.send_logs();
             }
@@ -785,25 +778,19 @@ impl Server {
     }
 
     fn log_session(&mut self, session: SessionEnd) {
-        let now = Instant::now();
-        if self.logs.is_empty() {
-            self.logs_since = now;
-        }
-        self.logs.push(session);
-        if self.logs.len() >= LOG_BATCH || self.logs_due(now) {
-            self.send_logs();
+        if let Some(batch) = self.logs.push(session, Instant::now()) {
+            self.submit_logs(batch);
         }
     }
 
-    fn logs_due(&self, now: Instant) -> bool {
-        !self.logs.is_empty() && now.duration_since(self.logs_since) >= LOG_BATCH_WAIT
-    }
-
+    /// Hands what the log batch holds to the capture thread, due or not.
     fn send_logs(&mut self) {
-        if self.logs.is_empty() {
-            return;
+        if let Some(batch) = self.logs.take() {
+            self.submit_logs(batch);
         }
-        let batch = std::mem::replace(&mut self.logs, Vec::with_capacity(LOG_BATCH));
+    }
+
+    fn submit_logs(&mut self, batch: Vec<SessionEnd>) {
         let lines = batch.len() as u64;
         if !self.capture.submit(Job::Log(batch)) {
             Counters::add(&self.counters.session_log_dropped, lines);
