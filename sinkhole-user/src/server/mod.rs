@@ -6,6 +6,7 @@
 //! score requests to the resolver thread, whose answers come back through channels and the one
 //! [`Waker`]. Recipient verdicts (score, then policy) are in [`decisions`] and [`client`].
 
+mod capture_budget;
 pub mod client;
 pub mod connection;
 pub mod counters;
@@ -39,6 +40,7 @@ use crate::kernel::Blocker;
 use crate::policy::PolicyStore;
 use crate::score::{Resolver, ScoreError};
 use crate::smtp::{Direction, Event, Reply, Session, SessionConfig, SessionRecord, TranscriptLine};
+use capture_budget::{CaptureBudget, MAX_IN_FLIGHT_BYTES};
 use client::{Client, Rules, token};
 use connection::{Connection, FlushOutcome, ReadOutcome, Transport};
 use counters::Counters;
@@ -59,8 +61,6 @@ const READS_PER_TURN: usize = 16;
 /// thousands of clients can come at once (a DNS outage noticed releases every waiting query),
 /// and each may end a session and write its log line.
 const ANSWERS_PER_TURN: usize = 32;
-/// Message bytes the capture thread may hold at once; past it, 451 (try later).
-const MAX_IN_FLIGHT_BYTES: usize = 256 * 1024 * 1024;
 /// How long shutdown waits for in-flight messages and unsent 421s.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// After `accept` failed for want of descriptors or memory, when to try again (sooner when a
@@ -115,8 +115,7 @@ pub struct Server {
     counters: Arc<Counters>,
     scratch: Vec<u8>,
     /// Messages with the capture threads, and the bytes they hold.
-    in_flight: usize,
-    in_flight_bytes: usize,
+    capture_budget: CaptureBudget,
     serial: u64,
     /// Connections left with input still waiting after their turn (slot, serial).
     ready: Vec<(usize, u64)>,
@@ -214,8 +213,7 @@ impl Server {
             capture_enabled: config.storage.capture,
             counters,
             scratch: vec![0; SCRATCH],
-            in_flight: 0,
-            in_flight_bytes: 0,
+            capture_budget: CaptureBudget::new(MAX_IN_FLIGHT_BYTES),
             serial: 0,
             ready: Vec::new(),
             answers_waiting: false,
@@ -347,7 +345,8 @@ impl Server {
     /// clients wait for, and they need the CPU a polling loop would take (their outcomes wake
     /// the loop anyway).
     fn poll_timeout(&self, now: Instant, last_event: Instant) -> Option<Duration> {
-        let polling = self.in_flight == 0 && now.duration_since(last_event) < self.busy_poll;
+        let polling =
+            self.capture_budget.is_idle() && now.duration_since(last_event) < self.busy_poll;
         if !self.ready.is_empty() || self.answers_waiting || polling {
             return Some(Duration::ZERO);
         }
@@ -604,12 +603,12 @@ impl Server {
                 .resolve_message(reply(250, "2.0.0 Ok"), None, now);
             return;
         }
-        if self.in_flight_bytes + body.len() > MAX_IN_FLIGHT_BYTES {
+        let held = body.len();
+        if !self.capture_budget.try_reserve(held) {
             Counters::add(&self.counters.capture_busy, 1);
             conn.session.resolve_message(busy(), None, now);
             return;
         }
-        let held = body.len();
         let request = StoreRequest {
             ticket: Ticket {
                 slot,
@@ -627,10 +626,9 @@ impl Server {
             body,
         };
         if self.capture.submit(Job::Store(request)) {
-            self.in_flight += 1;
-            self.in_flight_bytes += held;
             conn.capturing = true;
         } else {
+            self.capture_budget.release(held);
             Counters::add(&self.counters.capture_busy, 1);
             conn.session.resolve_message(busy(), None, now);
         }
@@ -646,8 +644,7 @@ impl Server {
     }
 
     fn answer_stored(&mut self, stored: Stored, now: Instant) {
-        self.in_flight -= 1;
-        self.in_flight_bytes -= stored.size;
+        self.capture_budget.release(stored.size);
         let Some(conn) = self.conns.get_mut(stored.ticket.slot) else {
             return;
         };
