@@ -15,3 +15,4 @@ pub mod score;
 pub mod server;
 pub mod signature;
 pub mod smtp;
+pub mod verdict;

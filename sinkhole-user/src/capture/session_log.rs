@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::headers::DnsblListing;
+use crate::score::DnsblListing;
 use crate::smtp::{Direction, SessionRecord, TranscriptLine};
 
 /// How a session ended, as the log's `verdict` says it.

@@ -77,6 +77,14 @@ impl serde::Serialize for ZoneHit {
     }
 }
 
+/// A listing of the client in one DNSBL zone as the session log and the trace headers give
+/// it: the zone and the answers it gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsblListing {
+    pub zone: String,
+    pub codes: Vec<String>,
+}
+
 /// Everything known about a client address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientScore {

@@ -12,9 +12,9 @@ use std::time::{Instant, SystemTime};
 use mio::net::TcpStream;
 use rustls::ServerConnection;
 
-use super::client::Client;
 use crate::capture::session_log::TlsInfo;
 use crate::smtp::Session;
+use crate::verdict::RecipientJudge;
 
 /// What carries the session's bytes.
 pub enum Transport {
@@ -33,7 +33,7 @@ pub struct Connection {
     pub transport: Transport,
     pub session: Session,
     /// Its score, policy and held recipient reply.
-    pub client: Client,
+    pub judge: RecipientJudge,
     pub peer: SocketAddr,
     /// Tells this connection apart from earlier ones in the same slot (timers, completions).
     pub serial: u64,

@@ -1,15 +1,16 @@
 //! The loop's side of scoring and policy: score answers attached to their connections, the
 //! HELO check, recipient verdicts given, held (waiting for the score, or stalled) and released,
 //! blocks made, and the policy reloaded on SIGHUP. The verdicts themselves come from
-//! [`Client`](super::client::Client).
+//! [`RecipientJudge`](crate::verdict::RecipientJudge).
 
 use std::net::IpAddr;
 use std::time::Instant;
 
 use super::Server;
-use super::client::{Escalation, Held, Recipient, token, token_matches, token_slot};
 use super::counters::Counters;
+use super::resolver_token::{token, token_matches, token_slot};
 use crate::score::Answer;
+use crate::verdict::{Escalation, Held, Recipient};
 
 impl Server {
     /// A recipient to decide: now, or once the score is in (at most until it is due).
@@ -20,10 +21,10 @@ impl Server {
         rcpt: String,
         now: Instant,
     ) {
-        let client = &mut self.conns[slot].client;
-        if client.awaits_score(now) && self.stopping.is_none() {
+        let judge = &mut self.conns[slot].judge;
+        if judge.awaits_score(now) && self.stopping.is_none() {
             // The session holds further input meanwhile; `schedule` arms the score deadline.
-            client.held = Some(Held::Score { mail_from, rcpt });
+            judge.held = Some(Held::Score { mail_from, rcpt });
             return;
         }
         self.answer_recipient(slot, &mail_from, &rcpt, now);
@@ -40,18 +41,18 @@ impl Server {
             mail_from,
             rcpt,
         };
-        let decision = conn.client.decide(&self.rules, &recipient, now);
+        let decision = conn.judge.decide(&self.rules, &recipient, now);
         if let Some(until) = decision.stall_until
             && self.stopping.is_none()
         {
-            conn.client.held = Some(Held::Stall {
+            conn.judge.held = Some(Held::Stall {
                 until,
                 reply: decision.reply,
             });
             return;
         }
         if let Some(escalation) = decision.block {
-            conn.client.escalated = true;
+            conn.judge.escalated = true;
             let ip = conn.peer.ip().to_canonical();
             if self.block_client(ip, &escalation) {
                 // Its packets are dropped from now on (or it is closed at accept): end the
@@ -66,11 +67,11 @@ impl Server {
 
     /// Gives a held reply whose time has come (or any held reply, with `force`, at shutdown).
     pub(super) fn release_held(&mut self, slot: usize, now: Instant, force: bool) {
-        let client = &mut self.conns[slot].client;
-        if !force && client.deadline().is_none_or(|due| due > now) {
+        let judge = &mut self.conns[slot].judge;
+        if !force && judge.deadline().is_none_or(|due| due > now) {
             return;
         }
-        match client.held.take() {
+        match judge.held.take() {
             Some(Held::Score { mail_from, rcpt }) => {
                 log::debug!(
                     "session {}: no DNSBL score within dnsbl.timeout; deciding unscored",
@@ -103,9 +104,9 @@ impl Server {
                 let conn = &mut self.conns[slot];
                 match answer {
                     Answer::Client { score, .. } => {
-                        conn.client.set_score(score, now);
+                        conn.judge.set_score(score, now);
                         if let Some(Held::Score { mail_from, rcpt }) = conn
-                            .client
+                            .judge
                             .held
                             .take_if(|held| matches!(held, Held::Score { .. }))
                         {
@@ -113,14 +114,14 @@ impl Server {
                             self.drive(slot, now);
                         }
                     }
-                    Answer::Helo { check, .. } => conn.client.set_helo_check(check),
+                    Answer::Helo { check, .. } => conn.judge.set_helo_check(check),
                 }
             } else if let Some(ended) = self.lingering.get_mut(&token) {
                 match answer {
-                    Answer::Client { score, .. } => ended.client.set_score(score, now),
-                    Answer::Helo { check, .. } => ended.client.set_helo_check(check),
+                    Answer::Client { score, .. } => ended.judge.set_score(score, now),
+                    Answer::Helo { check, .. } => ended.judge.set_helo_check(check),
                 }
-                if !ended.client.awaits_answers()
+                if !ended.judge.awaits_answers()
                     && let Some(ended) = self.lingering.remove(&token)
                 {
                     self.finish_session(ended);
@@ -133,15 +134,15 @@ impl Server {
     /// Asks for the check of the session's HELO name, once it is known (the first name only).
     pub(super) fn ask_helo(&mut self, slot: usize) {
         let conn = &mut self.conns[slot];
-        if conn.client.helo_asked {
+        if conn.judge.helo_asked {
             return;
         }
         let Some(helo) = conn.session.record().helo.as_deref() else {
             return;
         };
-        conn.client.helo_asked = true;
+        conn.judge.helo_asked = true;
         // Busy is counted by the resolver; the session then has no `helo-mismatch` verdict.
-        conn.client.helo_pending = self
+        conn.judge.helo_pending = self
             .resolver
             .check_helo(token(slot, conn.serial), conn.peer.ip(), helo)
             .is_ok();

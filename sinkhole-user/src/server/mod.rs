@@ -4,7 +4,8 @@
 //! between sockets and [`Session`]s, answers the sessions' events, and keeps deadlines in a
 //! timer wheel. It never waits for anything but `epoll`: messages go to the capture thread and
 //! score requests to the resolver thread, whose answers come back through channels and the one
-//! [`Waker`]. Recipient verdicts (score, then policy) are in [`decisions`] and [`client`].
+//! [`Waker`]. Recipient verdicts (score, then policy) come from [`crate::verdict`]; the loop's
+//! side of them is in [`decisions`].
 
 mod capture_budget;
 pub mod client;
@@ -15,6 +16,7 @@ pub mod handover;
 pub mod limits;
 pub mod listeners;
 mod log_batch;
+mod resolver_token;
 pub mod timer;
 pub mod tls;
 
@@ -40,12 +42,13 @@ use crate::kernel::Blocker;
 use crate::policy::PolicyStore;
 use crate::score::{Resolver, ScoreError};
 use crate::smtp::{Direction, Event, Reply, Session, SessionConfig, SessionRecord, TranscriptLine};
+use crate::verdict::{RecipientJudge, Rules};
 use capture_budget::{CaptureBudget, MAX_IN_FLIGHT_BYTES};
-use client::{Client, Rules, token};
 use connection::{Connection, FlushOutcome, ReadOutcome, Transport};
 use counters::Counters;
 use limits::{Limits, Refusal};
 use log_batch::LogBatch;
+use resolver_token::token;
 use timer::{TimerEntry, TimerWheel};
 
 const WAKER: Token = Token(usize::MAX);
@@ -142,7 +145,7 @@ struct EndedSession {
     start: SystemTime,
     end: SystemTime,
     peer: SocketAddr,
-    client: Client,
+    judge: RecipientJudge,
     tls: Option<TlsInfo>,
     record: SessionRecord,
 }
@@ -425,7 +428,7 @@ impl Server {
         Counters::add(&self.counters.connections_total, 1);
         Counters::add(&self.counters.connections_active, 1);
         self.serial += 1;
-        let client = Client::new(self.policy.current(), &self.rules);
+        let judge = RecipientJudge::new(self.policy.current(), &self.rules);
         let started = SystemTime::now();
         let mut session = Session::new(Arc::clone(&self.session_config), now);
         // Whatever is already waiting came before the banner (pregreet).
@@ -440,7 +443,7 @@ impl Server {
             stream,
             transport: Transport::Plain,
             session,
-            client,
+            judge,
             peer,
             serial: self.serial,
             id: session_id(started, self.serial),
@@ -458,7 +461,7 @@ impl Server {
         let _ = conn.flush();
         // Busy (too many outstanding) is counted by the resolver; the client goes unscored.
         if self.resolver.request(token(slot, conn.serial), ip).is_ok() {
-            conn.client.score_requested(now, &self.rules);
+            conn.judge.score_requested(now, &self.rules);
         }
         self.drive(slot, now);
     }
@@ -523,7 +526,7 @@ impl Server {
     /// or that of a held recipient reply.
     fn schedule(&mut self, slot: usize) {
         let conn = &mut self.conns[slot];
-        let deadline = match conn.client.deadline() {
+        let deadline = match conn.judge.deadline() {
             Some(held) => held.min(conn.session.deadline()),
             None => conn.session.deadline(),
         };
@@ -617,10 +620,10 @@ impl Server {
             trace: Trace {
                 session_id: conn.id.clone(),
                 client: conn.peer,
-                rdns: conn.client.score.as_ref().and_then(|s| s.rdns.clone()),
+                rdns: conn.judge.score.as_ref().and_then(|s| s.rdns.clone()),
                 helo: conn.session.record().helo.clone(),
                 protocol: conn.session.protocol(),
-                dnsbl: conn.client.listings(),
+                dnsbl: conn.judge.listings(),
                 mail_from,
             },
             body,
@@ -712,14 +715,14 @@ impl Server {
             start: conn.started,
             end: SystemTime::now(),
             peer: conn.peer,
-            client: conn.client,
+            judge: conn.judge,
             tls,
             record: conn.session.into_record(),
         };
         if let Some(note) = tls_failure {
             note_at_end(&mut ended.record, conn.started, note);
         }
-        if ended.client.awaits_answers() {
+        if ended.judge.awaits_answers() {
             self.lingering.insert(token(slot, conn.serial), ended);
         } else {
             self.finish_session(ended);
@@ -733,26 +736,26 @@ impl Server {
             start,
             end,
             peer,
-            client,
+            judge,
             tls,
             mut record,
         } = ended;
-        let signatures = client.signatures(&record.signatures, record.helo.as_deref());
-        if let Some(escalation) = client.escalation_at_end(&self.rules, &signatures) {
+        let signatures = judge.signatures(&record.signatures, record.helo.as_deref());
+        if let Some(escalation) = judge.escalation_at_end(&self.rules, &signatures) {
             self.block_client(peer.ip().to_canonical(), &escalation);
         }
-        if !client.scored && record.transactions.iter().any(|t| !t.rcpts.is_empty()) {
+        if !judge.scored && record.transactions.iter().any(|t| !t.rcpts.is_empty()) {
             Counters::add(&self.counters.unscored, 1);
         }
         record.signatures = signatures;
-        let (rdns, fcrdns) = client.rdns();
+        let (rdns, fcrdns) = judge.rdns();
         self.log_session(SessionEnd {
             rdns,
             fcrdns,
             tls,
-            dnsbl: client.listings(),
-            score: client.score.as_ref().map(|s| s.score),
-            scored: client.scored,
+            dnsbl: judge.listings(),
+            score: judge.score.as_ref().map(|s| s.score),
+            scored: judge.scored,
             ..SessionEnd::new(id, peer, start, end, record)
         });
     }

@@ -1,0 +1,536 @@
+//! Recipient verdicts: what the loop learns about one connected client (its DNSBL score and
+//! reverse DNS from the resolver, the check of its HELO name, the policy it started under) and
+//! the reply it gives each recipient, held back while it waits for the score or stalls.
+//!
+//! Pure: the loop (`server::decisions`) feeds a [`RecipientJudge`] answers and instants and
+//! asks it for verdicts; the loop does the I/O (replies, blocks, timers). Verdict order at `RCPT TO`: a score at or above
+//! `dnsbl.reject_threshold` refuses (and, at `dnsbl.block_threshold`, blocks); otherwise the
+//! session's policy decides.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::campaign;
+use crate::config::{CampaignConfig, Config};
+use crate::policy::{Action, Policy, RcptFacts};
+use crate::score::{ClientScore, DnsblListing, HeloCheck};
+// Until the block source has a home below the loop.
+use crate::server::client::BlockSource;
+use crate::signature::Signature;
+use crate::smtp::Reply;
+
+/// The parts of the configuration verdicts need, shared by every connection.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    pub reject_threshold: i32,
+    pub block_threshold: i32,
+    pub block_ttl: Duration,
+    /// How long the score may take from accept (`dnsbl.timeout`).
+    pub score_timeout: Duration,
+    /// `dnsbl.zone` lists zones: recipient verdicts wait for the score.
+    pub zones: bool,
+    /// How long action `stall` holds its reply (`policy.stall`).
+    pub stall: Duration,
+    pub campaign: CampaignConfig,
+}
+
+impl Rules {
+    pub fn new(config: &Config) -> Rules {
+        Rules {
+            reject_threshold: config.dnsbl.reject_threshold,
+            block_threshold: config.dnsbl.block_threshold,
+            block_ttl: config.dnsbl.block_ttl,
+            score_timeout: config.dnsbl.timeout,
+            zones: !config.dnsbl.zone.is_empty(),
+            stall: config.policy.stall,
+            campaign: config.campaign.clone(),
+        }
+    }
+}
+
+/// A block to make: who wants it and the reason `sinkhole list` shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Escalation {
+    pub source: BlockSource,
+    pub reason: String,
+}
+
+/// The verdict for one recipient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub reply: Reply,
+    /// Policy `stall`: send the reply only at this instant.
+    pub stall_until: Option<Instant>,
+    /// Put the client into the drop map (and end the session once the reply is out).
+    pub block: Option<Escalation>,
+}
+
+/// What the session says about the recipient to decide.
+#[derive(Clone, Copy, Debug)]
+pub struct Recipient<'a> {
+    pub client_ip: IpAddr,
+    pub helo: Option<&'a str>,
+    /// The protocol's signatures so far.
+    pub protocol: &'a [Signature],
+    pub mail_from: &'a str,
+    pub rcpt: &'a str,
+}
+
+/// A recipient reply not given yet.
+#[derive(Debug)]
+pub enum Held {
+    /// The recipient waits for the score (at most until [`RecipientJudge::score_due`]).
+    Score { mail_from: String, rcpt: String },
+    /// A stalled reply, given at `until`.
+    Stall { until: Instant, reply: Reply },
+}
+
+/// One client's scoring and policy state.
+#[derive(Debug)]
+pub struct RecipientJudge {
+    /// The rules the session started with (a reload does not change them mid-session).
+    pub policy: Arc<Policy>,
+    /// The latest the score may come (accept + `dnsbl.timeout`); `None` when the resolver did
+    /// not take the request.
+    pub score_due: Option<Instant>,
+    /// Recipient verdicts wait for the score: there are zones, or the policy looks at it.
+    waits: bool,
+    pub score: Option<ClientScore>,
+    /// A complete score came before `score_due`.
+    pub scored: bool,
+    /// The zones that listed the client (for the policy's `dnsbl` condition).
+    zones: Vec<String>,
+    /// A check of the HELO name was asked for (once per session: the first name given).
+    pub helo_asked: bool,
+    /// The resolver took that check and has not answered yet.
+    pub helo_pending: bool,
+    helo_check: Option<HeloCheck>,
+    /// Signatures the policy found (`mail-from-local-domain`).
+    policy_signatures: Vec<Signature>,
+    pub held: Option<Held>,
+    /// A block was made (or refused as allow-listed): not tried again this session.
+    pub escalated: bool,
+}
+
+impl RecipientJudge {
+    /// A client at accept, unscored until [`RecipientJudge::score_requested`].
+    pub fn new(policy: Arc<Policy>, rules: &Rules) -> RecipientJudge {
+        RecipientJudge {
+            waits: rules.zones || policy.uses_score(),
+            policy,
+            score_due: None,
+            score: None,
+            scored: false,
+            zones: Vec::new(),
+            helo_asked: false,
+            helo_pending: false,
+            helo_check: None,
+            policy_signatures: Vec::new(),
+            held: None,
+            escalated: false,
+        }
+    }
+
+    /// The resolver took the score request made at `now`: it answers by `dnsbl.timeout`.
+    pub fn score_requested(&mut self, now: Instant, rules: &Rules) {
+        self.score_due = Some(now + rules.score_timeout);
+    }
+
+    /// Whether a recipient must still wait for the score at `now`.
+    pub fn awaits_score(&self, now: Instant) -> bool {
+        self.waits && self.score.is_none() && self.score_due.is_some_and(|due| now < due)
+    }
+
+    /// The resolver's answer for this client.
+    pub fn set_score(&mut self, score: ClientScore, now: Instant) {
+        self.scored = !score.timed_out && self.score_due.is_some_and(|due| now <= due);
+        self.zones = score.dnsbl.iter().map(|hit| hit.zone.to_string()).collect();
+        self.score = Some(score);
+    }
+
+    pub fn set_helo_check(&mut self, check: HeloCheck) {
+        self.helo_pending = false;
+        self.helo_check = Some(check);
+    }
+
+    /// The resolver still owes an answer (the score, or the HELO check). It answers every
+    /// request it took within `dnsbl.timeout`, so this ends by itself.
+    pub fn awaits_answers(&self) -> bool {
+        (self.score.is_none() && self.score_due.is_some()) || self.helo_pending
+    }
+
+    /// When the loop must come back for a held reply.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.held {
+            Some(Held::Score { .. }) => self.score_due,
+            Some(Held::Stall { until, .. }) => Some(*until),
+            None => None,
+        }
+    }
+
+    /// The verdict for one recipient with what is known now.
+    pub fn decide(&mut self, rules: &Rules, recipient: &Recipient, now: Instant) -> Decision {
+        let Recipient {
+            client_ip,
+            helo,
+            protocol,
+            mail_from,
+            rcpt,
+        } = *recipient;
+        if self.policy.is_local_sender(mail_from) {
+            add(&mut self.policy_signatures, Signature::MailFromLocalDomain);
+        }
+        if let Some(score) = &self.score
+            && let Some(reply) = score.reject_reply(rules.reject_threshold)
+        {
+            let block = score
+                .should_block(rules.block_threshold)
+                .then(|| Escalation {
+                    source: BlockSource::Dnsbl,
+                    reason: score.block_reason(),
+                });
+            return Decision {
+                reply,
+                stall_until: None,
+                block,
+            };
+        }
+        let signatures = self.signatures(protocol, helo);
+        let verdict = self.policy.decide(&RcptFacts {
+            client_ip,
+            fcrdns_name: self
+                .score
+                .as_ref()
+                .filter(|s| s.fcrdns)
+                .and_then(|s| s.rdns.as_deref()),
+            helo,
+            mail_from,
+            rcpt,
+            dnsbl_zones: &self.zones,
+            score: self.score.as_ref().map(|s| s.score),
+            signatures: &signatures,
+        });
+        if let Some(signature) = verdict.signature {
+            add(&mut self.policy_signatures, signature);
+        }
+        Decision {
+            reply: verdict.reply,
+            stall_until: (verdict.action == Action::Stall).then(|| now + rules.stall),
+            block: (verdict.action == Action::Block).then(|| Escalation {
+                source: BlockSource::Policy,
+                reason: match verdict.rule {
+                    Some(i) => format!("policy:rule[{i}]"),
+                    None => "policy".into(),
+                },
+            }),
+        }
+    }
+
+    /// Every signature the session has shown: the protocol's, the policy's and the score's,
+    /// with `helo-is-rdns` and `helo-mismatch`, merged in report order.
+    pub fn signatures(&self, protocol: &[Signature], helo: Option<&str>) -> Vec<Signature> {
+        let mut score = self
+            .score
+            .as_ref()
+            .map(ClientScore::signatures)
+            .unwrap_or_default();
+        if let (Some(s), Some(helo)) = (&self.score, helo)
+            && s.helo_is_rdns(helo)
+        {
+            score.push(Signature::HeloIsRdns);
+        }
+        if self.helo_check.as_ref().is_some_and(HeloCheck::is_mismatch) {
+            score.push(Signature::HeloMismatch);
+        }
+        campaign::signatures(protocol, &self.policy_signatures, &score)
+    }
+
+    /// The block due when the session ends, if none was made yet: a score at
+    /// `dnsbl.block_threshold` (a client that never reached `RCPT TO`), else a complete
+    /// `campaign.block_signatures` set.
+    pub fn escalation_at_end(&self, rules: &Rules, signatures: &[Signature]) -> Option<Escalation> {
+        if self.escalated {
+            return None;
+        }
+        if let Some(score) = &self.score
+            && score.should_block(rules.block_threshold)
+        {
+            return Some(Escalation {
+                source: BlockSource::Dnsbl,
+                reason: score.block_reason(),
+            });
+        }
+        campaign::matches_block_set(signatures, &rules.campaign).map(|reason| Escalation {
+            source: BlockSource::Campaign,
+            reason,
+        })
+    }
+
+    /// The listings for the session log and the `X-Sinkhole-Dnsbl` header.
+    pub fn listings(&self) -> Vec<DnsblListing> {
+        self.score
+            .iter()
+            .flat_map(|s| &s.dnsbl)
+            .map(|hit| DnsblListing {
+                zone: hit.zone.to_string(),
+                codes: hit.codes.iter().map(ToString::to_string).collect(),
+            })
+            .collect()
+    }
+
+    /// `rdns` and `fcrdns` for the log: the PTR name, and whether it is forward-confirmed
+    /// (unknown when the lookups did not complete and nothing confirmed it).
+    pub fn rdns(&self) -> (Option<String>, Option<bool>) {
+        match &self.score {
+            Some(s) => (
+                s.rdns.clone(),
+                (s.rdns_checked || s.fcrdns).then_some(s.fcrdns),
+            ),
+            None => (None, None),
+        }
+    }
+}
+
+fn add(signatures: &mut Vec<Signature>, signature: Signature) {
+    if !signatures.contains(&signature) {
+        signatures.push(signature);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::score::ZoneHit;
+
+    fn rules() -> Rules {
+        Rules {
+            reject_threshold: 3,
+            block_threshold: 5,
+            block_ttl: Duration::from_secs(3600),
+            score_timeout: Duration::from_secs(2),
+            zones: true,
+            stall: Duration::from_secs(30),
+            campaign: CampaignConfig {
+                block_signatures: vec![vec![Signature::MailFromLocalDomain, Signature::NoRdns]],
+            },
+        }
+    }
+
+    fn policy(text: &str) -> Arc<Policy> {
+        Arc::new(Policy::parse(text, "policy.toml").unwrap())
+    }
+
+    fn score(zones: &[(&str, i32)], rdns: Option<&str>, fcrdns: bool) -> ClientScore {
+        let dnsbl: Vec<ZoneHit> = zones
+            .iter()
+            .map(|&(zone, weight)| ZoneHit {
+                zone: zone.into(),
+                codes: vec!["127.0.0.2".parse().unwrap()],
+                weight,
+            })
+            .collect();
+        ClientScore {
+            ip: "192.0.2.9".parse().unwrap(),
+            score: dnsbl.iter().map(|h| h.weight).sum(),
+            dnsbl,
+            rdns: rdns.map(Into::into),
+            fcrdns,
+            rdns_checked: true,
+            timed_out: false,
+        }
+    }
+
+    const IP: &str = "192.0.2.9";
+
+    fn decide(client: &mut RecipientJudge, mail_from: &str, rcpt: &str, now: Instant) -> Decision {
+        let recipient = Recipient {
+            client_ip: IP.parse().unwrap(),
+            helo: Some("mx.example.net"),
+            protocol: &[],
+            mail_from,
+            rcpt,
+        };
+        client.decide(&rules(), &recipient, now)
+    }
+
+    #[test]
+    fn a_score_at_the_thresholds_refuses_then_blocks() {
+        let now = Instant::now();
+        let mut client = requested(policy(""), now, &rules());
+        assert!(client.awaits_score(now));
+        client.set_score(
+            score(&[("zen.example", 3), ("bl.example", 1)], None, false),
+            now,
+        );
+        assert!(client.scored && !client.awaits_score(now));
+        let d = decide(&mut client, "a@x.example", "b@y.example", now);
+        assert_eq!(d.reply.code, 550);
+        assert_eq!(
+            d.reply.text,
+            "5.7.1 Service unavailable; client [192.0.2.9] blocked using zen.example, bl.example"
+        );
+        assert_eq!(d.block, None);
+        client.set_score(
+            score(&[("zen.example", 3), ("bl.example", 2)], None, false),
+            now,
+        );
+        let d = decide(&mut client, "a@x.example", "b@y.example", now);
+        assert_eq!(
+            d.block,
+            Some(Escalation {
+                source: BlockSource::Dnsbl,
+                reason: "dnsbl:zen.example,bl.example".into()
+            })
+        );
+    }
+
+    #[test]
+    fn an_allowlist_zone_lowers_the_score_below_reject() {
+        let now = Instant::now();
+        let mut client = requested(policy(""), now, &rules());
+        client.set_score(
+            score(&[("zen.example", 3), ("allow.example", -2)], None, false),
+            now,
+        );
+        let d = decide(&mut client, "a@x.example", "b@y.example", now);
+        assert_eq!(d.reply.code, 250);
+        assert_eq!(client.listings().len(), 2);
+    }
+
+    #[test]
+    fn policy_actions_stall_and_block_with_facts_from_the_score() {
+        let now = Instant::now();
+        let rules_text = r#"
+local_domains = ["example.org"]
+[[rule]]
+to = "slow@example.org"
+action = "stall"
+[[rule]]
+to = "*"
+host = ".good.example"
+action = "block"
+[[rule]]
+to = "*"
+dnsbl = "zen.example"
+action = "tempfail"
+"#;
+        let mut client = requested(policy(rules_text), now, &rules());
+        let d = decide(&mut client, "a@x.example", "slow@example.org", now);
+        assert_eq!(d.reply.code, 451);
+        assert_eq!(d.stall_until, Some(now + Duration::from_secs(30)));
+        // Unscored: neither host nor dnsbl conditions can match.
+        assert_eq!(
+            decide(&mut client, "a@x.example", "b@x.example", now)
+                .reply
+                .code,
+            250
+        );
+        // A PTR name only counts when forward-confirmed.
+        client.set_score(
+            score(&[("zen.example", 1)], Some("mx.good.example"), false),
+            now,
+        );
+        assert_eq!(
+            decide(&mut client, "a@x.example", "b@x.example", now)
+                .reply
+                .code,
+            451
+        );
+        client.set_score(score(&[], Some("mx.good.example"), true), now);
+        let d = decide(&mut client, "a@x.example", "b@x.example", now);
+        assert_eq!(d.reply.code, 550);
+        assert_eq!(
+            d.block,
+            Some(Escalation {
+                source: BlockSource::Policy,
+                reason: "policy:rule[1]".into()
+            })
+        );
+    }
+
+    #[test]
+    fn session_signatures_merge_and_campaign_sets_block_at_the_end() {
+        let now = Instant::now();
+        let mut client = requested(policy("local_domains = [\"example.org\"]"), now, &rules());
+        let d = decide(&mut client, "x@example.org", "y@example.org", now);
+        assert_eq!(d.reply.code, 550);
+        client.set_score(score(&[], None, false), now);
+        client.set_helo_check(HeloCheck {
+            ip: IP.parse().unwrap(),
+            helo: "mx.example.net".into(),
+            resolves_to_client: Some(false),
+        });
+        let all = client.signatures(&[Signature::Pregreet], Some("mx.example.net"));
+        assert_eq!(
+            all,
+            vec![
+                Signature::MailFromLocalDomain,
+                Signature::HeloMismatch,
+                Signature::NoRdns,
+                Signature::Pregreet
+            ]
+        );
+        assert_eq!(
+            client.escalation_at_end(&rules(), &all),
+            Some(Escalation {
+                source: BlockSource::Campaign,
+                reason: "campaign:mail-from-local-domain+no-rdns".into()
+            })
+        );
+        client.escalated = true;
+        assert_eq!(client.escalation_at_end(&rules(), &all), None);
+    }
+
+    #[test]
+    fn helo_is_rdns_and_late_or_partial_scores_are_not_scored() {
+        let now = Instant::now();
+        let mut client = requested(policy(""), now, &rules());
+        client.set_score(
+            score(&[], Some("mx.example.net"), true),
+            now + Duration::from_secs(3),
+        );
+        assert!(!client.scored);
+        assert!(
+            client
+                .signatures(&[], Some("MX.example.net."))
+                .contains(&Signature::HeloIsRdns)
+        );
+        assert_eq!(client.rdns(), (Some("mx.example.net".into()), Some(true)));
+        let mut partial = score(&[], None, false);
+        partial.timed_out = true;
+        client.set_score(partial, now);
+        assert!(!client.scored);
+        let unrequested = RecipientJudge::new(policy(""), &rules());
+        assert!(!unrequested.awaits_score(now));
+        assert_eq!(unrequested.rdns(), (None, None));
+        // No zones and a policy blind to the score: nothing to wait for.
+        let no_zones = Rules {
+            zones: false,
+            ..rules()
+        };
+        assert!(!requested(policy(""), now, &no_zones).awaits_score(now));
+        let scoring_policy = policy("[[rule]]\nto = \"*\"\nscore = 1\naction = \"reject\"\n");
+        assert!(requested(scoring_policy, now, &no_zones).awaits_score(now));
+    }
+
+    /// A client whose score request the resolver took at `now`.
+    fn requested(policy: Arc<Policy>, now: Instant, rules: &Rules) -> RecipientJudge {
+        let mut client = RecipientJudge::new(policy, rules);
+        client.score_requested(now, rules);
+        client
+    }
+
+    #[test]
+    fn held_replies_have_deadlines() {
+        let now = Instant::now();
+        let mut client = requested(policy(""), now, &rules());
+        assert_eq!(client.deadline(), None);
+        client.held = Some(Held::Score {
+            mail_from: String::new(),
+            rcpt: "a@b".into(),
+        });
+        assert_eq!(client.deadline(), Some(now + Duration::from_secs(2)));
+        assert!(!client.awaits_score(now + Duration::from_secs(2)));
+    }
+}
