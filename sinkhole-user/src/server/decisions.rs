@@ -9,7 +9,6 @@ use std::time::Instant;
 use super::Server;
 use super::counters::Counters;
 use super::resolver_token::{token, token_matches, token_slot};
-use crate::score::Answer;
 use crate::verdict::{Escalation, Held, Recipient};
 
 impl Server {
@@ -24,7 +23,7 @@ impl Server {
         let judge = &mut self.conns[slot].judge;
         if judge.awaits_score(now) && self.stopping.is_none() {
             // The session holds further input meanwhile; `schedule` arms the score deadline.
-            judge.held = Some(Held::Score { mail_from, rcpt });
+            judge.hold_for_score(mail_from, rcpt);
             return;
         }
         self.answer_recipient(slot, &mail_from, &rcpt, now);
@@ -45,14 +44,11 @@ impl Server {
         if let Some(until) = decision.stall_until
             && self.stopping.is_none()
         {
-            conn.judge.held = Some(Held::Stall {
-                until,
-                reply: decision.reply,
-            });
+            conn.judge.hold_stall(until, decision.reply);
             return;
         }
         if let Some(escalation) = decision.block {
-            conn.judge.escalated = true;
+            conn.judge.mark_escalated();
             let ip = conn.peer.ip().to_canonical();
             if self.block_client(ip, &escalation) {
                 // Its packets are dropped from now on (or it is closed at accept): end the
@@ -68,10 +64,12 @@ impl Server {
     /// Gives a held reply whose time has come (or any held reply, with `force`, at shutdown).
     pub(super) fn release_held(&mut self, slot: usize, now: Instant, force: bool) {
         let judge = &mut self.conns[slot].judge;
-        if !force && judge.deadline().is_none_or(|due| due > now) {
-            return;
-        }
-        match judge.held.take() {
+        let held = if force {
+            judge.take_held()
+        } else {
+            judge.take_held_due(now)
+        };
+        match held {
             Some(Held::Score { mail_from, rcpt }) => {
                 log::debug!(
                     "session {}: no DNSBL score within dnsbl.timeout; deciding unscored",
@@ -101,26 +99,14 @@ impl Server {
                 .get(slot)
                 .is_some_and(|conn| token_matches(token, conn.serial))
             {
-                let conn = &mut self.conns[slot];
-                match answer {
-                    Answer::Client { score, .. } => {
-                        conn.judge.set_score(score, now);
-                        if let Some(Held::Score { mail_from, rcpt }) = conn
-                            .judge
-                            .held
-                            .take_if(|held| matches!(held, Held::Score { .. }))
-                        {
-                            self.answer_recipient(slot, &mail_from, &rcpt, now);
-                            self.drive(slot, now);
-                        }
-                    }
-                    Answer::Helo { check, .. } => conn.judge.set_helo_check(check),
+                let judge = &mut self.conns[slot].judge;
+                judge.take_answer(answer, now);
+                if let Some((mail_from, rcpt)) = judge.take_scored_recipient() {
+                    self.answer_recipient(slot, &mail_from, &rcpt, now);
+                    self.drive(slot, now);
                 }
             } else if let Some(ended) = self.lingering.get_mut(&token) {
-                match answer {
-                    Answer::Client { score, .. } => ended.judge.set_score(score, now),
-                    Answer::Helo { check, .. } => ended.judge.set_helo_check(check),
-                }
+                ended.judge.take_answer(answer, now);
                 if !ended.judge.awaits_answers()
                     && let Some(ended) = self.lingering.remove(&token)
                 {
@@ -134,18 +120,18 @@ impl Server {
     /// Asks for the check of the session's HELO name, once it is known (the first name only).
     pub(super) fn ask_helo(&mut self, slot: usize) {
         let conn = &mut self.conns[slot];
-        if conn.judge.helo_asked {
+        if !conn.judge.wants_helo_check() {
             return;
         }
         let Some(helo) = conn.session.record().helo.as_deref() else {
             return;
         };
-        conn.judge.helo_asked = true;
-        // Busy is counted by the resolver; the session then has no `helo-mismatch` verdict.
-        conn.judge.helo_pending = self
+        // Busy is counted by the resolver.
+        let taken = self
             .resolver
             .check_helo(token(slot, conn.serial), conn.peer.ip(), helo)
             .is_ok();
+        conn.judge.helo_check_asked(taken);
     }
 
     /// Puts `ip` into the drop map for `dnsbl.block_ttl`; true when it is blocked now.

@@ -620,7 +620,7 @@ impl Server {
             trace: Trace {
                 session_id: conn.id.clone(),
                 client: conn.peer,
-                rdns: conn.judge.score.as_ref().and_then(|s| s.rdns.clone()),
+                rdns: conn.judge.rdns().0,
                 helo: conn.session.record().helo.clone(),
                 protocol: conn.session.protocol(),
                 dnsbl: conn.judge.listings(),
@@ -744,7 +744,7 @@ impl Server {
         if let Some(escalation) = judge.escalation_at_end(&self.rules, &signatures) {
             self.block_client(peer.ip().to_canonical(), &escalation);
         }
-        if !judge.scored && record.transactions.iter().any(|t| !t.rcpts.is_empty()) {
+        if !judge.is_scored() && record.transactions.iter().any(|t| !t.rcpts.is_empty()) {
             Counters::add(&self.counters.unscored, 1);
         }
         record.signatures = signatures;
@@ -754,8 +754,8 @@ impl Server {
             fcrdns,
             tls,
             dnsbl: judge.listings(),
-            score: judge.score.as_ref().map(|s| s.score),
-            scored: judge.scored,
+            score: judge.score().map(|s| s.score),
+            scored: judge.is_scored(),
             ..SessionEnd::new(id, peer, start, end, record)
         });
     }
