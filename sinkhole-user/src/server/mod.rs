@@ -12,15 +12,16 @@ pub mod client;
 pub mod connection;
 pub mod counters;
 mod decisions;
+mod ended;
 pub mod handover;
 pub mod limits;
+mod lingering;
 pub mod listeners;
 mod log_batch;
 mod resolver_token;
 pub mod timer;
 pub mod tls;
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,19 +35,20 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use crate::capture::headers::Trace;
-use crate::capture::session_log::{SessionEnd, TlsInfo, Verdict, session_id};
+use crate::capture::session_log::{SessionEnd, Verdict, session_id};
 use crate::capture::{Capture, CaptureError, Job, StoreRequest, Stored, Ticket};
 use crate::config::{Config, ConfigError};
 use crate::kernel::Blocker;
 use crate::policy::PolicyStore;
 use crate::score::{Resolver, ScoreError};
-use crate::smtp::{Direction, Event, Reply, Session, SessionConfig, SessionRecord, TranscriptLine};
+use crate::smtp::{Event, Reply, Session, SessionConfig};
 use crate::verdict::{RecipientJudge, Rules};
 use capture_budget::{CaptureBudget, MAX_IN_FLIGHT_BYTES};
-use connection::{Connection, FlushOutcome, ReadOutcome, Transport};
+use connection::{Connection, FlushOutcome, ReadOutcome};
 use counters::Counters;
+use ended::EndedSession;
 use limits::{Limits, Refusal};
+use lingering::Lingering;
 use log_batch::LogBatch;
 use resolver_token::token;
 use timer::{TimerEntry, TimerWheel};
@@ -126,10 +128,8 @@ pub struct Server {
     answers_waiting: bool,
     /// Set once a stop signal came: the instant by which everything is closed.
     stopping: Option<Instant>,
-    /// Closed sessions whose score or HELO check is still with the resolver, by resolver
-    /// token: their signatures and escalation must not depend on how fast the client quit.
-    /// Bounded by the resolver's outstanding requests, each answered within `dnsbl.timeout`.
-    lingering: HashMap<u64, EndedSession>,
+    /// Closed sessions whose score or HELO check is still with the resolver.
+    lingering: Lingering,
     /// Finished sessions not yet handed to the capture thread.
     logs: LogBatch,
     /// Set when `accept` failed with clients still queued: the listeners are edge-triggered
@@ -137,17 +137,6 @@ pub struct Server {
     accept_retry: Option<Instant>,
     /// `smtp.busy_poll`: how long after its last event the loop polls without sleeping.
     busy_poll: Duration,
-}
-
-/// A session whose connection is closed, before it is logged.
-struct EndedSession {
-    id: String,
-    start: SystemTime,
-    end: SystemTime,
-    peer: SocketAddr,
-    judge: RecipientJudge,
-    tls: Option<TlsInfo>,
-    record: SessionRecord,
 }
 
 impl Server {
@@ -221,7 +210,7 @@ impl Server {
             ready: Vec::new(),
             answers_waiting: false,
             stopping: None,
-            lingering: HashMap::new(),
+            lingering: Lingering::default(),
             logs: LogBatch::new(Instant::now()),
             accept_retry: None,
             busy_poll: smtp.busy_poll,
@@ -295,7 +284,7 @@ impl Server {
                     Token(slot) => {
                         if let Some(conn) = self.conns.get_mut(slot) {
                             if event.is_readable() || event.is_read_closed() || event.is_error() {
-                                conn.readable = true;
+                                conn.mark_readable();
                             }
                             self.drive(slot, now);
                         }
@@ -308,7 +297,7 @@ impl Server {
             // Connections that used up their turn go on after everyone else had one.
             std::mem::swap(&mut ready, &mut self.ready);
             for (slot, serial) in ready.drain(..) {
-                if self.conns.get(slot).is_some_and(|c| c.serial == serial) {
+                if self.conns.get(slot).is_some_and(|c| c.serial() == serial) {
                     self.drive(slot, now);
                 }
             }
@@ -439,29 +428,26 @@ impl Server {
             _ => {}
         }
         session.greet(now);
-        entry.insert(Connection {
+        let conn = entry.insert(Connection::new(
             stream,
-            transport: Transport::Plain,
             session,
             judge,
             peer,
-            serial: self.serial,
-            id: session_id(started, self.serial),
+            self.serial,
             started,
-            scheduled: None,
             readable,
-            wants_writable: false,
-            capturing: false,
-            peer_closed: false,
-        });
-        let conn = &mut self.conns[slot];
+        ));
         // The banner goes out before the score is asked for: asking may wake the resolver's
         // thread, a system call and on a busy machine a context switch that the client should
         // not wait for. (What the flush leaves, and any error, `drive` meets again.)
         let _ = conn.flush();
         // Busy (too many outstanding) is counted by the resolver; the client goes unscored.
-        if self.resolver.request(token(slot, conn.serial), ip).is_ok() {
-            conn.judge.score_requested(now, &self.rules);
+        if self
+            .resolver
+            .request(token(slot, conn.serial()), ip)
+            .is_ok()
+        {
+            conn.judge_mut().score_requested(now, &self.rules);
         }
         self.drive(slot, now);
     }
@@ -471,7 +457,7 @@ impl Server {
     fn drive(&mut self, slot: usize, now: Instant) {
         let mut reads = 0;
         loop {
-            while let Some(event) = self.conns[slot].session.poll_event() {
+            while let Some(event) = self.conns[slot].session_mut().poll_event() {
                 self.handle_event(slot, event, now);
             }
             self.ask_helo(slot);
@@ -479,44 +465,28 @@ impl Server {
             match conn.flush() {
                 FlushOutcome::Broken => return self.close(slot),
                 FlushOutcome::Blocked => {
-                    if !conn.wants_writable {
-                        conn.wants_writable = true;
-                        let interest = Interest::READABLE | Interest::WRITABLE;
-                        let _ = self.poll.registry().reregister(
-                            &mut conn.stream,
-                            Token(slot),
-                            interest,
-                        );
-                    }
+                    conn.watch_writable(self.poll.registry(), Token(slot), true);
                 }
                 FlushOutcome::Done => {
-                    if conn.wants_writable {
-                        conn.wants_writable = false;
-                        let _ = self.poll.registry().reregister(
-                            &mut conn.stream,
-                            Token(slot),
-                            Interest::READABLE,
-                        );
-                    }
-                    // Over, or the client left and nothing it sent is still being stored.
-                    if conn.session.is_finished() || (conn.peer_closed && !conn.capturing) {
+                    conn.watch_writable(self.poll.registry(), Token(slot), false);
+                    if conn.is_over() {
                         return self.close(slot);
                     }
                 }
             }
-            if !(conn.readable && conn.session.wants_read()) || conn.peer_closed {
+            if !conn.wants_read() {
                 break;
             }
             if reads == READS_PER_TURN {
                 // More input is waiting: serve the other connections first.
-                self.ready.push((slot, conn.serial));
+                self.ready.push((slot, conn.serial()));
                 break;
             }
             reads += 1;
             match conn.read(&mut self.scratch, now) {
                 ReadOutcome::Data => {}
                 ReadOutcome::Drained => break,
-                ReadOutcome::Closed => conn.peer_closed = true,
+                ReadOutcome::Closed => conn.mark_peer_closed(),
             }
         }
         self.schedule(slot);
@@ -526,19 +496,13 @@ impl Server {
     /// or that of a held recipient reply.
     fn schedule(&mut self, slot: usize) {
         let conn = &mut self.conns[slot];
-        let deadline = match conn.judge.deadline() {
-            Some(held) => held.min(conn.session.deadline()),
-            None => conn.session.deadline(),
-        };
-        if conn.scheduled.is_some_and(|at| at <= deadline) {
-            return;
+        if let Some(at) = conn.reschedule() {
+            self.wheel.insert(TimerEntry {
+                slot,
+                serial: conn.serial(),
+                at,
+            });
         }
-        conn.scheduled = Some(deadline);
-        self.wheel.insert(TimerEntry {
-            slot,
-            serial: conn.serial,
-            at: deadline,
-        });
     }
 
     fn expire_timers(&mut self, now: Instant, due: &mut Vec<TimerEntry>) {
@@ -547,7 +511,7 @@ impl Server {
         self.wheel.expire(now, due, |entry| {
             conns
                 .get(entry.slot)
-                .is_some_and(|conn| conn.serial == entry.serial && conn.scheduled == Some(entry.at))
+                .is_some_and(|conn| conn.holds_timer(entry))
         });
         for entry in due.drain(..) {
             // Serving an earlier entry cannot close this connection, but the loop must not
@@ -555,9 +519,10 @@ impl Server {
             let Some(conn) = self.conns.get_mut(entry.slot) else {
                 continue;
             };
-            conn.scheduled = None;
-            if conn.session.deadline() <= now {
-                conn.session.handle_timeout(now);
+            conn.timer_fired();
+            let session = conn.session_mut();
+            if session.deadline() <= now {
+                session.handle_timeout(now);
             }
             self.release_held(entry.slot, now, false);
             self.drive(entry.slot, now);
@@ -580,10 +545,8 @@ impl Server {
                 match rustls::ServerConnection::new(Arc::clone(&self.tls)) {
                     Ok(tls) => conn.start_tls(tls),
                     Err(e) => {
-                        // Going on in clear text after the 220 would break the protocol.
-                        log::warn!("session {}: cannot start TLS: {e}; closing", conn.id);
-                        conn.transport = Transport::Failed(format!("cannot start TLS: {e}"));
-                        conn.session.shutdown(now);
+                        log::warn!("session {}: cannot start TLS: {e}; closing", conn.id());
+                        conn.fail_tls(format!("cannot start TLS: {e}"), now);
                     }
                 }
             }
@@ -602,38 +565,30 @@ impl Server {
         if !self.capture_enabled {
             Counters::add(&self.counters.messages_total, 1);
             Counters::add(&self.counters.message_bytes_total, size);
-            conn.session
+            conn.session_mut()
                 .resolve_message(reply(250, "2.0.0 Ok"), None, now);
             return;
         }
         let held = body.len();
         if !self.capture_budget.try_reserve(held) {
             Counters::add(&self.counters.capture_busy, 1);
-            conn.session.resolve_message(busy(), None, now);
+            conn.session_mut().resolve_message(busy(), None, now);
             return;
         }
         let request = StoreRequest {
             ticket: Ticket {
                 slot,
-                serial: conn.serial,
+                serial: conn.serial(),
             },
-            trace: Trace {
-                session_id: conn.id.clone(),
-                client: conn.peer,
-                rdns: conn.judge.rdns().0,
-                helo: conn.session.record().helo.clone(),
-                protocol: conn.session.protocol(),
-                dnsbl: conn.judge.listings(),
-                mail_from,
-            },
+            trace: conn.trace(mail_from),
             body,
         };
         if self.capture.submit(Job::Store(request)) {
-            conn.capturing = true;
+            conn.mark_capturing();
         } else {
             self.capture_budget.release(held);
             Counters::add(&self.counters.capture_busy, 1);
-            conn.session.resolve_message(busy(), None, now);
+            conn.session_mut().resolve_message(busy(), None, now);
         }
     }
 
@@ -651,10 +606,10 @@ impl Server {
         let Some(conn) = self.conns.get_mut(stored.ticket.slot) else {
             return;
         };
-        if conn.serial != stored.ticket.serial {
+        if conn.serial() != stored.ticket.serial {
             return;
         }
-        conn.capturing = false;
+        conn.capture_answered();
         let answer = match stored.name {
             Some(name) => {
                 Counters::add(&self.counters.messages_total, 1);
@@ -667,7 +622,7 @@ impl Server {
                 None,
             ),
         };
-        conn.session.resolve_message(answer.0, answer.1, now);
+        conn.session_mut().resolve_message(answer.0, answer.1, now);
         self.drive(stored.ticket.slot, now);
     }
 
@@ -682,7 +637,7 @@ impl Server {
         for slot in slots {
             // Held replies go out now: nobody waits for a score or a stall any longer.
             self.release_held(slot, now, true);
-            self.conns[slot].session.shutdown(now);
+            self.conns[slot].session_mut().shutdown(now);
             self.drive(slot, now);
         }
     }
@@ -697,33 +652,21 @@ impl Server {
 
     fn close(&mut self, slot: usize) {
         let conn = self.conns.remove(slot);
-        let tls = conn.tls_info();
-        let tls_failure = conn.tls_failure().map(|e| format!("<{e}>"));
         self.counters
             .replies
-            .add_session(&conn.session.record().replies);
+            .add_session(&conn.session().record().replies);
         // A descriptor is free again: a waiting client may have it.
         if self.accept_retry.is_some() {
             self.accept_retry = Some(Instant::now());
         }
-        self.limits.release(conn.peer.ip().to_canonical());
+        self.limits.release(conn.client_ip());
         self.counters
             .connections_active
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let mut ended = EndedSession {
-            id: conn.id,
-            start: conn.started,
-            end: SystemTime::now(),
-            peer: conn.peer,
-            judge: conn.judge,
-            tls,
-            record: conn.session.into_record(),
-        };
-        if let Some(note) = tls_failure {
-            note_at_end(&mut ended.record, conn.started, note);
-        }
-        if ended.judge.awaits_answers() {
-            self.lingering.insert(token(slot, conn.serial), ended);
+        let token = token(slot, conn.serial());
+        let ended = conn.end();
+        if ended.awaits_answers() {
+            self.lingering.insert(token, ended);
         } else {
             self.finish_session(ended);
         }
@@ -731,40 +674,20 @@ impl Server {
 
     /// Merges the session's signatures, escalates, and logs it.
     fn finish_session(&mut self, ended: EndedSession) {
-        let EndedSession {
-            id,
-            start,
-            end,
-            peer,
-            judge,
-            tls,
-            mut record,
-        } = ended;
-        let signatures = judge.signatures(&record.signatures, record.helo.as_deref());
-        if let Some(escalation) = judge.escalation_at_end(&self.rules, &signatures) {
-            self.block_client(peer.ip().to_canonical(), &escalation);
+        let signatures = ended.signatures();
+        if let Some(escalation) = ended.escalation(&self.rules, &signatures) {
+            self.block_client(ended.client_ip(), &escalation);
         }
-        if !judge.is_scored() && record.transactions.iter().any(|t| !t.rcpts.is_empty()) {
+        if ended.went_unscored() {
             Counters::add(&self.counters.unscored, 1);
         }
-        record.signatures = signatures;
-        let (rdns, fcrdns) = judge.rdns();
-        self.log_session(SessionEnd {
-            rdns,
-            fcrdns,
-            tls,
-            dnsbl: judge.listings(),
-            score: judge.score().map(|s| s.score),
-            scored: judge.is_scored(),
-            ..SessionEnd::new(id, peer, start, end, record)
-        });
+        self.log_session(ended.into_log(signatures));
     }
 
     /// At the end of the shutdown grace: sessions still waiting for an answer are logged with
     /// what they have.
     fn finish_lingering(&mut self) {
-        let ended: Vec<EndedSession> = self.lingering.drain().map(|(_, e)| e).collect();
-        for session in ended {
+        for session in self.lingering.drain() {
             self.finish_session(session);
         }
     }
@@ -796,20 +719,6 @@ impl Server {
             Counters::add(&self.counters.session_log_dropped, lines);
         }
     }
-}
-
-/// Adds a line of the loop's own to a finished session's transcript (within its cap).
-fn note_at_end(record: &mut SessionRecord, started: SystemTime, line: String) {
-    if record.transcript.len() >= crate::smtp::MAX_TRANSCRIPT_LINES {
-        record.transcript_dropped += 1;
-        return;
-    }
-    let ms = started.elapsed().unwrap_or_default().as_millis();
-    record.transcript.push(TranscriptLine {
-        ms: u64::try_from(ms).unwrap_or(u64::MAX),
-        direction: Direction::Client,
-        line,
-    });
 }
 
 fn reply(code: u16, text: &str) -> Reply {
