@@ -151,16 +151,17 @@ mod tests {
     #[test]
     fn only_sessions_with_recipients_go_unscored() {
         assert!(!ended(SessionRecord::default()).went_unscored());
-        let mut record = SessionRecord::default();
-        record.transactions.push(TransactionRecord {
-            mail_from: "a@x".into(),
-            rcpts: vec![RcptRecord {
-                addr: "b@y".into(),
-                code: 250,
+        let rcpt = RcptRecord {
+            addr: "b@y".into(),
+            code: 550,
+        };
+        let session = ended(SessionRecord {
+            transactions: vec![TransactionRecord {
+                rcpts: vec![rcpt],
+                ..Default::default()
             }],
             ..Default::default()
         });
-        let session = ended(record);
         assert!(session.went_unscored());
         assert_eq!(session.client_ip().to_string(), "192.0.2.9");
         let log = session.into_log(vec![Signature::Pregreet]);

@@ -103,12 +103,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_session_is_handed_back_with_its_last_answer() {
-        let now = Instant::now();
+    /// Session 1 awaits its score and its HELO check, session 2 its score.
+    fn two_lingering(now: Instant) -> Lingering {
         let mut lingering = Lingering::default();
         lingering.insert(1, awaiting(now, true));
         lingering.insert(2, awaiting(now, false));
+        lingering
+    }
+
+    #[test]
+    fn a_session_is_handed_back_with_its_last_answer() {
+        let now = Instant::now();
+        let mut lingering = two_lingering(now);
         assert!(
             lingering.answer(1, score(1), now).is_none(),
             "HELO still owed"
@@ -123,10 +129,7 @@ mod tests {
 
     #[test]
     fn drain_hands_out_what_is_left() {
-        let now = Instant::now();
-        let mut lingering = Lingering::default();
-        lingering.insert(1, awaiting(now, false));
-        lingering.insert(2, awaiting(now, true));
+        let mut lingering = two_lingering(Instant::now());
         assert_eq!(lingering.drain().count(), 2);
         assert!(lingering.is_empty());
         assert_eq!(lingering.drain().count(), 0);
