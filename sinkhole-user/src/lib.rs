@@ -18,3 +18,4 @@ pub mod score;
 pub mod server;
 pub mod signature;
 pub mod smtp;
+pub mod verdict;

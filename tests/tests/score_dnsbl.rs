@@ -12,6 +12,7 @@ use mio::{Events, Poll, Token, Waker};
 use sinkhole::config::{DnsblConfig, ZoneConfig};
 use sinkhole::score::{Answer, ClientScore, HeloCheck, Resolver, ScoreCounters};
 use sinkhole::signature::Signature;
+use sinkhole::smtp::Reply;
 use sinkhole_tests::dns::{DnsWorld, RBLDNSD_SOA, start_dns_world, start_rbldnsd, zone_file};
 
 /// Spamhaus' zen codes: 127.0.0.2 SBL, .3 CSS, .4-.7 XBL, .10-.11 PBL; 127.255.255.254 is
@@ -191,8 +192,12 @@ fn score_weights_codes_and_reverse_dns() {
     assert!(s.fcrdns && s.rdns_checked && !s.timed_out);
     assert_eq!(s.signatures(), [Signature::DnsblListed]);
     assert_eq!(
-        s.reject_reply(3).as_deref(),
-        Some("550 5.7.1 Service unavailable; client [127.0.0.2] blocked using zen.test, bl.test")
+        s.reject_reply(3),
+        Some(Reply {
+            code: 550,
+            text: "5.7.1 Service unavailable; client [127.0.0.2] blocked using zen.test, bl.test"
+                .into()
+        })
     );
     assert!(s.should_block(5));
     assert_eq!(s.block_reason(), "dnsbl:zen.test,bl.test");
@@ -216,8 +221,12 @@ fn score_weights_codes_and_reverse_dns() {
     assert_eq!(s.score, 3);
     assert!(!s.should_block(5));
     assert_eq!(
-        s.reject_reply(3).as_deref(),
-        Some("550 5.7.1 Service unavailable; client [127.0.0.4] blocked using zen.test, bl.test")
+        s.reject_reply(3),
+        Some(Reply {
+            code: 550,
+            text: "5.7.1 Service unavailable; client [127.0.0.4] blocked using zen.test, bl.test"
+                .into()
+        })
     );
     assert_eq!(s.rdns, None);
     assert_eq!(s.signatures(), [Signature::NoRdns, Signature::DnsblListed]);

@@ -4,12 +4,7 @@ use std::fmt::Write;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A listing of the client in one DNSBL zone: the zone and the answers it gave.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DnsblListing {
-    pub zone: String,
-    pub codes: Vec<String>,
-}
+use crate::score::DnsblListing;
 
 /// What the trace headers say about a message's session.
 #[derive(Clone, Debug)]

@@ -67,8 +67,8 @@ pub struct Stored {
 
 pub enum Job {
     Store(StoreRequest),
-    /// Finished sessions for the session log, gathered by the loop (see `LOG_BATCH` in
-    /// `server`).
+    /// Finished sessions for the session log, gathered by the loop (see
+    /// `server::log_batch`).
     Log(Vec<SessionEnd>),
 }
 

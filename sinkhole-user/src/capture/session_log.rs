@@ -11,8 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::headers::DnsblListing;
-use crate::smtp::{Direction, SessionRecord};
+use crate::score::DnsblListing;
+use crate::smtp::{Direction, SessionRecord, TranscriptLine};
 
 /// How a session ended, as the log's `verdict` says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +142,58 @@ fn tls_or_false<S: serde::Serializer>(tls: &Option<&TlsInfo>, s: S) -> Result<S:
 }
 
 impl SessionEnd {
+    /// A session of `client` from `start` to `end`, with its verdict from `record` and nothing
+    /// known about the client but its address (the loop adds what its score says).
+    pub fn new(
+        id: String,
+        client: SocketAddr,
+        start: SystemTime,
+        end: SystemTime,
+        record: SessionRecord,
+    ) -> SessionEnd {
+        SessionEnd {
+            id,
+            start,
+            end,
+            client,
+            rdns: None,
+            fcrdns: None,
+            tls: None,
+            dnsbl: Vec::new(),
+            score: None,
+            scored: false,
+            verdict: Verdict::of(&record),
+            record,
+        }
+    }
+
+    /// A connection closed right after accept, `at`, with `verdict`; `said` is the one line it
+    /// was sent, if any (the whole transcript).
+    pub fn closed_at_accept(
+        id: String,
+        client: SocketAddr,
+        at: SystemTime,
+        verdict: Verdict,
+        said: Option<&[u8]>,
+    ) -> SessionEnd {
+        let transcript = said
+            .map(|line| TranscriptLine {
+                ms: 0,
+                direction: Direction::Server,
+                line: String::from_utf8_lossy(line).trim_end().to_string(),
+            })
+            .into_iter()
+            .collect();
+        let record = SessionRecord {
+            transcript,
+            ..SessionRecord::default()
+        };
+        SessionEnd {
+            verdict,
+            ..SessionEnd::new(id, client, at, at, record)
+        }
+    }
+
     /// The JSON line, with its newline.
     pub fn to_line(&self, out: &mut Vec<u8>) {
         let record = &self.record;
@@ -303,7 +355,7 @@ impl SessionLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smtp::{RcptRecord, TransactionRecord, TranscriptLine};
+    use crate::smtp::{RcptRecord, TransactionRecord};
 
     #[test]
     fn a_torn_last_line_is_ended_at_open() {
@@ -371,20 +423,13 @@ mod tests {
             transcript_dropped: 7,
             ..Default::default()
         };
-        let end = SessionEnd {
-            id: "x".into(),
-            start: UNIX_EPOCH,
-            end: UNIX_EPOCH + std::time::Duration::from_millis(1500),
-            client: "[::ffff:192.0.2.9]:25".parse().unwrap(),
-            rdns: None,
-            fcrdns: None,
-            tls: None,
-            dnsbl: Vec::new(),
-            score: None,
-            scored: false,
-            verdict: Verdict::NoMail,
+        let end = SessionEnd::new(
+            "x".into(),
+            "[::ffff:192.0.2.9]:25".parse().unwrap(),
+            UNIX_EPOCH,
+            UNIX_EPOCH + std::time::Duration::from_millis(1500),
             record,
-        };
+        );
         let mut out = Vec::new();
         end.to_line(&mut out);
         assert_eq!(out.last(), Some(&b'\n'));
@@ -426,24 +471,54 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_closed_at_accept_has_the_line_it_was_sent() {
+        let client = "192.0.2.9:25".parse().unwrap();
+        let line = |end: SessionEnd| {
+            let mut out = Vec::new();
+            end.to_line(&mut out);
+            serde_json::from_slice::<serde_json::Value>(&out).unwrap()
+        };
+        let refused = line(SessionEnd::closed_at_accept(
+            "x".into(),
+            client,
+            UNIX_EPOCH,
+            Verdict::Refused,
+            Some(b"421 4.7.0 Too many connections\r\n"),
+        ));
+        assert_eq!(refused["verdict"], "refused");
+        assert_eq!(refused["start"], refused["end"]);
+        assert_eq!(
+            refused["transcript"],
+            serde_json::json!([[0, "s", "421 4.7.0 Too many connections"]])
+        );
+        assert_eq!(refused["scored"], false);
+        assert_eq!(refused["dnsbl"], serde_json::json!([]));
+        let blocked = line(SessionEnd::closed_at_accept(
+            "y".into(),
+            client,
+            UNIX_EPOCH,
+            Verdict::Blocked,
+            None,
+        ));
+        assert_eq!(blocked["verdict"], "blocked");
+        assert_eq!(blocked["transcript"], serde_json::json!([]));
+    }
+
+    #[test]
     fn negotiated_tls_is_an_object() {
         let mut end = SessionEnd {
-            id: "x".into(),
-            start: UNIX_EPOCH,
-            end: UNIX_EPOCH,
-            client: "192.0.2.9:25".parse().unwrap(),
-            rdns: None,
-            fcrdns: None,
             tls: Some(TlsInfo {
                 version: "TLSv1_3",
                 cipher: "TLS13_AES_256_GCM_SHA384",
                 sni: Some("mx.example.org".into()),
             }),
-            dnsbl: Vec::new(),
-            score: None,
-            scored: false,
-            verdict: Verdict::NoMail,
-            record: SessionRecord::default(),
+            ..SessionEnd::new(
+                "x".into(),
+                "192.0.2.9:25".parse().unwrap(),
+                UNIX_EPOCH,
+                UNIX_EPOCH,
+                SessionRecord::default(),
+            )
         };
         let mut out = Vec::new();
         end.to_line(&mut out);

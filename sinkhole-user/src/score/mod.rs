@@ -39,6 +39,7 @@ pub use query::{ptr_name, reverse_name};
 pub use resolver::{Busy, Limits, Resolver, ScoreError};
 
 use crate::signature::Signature;
+use crate::smtp::Reply;
 
 /// What the resolver thread hands back, tagged with the token given in the request.
 #[derive(Clone, Debug)]
@@ -75,6 +76,14 @@ impl serde::Serialize for ZoneHit {
         s.serialize_field("codes", &self.codes)?;
         s.end()
     }
+}
+
+/// A listing of the client in one DNSBL zone as the session log and the trace headers give
+/// it: the zone and the answers it gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsblListing {
+    pub zone: String,
+    pub codes: Vec<String>,
 }
 
 /// Everything known about a client address.
@@ -115,16 +124,16 @@ impl ClientScore {
 
     /// The RCPT reply when the score reaches `dnsbl.reject_threshold`:
     /// `550 5.7.1 Service unavailable; client [IP] blocked using ZONE, ZONE`.
-    pub fn reject_reply(&self, reject_threshold: i32) -> Option<String> {
+    pub fn reject_reply(&self, reject_threshold: i32) -> Option<Reply> {
         if !self.reaches(reject_threshold) {
             return None;
         }
-        let mut reply = format!(
-            "550 5.7.1 Service unavailable; client [{}] blocked using ",
+        let mut text = format!(
+            "5.7.1 Service unavailable; client [{}] blocked using ",
             self.ip
         );
-        join_zones(&mut reply, self.blocking_zones(), ", ");
-        Some(reply)
+        join_zones(&mut text, self.blocking_zones(), ", ");
+        Some(Reply { code: 550, text })
     }
 
     /// Whether the client goes into the drop map (`dnsbl.block_threshold`).
@@ -230,10 +239,12 @@ mod tests {
         ]);
         assert_eq!(s.score, 3);
         assert_eq!(
-            s.reject_reply(3).as_deref(),
-            Some(
-                "550 5.7.1 Service unavailable; client [192.0.2.7] blocked using zen.example, bl.example"
-            )
+            s.reject_reply(3),
+            Some(Reply {
+                code: 550,
+                text: "5.7.1 Service unavailable; client [192.0.2.7] blocked using zen.example, bl.example"
+                    .into()
+            })
         );
         assert_eq!(s.reject_reply(4), None);
         assert!(s.should_block(3));

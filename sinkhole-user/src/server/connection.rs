@@ -6,15 +6,19 @@
 //! its own bounded buffers, once the client started TLS).
 
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Instant, SystemTime};
 
 use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
 use rustls::ServerConnection;
 
-use super::client::Client;
-use crate::capture::session_log::TlsInfo;
+use super::ended::EndedSession;
+use super::timer::TimerEntry;
+use crate::capture::headers::Trace;
+use crate::capture::session_log::{TlsInfo, session_id};
 use crate::smtp::Session;
+use crate::verdict::{Decision, Recipient, RecipientJudge, Rules};
 
 /// What carries the session's bytes.
 pub enum Transport {
@@ -29,29 +33,29 @@ pub enum Transport {
 }
 
 pub struct Connection {
-    pub stream: TcpStream,
-    pub transport: Transport,
-    pub session: Session,
+    stream: TcpStream,
+    transport: Transport,
+    session: Session,
     /// Its score, policy and held recipient reply.
-    pub client: Client,
-    pub peer: SocketAddr,
+    judge: RecipientJudge,
+    peer: SocketAddr,
     /// Tells this connection apart from earlier ones in the same slot (timers, completions).
-    pub serial: u64,
+    serial: u64,
     /// The session id of the log and the trace headers.
-    pub id: String,
-    pub started: SystemTime,
+    id: String,
+    started: SystemTime,
     /// The deadline the timer wheel holds an entry for, if any.
-    pub scheduled: Option<Instant>,
+    scheduled: Option<Instant>,
     /// The socket may have bytes to read: set by a readable event, cleared by `WouldBlock`
     /// (mio is edge-triggered, so what is not read now gets no second event).
-    pub readable: bool,
+    readable: bool,
     /// WRITABLE interest is registered (only while output is stuck).
-    pub wants_writable: bool,
+    wants_writable: bool,
     /// A message of this connection is with the capture thread.
-    pub capturing: bool,
+    capturing: bool,
     /// The client closed its side, the connection broke, or the client was just blocked: read
     /// no more, and close as soon as the output is out and no message of it is being stored.
-    pub peer_closed: bool,
+    peer_closed: bool,
 }
 
 /// What one read did.
@@ -76,6 +80,176 @@ pub enum FlushOutcome {
 }
 
 impl Connection {
+    /// A connection just accepted (registered READABLE), in plaintext; `readable`: its socket
+    /// may still hold bytes.
+    pub fn new(
+        stream: TcpStream,
+        session: Session,
+        judge: RecipientJudge,
+        peer: SocketAddr,
+        serial: u64,
+        started: SystemTime,
+        readable: bool,
+    ) -> Connection {
+        Connection {
+            stream,
+            transport: Transport::Plain,
+            session,
+            judge,
+            peer,
+            serial,
+            id: session_id(started, serial),
+            started,
+            scheduled: None,
+            readable,
+            wants_writable: false,
+            capturing: false,
+            peer_closed: false,
+        }
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    pub fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    pub fn judge(&self) -> &RecipientJudge {
+        &self.judge
+    }
+
+    pub fn judge_mut(&mut self) -> &mut RecipientJudge {
+        &mut self.judge
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The client's address as it is scored, blocked and limited (IPv4-mapped as IPv4).
+    pub fn client_ip(&self) -> IpAddr {
+        self.peer.ip().to_canonical()
+    }
+
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// The session id of the log and the trace headers.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// A readable event came (or the socket closed or failed, which a read finds out).
+    pub fn mark_readable(&mut self) {
+        self.readable = true;
+    }
+
+    /// The client closed its side, the connection broke, or the client was just blocked.
+    pub fn mark_peer_closed(&mut self) {
+        self.peer_closed = true;
+    }
+
+    /// Whether to read now: the socket may have bytes, and the session takes input.
+    pub fn wants_read(&self) -> bool {
+        self.readable && self.session.wants_read() && !self.peer_closed
+    }
+
+    /// With its output out: the session is over, or the client left and nothing it sent is
+    /// still being stored.
+    pub fn is_over(&self) -> bool {
+        self.session.is_finished() || (self.peer_closed && !self.capturing)
+    }
+
+    /// Registers WRITABLE interest while output is `stuck`, and drops it once it is out.
+    pub fn watch_writable(&mut self, registry: &Registry, token: Token, stuck: bool) {
+        if self.wants_writable == stuck {
+            return;
+        }
+        self.wants_writable = stuck;
+        let interest = if stuck {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let _ = registry.reregister(&mut self.stream, token, interest);
+    }
+
+    /// A message of this connection went to the capture thread.
+    pub fn mark_capturing(&mut self) {
+        self.capturing = true;
+    }
+
+    /// The capture thread is done with the message.
+    pub fn capture_answered(&mut self) {
+        self.capturing = false;
+    }
+
+    /// The connection's next deadline (the session's, or that of a held recipient reply),
+    /// when the timer wheel needs an entry for it: none is held at or before it.
+    pub fn reschedule(&mut self) -> Option<Instant> {
+        let deadline = match self.judge.deadline() {
+            Some(held) => held.min(self.session.deadline()),
+            None => self.session.deadline(),
+        };
+        if self.scheduled.is_some_and(|at| at <= deadline) {
+            return None;
+        }
+        self.scheduled = Some(deadline);
+        Some(deadline)
+    }
+
+    /// Whether `entry` is the timer this connection holds (not a stale or superseded one).
+    pub fn holds_timer(&self, entry: &TimerEntry) -> bool {
+        self.serial == entry.serial && self.scheduled == Some(entry.at)
+    }
+
+    /// Its timer fired: it holds none now.
+    pub fn timer_fired(&mut self) {
+        self.scheduled = None;
+    }
+
+    /// The verdict for a recipient of this session with what is known now.
+    pub fn decide(&mut self, rules: &Rules, mail_from: &str, rcpt: &str, now: Instant) -> Decision {
+        let record = self.session.record();
+        let recipient = Recipient {
+            client_ip: self.peer.ip().to_canonical(),
+            helo: record.helo.as_deref(),
+            protocol: &record.signatures,
+            mail_from,
+            rcpt,
+        };
+        self.judge.decide(rules, &recipient, now)
+    }
+
+    /// What the trace headers of a message from `mail_from` say about this session.
+    pub fn trace(&self, mail_from: String) -> Trace {
+        Trace {
+            session_id: self.id.clone(),
+            client: self.peer,
+            rdns: self.judge.rdns().0,
+            helo: self.session.record().helo.clone(),
+            protocol: self.session.protocol(),
+            dnsbl: self.judge.listings(),
+            mail_from,
+        }
+    }
+
+    /// The connection is closed: what is left for the session log.
+    pub fn end(self) -> EndedSession {
+        let tls = self.tls_info();
+        let tls_failure = self.tls_failure().map(|e| format!("<{e}>"));
+        let record = self.session.into_record();
+        let mut ended =
+            EndedSession::new(self.id, self.peer, self.started, self.judge, tls, record);
+        if let Some(note) = tls_failure {
+            ended.note(note);
+        }
+        ended
+    }
+
     /// Reads once and feeds what came (decrypted, under TLS) to the session.
     pub fn read(&mut self, scratch: &mut [u8], now: Instant) -> ReadOutcome {
         let tls = match &mut self.transport {
@@ -146,6 +320,13 @@ impl Connection {
         self.transport = Transport::Upgrading(Box::new(tls));
     }
 
+    /// TLS could not start (`error`): going on in clear text after the `220` would break the
+    /// protocol, so the session ends.
+    pub fn fail_tls(&mut self, error: String, now: Instant) {
+        self.transport = Transport::Failed(error);
+        self.session.shutdown(now);
+    }
+
     /// Writes the session's output (all replies queued so far go out in one `write`, or one
     /// TLS flight).
     pub fn flush(&mut self) -> FlushOutcome {
@@ -201,7 +382,7 @@ impl Connection {
     }
 
     /// The negotiated TLS, for the session log.
-    pub fn tls_info(&self) -> Option<TlsInfo> {
+    fn tls_info(&self) -> Option<TlsInfo> {
         let Transport::Tls(tls) = &self.transport else {
             return None;
         };
@@ -218,7 +399,7 @@ impl Connection {
     }
 
     /// Why TLS failed, if it did.
-    pub fn tls_failure(&self) -> Option<&str> {
+    fn tls_failure(&self) -> Option<&str> {
         match &self.transport {
             Transport::Failed(error) => Some(error),
             _ => None,

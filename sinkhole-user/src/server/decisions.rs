@@ -1,15 +1,15 @@
 //! The loop's side of scoring and policy: score answers attached to their connections, the
 //! HELO check, recipient verdicts given, held (waiting for the score, or stalled) and released,
 //! blocks made, and the policy reloaded on SIGHUP. The verdicts themselves come from
-//! [`Client`](super::client::Client).
+//! [`RecipientJudge`](crate::verdict::RecipientJudge).
 
 use std::net::IpAddr;
 use std::time::Instant;
 
 use super::Server;
-use super::client::{Escalation, Held, Recipient, token, token_matches, token_slot};
+use super::resolver_token::{token, token_matches, token_slot};
 use crate::counters::DaemonCounters as Counters;
-use crate::score::Answer;
+use crate::verdict::{Escalation, Held};
 
 impl Server {
     /// A recipient to decide: now, or once the score is in (at most until it is due).
@@ -20,10 +20,10 @@ impl Server {
         rcpt: String,
         now: Instant,
     ) {
-        let client = &mut self.conns[slot].client;
-        if client.awaits_score(now) && self.stopping.is_none() {
+        let judge = self.conns[slot].judge_mut();
+        if judge.awaits_score(now) && self.stopping.is_none() {
             // The session holds further input meanwhile; `schedule` arms the score deadline.
-            client.held = Some(Held::Score { mail_from, rcpt });
+            judge.hold_for_score(mail_from, rcpt);
             return;
         }
         self.answer_recipient(slot, &mail_from, &rcpt, now);
@@ -32,54 +32,45 @@ impl Server {
     /// Decides with what is known now and gives the reply (or holds it for a stall).
     fn answer_recipient(&mut self, slot: usize, mail_from: &str, rcpt: &str, now: Instant) {
         let conn = &mut self.conns[slot];
-        let record = conn.session.record();
-        let recipient = Recipient {
-            client_ip: conn.peer.ip().to_canonical(),
-            helo: record.helo.as_deref(),
-            protocol: &record.signatures,
-            mail_from,
-            rcpt,
-        };
-        let decision = conn.client.decide(&self.rules, &recipient, now);
+        let decision = conn.decide(&self.rules, mail_from, rcpt, now);
         if let Some(until) = decision.stall_until
             && self.stopping.is_none()
         {
-            conn.client.held = Some(Held::Stall {
-                until,
-                reply: decision.reply,
-            });
+            conn.judge_mut().hold_stall(until, decision.reply);
             return;
         }
         if let Some(escalation) = decision.block {
-            conn.client.escalated = true;
-            let ip = conn.peer.ip().to_canonical();
+            conn.judge_mut().mark_escalated();
+            let ip = conn.client_ip();
             if self.block_client(ip, &escalation) {
                 // Its packets are dropped from now on (or it is closed at accept): end the
                 // session once the refusal is out.
-                self.conns[slot].peer_closed = true;
+                self.conns[slot].mark_peer_closed();
             }
         }
         self.conns[slot]
-            .session
+            .session_mut()
             .resolve_recipient(decision.reply, now);
     }
 
     /// Gives a held reply whose time has come (or any held reply, with `force`, at shutdown).
     pub(super) fn release_held(&mut self, slot: usize, now: Instant, force: bool) {
-        let client = &mut self.conns[slot].client;
-        if !force && client.deadline().is_none_or(|due| due > now) {
-            return;
-        }
-        match client.held.take() {
+        let judge = self.conns[slot].judge_mut();
+        let held = if force {
+            judge.take_held()
+        } else {
+            judge.take_held_due(now)
+        };
+        match held {
             Some(Held::Score { mail_from, rcpt }) => {
                 log::debug!(
                     "session {}: no DNSBL score within dnsbl.timeout; deciding unscored",
-                    self.conns[slot].id
+                    self.conns[slot].id()
                 );
                 self.answer_recipient(slot, &mail_from, &rcpt, now);
             }
             Some(Held::Stall { reply, .. }) => {
-                self.conns[slot].session.resolve_recipient(reply, now);
+                self.conns[slot].session_mut().resolve_recipient(reply, now);
             }
             None => {}
         }
@@ -98,33 +89,16 @@ impl Server {
             if self
                 .conns
                 .get(slot)
-                .is_some_and(|conn| token_matches(token, conn.serial))
+                .is_some_and(|conn| token_matches(token, conn.serial()))
             {
-                let conn = &mut self.conns[slot];
-                match answer {
-                    Answer::Client { score, .. } => {
-                        conn.client.set_score(score, now);
-                        if let Some(Held::Score { mail_from, rcpt }) = conn
-                            .client
-                            .held
-                            .take_if(|held| matches!(held, Held::Score { .. }))
-                        {
-                            self.answer_recipient(slot, &mail_from, &rcpt, now);
-                            self.drive(slot, now);
-                        }
-                    }
-                    Answer::Helo { check, .. } => conn.client.set_helo_check(check),
+                let judge = self.conns[slot].judge_mut();
+                judge.take_answer(answer, now);
+                if let Some((mail_from, rcpt)) = judge.take_scored_recipient() {
+                    self.answer_recipient(slot, &mail_from, &rcpt, now);
+                    self.drive(slot, now);
                 }
-            } else if let Some(ended) = self.lingering.get_mut(&token) {
-                match answer {
-                    Answer::Client { score, .. } => ended.client.set_score(score, now),
-                    Answer::Helo { check, .. } => ended.client.set_helo_check(check),
-                }
-                if !ended.client.awaits_answers()
-                    && let Some(ended) = self.lingering.remove(&token)
-                {
-                    self.finish_session(ended);
-                }
+            } else if let Some(ended) = self.lingering.answer(token, answer, now) {
+                self.finish_session(ended);
             }
         }
         true
@@ -133,18 +107,18 @@ impl Server {
     /// Asks for the check of the session's HELO name, once it is known (the first name only).
     pub(super) fn ask_helo(&mut self, slot: usize) {
         let conn = &mut self.conns[slot];
-        if conn.client.helo_asked {
+        if !conn.judge().wants_helo_check() {
             return;
         }
-        let Some(helo) = conn.session.record().helo.as_deref() else {
+        let Some(helo) = conn.session().record().helo.as_deref() else {
             return;
         };
-        conn.client.helo_asked = true;
-        // Busy is counted by the resolver; the session then has no `helo-mismatch` verdict.
-        conn.client.helo_pending = self
+        // Busy is counted by the resolver.
+        let taken = self
             .resolver
-            .check_helo(token(slot, conn.serial), conn.peer.ip(), helo)
+            .check_helo(token(slot, conn.serial()), conn.peer().ip(), helo)
             .is_ok();
+        conn.judge_mut().helo_check_asked(taken);
     }
 
     /// Puts `ip` into the drop map for `dnsbl.block_ttl`; true when it is blocked now.

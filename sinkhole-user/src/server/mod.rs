@@ -4,16 +4,20 @@
 //! between sockets and [`Session`]s, answers the sessions' events, and keeps deadlines in a
 //! timer wheel. It never waits for anything but `epoll`: messages go to the capture thread and
 //! score requests to the resolver thread, whose answers come back through channels and the one
-//! [`Waker`]. Recipient verdicts (score, then policy) are in [`decisions`] and [`client`].
+//! [`Waker`]. Recipient verdicts (score, then policy) come from [`crate::verdict`]; the loop's
+//! side of them is in [`decisions`].
 
-pub mod client;
+mod capture_budget;
 pub mod connection;
 mod decisions;
+mod ended;
 pub mod limits;
+mod lingering;
+mod log_batch;
+mod resolver_token;
 pub mod timer;
 pub mod tls;
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,8 +30,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use crate::capture::headers::Trace;
-use crate::capture::session_log::{SessionEnd, TlsInfo, Verdict, session_id};
+use crate::capture::session_log::{SessionEnd, Verdict, session_id};
 use crate::capture::{Capture, CaptureError, Job, StoreRequest, Stored, Ticket};
 use crate::config::{Config, ConfigError};
 use crate::counters::DaemonCounters as Counters;
@@ -35,10 +38,15 @@ use crate::kernel::Blocker;
 use crate::listeners;
 use crate::policy::PolicyStore;
 use crate::score::{Resolver, ScoreCounters, ScoreError};
-use crate::smtp::{Direction, Event, Reply, Session, SessionConfig, SessionRecord, TranscriptLine};
-use client::{Client, Rules, token};
-use connection::{Connection, FlushOutcome, ReadOutcome, Transport};
+use crate::smtp::{Event, Reply, Session, SessionConfig};
+use crate::verdict::{RecipientJudge, Rules};
+use capture_budget::{CaptureBudget, MAX_IN_FLIGHT_BYTES};
+use connection::{Connection, FlushOutcome, ReadOutcome};
+use ended::EndedSession;
 use limits::{Limits, Refusal};
+use lingering::Lingering;
+use log_batch::LogBatch;
+use resolver_token::token;
 use timer::{TimerEntry, TimerWheel};
 
 const WAKER: Token = Token(usize::MAX);
@@ -54,16 +62,8 @@ const READS_PER_TURN: usize = 16;
 /// thousands of clients can come at once (a DNS outage noticed releases every waiting query),
 /// and each may end a session and write its log line.
 const ANSWERS_PER_TURN: usize = 32;
-/// Message bytes the capture thread may hold at once; past it, 451 (try later).
-const MAX_IN_FLIGHT_BYTES: usize = 256 * 1024 * 1024;
 /// How long shutdown waits for in-flight messages and unsent 421s.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Finished sessions the loop gathers before it hands them to the capture thread, and how long
-/// it holds the first of them (less when it is about to sleep). One hand-over wakes the thread
-/// once: under a flood of short connections, waking it for every session line took more CPU
-/// than writing the line.
-const LOG_BATCH: usize = 64;
-const LOG_BATCH_WAIT: Duration = Duration::from_millis(20);
 /// After `accept` failed for want of descriptors or memory, when to try again (sooner when a
 /// connection closes).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -108,8 +108,7 @@ pub struct Server {
     counters: Arc<Counters>,
     scratch: Vec<u8>,
     /// Messages with the capture threads, and the bytes they hold.
-    in_flight: usize,
-    in_flight_bytes: usize,
+    capture_budget: CaptureBudget,
     serial: u64,
     /// Connections left with input still waiting after their turn (slot, serial).
     ready: Vec<(usize, u64)>,
@@ -117,30 +116,15 @@ pub struct Server {
     answers_waiting: bool,
     /// Set once a stop signal came: the instant by which everything is closed.
     stopping: Option<Instant>,
-    /// Closed sessions whose score or HELO check is still with the resolver, by resolver
-    /// token: their signatures and escalation must not depend on how fast the client quit.
-    /// Bounded by the resolver's outstanding requests, each answered within `dnsbl.timeout`.
-    lingering: HashMap<u64, EndedSession>,
-    /// Finished sessions not yet handed to the capture thread, and when the first of them
-    /// came ([`LOG_BATCH`]).
-    logs: Vec<SessionEnd>,
-    logs_since: Instant,
+    /// Closed sessions whose score or HELO check is still with the resolver.
+    lingering: Lingering,
+    /// Finished sessions not yet handed to the capture thread.
+    logs: LogBatch,
     /// Set when `accept` failed with clients still queued: the listeners are edge-triggered
     /// and send no new event for those, so the loop tries again by then.
     accept_retry: Option<Instant>,
     /// `smtp.busy_poll`: how long after its last event the loop polls without sleeping.
     busy_poll: Duration,
-}
-
-/// A session whose connection is closed, before it is logged.
-struct EndedSession {
-    id: String,
-    start: SystemTime,
-    end: SystemTime,
-    peer: SocketAddr,
-    client: Client,
-    tls: Option<TlsInfo>,
-    record: SessionRecord,
 }
 
 impl Server {
@@ -209,15 +193,13 @@ impl Server {
             capture_enabled: config.storage.capture,
             counters,
             scratch: vec![0; SCRATCH],
-            in_flight: 0,
-            in_flight_bytes: 0,
+            capture_budget: CaptureBudget::new(MAX_IN_FLIGHT_BYTES),
             serial: 0,
             ready: Vec::new(),
             answers_waiting: false,
             stopping: None,
-            lingering: HashMap::new(),
-            logs: Vec::with_capacity(LOG_BATCH),
-            logs_since: Instant::now(),
+            lingering: Lingering::default(),
+            logs: LogBatch::new(Instant::now()),
             accept_retry: None,
             busy_poll: smtp.busy_poll,
         })
@@ -250,7 +232,7 @@ impl Server {
         loop {
             let before = Instant::now();
             let timeout = self.poll_timeout(before, last_event);
-            if timeout != Some(Duration::ZERO) || self.logs_due(before) {
+            if timeout != Some(Duration::ZERO) || self.logs.is_due(before) {
                 // The loop may sleep now: what it holds for the log goes out first.
                 self.send_logs();
             }
@@ -295,7 +277,7 @@ impl Server {
                     Token(slot) => {
                         if let Some(conn) = self.conns.get_mut(slot) {
                             if event.is_readable() || event.is_read_closed() || event.is_error() {
-                                conn.readable = true;
+                                conn.mark_readable();
                             }
                             self.drive(slot, now);
                         }
@@ -308,7 +290,7 @@ impl Server {
             // Connections that used up their turn go on after everyone else had one.
             std::mem::swap(&mut ready, &mut self.ready);
             for (slot, serial) in ready.drain(..) {
-                if self.conns.get(slot).is_some_and(|c| c.serial == serial) {
+                if self.conns.get(slot).is_some_and(|c| c.serial() == serial) {
                     self.drive(slot, now);
                 }
             }
@@ -348,7 +330,8 @@ impl Server {
     /// clients wait for, and they need the CPU a polling loop would take (their outcomes wake
     /// the loop anyway).
     fn poll_timeout(&self, now: Instant, last_event: Instant) -> Option<Duration> {
-        let polling = self.in_flight == 0 && now.duration_since(last_event) < self.busy_poll;
+        let polling =
+            self.capture_budget.is_idle() && now.duration_since(last_event) < self.busy_poll;
         if !self.ready.is_empty() || self.answers_waiting || polling {
             return Some(Duration::ZERO);
         }
@@ -427,7 +410,7 @@ impl Server {
         Counters::add(&self.counters.connections_total, 1);
         Counters::add(&self.counters.connections_active, 1);
         self.serial += 1;
-        let client = Client::new(self.policy.current(), &self.rules);
+        let judge = RecipientJudge::new(self.policy.current(), &self.rules);
         let started = SystemTime::now();
         let mut session = Session::new(Arc::clone(&self.session_config), now);
         // Whatever is already waiting came before the banner (pregreet).
@@ -438,29 +421,26 @@ impl Server {
             _ => {}
         }
         session.greet(now);
-        entry.insert(Connection {
+        let conn = entry.insert(Connection::new(
             stream,
-            transport: Transport::Plain,
             session,
-            client,
+            judge,
             peer,
-            serial: self.serial,
-            id: session_id(started, self.serial),
+            self.serial,
             started,
-            scheduled: None,
             readable,
-            wants_writable: false,
-            capturing: false,
-            peer_closed: false,
-        });
-        let conn = &mut self.conns[slot];
+        ));
         // The banner goes out before the score is asked for: asking may wake the resolver's
         // thread, a system call and on a busy machine a context switch that the client should
         // not wait for. (What the flush leaves, and any error, `drive` meets again.)
         let _ = conn.flush();
         // Busy (too many outstanding) is counted by the resolver; the client goes unscored.
-        if self.resolver.request(token(slot, conn.serial), ip).is_ok() {
-            conn.client.score_requested(now, &self.rules);
+        if self
+            .resolver
+            .request(token(slot, conn.serial()), ip)
+            .is_ok()
+        {
+            conn.judge_mut().score_requested(now, &self.rules);
         }
         self.drive(slot, now);
     }
@@ -470,7 +450,7 @@ impl Server {
     fn drive(&mut self, slot: usize, now: Instant) {
         let mut reads = 0;
         loop {
-            while let Some(event) = self.conns[slot].session.poll_event() {
+            while let Some(event) = self.conns[slot].session_mut().poll_event() {
                 self.handle_event(slot, event, now);
             }
             self.ask_helo(slot);
@@ -478,44 +458,28 @@ impl Server {
             match conn.flush() {
                 FlushOutcome::Broken => return self.close(slot),
                 FlushOutcome::Blocked => {
-                    if !conn.wants_writable {
-                        conn.wants_writable = true;
-                        let interest = Interest::READABLE | Interest::WRITABLE;
-                        let _ = self.poll.registry().reregister(
-                            &mut conn.stream,
-                            Token(slot),
-                            interest,
-                        );
-                    }
+                    conn.watch_writable(self.poll.registry(), Token(slot), true);
                 }
                 FlushOutcome::Done => {
-                    if conn.wants_writable {
-                        conn.wants_writable = false;
-                        let _ = self.poll.registry().reregister(
-                            &mut conn.stream,
-                            Token(slot),
-                            Interest::READABLE,
-                        );
-                    }
-                    // Over, or the client left and nothing it sent is still being stored.
-                    if conn.session.is_finished() || (conn.peer_closed && !conn.capturing) {
+                    conn.watch_writable(self.poll.registry(), Token(slot), false);
+                    if conn.is_over() {
                         return self.close(slot);
                     }
                 }
             }
-            if !(conn.readable && conn.session.wants_read()) || conn.peer_closed {
+            if !conn.wants_read() {
                 break;
             }
             if reads == READS_PER_TURN {
                 // More input is waiting: serve the other connections first.
-                self.ready.push((slot, conn.serial));
+                self.ready.push((slot, conn.serial()));
                 break;
             }
             reads += 1;
             match conn.read(&mut self.scratch, now) {
                 ReadOutcome::Data => {}
                 ReadOutcome::Drained => break,
-                ReadOutcome::Closed => conn.peer_closed = true,
+                ReadOutcome::Closed => conn.mark_peer_closed(),
             }
         }
         self.schedule(slot);
@@ -525,19 +489,13 @@ impl Server {
     /// or that of a held recipient reply.
     fn schedule(&mut self, slot: usize) {
         let conn = &mut self.conns[slot];
-        let deadline = match conn.client.deadline() {
-            Some(held) => held.min(conn.session.deadline()),
-            None => conn.session.deadline(),
-        };
-        if conn.scheduled.is_some_and(|at| at <= deadline) {
-            return;
+        if let Some(at) = conn.reschedule() {
+            self.wheel.insert(TimerEntry {
+                slot,
+                serial: conn.serial(),
+                at,
+            });
         }
-        conn.scheduled = Some(deadline);
-        self.wheel.insert(TimerEntry {
-            slot,
-            serial: conn.serial,
-            at: deadline,
-        });
     }
 
     fn expire_timers(&mut self, now: Instant, due: &mut Vec<TimerEntry>) {
@@ -546,7 +504,7 @@ impl Server {
         self.wheel.expire(now, due, |entry| {
             conns
                 .get(entry.slot)
-                .is_some_and(|conn| conn.serial == entry.serial && conn.scheduled == Some(entry.at))
+                .is_some_and(|conn| conn.holds_timer(entry))
         });
         for entry in due.drain(..) {
             // Serving an earlier entry cannot close this connection, but the loop must not
@@ -554,9 +512,10 @@ impl Server {
             let Some(conn) = self.conns.get_mut(entry.slot) else {
                 continue;
             };
-            conn.scheduled = None;
-            if conn.session.deadline() <= now {
-                conn.session.handle_timeout(now);
+            conn.timer_fired();
+            let session = conn.session_mut();
+            if session.deadline() <= now {
+                session.handle_timeout(now);
             }
             self.release_held(entry.slot, now, false);
             self.drive(entry.slot, now);
@@ -579,10 +538,8 @@ impl Server {
                 match rustls::ServerConnection::new(Arc::clone(&self.tls)) {
                     Ok(tls) => conn.start_tls(tls),
                     Err(e) => {
-                        // Going on in clear text after the 220 would break the protocol.
-                        log::warn!("session {}: cannot start TLS: {e}; closing", conn.id);
-                        conn.transport = Transport::Failed(format!("cannot start TLS: {e}"));
-                        conn.session.shutdown(now);
+                        log::warn!("session {}: cannot start TLS: {e}; closing", conn.id());
+                        conn.fail_tls(format!("cannot start TLS: {e}"), now);
                     }
                 }
             }
@@ -601,39 +558,30 @@ impl Server {
         if !self.capture_enabled {
             Counters::add(&self.counters.messages_total, 1);
             Counters::add(&self.counters.message_bytes_total, size);
-            conn.session
+            conn.session_mut()
                 .resolve_message(reply(250, "2.0.0 Ok"), None, now);
             return;
         }
-        if self.in_flight_bytes + body.len() > MAX_IN_FLIGHT_BYTES {
+        let held = body.len();
+        if !self.capture_budget.try_reserve(held) {
             Counters::add(&self.counters.capture_busy, 1);
-            conn.session.resolve_message(busy(), None, now);
+            conn.session_mut().resolve_message(busy(), None, now);
             return;
         }
-        let held = body.len();
         let request = StoreRequest {
             ticket: Ticket {
                 slot,
-                serial: conn.serial,
+                serial: conn.serial(),
             },
-            trace: Trace {
-                session_id: conn.id.clone(),
-                client: conn.peer,
-                rdns: conn.client.score.as_ref().and_then(|s| s.rdns.clone()),
-                helo: conn.session.record().helo.clone(),
-                protocol: conn.session.protocol(),
-                dnsbl: conn.client.listings(),
-                mail_from,
-            },
+            trace: conn.trace(mail_from),
             body,
         };
         if self.capture.submit(Job::Store(request)) {
-            self.in_flight += 1;
-            self.in_flight_bytes += held;
-            conn.capturing = true;
+            conn.mark_capturing();
         } else {
+            self.capture_budget.release(held);
             Counters::add(&self.counters.capture_busy, 1);
-            conn.session.resolve_message(busy(), None, now);
+            conn.session_mut().resolve_message(busy(), None, now);
         }
     }
 
@@ -647,15 +595,14 @@ impl Server {
     }
 
     fn answer_stored(&mut self, stored: Stored, now: Instant) {
-        self.in_flight -= 1;
-        self.in_flight_bytes -= stored.size;
+        self.capture_budget.release(stored.size);
         let Some(conn) = self.conns.get_mut(stored.ticket.slot) else {
             return;
         };
-        if conn.serial != stored.ticket.serial {
+        if conn.serial() != stored.ticket.serial {
             return;
         }
-        conn.capturing = false;
+        conn.capture_answered();
         let answer = match stored.name {
             Some(name) => {
                 Counters::add(&self.counters.messages_total, 1);
@@ -668,7 +615,7 @@ impl Server {
                 None,
             ),
         };
-        conn.session.resolve_message(answer.0, answer.1, now);
+        conn.session_mut().resolve_message(answer.0, answer.1, now);
         self.drive(stored.ticket.slot, now);
     }
 
@@ -683,7 +630,7 @@ impl Server {
         for slot in slots {
             // Held replies go out now: nobody waits for a score or a stall any longer.
             self.release_held(slot, now, true);
-            self.conns[slot].session.shutdown(now);
+            self.conns[slot].session_mut().shutdown(now);
             self.drive(slot, now);
         }
     }
@@ -698,33 +645,21 @@ impl Server {
 
     fn close(&mut self, slot: usize) {
         let conn = self.conns.remove(slot);
-        let tls = conn.tls_info();
-        let tls_failure = conn.tls_failure().map(|e| format!("<{e}>"));
         self.counters
             .replies
-            .add_session(&conn.session.record().replies);
+            .add_session(&conn.session().record().replies);
         // A descriptor is free again: a waiting client may have it.
         if self.accept_retry.is_some() {
             self.accept_retry = Some(Instant::now());
         }
-        self.limits.release(conn.peer.ip().to_canonical());
+        self.limits.release(conn.client_ip());
         self.counters
             .connections_active
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let mut ended = EndedSession {
-            id: conn.id,
-            start: conn.started,
-            end: SystemTime::now(),
-            peer: conn.peer,
-            client: conn.client,
-            tls,
-            record: conn.session.into_record(),
-        };
-        if let Some(note) = tls_failure {
-            note_at_end(&mut ended.record, conn.started, note);
-        }
-        if ended.client.awaits_answers() {
-            self.lingering.insert(token(slot, conn.serial), ended);
+        let token = token(slot, conn.serial());
+        let ended = conn.end();
+        if ended.awaits_answers() {
+            self.lingering.insert(token, ended);
         } else {
             self.finish_session(ended);
         }
@@ -732,45 +667,20 @@ impl Server {
 
     /// Merges the session's signatures, escalates, and logs it.
     fn finish_session(&mut self, ended: EndedSession) {
-        let EndedSession {
-            id,
-            start,
-            end,
-            peer,
-            client,
-            tls,
-            mut record,
-        } = ended;
-        let signatures = client.signatures(&record.signatures, record.helo.as_deref());
-        if let Some(escalation) = client.escalation_at_end(&self.rules, &signatures) {
-            self.block_client(peer.ip().to_canonical(), &escalation);
+        let signatures = ended.signatures();
+        if let Some(escalation) = ended.escalation(&self.rules, &signatures) {
+            self.block_client(ended.client_ip(), &escalation);
         }
-        if !client.scored && record.transactions.iter().any(|t| !t.rcpts.is_empty()) {
+        if ended.went_unscored() {
             Counters::add(&self.counters.unscored, 1);
         }
-        record.signatures = signatures;
-        let (rdns, fcrdns) = client.rdns();
-        self.log_session(SessionEnd {
-            id,
-            start,
-            end,
-            client: peer,
-            rdns,
-            fcrdns,
-            tls,
-            dnsbl: client.listings(),
-            score: client.score.as_ref().map(|s| s.score),
-            scored: client.scored,
-            verdict: Verdict::of(&record),
-            record,
-        });
+        self.log_session(ended.into_log(signatures));
     }
 
     /// At the end of the shutdown grace: sessions still waiting for an answer are logged with
     /// what they have.
     fn finish_lingering(&mut self) {
-        let ended: Vec<EndedSession> = self.lingering.drain().map(|(_, e)| e).collect();
-        for session in ended {
+        for session in self.lingering.drain() {
             self.finish_session(session);
         }
     }
@@ -779,72 +689,29 @@ impl Server {
     fn log_closed_at_accept(&mut self, peer: SocketAddr, verdict: Verdict, said: Option<&[u8]>) {
         self.serial += 1;
         let now = SystemTime::now();
-        let transcript = said
-            .map(|line| TranscriptLine {
-                ms: 0,
-                direction: Direction::Server,
-                line: String::from_utf8_lossy(line).trim_end().to_string(),
-            })
-            .into_iter()
-            .collect();
-        self.log_session(SessionEnd {
-            id: session_id(now, self.serial),
-            start: now,
-            end: now,
-            client: peer,
-            rdns: None,
-            fcrdns: None,
-            tls: None,
-            dnsbl: Vec::new(),
-            score: None,
-            scored: false,
-            verdict,
-            record: SessionRecord {
-                transcript,
-                ..SessionRecord::default()
-            },
-        });
+        let id = session_id(now, self.serial);
+        self.log_session(SessionEnd::closed_at_accept(id, peer, now, verdict, said));
     }
 
     fn log_session(&mut self, session: SessionEnd) {
-        let now = Instant::now();
-        if self.logs.is_empty() {
-            self.logs_since = now;
-        }
-        self.logs.push(session);
-        if self.logs.len() >= LOG_BATCH || self.logs_due(now) {
-            self.send_logs();
+        if let Some(batch) = self.logs.push(session, Instant::now()) {
+            self.submit_logs(batch);
         }
     }
 
-    fn logs_due(&self, now: Instant) -> bool {
-        !self.logs.is_empty() && now.duration_since(self.logs_since) >= LOG_BATCH_WAIT
-    }
-
+    /// Hands what the log batch holds to the capture thread, due or not.
     fn send_logs(&mut self) {
-        if self.logs.is_empty() {
-            return;
+        if let Some(batch) = self.logs.take() {
+            self.submit_logs(batch);
         }
-        let batch = std::mem::replace(&mut self.logs, Vec::with_capacity(LOG_BATCH));
+    }
+
+    fn submit_logs(&mut self, batch: Vec<SessionEnd>) {
         let lines = batch.len() as u64;
         if !self.capture.submit(Job::Log(batch)) {
             Counters::add(&self.counters.session_log_dropped, lines);
         }
     }
-}
-
-/// Adds a line of the loop's own to a finished session's transcript (within its cap).
-fn note_at_end(record: &mut SessionRecord, started: SystemTime, line: String) {
-    if record.transcript.len() >= crate::smtp::MAX_TRANSCRIPT_LINES {
-        record.transcript_dropped += 1;
-        return;
-    }
-    let ms = started.elapsed().unwrap_or_default().as_millis();
-    record.transcript.push(TranscriptLine {
-        ms: u64::try_from(ms).unwrap_or(u64::MAX),
-        direction: Direction::Client,
-        line,
-    });
 }
 
 fn reply(code: u16, text: &str) -> Reply {

@@ -1,9 +1,9 @@
-//! What the loop learns and decides about one connected client: its DNSBL score and reverse
-//! DNS (from the resolver), the check of its HELO name, the policy it started under, and a
-//! recipient reply held back (waiting for the score, or stalled).
+//! Recipient verdicts: what the loop learns about one connected client (its DNSBL score and
+//! reverse DNS from the resolver, the check of its HELO name, the policy it started under) and
+//! the reply it gives each recipient, held back while it waits for the score or stalls.
 //!
-//! Pure: the loop feeds it answers and instants and asks it for verdicts; the loop does the
-//! I/O (replies, blocks, timers). Verdict order at `RCPT TO`: a score at or above
+//! Pure: the loop (`server::decisions`) feeds a [`RecipientJudge`] answers and instants and
+//! asks it for verdicts; the loop does the I/O (replies, blocks, timers). Verdict order at `RCPT TO`: a score at or above
 //! `dnsbl.reject_threshold` refuses (and, at `dnsbl.block_threshold`, blocks); otherwise the
 //! session's policy decides.
 
@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::campaign;
-use crate::capture::headers::DnsblListing;
 use crate::config::{CampaignConfig, Config};
-use crate::counters::BlockSource;
 use crate::policy::{Action, Policy, RcptFacts};
-use crate::score::{ClientScore, HeloCheck};
+use crate::score::{Answer, ClientScore, DnsblListing, HeloCheck};
+// Until the block source has a home below the loop.
+use crate::counters::BlockSource;
 use crate::signature::Signature;
 use crate::smtp::Reply;
 
@@ -80,7 +80,7 @@ pub struct Recipient<'a> {
 /// A recipient reply not given yet.
 #[derive(Debug)]
 pub enum Held {
-    /// The recipient waits for the score (at most until [`Client::score_due`]).
+    /// The recipient waits for the score (at most until [`RecipientJudge::score_due`]).
     Score { mail_from: String, rcpt: String },
     /// A stalled reply, given at `until`.
     Stall { until: Instant, reply: Reply },
@@ -88,35 +88,35 @@ pub enum Held {
 
 /// One client's scoring and policy state.
 #[derive(Debug)]
-pub struct Client {
+pub struct RecipientJudge {
     /// The rules the session started with (a reload does not change them mid-session).
-    pub policy: Arc<Policy>,
+    policy: Arc<Policy>,
     /// The latest the score may come (accept + `dnsbl.timeout`); `None` when the resolver did
     /// not take the request.
-    pub score_due: Option<Instant>,
+    score_due: Option<Instant>,
     /// Recipient verdicts wait for the score: there are zones, or the policy looks at it.
     waits: bool,
-    pub score: Option<ClientScore>,
+    score: Option<ClientScore>,
     /// A complete score came before `score_due`.
-    pub scored: bool,
+    scored: bool,
     /// The zones that listed the client (for the policy's `dnsbl` condition).
     zones: Vec<String>,
     /// A check of the HELO name was asked for (once per session: the first name given).
-    pub helo_asked: bool,
+    helo_asked: bool,
     /// The resolver took that check and has not answered yet.
-    pub helo_pending: bool,
+    helo_pending: bool,
     helo_check: Option<HeloCheck>,
     /// Signatures the policy found (`mail-from-local-domain`).
     policy_signatures: Vec<Signature>,
-    pub held: Option<Held>,
+    held: Option<Held>,
     /// A block was made (or refused as allow-listed): not tried again this session.
-    pub escalated: bool,
+    escalated: bool,
 }
 
-impl Client {
-    /// A client at accept, unscored until [`Client::score_requested`].
-    pub fn new(policy: Arc<Policy>, rules: &Rules) -> Client {
-        Client {
+impl RecipientJudge {
+    /// A client at accept, unscored until [`RecipientJudge::score_requested`].
+    pub fn new(policy: Arc<Policy>, rules: &Rules) -> RecipientJudge {
+        RecipientJudge {
             waits: rules.zones || policy.uses_score(),
             policy,
             score_due: None,
@@ -142,6 +142,25 @@ impl Client {
         self.waits && self.score.is_none() && self.score_due.is_some_and(|due| now < due)
     }
 
+    /// The score, once the resolver answered.
+    pub fn score(&self) -> Option<&ClientScore> {
+        self.score.as_ref()
+    }
+
+    /// A complete score came in time (else recipients were decided without it, or the session
+    /// ended first).
+    pub fn is_scored(&self) -> bool {
+        self.scored
+    }
+
+    /// The resolver's answer for this client: its score, or the check of its HELO name.
+    pub fn take_answer(&mut self, answer: Answer, now: Instant) {
+        match answer {
+            Answer::Client { score, .. } => self.set_score(score, now),
+            Answer::Helo { check, .. } => self.set_helo_check(check),
+        }
+    }
+
     /// The resolver's answer for this client.
     pub fn set_score(&mut self, score: ClientScore, now: Instant) {
         self.scored = !score.timed_out && self.score_due.is_some_and(|due| now <= due);
@@ -152,6 +171,18 @@ impl Client {
     pub fn set_helo_check(&mut self, check: HeloCheck) {
         self.helo_pending = false;
         self.helo_check = Some(check);
+    }
+
+    /// Whether the HELO name is still to be checked (only the first name given is).
+    pub fn wants_helo_check(&self) -> bool {
+        !self.helo_asked
+    }
+
+    /// The check of the HELO name was asked for; `taken`: the resolver took it and owes an
+    /// answer (else the session has no `helo-mismatch` verdict).
+    pub fn helo_check_asked(&mut self, taken: bool) {
+        self.helo_asked = true;
+        self.helo_pending = taken;
     }
 
     /// The resolver still owes an answer (the score, or the HELO check). It answers every
@@ -169,6 +200,45 @@ impl Client {
         }
     }
 
+    /// Holds a recipient until the score is in, or is due ([`RecipientJudge::deadline`]).
+    pub fn hold_for_score(&mut self, mail_from: String, rcpt: String) {
+        self.held = Some(Held::Score { mail_from, rcpt });
+    }
+
+    /// Holds a stalled reply until `until`.
+    pub fn hold_stall(&mut self, until: Instant, reply: Reply) {
+        self.held = Some(Held::Stall { until, reply });
+    }
+
+    /// The recipient held for the score, once the score is in: `(mail_from, rcpt)`, to decide
+    /// now.
+    pub fn take_scored_recipient(&mut self) -> Option<(String, String)> {
+        self.score.as_ref()?;
+        match self.held.take_if(|held| matches!(held, Held::Score { .. })) {
+            Some(Held::Score { mail_from, rcpt }) => Some((mail_from, rcpt)),
+            _ => None,
+        }
+    }
+
+    /// The held reply whose deadline has come by `now`.
+    pub fn take_held_due(&mut self, now: Instant) -> Option<Held> {
+        if self.deadline().is_none_or(|due| due > now) {
+            return None;
+        }
+        self.held.take()
+    }
+
+    /// The held reply, due or not (at shutdown nobody waits any longer).
+    pub fn take_held(&mut self) -> Option<Held> {
+        self.held.take()
+    }
+
+    /// A block was made for this client (or refused as allow-listed): none is tried again at
+    /// the end of the session.
+    pub fn mark_escalated(&mut self) {
+        self.escalated = true;
+    }
+
     /// The verdict for one recipient with what is known now.
     pub fn decide(&mut self, rules: &Rules, recipient: &Recipient, now: Instant) -> Decision {
         let Recipient {
@@ -182,7 +252,7 @@ impl Client {
             add(&mut self.policy_signatures, Signature::MailFromLocalDomain);
         }
         if let Some(score) = &self.score
-            && let Some(line) = score.reject_reply(rules.reject_threshold)
+            && let Some(reply) = score.reject_reply(rules.reject_threshold)
         {
             let block = score
                 .should_block(rules.block_threshold)
@@ -191,7 +261,7 @@ impl Client {
                     reason: score.block_reason(),
                 });
             return Decision {
-                reply: reply_from_line(&line),
+                reply,
                 stall_until: None,
                 block,
             };
@@ -298,31 +368,6 @@ fn add(signatures: &mut Vec<Signature>, signature: Signature) {
     }
 }
 
-/// `550 5.7.1 text` as a [`Reply`].
-fn reply_from_line(line: &str) -> Reply {
-    let (code, text) = line.split_once(' ').unwrap_or((line, ""));
-    Reply {
-        code: code.parse().unwrap_or(550),
-        text: text.to_owned(),
-    }
-}
-
-/// The resolver token of a connection: its slot and (the low 32 bits of) its serial, so an
-/// answer for an earlier connection in the same slot is told apart.
-pub fn token(slot: usize, serial: u64) -> u64 {
-    (serial << 32) | (slot as u64 & 0xffff_ffff)
-}
-
-/// The connection slot a token was made for.
-pub fn token_slot(token: u64) -> usize {
-    (token & 0xffff_ffff) as usize
-}
-
-/// Whether `token` was made for the connection with `serial` (not an earlier one in its slot).
-pub fn token_matches(token: u64, serial: u64) -> bool {
-    token >> 32 == serial & 0xffff_ffff
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,7 +413,7 @@ mod tests {
 
     const IP: &str = "192.0.2.9";
 
-    fn decide(client: &mut Client, mail_from: &str, rcpt: &str, now: Instant) -> Decision {
+    fn decide(client: &mut RecipientJudge, mail_from: &str, rcpt: &str, now: Instant) -> Decision {
         let recipient = Recipient {
             client_ip: IP.parse().unwrap(),
             helo: Some("mx.example.net"),
@@ -388,7 +433,7 @@ mod tests {
             score(&[("zen.example", 3), ("bl.example", 1)], None, false),
             now,
         );
-        assert!(client.scored && !client.awaits_score(now));
+        assert!(client.is_scored() && !client.awaits_score(now));
         let d = decide(&mut client, "a@x.example", "b@y.example", now);
         assert_eq!(d.reply.code, 550);
         assert_eq!(
@@ -503,7 +548,7 @@ action = "tempfail"
                 reason: "campaign:mail-from-local-domain+no-rdns".into()
             })
         );
-        client.escalated = true;
+        client.mark_escalated();
         assert_eq!(client.escalation_at_end(&rules(), &all), None);
     }
 
@@ -515,7 +560,7 @@ action = "tempfail"
             score(&[], Some("mx.example.net"), true),
             now + Duration::from_secs(3),
         );
-        assert!(!client.scored);
+        assert!(!client.is_scored());
         assert!(
             client
                 .signatures(&[], Some("MX.example.net."))
@@ -525,8 +570,8 @@ action = "tempfail"
         let mut partial = score(&[], None, false);
         partial.timed_out = true;
         client.set_score(partial, now);
-        assert!(!client.scored);
-        let unrequested = Client::new(policy(""), &rules());
+        assert!(!client.is_scored());
+        let unrequested = RecipientJudge::new(policy(""), &rules());
         assert!(!unrequested.awaits_score(now));
         assert_eq!(unrequested.rdns(), (None, None));
         // No zones and a policy blind to the score: nothing to wait for.
@@ -540,8 +585,8 @@ action = "tempfail"
     }
 
     /// A client whose score request the resolver took at `now`.
-    fn requested(policy: Arc<Policy>, now: Instant, rules: &Rules) -> Client {
-        let mut client = Client::new(policy, rules);
+    fn requested(policy: Arc<Policy>, now: Instant, rules: &Rules) -> RecipientJudge {
+        let mut client = RecipientJudge::new(policy, rules);
         client.score_requested(now, rules);
         client
     }
@@ -551,21 +596,83 @@ action = "tempfail"
         let now = Instant::now();
         let mut client = requested(policy(""), now, &rules());
         assert_eq!(client.deadline(), None);
-        client.held = Some(Held::Score {
-            mail_from: String::new(),
-            rcpt: "a@b".into(),
-        });
+        client.hold_for_score(String::new(), "a@b".into());
         assert_eq!(client.deadline(), Some(now + Duration::from_secs(2)));
         assert!(!client.awaits_score(now + Duration::from_secs(2)));
     }
 
     #[test]
-    fn tokens_tell_slots_and_serials_apart() {
-        let t = token(7, 41);
-        assert_eq!(token_slot(t), 7);
-        assert!(token_matches(t, 41));
-        assert!(!token_matches(t, 42));
-        // The serial is compared in its low 32 bits.
-        assert!(token_matches(token(7, (1 << 32) + 5), 5));
+    fn held_replies_are_taken_when_due_or_when_the_score_is_in() {
+        let now = Instant::now();
+        let due = now + Duration::from_secs(2);
+        let mut client = requested(policy(""), now, &rules());
+        client.hold_for_score("a@x.example".into(), "b@y.example".into());
+        assert!(client.take_held_due(now).is_none());
+        // A HELO answer is not the score: the recipient keeps waiting.
+        client.take_answer(
+            Answer::Helo {
+                token: 0,
+                check: HeloCheck {
+                    ip: IP.parse().unwrap(),
+                    helo: "mx.example.net".into(),
+                    resolves_to_client: Some(true),
+                },
+            },
+            now,
+        );
+        assert_eq!(client.take_scored_recipient(), None);
+        client.take_answer(
+            Answer::Client {
+                token: 0,
+                score: score(&[], None, false),
+            },
+            now,
+        );
+        assert_eq!(
+            client.take_scored_recipient(),
+            Some(("a@x.example".into(), "b@y.example".into()))
+        );
+        assert_eq!(client.deadline(), None);
+
+        let reply = Reply {
+            code: 451,
+            text: "4.7.1 Try later".into(),
+        };
+        client.hold_stall(due, reply.clone());
+        assert_eq!(
+            client.take_scored_recipient(),
+            None,
+            "a stall is not for the score"
+        );
+        assert!(client.take_held_due(now).is_none());
+        assert!(matches!(
+            client.take_held_due(due),
+            Some(Held::Stall { reply: r, .. }) if r == reply
+        ));
+        client.hold_stall(due, reply);
+        assert!(client.take_held().is_some(), "forced, before it is due");
+        assert!(client.take_held().is_none());
+    }
+
+    #[test]
+    fn the_helo_check_is_asked_once_and_owed_until_answered() {
+        let now = Instant::now();
+        let mut client = RecipientJudge::new(policy(""), &rules());
+        assert!(client.wants_helo_check() && !client.awaits_answers());
+        client.helo_check_asked(true);
+        assert!(!client.wants_helo_check() && client.awaits_answers());
+        client.set_helo_check(HeloCheck {
+            ip: IP.parse().unwrap(),
+            helo: "mx.example.net".into(),
+            resolves_to_client: None,
+        });
+        assert!(!client.awaits_answers());
+        // Busy: asked, but nothing is owed.
+        let mut busy = RecipientJudge::new(policy(""), &rules());
+        busy.helo_check_asked(false);
+        assert!(!busy.wants_helo_check() && !busy.awaits_answers());
+        // A score request taken is owed too.
+        busy.score_requested(now, &rules());
+        assert!(busy.awaits_answers());
     }
 }
