@@ -1,5 +1,6 @@
 //! The `sinkhole` binary: parses the command line and hands off to the library. Errors end
 //! here, as one line on stderr and a non-zero exit.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
