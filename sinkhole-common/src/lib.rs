@@ -121,6 +121,8 @@ pub const GLOBAL_SMTP_PORTS: &str = "SMTP_PORTS";
 /// cheaply: it reads `CLOCK_MONOTONIC_COARSE` and adds the time spent suspended, which only
 /// userspace can read. Userspace writes it whenever it opens the maps and at every sweep of
 /// the daemon; the program keeps its estimate for the current kernel tick to itself.
+///
+/// The value of the one-entry `CLOCK` map: a single `u64`, 8 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BootClock {
@@ -150,8 +152,16 @@ pub mod counter {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: #[repr(C)], only integer and byte-array fields, no padding (8+8+8+40 bytes).
-    unsafe impl aya::Pod for super::BlockEntry {}
-    // SAFETY: #[repr(C)], three u64.
-    unsafe impl aya::Pod for super::BootClock {}
+    use super::{BlockEntry, BootClock, REASON_LEN};
+
+    // No padding: each size is the sum of the struct's fields.
+    const _: () = assert!(size_of::<BlockEntry>() == 3 * size_of::<u64>() + REASON_LEN);
+    const _: () = assert!(size_of::<BootClock>() == size_of::<u64>());
+
+    // SAFETY: #[repr(C)] with three u64 then a [u8; REASON_LEN] (8+8+8+40 bytes, 8-byte aligned):
+    // no padding (asserted above), and every bit pattern of every field is a valid value.
+    unsafe impl aya::Pod for BlockEntry {}
+    // SAFETY: #[repr(C)] with a single u64 field: 8 bytes, no padding (asserted above), and
+    // every bit pattern is a valid u64.
+    unsafe impl aya::Pod for BootClock {}
 }

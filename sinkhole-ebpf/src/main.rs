@@ -130,7 +130,7 @@ enum Parsed<T> {
 }
 
 #[inline(always)]
-fn parse_ipv4<'a>(ctx: &'a XdpContext, l3: usize, scope_all: bool) -> Parsed<&'a [u8; 4]> {
+fn parse_ipv4(ctx: &XdpContext, l3: usize, scope_all: bool) -> Parsed<&[u8; 4]> {
     let Some(header) = bytes_at::<20>(ctx, l3) else {
         return Parsed::Malformed;
     };
@@ -160,7 +160,7 @@ fn parse_ipv4<'a>(ctx: &'a XdpContext, l3: usize, scope_all: bool) -> Parsed<&'a
 }
 
 #[inline(always)]
-fn parse_ipv6<'a>(ctx: &'a XdpContext, l3: usize, scope_all: bool) -> Parsed<&'a [u8; 16]> {
+fn parse_ipv6(ctx: &XdpContext, l3: usize, scope_all: bool) -> Parsed<&[u8; 16]> {
     let Some(header) = bytes_at::<IPV6_HLEN>(ctx, l3) else {
         return Parsed::Malformed;
     };

@@ -1,5 +1,6 @@
 //! The sinkhole daemon's library: everything the `sinkhole` binary runs, in modules with one
 //! job each (see `docs/architecture.md`).
+#![forbid(unsafe_code)]
 
 pub mod campaign;
 pub mod capture;

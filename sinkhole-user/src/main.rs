@@ -1,5 +1,6 @@
 //! The `sinkhole` binary: parses the command line and hands off to the library
 //! (`sinkhole::cli`). Errors end here, as one line on stderr and a non-zero exit.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

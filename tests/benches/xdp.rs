@@ -40,8 +40,7 @@ fn cidr(n: u32) -> IpNet {
 }
 
 fn main() -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         bail!("the XDP benchmark needs root (it loads BPF programs)");
     }
     let pass = Frame::tcp(IpAddr::V4(Ipv4Addr::new(10, 200, 0, 1)), 25).bytes();

@@ -23,8 +23,7 @@ use anyhow::{Context as _, bail};
 
 /// Whether a kernel test may run: true as root. Otherwise it [`skip`]s and returns false.
 pub fn kernel_tests_allowed(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if rustix::process::geteuid().is_root() {
         return true;
     }
     skip(test, "needs root (CAP_BPF, CAP_NET_ADMIN)");
@@ -248,10 +247,8 @@ impl ChildGuard {
     }
 
     fn signal_term(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: signalling our own child by its pid.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
+        use rustix::process::{Pid, Signal, kill_process};
+        let _ = kill_process(Pid::from_child(&self.child), Signal::TERM);
     }
 }
 
@@ -300,7 +297,7 @@ pub fn start_connect_from(
     socket.bind(&SockAddr::from(std::net::SocketAddr::new(from, 0)))?;
     match socket.connect(&SockAddr::from(to)) {
         Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error()) => {}
         Err(e) => return Err(e),
     }
     Ok(socket.into())

@@ -1,7 +1,7 @@
 //! Network namespaces and veth pairs the kernel tests create (and always delete), bpffs pin
 //! directories, and the daemon started inside a namespace.
 
-use std::os::fd::AsRawFd as _;
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -58,10 +58,9 @@ impl NetNs {
         std::thread::scope(|scope| {
             scope
                 .spawn(move || {
-                    // SAFETY: `file` is an open netns file; setns only affects this thread.
-                    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(std::io::Error::last_os_error()).context("setns");
-                    }
+                    use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
+                    move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network))
+                        .context("setns")?;
                     Ok(f())
                 })
                 .join()

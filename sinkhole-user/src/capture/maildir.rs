@@ -6,11 +6,8 @@
 //! returned (see `capture/mod.rs` for the loop that interleaves them). So a message is in `new/`
 //! only whole, and is announced only after its name is durable.
 //!
-//! The sync is `syncfs`, not an `fdatasync` per file and an `fsync` of `new/`: on the virtio disk
-//! where this was measured, 20 parallel `fdatasync`s of 1.5 KB files took 9.7 ms, one `syncfs`
-//! after writing the same 20 files 1.1 ms (each flush is a round trip to the host); the price is
-//! that `syncfs` also writes out what other processes left dirty on the same filesystem, so
-//! `storage.dir` is best on a filesystem of its own (see the README).
+//! The sync is `syncfs`, not an `fdatasync` per file and an `fsync` of `new/`: why, and what it
+//! costs, in `docs/architecture.md`, "Durable before 250".
 //!
 //! The files are made with `O_TMPFILE` in `new/` and linked there under their names: one
 //! directory entry per message instead of the classic three (create in `tmp/`, rename out of

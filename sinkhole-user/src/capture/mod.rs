@@ -8,8 +8,9 @@
 //! while messages are on their way; after each sync it hands the loop's callback the outcomes of
 //! the messages it named before that sync (their names are now durable) and names in `new/` the
 //! files written before it (their data is now durable; [`maildir::NewDir::name`]). Under load one
-//! sync thus serves two batches: pipelined group commit. The capture thread also appends session
-//! lines to the log, which it writes out at least every second and when it stops.
+//! sync thus serves two batches: pipelined group commit (the design, and why the sync is
+//! `syncfs`: `docs/architecture.md`, "Durable before 250"). The capture thread also appends
+//! session lines to the log, which it writes out at least every second and when it stops.
 
 pub mod headers;
 pub mod maildir;

@@ -3,27 +3,23 @@
 
 use std::time::{Duration, SystemTime};
 
-fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; both clocks exist on every Linux we run on.
-    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
-    debug_assert_eq!(rc, 0);
+use rustix::time::{ClockId, clock_gettime};
+
+fn clock_ns(clock: ClockId) -> u64 {
+    let ts = clock_gettime(clock);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Nanoseconds since boot, suspend included.
 pub fn boot_ns() -> u64 {
-    clock_ns(libc::CLOCK_BOOTTIME)
+    clock_ns(ClockId::Boottime)
 }
 
 /// `CLOCK_BOOTTIME - CLOCK_MONOTONIC`: the time spent suspended. The XDP program adds it to
 /// the cheap `bpf_ktime_get_coarse_ns` (`CLOCK_MONOTONIC_COARSE`) to estimate boot time, since
 /// `bpf_ktime_get_boot_ns` reads the clock source on every call.
 pub fn monotonic_to_boot_ns() -> u64 {
-    let monotonic = clock_ns(libc::CLOCK_MONOTONIC);
+    let monotonic = clock_ns(ClockId::Monotonic);
     boot_ns().saturating_sub(monotonic)
 }
 
@@ -74,7 +70,7 @@ mod tests {
     #[test]
     fn boot_time_is_monotonic_time_plus_the_suspend() {
         let offset = monotonic_to_boot_ns();
-        let estimate = clock_ns(libc::CLOCK_MONOTONIC) + offset;
+        let estimate = clock_ns(ClockId::Monotonic) + offset;
         let boot = boot_ns();
         assert!(
             boot.abs_diff(estimate) < 1_000_000_000,

@@ -10,6 +10,8 @@ use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray};
 use aya::{Ebpf, EbpfLoader};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use rustix::fs::FsWord;
+use rustix::io::Errno;
 use std::ops::RangeInclusive;
 
 use sinkhole_common::{
@@ -25,7 +27,7 @@ use super::clock;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sinkhole"));
 
 /// `BPF_FS_MAGIC` from `linux/magic.h`.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: FsWord = 0xcafe_4a11;
 
 /// Why the kernel side could not be used or changed.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +55,7 @@ impl KernelError {
     pub(crate) fn bpf(context: impl Into<String>, err: &(dyn std::error::Error + 'static)) -> Self {
         let context = context.into();
         match os_error(err) {
-            Some(libc::EPERM | libc::EACCES) => KernelError::NoPrivilege(context),
+            Some(Errno::PERM | Errno::ACCESS) => KernelError::NoPrivilege(context),
             _ => KernelError::Bpf {
                 context,
                 detail: chain(err),
@@ -63,11 +65,11 @@ impl KernelError {
 }
 
 /// The OS error somewhere in `err`'s source chain.
-fn os_error(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
+fn os_error(err: &(dyn std::error::Error + 'static)) -> Option<Errno> {
     let mut next = Some(err);
     while let Some(e) = next {
         if let Some(io) = e.downcast_ref::<io::Error>() {
-            return io.raw_os_error();
+            return Errno::from_io_error(io);
         }
         next = e.source();
     }
@@ -249,14 +251,10 @@ fn prepare_pin_dir(pin_dir: &Path) -> Result<(), KernelError> {
         .map_err(|e| KernelError::bpf(format!("cannot create {}", pin_dir.display()), &e))
 }
 
-fn fs_magic(path: &Path) -> Option<i64> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: an all-zero statfs is a valid value for the kernel to overwrite.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c_path` is NUL-terminated and `stat` writable for the call.
-    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
-    (rc == 0).then_some(stat.f_type as i64)
+/// The filesystem type (`f_type` of `statfs(2)`) of the filesystem `path` is on; `None` when
+/// `statfs` fails.
+fn fs_magic(path: &Path) -> Option<FsWord> {
+    rustix::fs::statfs(path).ok().map(|stat| stat.f_type)
 }
 
 impl BlockMaps {
@@ -291,7 +289,7 @@ impl BlockMaps {
             }
         };
         result.map_err(|e| match os_error(&e) {
-            Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM) => KernelError::Full(prefix),
+            Some(Errno::TOOBIG | Errno::NOSPC | Errno::NOMEM) => KernelError::Full(prefix),
             _ => KernelError::bpf(format!("block {prefix}"), &e),
         })
     }
@@ -550,7 +548,7 @@ fn not_found_is_none<T>(
     match result {
         Ok(v) => Ok(Some(v)),
         Err(MapError::KeyNotFound) => Ok(None),
-        Err(e) if os_error(&e) == Some(libc::ENOENT) => Ok(None),
+        Err(e) if os_error(&e) == Some(Errno::NOENT) => Ok(None),
         Err(e) => Err(KernelError::bpf(context(), &e)),
     }
 }

@@ -37,10 +37,9 @@ impl MemoryBlocker {
         if self.until.len() >= self.capacity && !self.until.contains_key(&ip) {
             self.sweep_at(now);
             if self.until.len() >= self.capacity {
-                return Err(BlockError(format!(
-                    "the in-memory block table is full ({} entries)",
-                    self.capacity
-                )));
+                return Err(BlockError::MemoryFull {
+                    capacity: self.capacity,
+                });
             }
         }
         self.until.insert(ip, now + ttl);

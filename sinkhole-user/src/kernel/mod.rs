@@ -41,13 +41,13 @@ pub trait Blocker {
 
 /// A block table operation that failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BlockError(pub String);
-
-impl From<KernelError> for BlockError {
-    fn from(e: KernelError) -> Self {
-        BlockError(e.to_string())
-    }
+pub enum BlockError {
+    /// The pinned maps refused or failed ([`MapBlocker`]); shown as the kernel error itself.
+    #[error(transparent)]
+    Map(#[from] KernelError),
+    /// The in-memory table ([`MemoryBlocker`]) holds `capacity` unexpired entries.
+    #[error("the in-memory block table is full ({capacity} entries)")]
+    MemoryFull { capacity: usize },
 }
 
 /// The blocker for the daemon, saying once (in the log) which kind it is and why.

@@ -9,6 +9,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::Sources;
+use crate::counters::DaemonCounters;
 use crate::kernel::{BlockMaps, KernelError, clock};
 
 pub(super) struct Collector {
@@ -92,126 +93,149 @@ impl prometheus_client::collector::Collector for Collector {
 impl Collector {
     fn encode_server(&self, e: &mut DescriptorEncoder) -> fmt::Result {
         let c = &*self.sources.daemon;
-        counter(
-            e,
-            "smtp_connections",
-            "SMTP connections accepted and served",
-            load(&c.connections_total),
-        )?;
-        gauge(
-            e,
-            "smtp_connections_active",
-            "SMTP connections open now",
-            load(&c.connections_active),
-        )?;
-        let refused = [
-            (
-                [("reason", "max_connections")],
-                load(&c.refused_max_connections),
-            ),
-            ([("reason", "per_ip")], load(&c.refused_per_ip)),
-            ([("reason", "blocked")], load(&c.refused_blocked)),
-        ];
-        counters(
-            e,
-            "smtp_refused",
-            "Connections closed right after accept, by reason",
-            refused,
-        )?;
-        counter(
-            e,
-            "smtp_accept_errors",
-            "Failed accept() calls",
-            load(&c.accept_errors),
-        )?;
-        counter(
-            e,
-            "smtp_messages",
-            "Messages accepted (answered 250)",
-            load(&c.messages_total),
-        )?;
-        counter(
-            e,
-            "smtp_message_bytes",
-            "Bytes of the messages accepted",
-            load(&c.message_bytes_total),
-        )?;
-        let mut codes: Vec<(String, u64)> = c
-            .replies
-            .sent()
-            .map(|(code, n)| (code.to_string(), n))
-            .collect();
-        if c.replies.other() > 0 {
-            codes.push(("other".into(), c.replies.other()));
+        for (name, help, series) in SERVER {
+            match series {
+                Series::Counter(read) => counter(e, name, help, load(read(c)))?,
+                Series::Gauge(read) => gauge(e, name, help, load(read(c)))?,
+                Series::ByLabel(label, values) => {
+                    let series = values
+                        .iter()
+                        .map(|(value, read)| ([(*label, *value)], load(read(c))));
+                    counters(e, name, help, series)?
+                }
+                Series::Replies => {
+                    let mut codes: Vec<(String, u64)> = c
+                        .replies
+                        .sent()
+                        .map(|(code, n)| (code.to_string(), n))
+                        .collect();
+                    if c.replies.other() > 0 {
+                        codes.push(("other".into(), c.replies.other()));
+                    }
+                    let series = codes
+                        .iter()
+                        .map(|(code, n)| ([("code", code.as_str())], *n));
+                    counters(e, name, help, series)?
+                }
+            }
         }
-        let codes = codes
-            .iter()
-            .map(|(code, n)| ([("code", code.as_str())], *n));
-        counters(
-            e,
-            "smtp_replies",
-            "SMTP replies sent by sessions, by code",
-            codes,
-        )?;
-        let capture = [
-            ([("reason", "error")], load(&c.capture_failed)),
-            ([("reason", "busy")], load(&c.capture_busy)),
-        ];
-        counters(
-            e,
-            "capture_failures",
-            "Messages answered 451 instead of being stored, by reason",
-            capture,
-        )?;
-        counter(
-            e,
-            "session_log_lines",
-            "Session log lines written",
-            load(&c.session_log_lines),
-        )?;
-        counter(
-            e,
-            "session_log_dropped",
-            "Session log lines lost (queue full or write failed)",
-            load(&c.session_log_dropped),
-        )?;
-        counter(
-            e,
-            "shutdown_forced_closes",
-            "Connections closed unfinished at the end of the shutdown grace period",
-            load(&c.shutdown_forced_closes),
-        )?;
-        counter(
-            e,
-            "smtp_unscored_sessions",
-            "Sessions whose recipients were decided without a complete score",
-            load(&c.unscored),
-        )?;
-        let blocks = [
-            ([("source", "dnsbl")], load(&c.blocks_dnsbl)),
-            ([("source", "policy")], load(&c.blocks_policy)),
-            ([("source", "campaign")], load(&c.blocks_campaign)),
-        ];
-        counters(
-            e,
-            "blocks",
-            "Clients put into the drop map by the daemon, by source",
-            blocks,
-        )?;
-        counter(
-            e,
-            "blocks_allow_listed",
-            "Blocks not made because xdp.allow covers the client",
-            load(&c.blocks_allow_listed),
-        )?;
-        counter(
-            e,
-            "block_errors",
-            "Blocks the block table refused",
-            load(&c.block_errors),
-        )
+        Ok(())
     }
 }
+
+/// Reads one of the server's counters.
+type Read = fn(&DaemonCounters) -> &AtomicU64;
+
+/// Where a metric of [`SERVER`] takes its series from.
+enum Series {
+    /// One counter.
+    Counter(Read),
+    /// One gauge.
+    Gauge(Read),
+    /// A counter per value of one label: the label's name, then each value and its counter.
+    ByLabel(&'static str, &'static [(&'static str, Read)]),
+    /// A counter per reply code sent, then `other` when there were others.
+    Replies,
+}
+
+/// The server's metrics, in the order `/metrics` lists them: name, help, series.
+static SERVER: &[(&str, &str, Series)] = &[
+    (
+        "smtp_connections",
+        "SMTP connections accepted and served",
+        Series::Counter(|c| &c.connections_total),
+    ),
+    (
+        "smtp_connections_active",
+        "SMTP connections open now",
+        Series::Gauge(|c| &c.connections_active),
+    ),
+    (
+        "smtp_refused",
+        "Connections closed right after accept, by reason",
+        Series::ByLabel(
+            "reason",
+            &[
+                ("max_connections", |c| &c.refused_max_connections),
+                ("per_ip", |c| &c.refused_per_ip),
+                ("blocked", |c| &c.refused_blocked),
+            ],
+        ),
+    ),
+    (
+        "smtp_accept_errors",
+        "Failed accept() calls",
+        Series::Counter(|c| &c.accept_errors),
+    ),
+    (
+        "smtp_messages",
+        "Messages accepted (answered 250)",
+        Series::Counter(|c| &c.messages_total),
+    ),
+    (
+        "smtp_message_bytes",
+        "Bytes of the messages accepted",
+        Series::Counter(|c| &c.message_bytes_total),
+    ),
+    (
+        "smtp_replies",
+        "SMTP replies sent by sessions, by code",
+        Series::Replies,
+    ),
+    (
+        "capture_failures",
+        "Messages answered 451 instead of being stored, by reason",
+        Series::ByLabel(
+            "reason",
+            &[
+                ("error", |c| &c.capture_failed),
+                ("busy", |c| &c.capture_busy),
+            ],
+        ),
+    ),
+    (
+        "session_log_lines",
+        "Session log lines written",
+        Series::Counter(|c| &c.session_log_lines),
+    ),
+    (
+        "session_log_dropped",
+        "Session log lines lost (queue full or write failed)",
+        Series::Counter(|c| &c.session_log_dropped),
+    ),
+    (
+        "shutdown_forced_closes",
+        "Connections closed unfinished at the end of the shutdown grace period",
+        Series::Counter(|c| &c.shutdown_forced_closes),
+    ),
+    (
+        "smtp_unscored_sessions",
+        "Sessions whose recipients were decided without a complete score",
+        Series::Counter(|c| &c.unscored),
+    ),
+    (
+        "blocks",
+        "Clients put into the drop map by the daemon, by source",
+        Series::ByLabel(
+            "source",
+            &[
+                ("dnsbl", |c| &c.blocks_dnsbl),
+                ("policy", |c| &c.blocks_policy),
+                ("campaign", |c| &c.blocks_campaign),
+            ],
+        ),
+    ),
+    (
+        "blocks_allow_listed",
+        "Blocks not made because xdp.allow covers the client",
+        Series::Counter(|c| &c.blocks_allow_listed),
+    ),
+    (
+        "block_errors",
+        "Blocks the block table refused",
+        Series::Counter(|c| &c.block_errors),
+    ),
+];
 
 /// What the pinned maps say at one moment.
 struct Kernel {
