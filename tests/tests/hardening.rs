@@ -1,0 +1,184 @@
+//! Hardening of the edges around the SMTP loop, through the real binary: `/metrics` cannot be
+//! held by idle or slow connections, and start-up and `check-config` tell the truth.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sinkhole::metrics::{MAX_CONNECTIONS, REQUEST_TIME};
+use sinkhole_tests::daemon::{Daemon, smtp_config};
+use sinkhole_tests::{free_port, temp_dir};
+
+/// A daemon with `/metrics` on a free loopback port.
+fn start_with_metrics() -> (Daemon, SocketAddr) {
+    let dir = temp_dir("hardening");
+    let port = free_port();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = smtp_config(
+        port,
+        dir.path(),
+        "",
+        "",
+        &format!("[metrics]\nlisten = \"{metrics}\"\n"),
+    );
+    let daemon = Daemon::start_with_config(dir, &config, SocketAddr::from(([127, 0, 0, 1], port)));
+    (daemon, metrics)
+}
+
+/// `GET /metrics`: the status, the body and how long the answer took from connect.
+fn scrape(addr: SocketAddr) -> (u16, String, Duration) {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr).expect("connect to /metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    let took = started.elapsed();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of head in {response:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_string(), took)
+}
+
+/// The value of the sample `series` (name and labels as written) in a text exposition.
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .filter_map(|line| line.rsplit_once(' '))
+        .find(|(name, _)| *name == series)
+        .and_then(|(_, value)| value.parse().ok())
+}
+
+/// Whether the server has closed `stream` (an end of stream or a reset), without waiting.
+fn closed_by_server(mut stream: &TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let closed = match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => panic!("the metrics server sent something unasked"),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => true,
+        Err(e) => panic!("reading a held connection: {e}"),
+    };
+    stream.set_nonblocking(false).unwrap();
+    closed
+}
+
+fn connect_all(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| TcpStream::connect(addr).expect("connect to /metrics"))
+        .collect()
+}
+
+#[test]
+fn a_scrape_is_answered_within_a_second_beside_100_idle_and_10_slow_connections() {
+    let (_daemon, metrics) = start_with_metrics();
+    let opened = Instant::now();
+    let idle = connect_all(metrics, 100);
+    let mut slow = connect_all(metrics, 10);
+    let stop = AtomicBool::new(false);
+    let latencies = std::thread::scope(|scope| {
+        // The slow ones send a request one byte per 0.5 s, never finishing it in time.
+        let writer = scope.spawn(|| {
+            let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+            for &byte in request.iter().cycle() {
+                for stream in &mut slow {
+                    // Once the server has cut it, writing fails: that is the point.
+                    let _ = stream.write_all(&[byte]);
+                }
+                for _ in 0..10 {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        });
+        // Scrapes while the 110 are held (they get REQUEST_TIME from their accept).
+        let mut latencies = Vec::new();
+        std::thread::sleep(Duration::from_millis(300));
+        while opened.elapsed() + Duration::from_millis(500) < REQUEST_TIME {
+            let (status, body, took) = scrape(metrics);
+            assert_eq!(status, 200, "{body}");
+            assert!(
+                sample(&body, "sinkhole_smtp_connections_total").is_some(),
+                "no SMTP series in {body}"
+            );
+            let held = sample(&body, "sinkhole_metrics_connections_open").unwrap();
+            assert!(
+                held >= 111.0,
+                "{held} connections held, not 110 and the scrape"
+            );
+            assert_eq!(
+                sample(&body, "sinkhole_metrics_connections_refused_total"),
+                Some(0.0)
+            );
+            latencies.push(took);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        latencies
+    });
+    eprintln!("scrape latencies beside 110 held connections: {latencies:?}");
+    assert!(latencies.len() >= 3, "{latencies:?}");
+    assert!(
+        latencies.iter().all(|&took| took < Duration::from_secs(1)),
+        "{latencies:?}"
+    );
+    // None holds on past its request deadline.
+    std::thread::sleep(
+        (REQUEST_TIME + Duration::from_millis(700)).saturating_sub(opened.elapsed()),
+    );
+    let still_open = idle
+        .iter()
+        .chain(&slow)
+        .filter(|stream| !closed_by_server(stream))
+        .count();
+    assert_eq!(still_open, 0, "connections held past {REQUEST_TIME:?}");
+}
+
+#[test]
+fn connections_past_the_cap_are_closed_at_once_and_counted() {
+    let (_daemon, metrics) = start_with_metrics();
+    let streams = connect_all(metrics, MAX_CONNECTIONS + 20);
+    std::thread::sleep(Duration::from_millis(500));
+    let closed: Vec<bool> = streams.iter().map(closed_by_server).collect();
+    assert!(
+        closed[..MAX_CONNECTIONS].iter().all(|&c| !c),
+        "one of the first {MAX_CONNECTIONS} was closed: {closed:?}"
+    );
+    assert!(
+        closed[MAX_CONNECTIONS..].iter().all(|&c| c),
+        "one past the cap was held: {closed:?}"
+    );
+    drop(streams);
+    // Once the server has seen those go, a scrape gets in and shows the refusals.
+    std::thread::sleep(Duration::from_millis(200));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body, _) = scrape(metrics);
+        assert_eq!(status, 200, "{body}");
+        if sample(&body, "sinkhole_metrics_connections_open") == Some(1.0) {
+            assert_eq!(
+                sample(&body, "sinkhole_metrics_connections_refused_total"),
+                Some(20.0),
+                "{body}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
