@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sinkhole::metrics::{MAX_CONNECTIONS, REQUEST_TIME};
-use sinkhole_tests::daemon::{Daemon, smtp_config};
-use sinkhole_tests::{free_port, temp_dir};
+use sinkhole_tests::daemon::{Daemon, SmtpClient, smtp_config};
+use sinkhole_tests::{ChildGuard, free_port, sinkhole_bin, temp_dir};
 
 /// A daemon with `/metrics` on a free loopback port.
 fn start_with_metrics() -> (Daemon, SocketAddr) {
@@ -181,4 +181,60 @@ fn connections_past_the_cap_are_closed_at_once_and_counted() {
         assert!(Instant::now() < deadline, "{body}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The state letter of process `pid` (`/proc/PID/stat`, after the name).
+fn process_state(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().next().map(str::to_string)
+}
+
+#[test]
+fn a_killed_daemon_left_a_zombie_does_not_block_a_restart() {
+    let mut daemon = Daemon::start("", "");
+    let pid = daemon.pid();
+    let pid_file = daemon.storage().join("sinkhole.pid");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        pid.to_string()
+    );
+    // SIGKILL and no wait(): the daemon stays a zombie of this process, its pid file in place.
+    // SAFETY: signalling our own child by its pid.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let killed = Instant::now();
+    while process_state(pid).as_deref() != Some("Z") {
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "{pid} is no zombie"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(pid_file.exists());
+    let mut run = std::process::Command::new(sinkhole_bin());
+    run.arg("run")
+        .arg("--config")
+        .arg(daemon.config_path())
+        .env("RUST_LOG", "info");
+    let mut restarted = ChildGuard::spawn(run).unwrap();
+    restarted
+        .wait_for_stderr(
+            &format!("listening on {}", daemon.addr),
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    assert_eq!(process_state(pid).as_deref(), Some("Z"), "reaped meanwhile");
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "restarted only after {:?}",
+        killed.elapsed()
+    );
+    let mut client = SmtpClient::connect(daemon.addr);
+    assert!(client.reply()[0].starts_with("220 "));
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        restarted.pid().to_string()
+    );
+    restarted.stop();
+    daemon.kill();
 }
