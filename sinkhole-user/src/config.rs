@@ -334,11 +334,48 @@ impl Config {
         let Some(path) = path else {
             return Ok(Config::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Config::parse(&text, &path.display().to_string())
+        Config::parse(&read(path)?, &path.display().to_string())
+    }
+
+    /// Like [`Config::load`], and also refuses what `run` would refuse at start beyond the
+    /// file itself (`check-config`): an `smtp.run_as` user that does not exist, and an
+    /// `smtp.tls_cert`/`smtp.tls_key` that is not a PEM certificate chain, a PEM private key,
+    /// and a pair, read as `run` reads them.
+    pub fn load_for_run(path: Option<&Path>) -> Result<Config, ConfigError> {
+        // The defaults name no user and no certificate.
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let (text, origin) = (read(path)?, path.display().to_string());
+        let config = Config::parse(&text, &origin)?;
+        config.check_start(&text, &origin)?;
+        Ok(config)
+    }
+
+    /// See [`Config::load_for_run`].
+    fn check_start(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        use crate::server::tls;
+        let invalid = |name: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            line: key_line(text, name),
+            key: format!("smtp.{name}"),
+            message,
+        };
+        let smtp = &self.smtp;
+        if !smtp.run_as.is_empty() {
+            crate::privilege::account(&smtp.run_as)
+                .map_err(|e| invalid("run_as", e.to_string()))?;
+        }
+        // Both or neither (checked while parsing); neither is a self-signed pair made at start.
+        if !smtp.tls_cert.as_os_str().is_empty() {
+            let chain =
+                tls::read_certs(&smtp.tls_cert).map_err(|e| invalid("tls_cert", e.to_string()))?;
+            let key =
+                tls::read_key(&smtp.tls_key).map_err(|e| invalid("tls_key", e.to_string()))?;
+            tls::with_pair(chain, key, &smtp.tls_cert, &smtp.tls_key)
+                .map_err(|e| invalid("tls_key", e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Parses a configuration; `origin` names it in errors.
@@ -356,14 +393,10 @@ impl Config {
             (true, false) => ("tls_key", "tls_cert"),
             _ => return Ok(()),
         };
-        // The line of the key that is set (the one that is missing has none).
-        let line = text
-            .lines()
-            .position(|l| l.trim_start().starts_with(set))
-            .map_or(1, |i| i + 1);
         Err(ConfigError::Invalid {
             origin: origin.to_owned(),
-            line,
+            // The line of the key that is set (the one that is missing has none).
+            line: key_line(text, set),
             key: format!("smtp.{missing}"),
             message: format!(
                 "must be set together with smtp.{set} (or leave both empty for a self-signed pair)"
@@ -436,6 +469,26 @@ fn key_path(path: &serde_path_to_error::Path) -> String {
         key.push_str("(top level)");
     }
     key
+}
+
+/// The text of the file at `path`.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The line where `name = ...` is set (for keys whose names are unique in the file, like
+/// `run_as`), or 1.
+fn key_line(text: &str, name: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map_or(1, |i| i + 1)
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

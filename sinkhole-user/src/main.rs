@@ -85,9 +85,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// The configuration and the policy file it names.
+/// The configuration, what `run` would refuse at start, and the policy file it names.
 fn check_config(path: Option<&Path>) -> Result<(), ConfigError> {
-    let config = Config::load(path)?;
+    let config = Config::load_for_run(path)?;
     PolicyStore::open(&config.policy)?;
     Ok(())
 }

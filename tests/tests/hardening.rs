@@ -3,6 +3,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -237,4 +238,160 @@ fn a_killed_daemon_left_a_zombie_does_not_block_a_restart() {
     );
     restarted.stop();
     daemon.kill();
+}
+
+/// `sinkhole ARGS --config DIR/NAME.toml` with `text` as the config: the exit code and stderr.
+fn with_config(dir: &Path, name: &str, text: &str, args: &[&str]) -> (Option<i32>, String) {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new(sinkhole_bin())
+        .args(args)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run sinkhole");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Asserts that `check-config` refuses `text` with exit 2 and exactly `message` (after the
+/// config's path) as its one line.
+fn refused(dir: &Path, name: &str, text: &str, message: &str) {
+    let (code, stderr) = with_config(dir, name, text, &["check-config"]);
+    let path = dir.join(format!("{name}.toml"));
+    assert_eq!(code, Some(2), "{text}: {stderr}");
+    assert_eq!(
+        stderr,
+        format!("sinkhole: {}:{message}\n", path.display()),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_config_and_run_refuse_values_outside_their_range() {
+    let dir = temp_dir("ranges");
+    let dir = dir.path();
+    let cases = [
+        (
+            "[smtp]\nidle_timeout = \"18446744073709551615s\"\n",
+            "2: smtp.idle_timeout: 18446744073709551615s is outside 1s..=1h",
+        ),
+        (
+            "[smtp]\nhostname = \"a\"\nbusy_poll = \"1000000h\"\n",
+            "3: smtp.busy_poll: 1000000h is outside 0s..=10ms",
+        ),
+        (
+            "[smtp]\nmax_message_bytes = 2147483648\n",
+            "2: smtp.max_message_bytes: 2147483648 is outside 1024..=1073741824",
+        ),
+        (
+            "[smtp]\nmax_connections = 2000000\n",
+            "2: smtp.max_connections: 2000000 is outside 1..=1000000",
+        ),
+        (
+            "[smtp]\nmax_recipients = 0\n",
+            "2: smtp.max_recipients: 0 is outside 1..=10000",
+        ),
+        (
+            "[dnsbl]\ntimeout = \"10ms\"\n",
+            "2: dnsbl.timeout: 10ms is outside 100ms..=1m",
+        ),
+        (
+            "[dnsbl]\nblock_ttl = \"400d\"\n",
+            "2: dnsbl.block_ttl: 400d is outside 1s..=365d",
+        ),
+        (
+            "[policy]\nstall = \"1h\"\n",
+            "2: policy.stall: 1h is outside 100ms..=10m",
+        ),
+        (
+            "[xdp]\nports = [25, 70000]\n",
+            "2: xdp.ports: 70000 is outside 1..=65535",
+        ),
+    ];
+    for (i, (text, message)) in cases.into_iter().enumerate() {
+        refused(dir, &format!("c{i}"), text, message);
+    }
+    // `run` reads the same config the same way, and does not start.
+    let (code, stderr) = with_config(dir, "run", cases[0].0, &["run"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.ends_with(": smtp.idle_timeout: 18446744073709551615s is outside 1s..=1h\n"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_refuses_what_run_would_refuse_at_start() {
+    let dir = temp_dir("start-checks");
+    let dir = dir.path();
+    refused(
+        dir,
+        "user",
+        "[smtp]\nrun_as = \"sinkhole-no-such-user\"\n",
+        "2: smtp.run_as: no user `sinkhole-no-such-user` (create it, e.g. with `cargo xtask \
+         deploy`)",
+    );
+    // Two real certificates with their keys: the self-signed pairs two daemons made at start.
+    let (mut a, mut b) = (Daemon::start("", ""), Daemon::start("", ""));
+    let (cert, key) = (
+        a.storage().join("tls/cert.pem"),
+        a.storage().join("tls/key.pem"),
+    );
+    let other_key = b.storage().join("tls/key.pem");
+    a.stop();
+    b.stop();
+    let tls = |cert: &Path, key: &Path| {
+        format!(
+            "[smtp]\nrun_as = \"nobody\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    let (code, stderr) = with_config(dir, "good", &tls(&cert, &key), &["check-config"]);
+    assert_eq!(
+        (code, stderr.as_str()),
+        (Some(0), ""),
+        "a good pair and user"
+    );
+
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    refused(
+        dir,
+        "junk",
+        &tls(&junk, &key),
+        &format!(
+            "3: smtp.tls_cert: {}: no PEM section of the expected kind",
+            junk.display()
+        ),
+    );
+    refused(
+        dir,
+        "cert-as-key",
+        &tls(&cert, &cert),
+        &format!(
+            "4: smtp.tls_key: {}: no PEM section of the expected kind",
+            cert.display()
+        ),
+    );
+    let missing = dir.join("missing.pem");
+    let (code, stderr) = with_config(dir, "missing", &tls(&cert, &missing), &["check-config"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(":4: smtp.tls_key: {}: ", missing.display())),
+        "{stderr}"
+    );
+    let (code, stderr) = with_config(dir, "mismatch", &tls(&cert, &other_key), &["check-config"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            ":4: smtp.tls_key: {} with {}: ",
+            cert.display(),
+            other_key.display()
+        )) && stderr.lines().count() == 1,
+        "{stderr}"
+    );
 }
