@@ -1,7 +1,11 @@
 //! The configuration file (TOML). Every key is optional; the defaults are the Contract's.
 //!
 //! Every value is checked while it is parsed, so an error always carries the key's path and the
-//! line it stands on: `sinkhole.toml:12: dnsbl.zone[0].codes[1]: ...`.
+//! line it stands on: `sinkhole.toml:12: dnsbl.zone[0].codes[1]: ...`. Every number and
+//! duration has an inclusive range, written where the key is declared (`duration::<_, MIN_MS,
+//! MAX_MS>`, `count::<_, MIN, MAX>`, ...) and listed in `docs/reliability.md` (a unit test
+//! holds the two together); a value outside it is refused naming the range:
+//! `sinkhole.toml:3: smtp.idle_timeout: 2h is outside 1s..=1h`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroUsize;
@@ -35,17 +39,23 @@ pub struct SmtpConfig {
     pub listen: Vec<SocketAddr>,
     #[serde(deserialize_with = "hostname")]
     pub hostname: String,
+    #[serde(deserialize_with = "count::<_, 1, 1_000_000>")]
     pub max_connections: NonZeroUsize,
+    /// Not tied to `max_connections`: the smaller of the two is what holds.
+    #[serde(deserialize_with = "count::<_, 1, 1_000_000>")]
     pub max_connections_per_ip: NonZeroUsize,
-    #[serde(deserialize_with = "positive_u64")]
+    /// 1 KiB..=1 GiB.
+    #[serde(deserialize_with = "bytes::<_, 1024, 1_073_741_824>")]
     pub max_message_bytes: u64,
+    #[serde(deserialize_with = "count::<_, 1, 10_000>")]
     pub max_recipients: NonZeroUsize,
-    #[serde(deserialize_with = "positive_duration")]
+    /// 1s..=1h.
+    #[serde(deserialize_with = "duration::<_, 1_000, 3_600_000>")]
     pub idle_timeout: Duration,
     /// How long the loop keeps polling without sleeping after its last event (0: it always
     /// sleeps when idle). A busy server answers without a wake-up's latency. Never while a
-    /// message is being stored: the capture threads need that CPU.
-    #[serde(deserialize_with = "duration")]
+    /// message is being stored: the capture threads need that CPU. 0..=10ms.
+    #[serde(deserialize_with = "duration::<_, 0, 10>")]
     pub busy_poll: Duration,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
@@ -122,12 +132,15 @@ pub struct DnsblConfig {
     pub nameservers: Vec<SocketAddr>,
     /// Every score is answered within this of accept, complete or not. A zone (or reverse
     /// DNS) that leaves 16 queries in a row unanswered is then only probed, once a second,
-    /// and its clients go unscored at once until it answers again.
-    #[serde(deserialize_with = "positive_duration")]
+    /// and its clients go unscored at once until it answers again. 100ms..=1m.
+    #[serde(deserialize_with = "duration::<_, 100, 60_000>")]
     pub timeout: Duration,
+    #[serde(deserialize_with = "score::<_, { -1000 }, 1000>")]
     pub reject_threshold: i32,
+    #[serde(deserialize_with = "score::<_, { -1000 }, 1000>")]
     pub block_threshold: i32,
-    #[serde(deserialize_with = "positive_duration")]
+    /// 1s..=365d.
+    #[serde(deserialize_with = "duration::<_, 1_000, 31_536_000_000>")]
     pub block_ttl: Duration,
     pub zone: Vec<ZoneConfig>,
 }
@@ -158,7 +171,7 @@ impl Default for DnsblConfig {
 pub struct ZoneConfig {
     #[serde(deserialize_with = "hostname")]
     pub name: String,
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "score::<_, { -100 }, 100>")]
     pub weight: i32,
     /// Empty: every answer outside 127.255.255.0/24 counts.
     #[serde(default)]
@@ -238,6 +251,7 @@ pub struct XdpConfig {
     pub scope: XdpScope,
     /// TCP destination ports that scope `smtp` covers. Empty: 25, 465, 587 and the port of
     /// every `smtp.listen` address.
+    #[serde(deserialize_with = "ports")]
     pub ports: Vec<u16>,
     pub pin_dir: PathBuf,
     #[serde(deserialize_with = "prefixes")]
@@ -262,7 +276,8 @@ impl Default for XdpConfig {
 pub struct PolicyConfig {
     /// Empty: no per-address rules.
     pub file: PathBuf,
-    #[serde(deserialize_with = "positive_duration")]
+    /// 100ms..=10m.
+    #[serde(deserialize_with = "duration::<_, 100, 600_000>")]
     pub stall: Duration,
 }
 
@@ -313,17 +328,39 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// `section.name` found wrong after parsing, named with the line in `text` (the file
+    /// `origin`) where `name = ...` is set; for keys whose names are unique in the file.
+    pub fn at_key(text: &str, origin: &str, section: &str, name: &str, message: String) -> Self {
+        ConfigError::Invalid {
+            origin: origin.to_owned(),
+            line: key_line(text, name),
+            key: format!("{section}.{name}"),
+            message,
+        }
+    }
+}
+
 impl Config {
     /// Reads `path`, or returns the embedded defaults when there is none.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let Some(path) = path else {
             return Ok(Config::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Config::parse(&text, &path.display().to_string())
+        Config::parse(&read(path)?, &path.display().to_string())
+    }
+
+    /// Like [`Config::load`], and also hands back the file's text and name, for checks made
+    /// after parsing that name a key ([`ConfigError::at_key`]).
+    pub fn load_with_source(
+        path: Option<&Path>,
+    ) -> Result<(Config, Option<(String, String)>), ConfigError> {
+        let Some(path) = path else {
+            return Ok((Config::default(), None));
+        };
+        let (text, origin) = (read(path)?, path.display().to_string());
+        let config = Config::parse(&text, &origin)?;
+        Ok((config, Some((text, origin))))
     }
 
     /// Parses a configuration; `origin` names it in errors.
@@ -341,14 +378,10 @@ impl Config {
             (true, false) => ("tls_key", "tls_cert"),
             _ => return Ok(()),
         };
-        // The line of the key that is set (the one that is missing has none).
-        let line = text
-            .lines()
-            .position(|l| l.trim_start().starts_with(set))
-            .map_or(1, |i| i + 1);
         Err(ConfigError::Invalid {
             origin: origin.to_owned(),
-            line,
+            // The line of the key that is set (the one that is missing has none).
+            line: key_line(text, set),
             key: format!("smtp.{missing}"),
             message: format!(
                 "must be set together with smtp.{set} (or leave both empty for a self-signed pair)"
@@ -423,6 +456,26 @@ fn key_path(path: &serde_path_to_error::Path) -> String {
     key
 }
 
+/// The text of the file at `path`.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The line where `name = ...` is set (for keys whose names are unique in the file, like
+/// `run_as`), or 1.
+fn key_line(text: &str, name: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map_or(1, |i| i + 1)
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     let offset = offset.min(text.len());
     text.as_bytes()[..offset]
@@ -460,29 +513,95 @@ fn hostname<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(trimmed.to_ascii_lowercase())
 }
 
-fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    match u64::deserialize(d)? {
-        0 => Err(de::Error::custom("must be greater than 0")),
-        n => Ok(n),
-    }
-}
-
 /// Parses `300s`, `1h`, `1h 30m`, `250ms`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
         .map_err(|e| format!("`{text}` is not a duration like 30s, 5m or 1h ({e})"))
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    parse_duration(&String::deserialize(d)?).map_err(de::Error::custom)
+/// A duration within `MIN_MS..=MAX_MS` milliseconds.
+fn duration<'de, D: Deserializer<'de>, const MIN_MS: u64, const MAX_MS: u64>(
+    d: D,
+) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    let duration = parse_duration(&text).map_err(de::Error::custom)?;
+    let (min, max) = (Duration::from_millis(MIN_MS), Duration::from_millis(MAX_MS));
+    if !(min..=max).contains(&duration) {
+        return Err(de::Error::custom(format!(
+            "{} is outside {}..={}",
+            text.trim(),
+            show_millis(MIN_MS),
+            show_millis(MAX_MS)
+        )));
+    }
+    Ok(duration)
 }
 
-fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    match parse_duration(&text).map_err(de::Error::custom)? {
-        Duration::ZERO => Err(de::Error::custom(format!("`{text}` must be longer than 0"))),
-        duration => Ok(duration),
+/// `ms` milliseconds in the largest unit that divides them exactly: `0s`, `100ms`, `1h`, `365d`.
+fn show_millis(ms: u64) -> String {
+    if ms == 0 {
+        return "0s".into();
     }
+    let units = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ];
+    units
+        .iter()
+        .find(|(size, _)| ms.is_multiple_of(*size))
+        .map_or_else(
+            || format!("{ms}ms"),
+            |(size, unit)| format!("{}{unit}", ms / size),
+        )
+}
+
+/// An integer within `MIN..=MAX`.
+fn integer<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(
+    d: D,
+) -> Result<i64, D::Error> {
+    let n = i64::deserialize(d)?;
+    if !(MIN..=MAX).contains(&n) {
+        return Err(de::Error::custom(format!("{n} is outside {MIN}..={MAX}")));
+    }
+    Ok(n)
+}
+
+/// A count within `MIN..=MAX`, `MIN` at least 1.
+fn count<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(
+    d: D,
+) -> Result<NonZeroUsize, D::Error> {
+    const { assert!(MIN >= 1 && MAX <= u32::MAX as i64) };
+    let n = integer::<D, MIN, MAX>(d)?;
+    Ok(NonZeroUsize::MIN.saturating_add(n.unsigned_abs() as usize - 1))
+}
+
+/// A size in bytes within `MIN..=MAX`, `MIN` at least 0.
+fn bytes<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(d: D) -> Result<u64, D::Error> {
+    const { assert!(MIN >= 0) };
+    Ok(integer::<D, MIN, MAX>(d)?.unsigned_abs())
+}
+
+/// A score or weight within `MIN..=MAX`, both within `i32`.
+fn score<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(d: D) -> Result<i32, D::Error> {
+    const { assert!(MIN >= i32::MIN as i64 && MAX <= i32::MAX as i64) };
+    let n = integer::<D, MIN, MAX>(d)?;
+    // Within i32, as asserted above.
+    Ok(n as i32)
+}
+
+/// TCP ports, each within 1..=65535.
+fn ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+    Vec::<i64>::deserialize(d)?
+        .into_iter()
+        .map(|port| {
+            u16::try_from(port)
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| de::Error::custom(format!("{port} is outside 1..=65535")))
+        })
+        .collect()
 }
 
 fn prefixes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
@@ -580,6 +699,109 @@ block_signatures = [["mail-from-eq-rcpt-to", "mail-from-local-domain"]]
         .unwrap();
         assert_eq!(c.smtp.run_as, "sinkhole");
         assert_eq!(c.smtp_ports(), vec![25, 465, 587]);
+    }
+
+    /// The TOML setting `key` (as the docs' table writes it) to `value`.
+    fn setting(key: &str, value: &str) -> String {
+        match key {
+            "dnsbl.zone[].weight" => {
+                format!("[[dnsbl.zone]]\nname = \"a.example\"\nweight = {value}\n")
+            }
+            "xdp.ports[]" => format!("[xdp]\nports = [{value}]\n"),
+            _ => {
+                let (table, name) = key.split_once('.').unwrap();
+                format!("[{table}]\n{name} = {value}\n")
+            }
+        }
+    }
+
+    /// A range end of the docs' table, and the value just past it on the `outward` side
+    /// (`None` when there is none: below 0s).
+    fn just_past(end: &str, outward: i128) -> Option<String> {
+        if let Ok(n) = end.parse::<i64>() {
+            return Some((i128::from(n) + outward).to_string());
+        }
+        let nanos = parse_duration(end).unwrap().as_nanos() as i128 + outward;
+        (nanos >= 0).then(|| format!("\"{nanos}ns\""))
+    }
+
+    #[test]
+    fn every_range_in_the_docs_holds() {
+        let docs = include_str!("../../docs/reliability.md");
+        let table = docs
+            .split("| config key | default | allowed range |")
+            .nth(1)
+            .expect("the ranges table in docs/reliability.md");
+        let rows: Vec<Vec<&str>> = table
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| l.split('|').map(|c| c.trim().trim_matches('`')).collect())
+            .collect();
+        assert_eq!(rows.len(), 13, "{rows:?}");
+        for row in rows {
+            let (key, default, range) = (row[1], row[2], row[3]);
+            let (min, max) = range.split_once("..=").unwrap();
+            let quoted = |v: &str| {
+                if v.parse::<i64>().is_ok() || v.starts_with('[') {
+                    v.to_owned()
+                } else {
+                    format!("\"{v}\"")
+                }
+            };
+            let ok = |v: &str| {
+                let text = setting(key, v);
+                if let Err(e) = Config::parse(&text, "t.toml") {
+                    panic!("{text}: {e}");
+                }
+            };
+            if default != "[]" {
+                ok(&quoted(default));
+            }
+            ok(&quoted(min));
+            ok(&quoted(max));
+            for past in [just_past(min, -1), just_past(max, 1)]
+                .into_iter()
+                .flatten()
+            {
+                let text = setting(key, &past);
+                let shown = past.trim_matches('"');
+                let key_path = key.replace("zone[]", "zone[0]").replace("ports[]", "ports");
+                let line = if key.starts_with("dnsbl.zone") { 3 } else { 2 };
+                assert_eq!(
+                    err(&text),
+                    format!("t.toml:{line}: {key_path}: {shown} is outside {range}"),
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn absurd_durations_and_sizes_name_their_range() {
+        assert_eq!(
+            err("[smtp]\nhostname = \"a\"\nidle_timeout = \"18446744073709551615s\"\n"),
+            "t.toml:3: smtp.idle_timeout: 18446744073709551615s is outside 1s..=1h"
+        );
+        assert_eq!(
+            err("[smtp]\nbusy_poll = \"1000000h\"\n"),
+            "t.toml:2: smtp.busy_poll: 1000000h is outside 0s..=10ms"
+        );
+        assert_eq!(
+            err("[smtp]\nmax_message_bytes = 0\n"),
+            "t.toml:2: smtp.max_message_bytes: 0 is outside 1024..=1073741824"
+        );
+        assert_eq!(
+            err("[dnsbl]\nblock_ttl = \"0s\"\n"),
+            "t.toml:2: dnsbl.block_ttl: 0s is outside 1s..=365d"
+        );
+        assert_eq!(
+            err("[xdp]\nports = [25, 0]\n"),
+            "t.toml:2: xdp.ports: 0 is outside 1..=65535"
+        );
+        assert_eq!(show_millis(0), "0s");
+        assert_eq!(show_millis(1_500), "1500ms");
+        assert_eq!(show_millis(90_000), "90s");
     }
 
     #[test]

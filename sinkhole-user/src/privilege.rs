@@ -23,12 +23,19 @@ pub struct Account {
     pub gid: Gid,
 }
 
+/// Why a user name names no account.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("no user `{0}` (create it, e.g. with `cargo xtask deploy`)")]
+    NoSuchUser(String),
+    #[error("looking up `{0}`: {1}")]
+    Lookup(String, nix::Error),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
-    #[error("smtp.run_as: no user `{0}` (create it, e.g. with `cargo xtask deploy`)")]
-    NoSuchUser(String),
-    #[error("smtp.run_as: looking up `{0}`: {1}")]
-    Lookup(String, nix::Error),
+    #[error("smtp.run_as: {0}")]
+    Account(#[from] AccountError),
     #[error("smtp.run_as = `{0}` needs the daemon to start as root")]
     NotRoot(String),
     #[error("giving {path} to `{user}`: {source}")]
@@ -53,20 +60,26 @@ pub enum PrivilegeError {
     },
 }
 
-/// Looks up `name`. Starting as a non-root user is fine only when it is that user already.
-pub fn lookup(name: &str) -> Result<Account, PrivilegeError> {
+/// The account `name` names, whoever asks (`check-config` uses it as is).
+pub fn account(name: &str) -> Result<Account, AccountError> {
     let user = User::from_name(name)
-        .map_err(|e| PrivilegeError::Lookup(name.to_owned(), e))?
-        .ok_or_else(|| PrivilegeError::NoSuchUser(name.to_owned()))?;
-    let me = Uid::effective();
-    if !me.is_root() && me != user.uid {
-        return Err(PrivilegeError::NotRoot(name.to_owned()));
-    }
+        .map_err(|e| AccountError::Lookup(name.to_owned(), e))?
+        .ok_or_else(|| AccountError::NoSuchUser(name.to_owned()))?;
     Ok(Account {
         name: name.to_owned(),
         uid: user.uid,
         gid: user.gid,
     })
+}
+
+/// Looks up `name`. Starting as a non-root user is fine only when it is that user already.
+pub fn lookup(name: &str) -> Result<Account, PrivilegeError> {
+    let account = account(name)?;
+    let me = Uid::effective();
+    if !me.is_root() && me != account.uid {
+        return Err(PrivilegeError::NotRoot(name.to_owned()));
+    }
+    Ok(account)
 }
 
 /// Gives the daemon's writable paths (storage directory, Maildir folders, session log) to the

@@ -17,6 +17,7 @@ mod escape;
 mod feeds;
 mod fleet;
 mod floods;
+mod hardening;
 mod metrics;
 mod policy_check;
 mod policy_e2e;

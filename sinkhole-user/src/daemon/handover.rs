@@ -19,10 +19,20 @@ pub const PID_FILE: &str = "sinkhole.pid";
 pub fn running(storage: &Path) -> Option<Pid> {
     let text = fs::read_to_string(storage.join(PID_FILE)).ok()?;
     let pid = Pid::from_raw(text.trim().parse().ok()?)?;
-    let comm = fs::read_to_string(format!("/proc/{}/comm", pid.as_raw_nonzero())).ok()?;
-    // A stale file may name a pid reused by another program.
-    (pid != getpid() && test_kill_process(pid).is_ok() && comm.trim_end() == "sinkhole")
-        .then_some(pid)
+    let stat = fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).ok()?;
+    // A stale file may name a pid reused by another program, or a daemon that was killed and
+    // not yet reaped by its parent (a zombie still has its name and answers kill(0)).
+    (pid != getpid() && test_kill_process(pid).is_ok() && alive_sinkhole(&stat)).then_some(pid)
+}
+
+/// Whether `/proc/PID/stat` describes a live (not zombie, not dead) process named `sinkhole`.
+fn alive_sinkhole(stat: &str) -> bool {
+    // `PID (COMM) STATE ...`; the name may itself hold spaces and parentheses.
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
+    let state = stat[close + 1..].split_whitespace().next();
+    open < close && &stat[open + 1..close] == "sinkhole" && !matches!(state, Some("Z" | "X" | "x"))
 }
 
 /// Asks the daemon `pid` to stop (SIGTERM: it finishes in-flight messages, then leaves).
@@ -80,6 +90,17 @@ mod tests {
         drop(file);
         assert!(!dir.join(PID_FILE).exists(), "removed on drop");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_zombie_or_dead_sinkhole_is_not_running() {
+        assert!(alive_sinkhole("4242 (sinkhole) S 1 4242 4242 0 -1 4194560"));
+        assert!(alive_sinkhole("4242 (sinkhole) R 1"));
+        assert!(!alive_sinkhole("4242 (sinkhole) Z 1 4242 4242 0 -1"));
+        assert!(!alive_sinkhole("4242 (sinkhole) X 1"));
+        assert!(!alive_sinkhole("4242 (sinkholes) S 1"));
+        assert!(!alive_sinkhole("4242 (a) sinkhole) S 1"));
+        assert!(!alive_sinkhole("garbage"));
     }
 
     #[test]

@@ -1,40 +1,252 @@
-//! Just enough HTTP/1.1 for a scraper: one connection at a time, one request per connection,
-//! `GET`/`HEAD /metrics` answered 200, other methods there 405, other paths 404. The request
-//! head is bounded in size and in time, so a client that dawdles or floods holds the endpoint
-//! for at most [`REQUEST_TIME`].
+//! Just enough HTTP/1.1 for a scraper: one request per connection, `GET`/`HEAD /metrics`
+//! answered 200, other methods there 405, other paths 404.
+//!
+//! One thread runs a non-blocking mio loop of its own that holds every connection at once.
+//! Serving connections in turn let each idle one hold the endpoint for its whole request
+//! deadline (ten idle connections delayed a scrape by 51 s), and a fixed pool of W blocking
+//! workers would still queue a scrape behind N/W deadlines; a thread per connection would make
+//! the bound a count of threads. The loop's bounds are fixed instead: at most
+//! [`MAX_CONNECTIONS`] held (the ones past it are closed at once and counted in
+//! `sinkhole_metrics_connections_refused_total`), each with at most [`MAX_HEAD`] bytes of
+//! request and one response, and every stage of a connection under a deadline
+//! ([`REQUEST_TIME`] for the head, [`WRITE_TIME`] for the answer, [`LINGER_TIME`] after it).
+//! Nothing in the loop blocks but the encoding of a scrape, which takes milliseconds, so a
+//! scrape is answered at once however many connections idle beside it.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
 use prometheus_client::encoding::prometheus_text::{self, CONTENT_TYPE};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use slab::Slab;
 
+/// The most connections held at once; more are closed as soon as they are accepted.
+pub const MAX_CONNECTIONS: usize = 128;
 /// The most a request head may take; a scraper sends a few hundred bytes.
 const MAX_HEAD: usize = 8 * 1024;
-/// How long a client has to send its request head.
-const REQUEST_TIME: Duration = Duration::from_secs(5);
+/// How long a client has from accept to send its request head (a scraper sends it at once).
+pub const REQUEST_TIME: Duration = Duration::from_secs(2);
 /// How long writing the response may take.
-const WRITE_TIME: Duration = Duration::from_secs(10);
+const WRITE_TIME: Duration = Duration::from_secs(5);
 /// After answering, what the client still sends (a request body we did not want) is read and
 /// dropped, up to this much and [`LINGER_TIME`], so closing does not reset the connection
 /// before the client has read the answer.
 const LINGER_BYTES: usize = 64 * 1024;
 const LINGER_TIME: Duration = Duration::from_secs(1);
+/// Connections accepted per turn of the loop, so a flood of connects cannot starve the ones
+/// held; the rest are taken on the next turn.
+const ACCEPTS_PER_TURN: usize = 2 * MAX_CONNECTIONS;
+/// After `accept` fails (out of descriptors, say), when to try again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
-/// Accepts and answers connections until the process ends.
-pub(super) fn serve(listener: &TcpListener, registry: &Registry) {
-    for stream in listener.incoming() {
-        match stream {
-            Ok(stream) => {
-                if let Err(e) = answer(stream, registry) {
-                    log::debug!("metrics: {e}");
+const LISTENER: Token = Token(usize::MAX);
+
+/// The `/metrics` server, ready to [`Server::run`].
+pub(super) struct Server {
+    poll: Poll,
+    listener: TcpListener,
+    conns: Slab<Conn>,
+    registry: Registry,
+    /// `metrics_connections_open`: connections held now.
+    open: Gauge,
+    /// `metrics_connections_refused`: connections closed at accept, past [`MAX_CONNECTIONS`].
+    refused: Counter,
+    /// Set when accepting stopped with clients possibly still queued (the listener is
+    /// edge-triggered and sends no new event for those).
+    accept_again: Option<Instant>,
+}
+
+impl Server {
+    /// Serves `registry` on `listener`, with the server's own two series added to it.
+    pub(super) fn new(
+        listener: std::net::TcpListener,
+        mut registry: Registry,
+    ) -> io::Result<Server> {
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let open = Gauge::default();
+        let refused = Counter::default();
+        registry.register(
+            "metrics_connections_open",
+            "Connections to /metrics held now",
+            open.clone(),
+        );
+        registry.register(
+            "metrics_connections_refused",
+            "Connections to /metrics closed at once because as many as it holds were open",
+            refused.clone(),
+        );
+        Ok(Server {
+            poll,
+            listener,
+            conns: Slab::with_capacity(MAX_CONNECTIONS),
+            registry,
+            open,
+            refused,
+            accept_again: None,
+        })
+    }
+
+    /// Serves until the process ends (or, should polling itself fail, says so and returns).
+    pub(super) fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let timeout = self
+                .conns
+                .iter()
+                .map(|(_, conn)| conn.deadline)
+                .chain(self.accept_again)
+                .min()
+                .map(|at| at.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("metrics: poll: {e}; /metrics is off");
+                return;
+            }
+            for event in &events {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    Token(key) => self.advance(key),
                 }
             }
+            let now = Instant::now();
+            if self.accept_again.is_some_and(|at| at <= now) {
+                self.accept();
+            }
+            // Out of time: closed (a reset when unread bytes are left, which is fine).
+            self.conns.retain(|_, conn| conn.deadline > now);
+            self.open.set(self.conns.len() as i64);
+        }
+    }
+
+    /// Takes the connections waiting (at most [`ACCEPTS_PER_TURN`]): held while there is
+    /// room, closed at once past [`MAX_CONNECTIONS`].
+    fn accept(&mut self) {
+        self.accept_again = None;
+        for _ in 0..ACCEPTS_PER_TURN {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("metrics: accept: {e}");
+                    self.accept_again = Some(Instant::now() + ACCEPT_RETRY);
+                    return;
+                }
+            };
+            if self.conns.len() >= MAX_CONNECTIONS {
+                self.refused.inc();
+                continue;
+            }
+            let entry = self.conns.vacant_entry();
+            let mut conn = Conn {
+                stream,
+                stage: Stage::Head(Vec::new()),
+                deadline: Instant::now() + REQUEST_TIME,
+            };
+            match self.poll.registry().register(
+                &mut conn.stream,
+                Token(entry.key()),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                Ok(()) => {
+                    entry.insert(conn);
+                }
+                Err(e) => log::debug!("metrics: {e}"),
+            }
+        }
+        self.accept_again = Some(Instant::now());
+        self.open.set(self.conns.len() as i64);
+    }
+
+    /// Moves connection `key` on as far as its socket allows; closes it once it is done.
+    fn advance(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match conn.advance(&self.registry) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.conns.remove(key);
+            }
             Err(e) => {
-                log::warn!("metrics: accept: {e}");
-                // Out of descriptors, say: do not spin on it.
-                std::thread::sleep(Duration::from_millis(100));
+                log::debug!("metrics: {e}");
+                self.conns.remove(key);
+            }
+        }
+    }
+}
+
+/// One client's connection.
+struct Conn {
+    stream: TcpStream,
+    stage: Stage,
+    /// When the current stage must be over.
+    deadline: Instant,
+}
+
+enum Stage {
+    /// Reading the request head: what came so far.
+    Head(Vec<u8>),
+    /// Writing the answer; `sent` bytes of it are out.
+    Write { response: Vec<u8>, sent: usize },
+    /// Our side is shut: dropping what the client still sends, `drained` bytes so far.
+    Linger { drained: usize },
+}
+
+impl Conn {
+    /// Reads and writes until the socket would block; false once the connection is done.
+    fn advance(&mut self, registry: &Registry) -> io::Result<bool> {
+        loop {
+            match &mut self.stage {
+                Stage::Head(buf) => match read_head(&mut self.stream, buf)? {
+                    Head::Incomplete => return Ok(true),
+                    Head::Gone => return Ok(false),
+                    Head::Complete(route) => {
+                        self.stage = Stage::Write {
+                            response: respond(route, registry)?,
+                            sent: 0,
+                        };
+                        self.deadline = Instant::now() + WRITE_TIME;
+                    }
+                },
+                Stage::Write { response, sent } => {
+                    while *sent < response.len() {
+                        match self.stream.write(&response[*sent..]) {
+                            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                            Ok(n) => *sent += n,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    self.stream.shutdown(Shutdown::Write)?;
+                    self.stage = Stage::Linger { drained: 0 };
+                    self.deadline = Instant::now() + LINGER_TIME;
+                }
+                Stage::Linger { drained } => {
+                    let mut chunk = [0u8; 4096];
+                    while *drained < LINGER_BYTES {
+                        match self.stream.read(&mut chunk) {
+                            Ok(0) => return Ok(false),
+                            Ok(n) => *drained += n,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    return Ok(false);
+                }
             }
         }
     }
@@ -82,55 +294,49 @@ pub(super) fn route(head: &[u8]) -> Route {
     }
 }
 
-/// Where the request head ends (just past the blank line), if it has.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4)
-        .or_else(|| buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2))
+/// Whether the request head in `buf` is complete (has its blank line), looking only at what
+/// came after the first `seen` bytes (and the three before, where a line end may have started).
+fn head_complete(buf: &[u8], seen: usize) -> bool {
+    let tail = &buf[seen.saturating_sub(3)..];
+    tail.windows(4).any(|w| w == b"\r\n\r\n") || tail.windows(2).any(|w| w == b"\n\n")
 }
 
-/// Reads the request head, bounded in bytes and time; `None` when the client left or ran out
-/// of time before finishing it.
-fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Route>> {
-    let deadline = Instant::now() + REQUEST_TIME;
+/// How far a request head has come.
+enum Head {
+    /// More is to come; the socket has nothing now.
+    Incomplete,
+    /// The client left before finishing it.
+    Gone,
+    Complete(Route),
+}
+
+/// Reads what the socket has of the request head, bounded by [`MAX_HEAD`].
+fn read_head(stream: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Head> {
     let mut chunk = [0u8; 1024];
     loop {
-        if head_end(buf).is_some() {
-            return Ok(Some(route(buf)));
-        }
-        if buf.len() >= MAX_HEAD {
-            return Ok(Some(Route::TooLarge));
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(None);
-        }
-        stream.set_read_timeout(Some(left))?;
         let want = chunk.len().min(MAX_HEAD - buf.len());
         match stream.read(&mut chunk[..want]) {
-            Ok(0) => return Ok(None),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Ok(None);
+            Ok(0) => return Ok(Head::Gone),
+            Ok(n) => {
+                let seen = buf.len();
+                buf.extend_from_slice(&chunk[..n]);
+                if head_complete(buf, seen) {
+                    return Ok(Head::Complete(route(buf)));
+                }
+                if buf.len() >= MAX_HEAD {
+                    return Ok(Head::Complete(Route::TooLarge));
+                }
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Head::Incomplete),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
 }
 
-fn answer(mut stream: TcpStream, registry: &Registry) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let Some(route) = read_head(&mut stream, &mut buf)? else {
-        return Ok(());
-    };
-    let response = match route {
+/// The whole response to `route`.
+fn respond(route: Route, registry: &Registry) -> io::Result<Vec<u8>> {
+    Ok(match route {
         Route::Metrics { head } => {
             let mut body = String::with_capacity(16 * 1024);
             prometheus_text::encode(&mut body, registry).map_err(io::Error::other)?;
@@ -164,27 +370,7 @@ fn answer(mut stream: TcpStream, registry: &Registry) -> io::Result<()> {
             "431 request head too large\n",
             false,
         ),
-    };
-    stream.set_write_timeout(Some(WRITE_TIME))?;
-    stream.write_all(&response)?;
-    linger(&mut stream)
-}
-
-/// Closes our side, then drains what the client still sends for a moment (see
-/// [`LINGER_BYTES`]).
-fn linger(stream: &mut TcpStream) -> io::Result<()> {
-    stream.shutdown(Shutdown::Write)?;
-    stream.set_read_timeout(Some(LINGER_TIME))?;
-    let deadline = Instant::now() + LINGER_TIME;
-    let mut drained = 0;
-    let mut chunk = [0u8; 4096];
-    while drained < LINGER_BYTES && Instant::now() < deadline {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => drained += n,
-        }
-    }
-    Ok(())
+    })
 }
 
 /// A complete response; `head`: without the body (its length still announced).
@@ -236,9 +422,56 @@ mod tests {
 
     #[test]
     fn head_ends_at_the_blank_line() {
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nbody"), Some(24));
-        assert_eq!(head_end(b"GET / HTTP/1.1\n\n"), Some(16));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
+        assert!(head_complete(b"GET / HTTP/1.1\r\nA: b\r\n\r\nbody", 0));
+        assert!(head_complete(b"GET / HTTP/1.1\n\n", 0));
+        assert!(!head_complete(b"GET / HTTP/1.1\r\nA: b\r\n", 0));
+        // The blank line split over two reads: the second looks back into the first.
+        assert!(head_complete(b"GET / HTTP/1.1\r\n\r\n", 17));
+        assert!(head_complete(b"GET / HTTP/1.1\n\n", 15));
+    }
+
+    /// Hands out `data` a byte per read, then has nothing more for now.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let Some((&first, rest)) = self.0.split_first() else {
+                return Err(io::ErrorKind::WouldBlock.into());
+            };
+            out[0] = first;
+            self.0 = rest;
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn a_head_read_in_pieces_is_routed_once_whole() {
+        let mut buf = Vec::new();
+        let mut first = Trickle(b"GET /metrics HTTP/1.1\r\nHost: x\r");
+        assert!(matches!(
+            read_head(&mut first, &mut buf),
+            Ok(Head::Incomplete)
+        ));
+        let mut rest = Trickle(b"\n\r\n");
+        assert!(matches!(
+            read_head(&mut rest, &mut buf),
+            Ok(Head::Complete(Route::Metrics { head: false }))
+        ));
+        let mut endless = Trickle(&[b'a'; MAX_HEAD + 10]);
+        let mut buf = Vec::new();
+        assert!(matches!(
+            read_head(&mut endless, &mut buf),
+            Ok(Head::Complete(Route::TooLarge))
+        ));
+        assert_eq!(buf.len(), MAX_HEAD);
+        assert!(matches!(
+            read_head(&mut Trickle(b""), &mut Vec::new()),
+            Ok(Head::Incomplete)
+        ));
+        assert!(matches!(
+            read_head(&mut io::empty(), &mut Vec::new()),
+            Ok(Head::Gone)
+        ));
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //! counters summed), so nothing on the hot paths knows about Prometheus. No series carries a
 //! client address.
 //!
-//! [`spawn`] binds `metrics.listen` and answers one connection at a time ([`http`]); the
-//! series are written by [`collect`] through `prometheus-client`.
+//! [`spawn`] binds `metrics.listen` and serves it from a mio loop that holds up to
+//! [`MAX_CONNECTIONS`] connections at once, each under short deadlines ([`http`]); the series
+//! are written by [`collect`] through `prometheus-client`.
 
 mod collect;
 mod http;
+
+pub use http::{MAX_CONNECTIONS, REQUEST_TIME};
 
 use std::io;
 use std::net::SocketAddr;
@@ -53,6 +56,8 @@ impl Sources {
 pub enum MetricsError {
     #[error("cannot listen on {addr} for /metrics: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
+    #[error("cannot set up the /metrics event loop: {0}")]
+    Poll(io::Error),
     #[error("cannot start the metrics thread: {0}")]
     Thread(io::Error),
 }
@@ -92,9 +97,10 @@ pub fn spawn(listen: SocketAddr, sources: Sources) -> Result<MetricsHandle, Metr
     }
     let mut registry = Registry::with_prefix("sinkhole");
     registry.register_collector(Box::new(collect::Collector::new(sources)));
+    let server = http::Server::new(listener, registry).map_err(MetricsError::Poll)?;
     std::thread::Builder::new()
         .name("metrics".into())
-        .spawn(move || http::serve(&listener, &registry))
+        .spawn(move || server.run())
         .map_err(MetricsError::Thread)?;
     Ok(MetricsHandle { addr })
 }

@@ -58,7 +58,18 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, TlsError> {
         (smtp.tls_cert.clone(), smtp.tls_key.clone())
     };
     let chain = read_certs(&cert)?;
-    let private = PrivateKeyDer::from_pem_file(&key).map_err(|e| pem_error(&key, e))?;
+    let private = read_key(&key)?;
+    with_pair(chain, private, &cert, &key)
+}
+
+/// The server configuration with `chain` and its `private` key (read from `cert` and `key`);
+/// fails when the two do not go together.
+pub fn with_pair(
+    chain: Vec<CertificateDer<'static>>,
+    private: PrivateKeyDer<'static>,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -71,7 +82,13 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(server))
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The PEM private key in `path`.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(path, e))
+}
+
+/// The PEM certificate chain in `path` (at least one certificate).
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let chain = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| pem_error(path, e))?;
