@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::Server;
 use super::resolver_token::{token, token_matches, token_slot};
-use crate::counters::DaemonCounters as Counters;
+use crate::counters::DaemonCounters;
 use crate::verdict::{Escalation, Held};
 
 impl Server {
@@ -128,7 +128,7 @@ impl Server {
             .block(ip, self.rules.block_ttl, &escalation.reason)
         {
             Ok(true) => {
-                Counters::add(self.counters.blocks(escalation.source), 1);
+                DaemonCounters::add(self.counters.blocks(escalation.source), 1);
                 log::info!(
                     "blocked {ip} for {} ({})",
                     humantime::format_duration(self.rules.block_ttl),
@@ -137,12 +137,12 @@ impl Server {
                 true
             }
             Ok(false) => {
-                Counters::add(&self.counters.blocks_allow_listed, 1);
+                DaemonCounters::add(&self.counters.blocks_allow_listed, 1);
                 log::debug!("not blocking {ip} ({}): xdp.allow", escalation.reason);
                 false
             }
             Err(e) => {
-                Counters::add(&self.counters.block_errors, 1);
+                DaemonCounters::add(&self.counters.block_errors, 1);
                 log::warn!("cannot block {ip} ({}): {e}", escalation.reason);
                 false
             }

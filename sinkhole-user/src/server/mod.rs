@@ -33,7 +33,7 @@ use slab::Slab;
 use crate::capture::session_log::{SessionEnd, Verdict, session_id};
 use crate::capture::{Capture, CaptureError, Job, StoreRequest, Stored, Ticket};
 use crate::config::{Config, ConfigError};
-use crate::counters::DaemonCounters as Counters;
+use crate::counters::DaemonCounters;
 use crate::kernel::Blocker;
 use crate::listeners;
 use crate::policy::PolicyStore;
@@ -105,7 +105,7 @@ pub struct Server {
     /// STARTTLS (always offered: a self-signed pair when none is configured).
     tls: Arc<rustls::ServerConfig>,
     capture_enabled: bool,
-    counters: Arc<Counters>,
+    counters: Arc<DaemonCounters>,
     scratch: Vec<u8>,
     /// Messages with the capture threads, and the bytes they hold.
     capture_budget: CaptureBudget,
@@ -151,7 +151,7 @@ impl Server {
         // mio allows one waker per poll: the capture and resolver threads share it.
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let resolver = Resolver::spawn(&config.dnsbl, Arc::clone(&waker))?;
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(DaemonCounters::default());
         let (stored_tx, stored) = mpsc::channel();
         let capture = Capture::start(
             &config.storage,
@@ -206,7 +206,7 @@ impl Server {
     }
 
     /// The counters, for whoever reports them.
-    pub fn counters(&self) -> Arc<Counters> {
+    pub fn counters(&self) -> Arc<DaemonCounters> {
         Arc::clone(&self.counters)
     }
 
@@ -354,7 +354,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
                 Err(e) => {
                     // Out of descriptors or memory: what stays queued is tried again soon.
-                    Counters::add(&self.counters.accept_errors, 1);
+                    DaemonCounters::add(&self.counters.accept_errors, 1);
                     if self.accept_retry.is_none() {
                         log::warn!("accept: {e}; trying again in {ACCEPT_RETRY:?}");
                     }
@@ -369,11 +369,11 @@ impl Server {
     /// again) until every listener is drained.
     fn retry_accept(&mut self, now: Instant) {
         self.accept_retry = Some(now + ACCEPT_RETRY);
-        let errors = Counters::get(&self.counters.accept_errors);
+        let errors = DaemonCounters::get(&self.counters.accept_errors);
         for index in 0..self.listeners.len() {
             self.accept_all(index, now);
         }
-        if Counters::get(&self.counters.accept_errors) == errors {
+        if DaemonCounters::get(&self.counters.accept_errors) == errors {
             self.accept_retry = None;
         }
     }
@@ -381,7 +381,7 @@ impl Server {
     fn accept(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
         let ip = peer.ip().to_canonical();
         if self.blocker.is_blocked(ip) {
-            Counters::add(&self.counters.refused_blocked, 1);
+            DaemonCounters::add(&self.counters.refused_blocked, 1);
             self.log_closed_at_accept(peer, Verdict::Blocked, None);
             return;
         }
@@ -390,7 +390,7 @@ impl Server {
                 Refusal::Total => &self.counters.refused_max_connections,
                 Refusal::PerIp => &self.counters.refused_per_ip,
             };
-            Counters::add(counter, 1);
+            DaemonCounters::add(counter, 1);
             // A fresh socket has room for one line; if not, the client hears nothing.
             let _ = stream.write(refusal.reply());
             self.log_closed_at_accept(peer, Verdict::Refused, Some(refusal.reply()));
@@ -407,8 +407,8 @@ impl Server {
             self.limits.release(ip);
             return;
         }
-        Counters::add(&self.counters.connections_total, 1);
-        Counters::add(&self.counters.connections_active, 1);
+        DaemonCounters::add(&self.counters.connections_total, 1);
+        DaemonCounters::add(&self.counters.connections_active, 1);
         self.serial += 1;
         let judge = RecipientJudge::new(self.policy.current(), &self.rules);
         let started = SystemTime::now();
@@ -556,15 +556,15 @@ impl Server {
     ) {
         let conn = &mut self.conns[slot];
         if !self.capture_enabled {
-            Counters::add(&self.counters.messages_total, 1);
-            Counters::add(&self.counters.message_bytes_total, size);
+            DaemonCounters::add(&self.counters.messages_total, 1);
+            DaemonCounters::add(&self.counters.message_bytes_total, size);
             conn.session_mut()
                 .resolve_message(reply(250, "2.0.0 Ok"), None, now);
             return;
         }
         let held = body.len();
         if !self.capture_budget.try_reserve(held) {
-            Counters::add(&self.counters.capture_busy, 1);
+            DaemonCounters::add(&self.counters.capture_busy, 1);
             conn.session_mut().resolve_message(busy(), None, now);
             return;
         }
@@ -580,7 +580,7 @@ impl Server {
             conn.mark_capturing();
         } else {
             self.capture_budget.release(held);
-            Counters::add(&self.counters.capture_busy, 1);
+            DaemonCounters::add(&self.counters.capture_busy, 1);
             conn.session_mut().resolve_message(busy(), None, now);
         }
     }
@@ -605,8 +605,8 @@ impl Server {
         conn.capture_answered();
         let answer = match stored.name {
             Some(name) => {
-                Counters::add(&self.counters.messages_total, 1);
-                Counters::add(&self.counters.message_bytes_total, stored.size as u64);
+                DaemonCounters::add(&self.counters.messages_total, 1);
+                DaemonCounters::add(&self.counters.message_bytes_total, stored.size as u64);
                 let text = format!("2.0.0 Ok: queued as {name}");
                 (reply(250, &text), Some(name))
             }
@@ -637,7 +637,7 @@ impl Server {
 
     fn force_close_all(&mut self) {
         let slots: Vec<usize> = self.conns.iter().map(|(slot, _)| slot).collect();
-        Counters::add(&self.counters.shutdown_forced_closes, slots.len() as u64);
+        DaemonCounters::add(&self.counters.shutdown_forced_closes, slots.len() as u64);
         for slot in slots {
             self.close(slot);
         }
@@ -672,7 +672,7 @@ impl Server {
             self.block_client(ended.client_ip(), &escalation);
         }
         if ended.went_unscored() {
-            Counters::add(&self.counters.unscored, 1);
+            DaemonCounters::add(&self.counters.unscored, 1);
         }
         self.log_session(ended.into_log(signatures));
     }
@@ -709,7 +709,7 @@ impl Server {
     fn submit_logs(&mut self, batch: Vec<SessionEnd>) {
         let lines = batch.len() as u64;
         if !self.capture.submit(Job::Log(batch)) {
-            Counters::add(&self.counters.session_log_dropped, lines);
+            DaemonCounters::add(&self.counters.session_log_dropped, lines);
         }
     }
 }
