@@ -31,7 +31,7 @@ pub struct Options {
     pub top: usize,
 }
 
-/// One campaign: every session with the same signature set. Serialized as the Contract's
+/// One campaign: every session with the same signature set. Serialized as the documented
 /// `campaigns --json` element plus `recipients`, `url_hosts` and `messages`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Campaign {

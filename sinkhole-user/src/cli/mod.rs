@@ -1,4 +1,4 @@
-//! The command line, as the Contract lists it: the clap definitions here, and each command
+//! The command line, as README.md lists it: the clap definitions here, and each command
 //! family's glue in a module of its own (`run`, `check_config`, `blocks`, `feeds`,
 //! `campaigns`), a thin layer over the library. [`dispatch`] runs a parsed command; `main`
 //! prints what it returns, or the [`Failure`] on one line with its exit status.
