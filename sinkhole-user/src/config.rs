@@ -1,4 +1,5 @@
-//! The configuration file (TOML). Every key is optional; the defaults are documented in `packaging/sinkhole.toml`.
+//! The configuration file (TOML). Every key is optional; the defaults are the ones
+//! `packaging/sinkhole.toml` documents.
 //!
 //! Every value is checked while it is parsed, so an error always carries the key's path and the
 //! line it stands on: `sinkhole.toml:12: dnsbl.zone[0].codes[1]: ...`. Every number and
