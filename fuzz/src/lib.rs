@@ -11,15 +11,12 @@ use std::time::{Duration, Instant};
 
 use sinkhole::signature::Signature;
 use sinkhole::smtp::{
-    Direction, Event, MAX_RECORDED, MAX_TRANSCRIPT_LINE_BYTES, MAX_TRANSCRIPT_LINES, OUTPUT_LIMIT,
-    Reply, Session, SessionConfig, SessionRecord,
+    Direction, Event, MAX_RECEIVE, MAX_RECORDED, MAX_TRANSCRIPT_LINE_BYTES, MAX_TRANSCRIPT_LINES,
+    OUTPUT_LIMIT, Reply, Session, SessionConfig, SessionRecord,
 };
 
 /// Separates the client stream from the schedule.
 pub const MARKER: &[u8] = b"\0SCHEDULE\0";
-
-/// Most the server feeds per `receive` (see `sinkhole::smtp`).
-pub const MAX_READ: usize = 64 * 1024;
 
 /// Most one call can add to the output once it is past [`OUTPUT_LIMIT`]: the reply to one
 /// command (EHLO's is the longest we compose), a decided reply (at most [`MAX_REPLY_TEXT`]) and
@@ -160,10 +157,10 @@ impl Driver {
         }
     }
 
-    /// One read, cut into the pieces the server would feed (at most [`MAX_READ`] each).
+    /// One read, cut into the pieces the server would feed (at most [`MAX_RECEIVE`] each).
     pub fn receive(&mut self, bytes: &[u8]) {
         self.greet();
-        for chunk in bytes.chunks(MAX_READ) {
+        for chunk in bytes.chunks(MAX_RECEIVE) {
             self.call(|s, now| s.receive(chunk, now));
         }
     }
@@ -286,7 +283,7 @@ impl Driver {
         let mut rest = rest;
         while !rest.is_empty() && !self.session.is_finished() {
             assert!(self.session.wants_read(), "a settled session does not read");
-            let n = rest.len().min(MAX_READ);
+            let n = rest.len().min(MAX_RECEIVE);
             self.receive(&rest[..n]);
             rest = &rest[n..];
             self.settle();

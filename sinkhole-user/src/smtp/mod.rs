@@ -22,8 +22,9 @@
 //!   `shutdown`), write [`Session::output`] and drain [`Session::poll_event`]: `consume_output`
 //!   resumes input held back by output backpressure, and `resolve_*` resumes buffered pipelined
 //!   input, so both can produce replies and events. All replies to one read come out together.
-//! - Read only while [`Session::wants_read`]; feed at most 64 KiB per `receive`. Input that
-//!   arrives anyway while the session waits is kept up to [`INPUT_CAP`], then dropped (noted).
+//! - Read only while [`Session::wants_read`]; feed at most [`MAX_RECEIVE`] per `receive`. Input
+//!   that arrives anyway while the session waits is kept up to [`INPUT_CAP`], then dropped
+//!   (noted).
 //! - [`Event::StartTls`]: flush the `220` in plaintext, then run the handshake; what followed
 //!   STARTTLS in the same read was discarded (and logged). Feed only decrypted bytes afterwards.
 //! - One decision is pending at a time; a `resolve_*` with nothing of its kind pending is ignored.
@@ -50,7 +51,7 @@ pub mod fuzzing {
 use std::time::Duration;
 
 pub use session::{
-    INPUT_CAP, MAX_BAD_COMMANDS, MAX_COMMAND_LINE, MAX_RECORDED, OUTPUT_LIMIT, Session,
+    INPUT_CAP, MAX_BAD_COMMANDS, MAX_COMMAND_LINE, MAX_RECEIVE, MAX_RECORDED, OUTPUT_LIMIT, Session,
 };
 pub use transcript::{
     MAX_LINE_BYTES as MAX_TRANSCRIPT_LINE_BYTES, MAX_LINES as MAX_TRANSCRIPT_LINES, escape,

@@ -34,10 +34,14 @@ pub const MAX_COMMAND_LINE: usize = 2048;
 pub const MAX_BAD_COMMANDS: u32 = 10;
 /// Unwritten output past which no more input is processed and [`Session::wants_read`] is false.
 pub const OUTPUT_LIMIT: usize = 64 * 1024;
+/// Most bytes to feed per [`Session::receive`].
+pub const MAX_RECEIVE: usize = 64 * 1024;
 /// Unprocessed input kept while the session waits (for a decision or for output to drain);
 /// bytes fed past it are dropped and noted in the transcript. A server that feeds at most
-/// 64 KiB per [`Session::receive`], and only while [`Session::wants_read`], never reaches it.
-pub const INPUT_CAP: usize = 128 * 1024;
+/// [`MAX_RECEIVE`] per [`Session::receive`], and only while [`Session::wants_read`], never
+/// reaches it: what is unprocessed when the session starts to wait is at most one receive and
+/// the start of a command line, and nothing more is fed until it reads again.
+pub const INPUT_CAP: usize = 2 * MAX_RECEIVE;
 /// Transactions, and recipients over all transactions, kept in the record.
 pub const MAX_RECORDED: usize = 1000;
 
