@@ -34,7 +34,7 @@ pub const MAX_COMMAND_LINE: usize = 2048;
 pub const MAX_BAD_COMMANDS: u32 = 10;
 /// Unwritten output past which no more input is processed and [`Session::wants_read`] is false.
 pub const OUTPUT_LIMIT: usize = 64 * 1024;
-/// Most bytes to feed per [`Session::receive`].
+/// Most bytes to feed per [`Session::receive`] ([`super::receive`] cuts a read into such pieces).
 pub const MAX_RECEIVE: usize = 64 * 1024;
 /// Unprocessed input kept while the session waits (for a decision or for output to drain);
 /// bytes fed past it are dropped and noted in the transcript. A server that feeds at most
