@@ -1,5 +1,6 @@
-//! What the fuzz targets share: the input layout, a driver that plays a [`Session`] the way the
-//! server loop does, and the invariants every session keeps whatever it is fed.
+//! What the fuzz targets share: the input layout, a driver that plays a [`Session`] through
+//! `sinkhole::smtp`'s [`Host`] functions as the server loop does, and the invariants every
+//! session keeps whatever it is fed.
 //!
 //! Input layout: `STREAM [MARKER SCHEDULE]`. `STREAM` is what the client sends, so a plain SMTP
 //! conversation is a meaningful seed on its own; the optional `SCHEDULE` after [`MARKER`] is
@@ -11,15 +12,12 @@ use std::time::{Duration, Instant};
 
 use sinkhole::signature::Signature;
 use sinkhole::smtp::{
-    Direction, Event, MAX_RECORDED, MAX_TRANSCRIPT_LINE_BYTES, MAX_TRANSCRIPT_LINES, OUTPUT_LIMIT,
-    Reply, Session, SessionConfig, SessionRecord,
+    self, Direction, Event, Host, MAX_RECEIVE, MAX_RECORDED, MAX_TRANSCRIPT_LINE_BYTES,
+    MAX_TRANSCRIPT_LINES, OUTPUT_LIMIT, Reply, Session, SessionConfig, SessionRecord,
 };
 
 /// Separates the client stream from the schedule.
 pub const MARKER: &[u8] = b"\0SCHEDULE\0";
-
-/// Most the server feeds per `receive` (see `sinkhole::smtp`).
-pub const MAX_READ: usize = 64 * 1024;
 
 /// Most one call can add to the output once it is past [`OUTPUT_LIMIT`]: the reply to one
 /// command (EHLO's is the longest we compose), a decided reply (at most [`MAX_REPLY_TEXT`]) and
@@ -107,12 +105,14 @@ pub enum Decision {
     Message,
 }
 
-/// Plays a session as the server does and checks the invariants after every call.
+/// Plays a session as the server does and checks the invariants after every call (in
+/// [`Host::flush`], which `smtp::settle` runs after each).
 pub struct Driver {
     pub session: Session,
     config: Arc<SessionConfig>,
     pub now: Instant,
-    greeted: bool,
+    /// What the client sent before the banner; `None` once the banner is out.
+    early: Option<Vec<u8>>,
     /// The decision the session asked for and has not had yet.
     pub decision: Option<Decision>,
     /// Every event, as `Debug` text (kept only when `keep` is set).
@@ -122,6 +122,8 @@ pub struct Driver {
     keep: bool,
     /// `session.output().len()` after the last check.
     output_len: usize,
+    /// `session.is_finished()` at the last check: before the call being checked.
+    finished: bool,
     /// The length of what the pending decision is about; picks its deterministic outcome.
     decision_seed: usize,
     stored: usize,
@@ -135,12 +137,13 @@ impl Driver {
             session: Session::new(Arc::clone(&config), now),
             config,
             now,
-            greeted: false,
+            early: Some(Vec::new()),
             decision: None,
             events: Vec::new(),
             written: Vec::new(),
             keep,
             output_len: 0,
+            finished: false,
             decision_seed: 0,
             stored: 0,
         }
@@ -148,24 +151,22 @@ impl Driver {
 
     /// Bytes that were waiting at accept; only before the banner, as in the server.
     pub fn early(&mut self, bytes: &[u8]) {
-        if !self.greeted {
-            self.call(|s, now| s.receive_early(bytes, now));
+        if let Some(early) = &mut self.early {
+            early.extend_from_slice(bytes);
         }
     }
 
     pub fn greet(&mut self) {
-        if !self.greeted {
-            self.greeted = true;
-            self.call(|s, now| s.greet(now));
+        if let Some(early) = self.early.take() {
+            smtp::accept(&mut self.session, &early, self.now);
+            smtp::settle(self);
         }
     }
 
-    /// One read, cut into the pieces the server would feed (at most [`MAX_READ`] each).
+    /// One read.
     pub fn receive(&mut self, bytes: &[u8]) {
         self.greet();
-        for chunk in bytes.chunks(MAX_READ) {
-            self.call(|s, now| s.receive(chunk, now));
-        }
+        smtp::receive(self, bytes, self.now);
     }
 
     /// Time passes; the timer fires (whether or not the deadline is reached: before it, the
@@ -286,7 +287,7 @@ impl Driver {
         let mut rest = rest;
         while !rest.is_empty() && !self.session.is_finished() {
             assert!(self.session.wants_read(), "a settled session does not read");
-            let n = rest.len().min(MAX_READ);
+            let n = rest.len().min(MAX_RECEIVE);
             self.receive(&rest[..n]);
             rest = &rest[n..];
             self.settle();
@@ -307,18 +308,21 @@ impl Driver {
         assert!(self.session.output().is_empty());
     }
 
-    /// One call into the session, then the invariants.
+    /// One call into the session, then its events and the invariants.
     fn call(&mut self, f: impl FnOnce(&mut Session, Instant)) {
-        let was_finished = self.session.is_finished();
-        let now = self.now;
-        f(&mut self.session, now);
+        f(&mut self.session, self.now);
+        smtp::settle(self);
+    }
+
+    /// The invariants, after a call and its events.
+    fn check(&mut self) {
         let output = self.session.output();
         assert!(
             output.len() >= self.output_len,
             "output shrank without being consumed"
         );
         let added = &output[self.output_len..];
-        if was_finished {
+        if self.finished {
             assert!(added.is_empty(), "a finished session wrote {added:?}");
         }
         check_replies(added);
@@ -328,10 +332,6 @@ impl Driver {
             output.len()
         );
         self.output_len = output.len();
-        while let Some(event) = self.session.poll_event() {
-            assert!(!was_finished, "a finished session raised {event:?}");
-            self.check_event(&event);
-        }
         if self.decision.is_some() {
             assert!(
                 !self.session.wants_read(),
@@ -342,9 +342,11 @@ impl Driver {
             assert!(!self.session.wants_read(), "a finished session reads");
         }
         check_record(self.session.record());
+        self.finished = self.session.is_finished();
     }
 
     fn check_event(&mut self, event: &Event) {
+        assert!(!self.finished, "a finished session raised {event:?}");
         match event {
             Event::Recipient { rcpt, .. } => {
                 assert!(!rcpt.is_empty() && !rcpt.chars().any(char::is_control));
@@ -376,6 +378,23 @@ impl Driver {
             "a second decision asked for while one is pending"
         );
         self.decision = Some(decision);
+    }
+}
+
+impl Host for Driver {
+    fn session(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    /// Decisions are made later: by the schedule, or in [`Driver::settle`].
+    fn event(&mut self, event: Event) {
+        self.check_event(&event);
+    }
+
+    /// The client reads only when the schedule says so ([`Driver::consume`]), so this writes
+    /// nothing; it is where every call ends, and so where the invariants are checked.
+    fn flush(&mut self) {
+        self.check();
     }
 }
 

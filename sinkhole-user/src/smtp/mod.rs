@@ -5,34 +5,23 @@
 //! bytes to write, events that need a decision, and a record of everything that happened.
 //! The server loop only moves bytes; all protocol logic lives (and is tested) here.
 //!
-//! Driving a session:
-//! 1. [`Session::new`] at accept; bytes already waiting are fed with [`Session::receive_early`]
-//!    (they came before the banner: `pregreet`); then [`Session::greet`].
-//! 2. Feed reads with [`Session::receive`]; write out [`Session::output`] and
-//!    [`Session::consume_output`] what was written.
-//! 3. Drain [`Session::poll_event`]. An [`Event::Recipient`] or [`Event::Message`] suspends the
-//!    session (no further input is processed, [`Session::wants_read`] is false) until
-//!    [`Session::resolve_recipient`] / [`Session::resolve_message`] gives its reply.
-//! 4. Call [`Session::handle_timeout`] at [`Session::deadline`].
-//! 5. When [`Session::is_finished`] and the output is flushed, close; keep
-//!    [`Session::into_record`] for the session log.
-//!
-//! Details the loop relies on:
-//! - After *every* call (`receive`, `consume_output`, `resolve_*`, `handle_timeout`,
-//!   `shutdown`), write [`Session::output`] and drain [`Session::poll_event`]: `consume_output`
-//!   resumes input held back by output backpressure, and `resolve_*` resumes buffered pipelined
-//!   input, so both can produce replies and events. All replies to one read come out together.
-//! - Read only while [`Session::wants_read`]; feed at most 64 KiB per `receive`. Input that
-//!   arrives anyway while the session waits is kept up to [`INPUT_CAP`], then dropped (noted).
-//! - [`Event::StartTls`]: flush the `220` in plaintext, then run the handshake; what followed
-//!   STARTTLS in the same read was discarded (and logged). Feed only decrypted bytes afterwards.
-//! - One decision is pending at a time; a `resolve_*` with nothing of its kind pending is ignored.
-//!   While a decision is pending the idle timer does not fire (it restarts).
-//! - A finished session whose client does not read its last reply is the loop's to close (a
-//!   write timeout); the session has nothing more to say.
+//! Driving a session: through [`accept`], [`receive`] and [`settle`] (module `drive`), which
+//! hold the call order; the caller implements [`Host`] (keep the session, answer its events,
+//! write its output). Besides:
+//! - Call [`Session::handle_timeout`] at [`Session::deadline`], then [`settle`]. While a
+//!   decision is pending the idle timer does not fire (it restarts).
+//! - An [`Event::Recipient`] or [`Event::Message`] suspends the session (no further input is
+//!   processed, [`Session::wants_read`] is false) until [`Session::resolve_recipient`] /
+//!   [`Session::resolve_message`] gives its reply. One decision is pending at a time; a
+//!   `resolve_*` with nothing of its kind pending is ignored.
+//! - [`Event::StartTls`]: what followed STARTTLS in the same read was discarded (and logged);
+//!   flush the `220` in plaintext, run the handshake, then feed decrypted bytes only.
+//! - When [`Session::is_finished`] and the output is written, close; keep
+//!   [`Session::into_record`] for the session log.
 
 mod command;
 mod data;
+mod drive;
 mod reply;
 mod session;
 mod transcript;
@@ -49,8 +38,9 @@ pub mod fuzzing {
 
 use std::time::Duration;
 
+pub use drive::{Host, accept, receive, settle};
 pub use session::{
-    INPUT_CAP, MAX_BAD_COMMANDS, MAX_COMMAND_LINE, MAX_RECORDED, OUTPUT_LIMIT, Session,
+    INPUT_CAP, MAX_BAD_COMMANDS, MAX_COMMAND_LINE, MAX_RECEIVE, MAX_RECORDED, OUTPUT_LIMIT, Session,
 };
 pub use transcript::{
     MAX_LINE_BYTES as MAX_TRANSCRIPT_LINE_BYTES, MAX_LINES as MAX_TRANSCRIPT_LINES, escape,

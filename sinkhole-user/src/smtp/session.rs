@@ -34,12 +34,42 @@ pub const MAX_COMMAND_LINE: usize = 2048;
 pub const MAX_BAD_COMMANDS: u32 = 10;
 /// Unwritten output past which no more input is processed and [`Session::wants_read`] is false.
 pub const OUTPUT_LIMIT: usize = 64 * 1024;
+/// Most bytes to feed per [`Session::receive`] ([`super::receive`] cuts a read into such pieces).
+pub const MAX_RECEIVE: usize = 64 * 1024;
 /// Unprocessed input kept while the session waits (for a decision or for output to drain);
 /// bytes fed past it are dropped and noted in the transcript. A server that feeds at most
-/// 64 KiB per [`Session::receive`], and only while [`Session::wants_read`], never reaches it.
-pub const INPUT_CAP: usize = 128 * 1024;
+/// [`MAX_RECEIVE`] per [`Session::receive`], and only while [`Session::wants_read`], never
+/// reaches it: what is unprocessed when the session starts to wait is at most one receive and
+/// the start of a command line, and nothing more is fed until it reads again.
+pub const INPUT_CAP: usize = 2 * MAX_RECEIVE;
 /// Transactions, and recipients over all transactions, kept in the record.
 pub const MAX_RECORDED: usize = 1000;
+
+/// Where the session is between accept and close. Every change goes through
+/// [`Session::set_lifecycle`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lifecycle {
+    /// Accepted, banner not sent yet: bytes fed now are `pregreet`, kept for after it.
+    Connected,
+    /// Reading and answering commands.
+    Open,
+    /// STARTTLS was answered 220 in the middle of working through input: the rest of that
+    /// input is plaintext sent before the handshake, to be discarded (RFC 3207). It lasts until
+    /// that input is gone, within the same call.
+    StartingTls,
+    /// The daemon is stopping while a decision is pending: its reply is followed by 421.
+    Closing,
+    /// QUIT was answered or 421 sent: nothing more is read or said.
+    Finished,
+}
+
+/// The client's HELO or EHLO, since the session began or STARTTLS reset it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hello {
+    None,
+    Helo,
+    Ehlo,
+}
 
 /// What the input currently is.
 #[derive(Debug)]
@@ -97,9 +127,7 @@ pub struct Session {
     now: Instant,
     /// The idle timer runs from here.
     idle_since: Instant,
-    greeted: bool,
-    finished: bool,
-    shutdown_requested: bool,
+    lifecycle: Lifecycle,
     /// Received input; `input[input_pos..]` is not processed yet. `input_offset` is the stream
     /// offset of `input[0]`.
     input: Vec<u8>,
@@ -107,15 +135,13 @@ pub struct Session {
     input_offset: u64,
     /// Stream offset just past the last byte received.
     received: u64,
-    /// STARTTLS was accepted: the rest of the input (plaintext) is to be discarded.
-    discard_input: bool,
     output: Output,
     events: VecDeque<Event>,
     phase: Phase,
     pending: Option<Pending>,
-    helo_seen: bool,
-    /// The greeting was EHLO.
-    extended: bool,
+    hello: Hello,
+    /// STARTTLS was accepted. Kept apart from the lifecycle: it is a property of the channel,
+    /// which the `Received:` protocol still names once the session is closing or finished.
     tls: bool,
     transaction: Option<Transaction>,
     body: Body,
@@ -141,20 +167,16 @@ impl Session {
             start: now,
             now,
             idle_since: now,
-            greeted: false,
-            finished: false,
-            shutdown_requested: false,
+            lifecycle: Lifecycle::Connected,
             input: Vec::new(),
             input_pos: 0,
             input_offset: 0,
             received: 0,
-            discard_input: false,
             output: Output::default(),
             events: VecDeque::new(),
             phase: Phase::Command,
             pending: None,
-            helo_seen: false,
-            extended: false,
+            hello: Hello::None,
             tls: false,
             transaction: None,
             body,
@@ -181,14 +203,15 @@ impl Session {
         }
     }
 
-    /// Queues the banner, then works through any early bytes.
+    /// Queues the banner, then works through any early bytes. Only once, and not at all for a
+    /// session that already finished (timed out or shut down before its banner).
     pub fn greet(&mut self, now: Instant) {
-        if self.greeted {
+        if self.lifecycle != Lifecycle::Connected {
             return;
         }
         self.now = now;
         self.idle_since = now;
-        self.greeted = true;
+        self.set_lifecycle(Lifecycle::Open);
         let hostname = Arc::clone(&self.config);
         self.say(220, false, format_args!("{} ESMTP", hostname.hostname));
         // The banner is no reply to a command: early commands are `pregreet`, not pipelining.
@@ -198,11 +221,11 @@ impl Session {
 
     /// Bytes read from the client.
     pub fn receive(&mut self, bytes: &[u8], now: Instant) {
-        if !self.greeted {
+        if self.lifecycle == Lifecycle::Connected {
             return self.receive_early(bytes, now);
         }
         self.now = now;
-        if self.finished || bytes.is_empty() {
+        if self.is_finished() || bytes.is_empty() {
             return;
         }
         self.idle_since = now;
@@ -283,7 +306,7 @@ impl Session {
     /// pending the client is waiting for us, not idle: the timer restarts instead.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
-        if self.finished || now < self.deadline() {
+        if self.is_finished() || now < self.deadline() {
             return;
         }
         if self.pending.is_some() {
@@ -301,11 +324,11 @@ impl Session {
     /// case the 421 follows its reply).
     pub fn shutdown(&mut self, now: Instant) {
         self.now = now;
-        if self.finished {
+        if self.is_finished() {
             return;
         }
         if self.pending.is_some() {
-            self.shutdown_requested = true;
+            self.set_lifecycle(Lifecycle::Closing);
         } else {
             self.close_for_shutdown();
         }
@@ -313,12 +336,12 @@ impl Session {
 
     /// False while a decision is pending or too much output is unwritten (backpressure).
     pub fn wants_read(&self) -> bool {
-        !self.finished && self.pending.is_none() && self.output.pending().len() <= OUTPUT_LIMIT
+        !self.is_finished() && self.pending.is_none() && self.output.pending().len() <= OUTPUT_LIMIT
     }
 
     /// The session is over (QUIT answered, 421 sent): close once the output is written.
     pub fn is_finished(&self) -> bool {
-        self.finished
+        self.lifecycle == Lifecycle::Finished
     }
 
     pub fn record(&self) -> &SessionRecord {
@@ -328,10 +351,10 @@ impl Session {
     /// The protocol a `Received:` line names for this session's messages (RFC 3848): `SMTP`
     /// after HELO, `ESMTP` after EHLO, `ESMTPS` inside TLS.
     pub fn protocol(&self) -> &'static str {
-        match (self.tls, self.extended) {
+        match (self.tls, self.hello) {
             (true, _) => "ESMTPS",
-            (false, true) => "ESMTP",
-            (false, false) => "SMTP",
+            (false, Hello::Ehlo) => "ESMTP",
+            (false, Hello::Helo | Hello::None) => "SMTP",
         }
     }
 
@@ -366,9 +389,7 @@ impl Session {
     }
 
     fn can_process(&self) -> bool {
-        self.greeted
-            && !self.finished
-            && !self.discard_input
+        self.lifecycle == Lifecycle::Open
             && self.pending.is_none()
             && self.output.pending().len() <= OUTPUT_LIMIT
     }
@@ -384,8 +405,8 @@ impl Session {
                 None => break,
             }
         }
-        if self.discard_input {
-            self.discard_input = false;
+        if self.lifecycle == Lifecycle::StartingTls {
+            self.set_lifecycle(Lifecycle::Open);
             if pos < input.len() {
                 let ms = self.ms();
                 self.record.log(
@@ -494,8 +515,8 @@ impl Session {
             self.signal(Signature::PipelinedRunAhead);
         }
         match command::parse(line) {
-            Ok(Command::Ehlo(name)) => self.helo(name, true),
-            Ok(Command::Helo(name)) => self.helo(name, false),
+            Ok(Command::Ehlo(name)) => self.helo(name, Hello::Ehlo),
+            Ok(Command::Helo(name)) => self.helo(name, Hello::Helo),
             Ok(Command::Mail { path, params }) => self.mail(path, params),
             Ok(Command::Rcpt { path, params }) => self.rcpt(path, params),
             Ok(Command::Data) => self.data(),
@@ -509,7 +530,7 @@ impl Session {
             Ok(Command::Help) => self.reply(214, reply::HELP),
             Ok(Command::Quit) => {
                 self.reply(221, reply::BYE);
-                self.finished = true;
+                self.set_lifecycle(Lifecycle::Finished);
             }
             Ok(Command::StartTls) => self.starttls(),
             Ok(Command::NotImplemented) => self.bad_command(502, reply::NOT_IMPLEMENTED),
@@ -527,16 +548,15 @@ impl Session {
         self.bad_command(500, reply::LINE_TOO_LONG);
     }
 
-    fn helo(&mut self, name: &[u8], extended: bool) {
+    fn helo(&mut self, name: &[u8], hello: Hello) {
         self.reset_transaction();
-        self.helo_seen = true;
-        self.extended = extended;
+        self.hello = hello;
         self.record.helo = Some(transcript::escape(name));
         if let Some(signature) = helo_signature(name) {
             self.signal(signature);
         }
         let config = Arc::clone(&self.config);
-        if !extended {
+        if hello == Hello::Helo {
             return self.say(250, false, format_args!("{}", config.hostname));
         }
         self.say(250, true, format_args!("{}", config.hostname));
@@ -552,7 +572,7 @@ impl Session {
     }
 
     fn mail(&mut self, path: &[u8], params: &[u8]) {
-        if !self.helo_seen || self.transaction.is_some() {
+        if self.hello == Hello::None || self.transaction.is_some() {
             self.out_of_sequence();
             self.last_refusal_at = self.received;
             return;
@@ -586,7 +606,11 @@ impl Session {
     }
 
     fn rcpt(&mut self, path: &[u8], params: &[u8]) {
-        let Some(transaction) = self.transaction.as_ref().filter(|_| self.helo_seen) else {
+        let Some(transaction) = self
+            .transaction
+            .as_ref()
+            .filter(|_| self.hello != Hello::None)
+        else {
             return self.out_of_sequence();
         };
         let Some(addr) = address(path).filter(|a| !a.is_empty()) else {
@@ -615,8 +639,10 @@ impl Session {
     /// Why DATA/BDAT cannot be accepted now, if it cannot.
     fn data_refusal(&self) -> Option<Refusal> {
         match &self.transaction {
-            Some(t) if self.helo_seen && !t.accepted.is_empty() => None,
-            Some(t) if self.helo_seen && t.rcpts_answered > 0 => Some(Refusal::NoValidRecipients),
+            Some(t) if self.hello != Hello::None && !t.accepted.is_empty() => None,
+            Some(t) if self.hello != Hello::None && t.rcpts_answered > 0 => {
+                Some(Refusal::NoValidRecipients)
+            }
             _ => Some(Refusal::OutOfSequence),
         }
     }
@@ -734,9 +760,9 @@ impl Session {
         self.reply(220, reply::START_TLS);
         self.events.push_back(Event::StartTls);
         self.tls = true;
-        self.helo_seen = false;
+        self.hello = Hello::None;
         self.reset_transaction();
-        self.discard_input = true;
+        self.set_lifecycle(Lifecycle::StartingTls);
     }
 
     fn out_of_sequence(&mut self) {
@@ -753,7 +779,7 @@ impl Session {
     }
 
     fn count_bad_command(&mut self) {
-        if self.finished {
+        if self.is_finished() {
             return;
         }
         self.bad_commands += 1;
@@ -822,8 +848,28 @@ impl Session {
         self.body.take();
     }
 
+    // --- lifecycle ---
+
+    /// The one place the lifecycle changes. The transitions it allows are the only ones the
+    /// session makes; a debug build stops on any other.
+    fn set_lifecycle(&mut self, next: Lifecycle) {
+        use Lifecycle::*;
+        debug_assert!(
+            matches!(
+                (self.lifecycle, next),
+                (Connected, Open | Finished)
+                    | (Open, StartingTls | Closing | Finished)
+                    | (StartingTls, Open)
+                    | (Closing, Closing | Finished)
+            ),
+            "lifecycle {:?} -> {next:?}",
+            self.lifecycle
+        );
+        self.lifecycle = next;
+    }
+
     fn after_decision(&mut self) {
-        if self.shutdown_requested {
+        if self.lifecycle == Lifecycle::Closing {
             self.close_for_shutdown();
         } else {
             self.process();
@@ -876,7 +922,7 @@ impl Session {
 
     fn close(&mut self, text: std::fmt::Arguments<'_>) {
         self.say(421, false, text);
-        self.finished = true;
+        self.set_lifecycle(Lifecycle::Finished);
     }
 
     fn close_for_shutdown(&mut self) {
