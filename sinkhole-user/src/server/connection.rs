@@ -60,8 +60,9 @@ pub struct Connection {
 
 /// What one read did.
 pub enum ReadOutcome {
-    /// Bytes went to the session.
-    Data,
+    /// This many bytes of the client's (decrypted, under TLS) are at the start of the buffer;
+    /// none when a read of TLS records made no plaintext yet.
+    Data(usize),
     /// Nothing more for now.
     Drained,
     /// The client closed its side, or the connection broke.
@@ -250,10 +251,10 @@ impl Connection {
         ended
     }
 
-    /// Reads once and feeds what came (decrypted, under TLS) to the session.
-    pub fn read(&mut self, scratch: &mut [u8], now: Instant) -> ReadOutcome {
+    /// Reads once into `scratch` (decrypted, under TLS), for the loop to feed the session.
+    pub fn read(&mut self, scratch: &mut [u8]) -> ReadOutcome {
         let tls = match &mut self.transport {
-            Transport::Plain => return self.read_plain(scratch, now),
+            Transport::Plain => return self.read_plain(scratch),
             Transport::Upgrading(_) => return ReadOutcome::Drained,
             Transport::Tls(tls) => tls,
             Transport::Failed(_) => return ReadOutcome::Closed,
@@ -263,10 +264,7 @@ impl Connection {
         match tls.reader().read(scratch) {
             // The client's close_notify.
             Ok(0) => return ReadOutcome::Closed,
-            Ok(n) => {
-                self.session.receive(&scratch[..n], now);
-                return ReadOutcome::Data;
-            }
+            Ok(n) => return ReadOutcome::Data(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return ReadOutcome::Closed,
         }
@@ -294,17 +292,14 @@ impl Connection {
             self.transport = Transport::Failed(format!("{what}: {e}"));
             return ReadOutcome::Closed;
         }
-        ReadOutcome::Data
+        ReadOutcome::Data(0)
     }
 
-    fn read_plain(&mut self, scratch: &mut [u8], now: Instant) -> ReadOutcome {
+    fn read_plain(&mut self, scratch: &mut [u8]) -> ReadOutcome {
         loop {
             return match self.stream.read(scratch) {
                 Ok(0) => ReadOutcome::Closed,
-                Ok(n) => {
-                    self.session.receive(&scratch[..n], now);
-                    ReadOutcome::Data
-                }
+                Ok(n) => ReadOutcome::Data(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.readable = false;
                     ReadOutcome::Drained

@@ -38,7 +38,7 @@ use crate::kernel::Blocker;
 use crate::listeners;
 use crate::policy::PolicyStore;
 use crate::score::{Resolver, ScoreCounters, ScoreError};
-use crate::smtp::{Event, Reply, Session, SessionConfig};
+use crate::smtp::{self, Event, Reply, Session, SessionConfig};
 use crate::verdict::{RecipientJudge, Rules};
 use capture_budget::{CaptureBudget, MAX_IN_FLIGHT_BYTES};
 use connection::{Connection, FlushOutcome, ReadOutcome};
@@ -54,8 +54,6 @@ const SIGNALS: Token = Token(usize::MAX - 1);
 /// Listener `i` has token `LISTENER_BASE - i`; connection tokens are slab keys, far below.
 const LISTENER_BASE: usize = usize::MAX - 2;
 
-/// The one read buffer every connection reads through.
-const SCRATCH: usize = 64 * 1024;
 /// Reads per connection per wake-up before the loop serves the others (fairness).
 const READS_PER_TURN: usize = 16;
 /// Resolver answers taken per wake-up before the loop serves its connections: the answers of
@@ -192,7 +190,7 @@ impl Server {
             tls,
             capture_enabled: config.storage.capture,
             counters,
-            scratch: vec![0; SCRATCH],
+            scratch: vec![0; smtp::MAX_RECEIVE],
             capture_budget: CaptureBudget::new(MAX_IN_FLIGHT_BYTES),
             serial: 0,
             ready: Vec::new(),
@@ -414,13 +412,12 @@ impl Server {
         let started = SystemTime::now();
         let mut session = Session::new(Arc::clone(&self.session_config), now);
         // Whatever is already waiting came before the banner (pregreet).
-        let mut readable = true;
-        match stream.read(&mut self.scratch) {
-            Ok(n) if n > 0 => session.receive_early(&self.scratch[..n], now),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => readable = false,
-            _ => {}
-        }
-        session.greet(now);
+        let (early, readable) = match stream.read(&mut self.scratch) {
+            Ok(n) => (n, true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, false),
+            Err(_) => (0, true),
+        };
+        smtp::accept(&mut session, &self.scratch[..early], now);
         let conn = entry.insert(Connection::new(
             stream,
             session,
@@ -446,43 +443,62 @@ impl Server {
     }
 
     /// Moves a connection as far as it can go now: answers its events, writes its output,
-    /// reads while the session wants input, closes it when it is over.
+    /// reads while the session wants input, closes it when it is over. The session is driven
+    /// through [`smtp::settle`] and [`smtp::receive`], with [`Slot`] as their host.
     fn drive(&mut self, slot: usize, now: Instant) {
+        // The scratch buffer is lent out while the slot is: `drive` never runs inside itself.
+        let mut scratch = std::mem::take(&mut self.scratch);
+        debug_assert_eq!(scratch.len(), smtp::MAX_RECEIVE);
+        let mut host = Slot::new(self, slot, now);
+        smtp::settle(&mut host);
         let mut reads = 0;
         loop {
-            while let Some(event) = self.conns[slot].session_mut().poll_event() {
-                self.handle_event(slot, event, now);
-            }
-            self.ask_helo(slot);
-            let conn = &mut self.conns[slot];
-            match conn.flush() {
-                FlushOutcome::Broken => return self.close(slot),
+            let Slot {
+                server, flushed, ..
+            } = &mut host;
+            let conn = &mut server.conns[slot];
+            match flushed {
+                FlushOutcome::Broken => {
+                    server.close(slot);
+                    break;
+                }
                 FlushOutcome::Blocked => {
-                    conn.watch_writable(self.poll.registry(), Token(slot), true);
+                    conn.watch_writable(server.poll.registry(), Token(slot), true);
                 }
                 FlushOutcome::Done => {
-                    conn.watch_writable(self.poll.registry(), Token(slot), false);
+                    conn.watch_writable(server.poll.registry(), Token(slot), false);
                     if conn.is_over() {
-                        return self.close(slot);
+                        server.close(slot);
+                        break;
                     }
                 }
             }
             if !conn.wants_read() {
+                server.schedule(slot);
                 break;
             }
             if reads == READS_PER_TURN {
                 // More input is waiting: serve the other connections first.
-                self.ready.push((slot, conn.serial()));
+                server.ready.push((slot, conn.serial()));
+                server.schedule(slot);
                 break;
             }
             reads += 1;
-            match conn.read(&mut self.scratch, now) {
-                ReadOutcome::Data => {}
-                ReadOutcome::Drained => break,
-                ReadOutcome::Closed => conn.mark_peer_closed(),
+            match conn.read(&mut scratch) {
+                // TLS records that made no plaintext yet may still need an answer (handshake).
+                ReadOutcome::Data(0) => smtp::settle(&mut host),
+                ReadOutcome::Data(n) => smtp::receive(&mut host, &scratch[..n], now),
+                ReadOutcome::Drained => {
+                    server.schedule(slot);
+                    break;
+                }
+                ReadOutcome::Closed => {
+                    conn.mark_peer_closed();
+                    smtp::settle(&mut host);
+                }
             }
         }
-        self.schedule(slot);
+        self.scratch = scratch;
     }
 
     /// Keeps one timer entry per connection at (or before) its next deadline: the session's,
@@ -711,6 +727,42 @@ impl Server {
         if !self.capture.submit(Job::Log(batch)) {
             DaemonCounters::add(&self.counters.session_log_dropped, lines);
         }
+    }
+}
+
+/// One connection of the server as the host of its session ([`smtp::Host`]): events go to
+/// the loop's handlers, output to the socket, and the flush's outcome is kept for
+/// [`Server::drive`] to act on (closing, or waiting to write).
+struct Slot<'a> {
+    server: &'a mut Server,
+    slot: usize,
+    now: Instant,
+    flushed: FlushOutcome,
+}
+
+impl<'a> Slot<'a> {
+    fn new(server: &'a mut Server, slot: usize, now: Instant) -> Self {
+        Slot {
+            server,
+            slot,
+            now,
+            flushed: FlushOutcome::Done,
+        }
+    }
+}
+
+impl smtp::Host for Slot<'_> {
+    fn session(&mut self) -> &mut Session {
+        self.server.conns[self.slot].session_mut()
+    }
+
+    fn event(&mut self, event: Event) {
+        self.server.handle_event(self.slot, event, self.now);
+    }
+
+    fn flush(&mut self) {
+        self.server.ask_helo(self.slot);
+        self.flushed = self.server.conns[self.slot].flush();
     }
 }
 
