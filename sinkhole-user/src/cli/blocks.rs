@@ -11,19 +11,25 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::kernel::{Block, BlockMaps, KernelError, PacketCounters, clock, maps};
+use crate::prefix::check_width;
 
 /// The pinned maps (opening them also refreshes the program's clock offset).
 fn open(config: &Config) -> Result<BlockMaps, KernelError> {
     maps::open_maps(&config.xdp.pin_dir)
 }
 
-/// `sinkhole block PREFIX [--ttl T] [--reason R]`.
+/// `sinkhole block PREFIX [--ttl T] [--reason R] [--force]`: a prefix wider than /8 or /16 only
+/// with `force`.
 pub fn block(
     config: &Config,
     prefix: IpNet,
     ttl: Option<Duration>,
     reason: &str,
+    force: bool,
 ) -> anyhow::Result<String> {
+    if !force {
+        check_width(prefix)?;
+    }
     if let Some(allow) = config.xdp.allow.iter().find(|a| a.contains(&prefix)) {
         bail!("{prefix} is allow-listed by {allow} (xdp.allow) and would never be dropped");
     }
