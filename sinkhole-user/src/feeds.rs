@@ -20,6 +20,7 @@ use ipnet::IpNet;
 use crate::config::Config;
 use crate::kernel::{Block, KernelError, clock, maps};
 use crate::prefix::{check_width, parse_prefix};
+use crate::text::escape;
 
 /// The A record every exported entry answers with (the conventional "listed").
 pub const LISTED: &str = "127.0.0.2";
@@ -123,8 +124,8 @@ pub struct ImportOptions<'a> {
 }
 
 /// `sinkhole import FILE --format F [--ttl T] [--reason R] [--force]`: loads every good line
-/// into the block maps; calls `bad_line` with `FILE:LINE: why` for each bad one and then fails
-/// with [`FeedError::BadLines`] (the good lines stay loaded).
+/// into the block maps; calls `bad_line` with `FILE:LINE: why` (escaped, see [`escape`]) for each
+/// bad one and then fails with [`FeedError::BadLines`] (the good lines stay loaded).
 pub fn import(
     config: &Config,
     path: &Path,
@@ -176,7 +177,8 @@ pub fn import(
             Ok(None) => continue,
             Err(why) => {
                 report.bad += 1;
-                bad_line(&format!("{}:{number}: {why}", path.display()));
+                // The line is the feed's: what a terminal would act on is escaped.
+                bad_line(&escape(&format!("{}:{number}: {why}", path.display())));
                 continue;
             }
         };

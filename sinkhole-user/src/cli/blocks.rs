@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::config::Config;
 use crate::kernel::{Block, BlockMaps, KernelError, PacketCounters, clock, maps};
 use crate::prefix::check_width;
+use crate::text::{self, escape};
 
 /// The pinned maps (opening them also refreshes the program's clock offset).
 fn open(config: &Config) -> Result<BlockMaps, KernelError> {
@@ -35,6 +36,7 @@ pub fn block(
     }
     let mut maps = open(config)?;
     maps.insert(prefix, clock::expiry(ttl), reason)?;
+    let reason = escape(reason);
     Ok(match ttl {
         Some(ttl) => format!(
             "blocked {prefix} for {} ({reason})\n",
@@ -65,7 +67,8 @@ fn live_blocks(maps: &BlockMaps) -> Result<Vec<Block>, KernelError> {
     Ok(blocks)
 }
 
-/// `sinkhole list [--json]`: the live blocks (expired ones wait for the sweep, unshown).
+/// `sinkhole list [--json]`: the live blocks (expired ones wait for the sweep, unshown), the
+/// reasons escaped for a terminal ([`crate::text`]).
 pub fn list(config: &Config, as_json: bool) -> anyhow::Result<String> {
     let blocks = live_blocks(&open(config)?)?;
     if as_json {
@@ -81,7 +84,7 @@ pub fn list(config: &Config, as_json: bool) -> anyhow::Result<String> {
                 })
             })
             .collect();
-        return Ok(format!("{}\n", serde_json::Value::Array(array)));
+        return Ok(text::json_line(&array));
     }
     let mut out = format!(
         "{:<43} {:<20} {:>12} {:<20} REASON\n",
@@ -95,7 +98,7 @@ pub fn list(config: &Config, as_json: bool) -> anyhow::Result<String> {
             clock::rfc3339(b.entry.expires_at).unwrap_or_else(|| "never".into()),
             b.entry.drops,
             clock::rfc3339(b.entry.last_drop_at).unwrap_or_else(|| "-".into()),
-            b.reason()
+            escape(&b.reason())
         );
     }
     let _ = writeln!(out, "{} blocked", blocks.len());
