@@ -4,22 +4,42 @@
 //! headers (stored renamed, so the daemon's cannot be forged).
 
 use std::fs;
-use std::path::Path;
 use std::process::{Command, Output};
 
 use sinkhole_tests::daemon::Daemon;
 use sinkhole_tests::netns::PinDir;
-use sinkhole_tests::{kernel_tests_allowed, sinkhole, sinkhole_ok, temp_dir};
+use sinkhole_tests::{TempDir, kernel_tests_allowed, sinkhole, sinkhole_ok, temp_dir};
 
-/// A config whose pinned maps are in `pins` (the default `xdp.allow`: loopback only).
-fn write_config(dir: &Path, pins: &PinDir) -> String {
-    let path = dir.join("sinkhole.toml");
-    fs::write(
-        &path,
-        format!("[xdp]\npin_dir = \"{}\"\n", pins.path().display()),
-    )
-    .unwrap();
-    path.to_str().unwrap().to_string()
+/// Maps pinned in a pin dir of the test's own, and a config naming them (the default
+/// `xdp.allow`: loopback only); `None` when `test` may not touch the kernel (see
+/// [`kernel_tests_allowed`]).
+struct Maps {
+    /// Removed with the test.
+    _pins: PinDir,
+    dir: TempDir,
+    config: String,
+}
+
+impl Maps {
+    fn new(test: &str) -> Option<Maps> {
+        if !kernel_tests_allowed(test) {
+            return None;
+        }
+        let pins = PinDir::new("hstl");
+        let dir = temp_dir("hostile");
+        let path = dir.path().join("sinkhole.toml");
+        fs::write(
+            &path,
+            format!("[xdp]\npin_dir = \"{}\"\n", pins.path().display()),
+        )
+        .unwrap();
+        let config = path.to_str().unwrap().to_string();
+        Some(Maps {
+            _pins: pins,
+            dir,
+            config,
+        })
+    }
 }
 
 /// The prefixes `list --json` shows, sorted.
@@ -58,12 +78,10 @@ fn stderr(out: &Output) -> String {
 
 #[test]
 fn block_refuses_prefixes_wider_than_8_or_16_unless_forced() {
-    if !kernel_tests_allowed("block_refuses_prefixes_wider_than_8_or_16_unless_forced") {
+    let Some(maps) = Maps::new("block_refuses_prefixes_wider_than_8_or_16_unless_forced") else {
         return;
-    }
-    let pins = PinDir::new("wide");
-    let dir = temp_dir("wide");
-    let config = write_config(dir.path(), &pins);
+    };
+    let config = maps.config.as_str();
     let wide = [
         ("0.0.0.0/0", 8),
         ("::/0", 16),
@@ -71,7 +89,7 @@ fn block_refuses_prefixes_wider_than_8_or_16_unless_forced() {
         ("2000::/15", 16),
     ];
     for (prefix, widest) in wide {
-        let out = sinkhole(&["block", prefix, "--config", &config]).unwrap();
+        let out = sinkhole(&["block", prefix, "--config", config]).unwrap();
         assert_eq!(out.status.code(), Some(1), "{prefix}: {}", stderr(&out));
         assert_eq!(
             stderr(&out),
@@ -79,17 +97,17 @@ fn block_refuses_prefixes_wider_than_8_or_16_unless_forced() {
         );
         assert!(out.stdout.is_empty(), "{prefix}");
     }
-    assert_eq!(listed(&config), Vec::<String>::new(), "nothing was blocked");
+    assert_eq!(listed(config), Vec::<String>::new(), "nothing was blocked");
 
     // The narrowest refused ones' neighbours are taken without --force.
-    sinkhole_ok(&["block", "10.0.0.0/8", "--config", &config]).unwrap();
-    sinkhole_ok(&["block", "2001::/16", "--config", &config]).unwrap();
+    sinkhole_ok(&["block", "10.0.0.0/8", "--config", config]).unwrap();
+    sinkhole_ok(&["block", "2001::/16", "--config", config]).unwrap();
     for (prefix, _) in wide {
-        let out = sinkhole_ok(&["block", prefix, "--force", "--config", &config]).unwrap();
+        let out = sinkhole_ok(&["block", prefix, "--force", "--config", config]).unwrap();
         assert_eq!(out, format!("blocked {prefix} until unblocked (manual)\n"));
     }
     assert_eq!(
-        listed(&config),
+        listed(config),
         [
             "0.0.0.0/0",
             "10.0.0.0/7",
@@ -100,20 +118,19 @@ fn block_refuses_prefixes_wider_than_8_or_16_unless_forced() {
         ]
     );
     // xdp.allow still wins over --force.
-    let out = sinkhole(&["block", "127.0.0.1", "--force", "--config", &config]).unwrap();
+    let out = sinkhole(&["block", "127.0.0.1", "--force", "--config", config]).unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("allow-listed"), "{}", stderr(&out));
 }
 
 #[test]
 fn import_names_wide_and_hostile_lines_escaped_and_loads_the_rest() {
-    if !kernel_tests_allowed("import_names_wide_and_hostile_lines_escaped_and_loads_the_rest") {
+    let Some(maps) = Maps::new("import_names_wide_and_hostile_lines_escaped_and_loads_the_rest")
+    else {
         return;
-    }
-    let pins = PinDir::new("hfeed");
-    let dir = temp_dir("hostile-feed");
-    let config = write_config(dir.path(), &pins);
-    let feed = dir.path().join("feed.txt");
+    };
+    let config = maps.config.as_str();
+    let feed = maps.dir.path().join("feed.txt");
     fs::write(
         &feed,
         b"198.51.100.0/24\n0.0.0.0/0\n203.0.113.9\x1b]0;owned\x07\rx\n2001:db8::/32\n::/0 # all\n",
@@ -121,7 +138,7 @@ fn import_names_wide_and_hostile_lines_escaped_and_loads_the_rest() {
     .unwrap();
     let feed_arg = feed.to_str().unwrap();
     let import = |force: &[&str]| {
-        let mut args = vec!["import", feed_arg, "--format", "plain", "--config", &config];
+        let mut args = vec!["import", feed_arg, "--format", "plain", "--config", config];
         args.extend(force);
         sinkhole(&args).unwrap()
     };
@@ -153,7 +170,7 @@ fn import_names_wide_and_hostile_lines_escaped_and_loads_the_rest() {
         "{text}"
     );
     assert_eq!(text.lines().count(), 4, "a line per bad line, one summary");
-    assert_eq!(listed(&config), ["198.51.100.0/24", "2001:db8::/32"]);
+    assert_eq!(listed(config), ["198.51.100.0/24", "2001:db8::/32"]);
 
     // With --force only the line that is not a prefix is bad.
     let out = import(&["--force"]);
@@ -165,36 +182,26 @@ fn import_names_wide_and_hostile_lines_escaped_and_loads_the_rest() {
         stderr(&out)
     );
     assert_eq!(
-        listed(&config),
+        listed(config),
         ["0.0.0.0/0", "198.51.100.0/24", "2001:db8::/32", "::/0"]
     );
 }
 
 #[test]
 fn a_reason_with_control_bytes_is_printed_escaped() {
-    if !kernel_tests_allowed("a_reason_with_control_bytes_is_printed_escaped") {
+    let Some(maps) = Maps::new("a_reason_with_control_bytes_is_printed_escaped") else {
         return;
-    }
-    let pins = PinDir::new("rsn");
-    let dir = temp_dir("reason");
-    let config = write_config(dir.path(), &pins);
+    };
+    let config = maps.config.as_str();
     let reason = "evil\x1b[2J\x07\u{9b}\u{202e}";
-    let out = sinkhole_ok(&[
-        "block",
-        "192.0.2.1",
-        "--reason",
-        reason,
-        "--config",
-        &config,
-    ])
-    .unwrap();
+    let out = sinkhole_ok(&["block", "192.0.2.1", "--reason", reason, "--config", config]).unwrap();
     assert_no_raw_control("block's stdout", out.as_bytes());
     assert_eq!(
         out,
         "blocked 192.0.2.1/32 until unblocked (evil\\x1b[2J\\x07\\u{9b}\\u{202e})\n"
     );
 
-    let table = sinkhole_ok(&["list", "--config", &config]).unwrap();
+    let table = sinkhole_ok(&["list", "--config", config]).unwrap();
     assert_no_raw_control("list", table.as_bytes());
     assert!(
         table.contains("evil\\x1b[2J\\x07\\u{9b}\\u{202e}\n"),
@@ -202,13 +209,13 @@ fn a_reason_with_control_bytes_is_printed_escaped() {
     );
 
     // JSON: every unsafe character as a \u escape, and the reason read back whole.
-    let json = sinkhole_ok(&["list", "--json", "--config", &config]).unwrap();
+    let json = sinkhole_ok(&["list", "--json", "--config", config]).unwrap();
     assert_no_raw_control("list --json", json.as_bytes());
     assert!(json.contains(r"evil\u001b[2J\u0007\u009b\u202e"), "{json}");
     let list: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(list[0]["reason"], reason);
 
-    let dataset = sinkhole_ok(&["export", "--family", "ipv4", "--config", &config]).unwrap();
+    let dataset = sinkhole_ok(&["export", "--family", "ipv4", "--config", config]).unwrap();
     assert_no_raw_control("export", dataset.as_bytes());
     assert!(
         dataset.contains("192.0.2.1 :127.0.0.2:evil?[2J??"),
@@ -241,27 +248,20 @@ const STORED: &[u8] = b"From: a@example.com\r\n\
 fn a_clients_own_trace_headers_are_stored_as_client_supplied() {
     let daemon = Daemon::start("", "");
     let message = daemon.dir.path().join("forged.eml");
-    fs::write(&message, FORGED).unwrap();
-    let script = format!(
-        "import smtplib\n\
-         msg = open({path:?}, 'rb').read()\n\
-         s = smtplib.SMTP('127.0.0.1', {port}, timeout=10)\n\
-         s.ehlo('forger.example')\n\
-         refused = s.sendmail('a@example.com', ['trap@example.org'], msg)\n\
-         assert refused == {{}}, refused\n\
-         s.quit()\n",
-        path = message.display().to_string(),
-        port = daemon.addr.port()
-    );
-    let output = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
+    // swaks ends the data with a CRLF of its own.
+    fs::write(&message, FORGED.strip_suffix(b"\r\n").unwrap()).unwrap();
+    let output = Command::new("swaks")
+        .args(["--server", "127.0.0.1", "--port"])
+        .arg(daemon.addr.port().to_string())
+        .args(["--from", "a@example.com", "--to", "trap@example.org"])
+        .args(["--helo", "forger.example", "--timeout", "10", "--data"])
+        .arg(&message)
         .output()
-        .expect("run python3");
+        .expect("run swaks (installed by cargo xtask setup)");
     assert!(
         output.status.success(),
-        "smtplib failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+        "swaks failed: {}",
+        String::from_utf8_lossy(&output.stdout)
     );
 
     let messages = daemon.new_messages();
