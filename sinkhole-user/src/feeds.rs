@@ -2,7 +2,8 @@
 //!
 //! - `sinkhole import FILE --format drop|plain`: Spamhaus DROP/EDROP (`CIDR ; SBLnnn`, `;`
 //!   comments) or one address/CIDR per line (`#` comments) into the block maps. Every line is
-//!   judged on its own: bad ones are named (`FILE:LINE: why`), the good ones load all the same.
+//!   judged on its own: bad ones (a prefix wider than /8 or /16 among them, unless `--force`)
+//!   are named (`FILE:LINE: why`), the good ones load all the same.
 //! - `sinkhole export --format rbldnsd`: the unexpired blocks as rbldnsd datasets, `ip4set` for
 //!   IPv4 and `ip6trie` for IPv6 (rbldnsd keeps the families in separate dataset types), each
 //!   entry answering `A 127.0.0.2` with the block's reason as its TXT. Served by rbldnsd, they
@@ -18,7 +19,8 @@ use ipnet::IpNet;
 
 use crate::config::Config;
 use crate::kernel::{Block, KernelError, clock, maps};
-use crate::prefix::parse_prefix;
+use crate::prefix::{check_width, parse_prefix};
+use crate::text::escape;
 
 /// The A record every exported entry answers with (the conventional "listed").
 pub const LISTED: &str = "127.0.0.2";
@@ -108,18 +110,34 @@ impl std::fmt::Display for ImportReport {
     }
 }
 
-/// `sinkhole import FILE --format F [--ttl T] [--reason R]`: loads every good line into the
-/// block maps; calls `bad_line` with `FILE:LINE: why` for each bad one and then fails with
-/// [`FeedError::BadLines`] (the good lines stay loaded). The reason stored is `reason`, else
-/// `drop:SBLnnn` (DROP) or `import:FILE-NAME`.
+/// How `sinkhole import` reads a file and what it stores.
+#[derive(Clone, Debug)]
+pub struct ImportOptions<'a> {
+    pub format: Format,
+    /// How long the blocks hold; `None`: until unblocked.
+    pub ttl: Option<Duration>,
+    /// The reason stored for every entry; `None`: `drop:SBLnnn` (DROP) or `import:FILE-NAME`.
+    pub reason: Option<&'a str>,
+    /// Load prefixes wider than /8 or /16 too (else they are bad lines, see
+    /// [`check_width`]).
+    pub force: bool,
+}
+
+/// `sinkhole import FILE --format F [--ttl T] [--reason R] [--force]`: loads every good line
+/// into the block maps; calls `bad_line` with `FILE:LINE: why` (escaped, see [`escape`]) for each
+/// bad one and then fails with [`FeedError::BadLines`] (the good lines stay loaded).
 pub fn import(
     config: &Config,
     path: &Path,
-    format: Format,
-    ttl: Option<Duration>,
-    reason: Option<&str>,
+    options: &ImportOptions,
     bad_line: &mut dyn FnMut(&str),
 ) -> Result<String, FeedError> {
+    let ImportOptions {
+        format,
+        ttl,
+        reason,
+        force,
+    } = *options;
     let read_error = |source| FeedError::Read {
         path: path.to_owned(),
         source,
@@ -147,13 +165,20 @@ pub fn import(
             std::str::from_utf8(&buf)
                 .map_err(|_| "not UTF-8".to_string())
                 .and_then(|line| parse_line(format, line))
+                .and_then(|entry| match entry {
+                    Some(entry) if !force => check_width(entry.prefix)
+                        .map(|()| Some(entry))
+                        .map_err(|e| e.to_string()),
+                    entry => Ok(entry),
+                })
         };
         let entry = match parsed {
             Ok(Some(entry)) => entry,
             Ok(None) => continue,
             Err(why) => {
                 report.bad += 1;
-                bad_line(&format!("{}:{number}: {why}", path.display()));
+                // The line is the feed's: what a terminal would act on is escaped.
+                bad_line(&escape(&format!("{}:{number}: {why}", path.display())));
                 continue;
             }
         };

@@ -19,4 +19,5 @@ pub mod score;
 pub mod server;
 pub mod signature;
 pub mod smtp;
+pub mod text;
 pub mod verdict;

@@ -1,6 +1,8 @@
-//! The trace header block prepended to every captured message, and the dates it carries.
+//! The trace header block prepended to every captured message, the dates it carries, and the
+//! client's own `X-Sinkhole-*` headers renamed ([`ClientHeaders`]) so that ours cannot be forged.
 
 use std::fmt::Write;
+use std::io;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -66,6 +68,102 @@ impl Trace {
     }
 }
 
+/// The header-name prefix of our trace headers, lower-case: the client's own headers that start
+/// with it (in any case) are renamed to start with [`CLIENT_SUPPLIED`].
+const OURS: &[u8] = b"x-sinkhole-";
+/// What a client's `X-Sinkhole-NAME` header is renamed to: `X-Sinkhole-Client-Supplied-NAME`.
+const CLIENT_SUPPLIED: &[u8] = b"X-Sinkhole-Client-Supplied-";
+
+/// Copies a message, streamed in chunks cut anywhere, renaming the client's headers that start
+/// with `X-Sinkhole-` (in any case) to `X-Sinkhole-Client-Supplied-...`; every other byte is
+/// copied as it is. Only the header section is looked at: it ends at the first empty line.
+/// Continuation lines (starting with a space or tab) stay with their header, whatever it is.
+///
+/// [`ClientHeaders::write`] each chunk in order, then [`ClientHeaders::finish`]. A chunk is
+/// written on in runs, not copied; only the start of a possible `X-Sinkhole-` that a chunk
+/// ends in is held back (at most 10 bytes) until the next chunk decides it.
+#[derive(Debug, Default)]
+pub struct ClientHeaders {
+    state: State,
+    /// The bytes of a possible `X-Sinkhole-` that earlier chunks ended in, as the client wrote
+    /// them (`held[..held_len]`).
+    held: [u8; OURS.len()],
+    held_len: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum State {
+    /// At the start of a line in the header section.
+    #[default]
+    LineStart,
+    /// The first N bytes of this header line match `x-sinkhole-`.
+    Ours(usize),
+    /// Within a header line whose name is decided.
+    Line,
+    /// Past the header section: the rest is copied.
+    Body,
+}
+
+impl ClientHeaders {
+    /// Writes `chunk`, the next part of the message, on `out`.
+    pub fn write(&mut self, chunk: &[u8], out: &mut impl io::Write) -> io::Result<()> {
+        // chunk[run..i] is decided and not written yet.
+        let (mut run, mut i) = (0, 0);
+        while i < chunk.len() {
+            match self.state {
+                State::Body => break,
+                State::Line => match chunk[i..].iter().position(|&b| b == b'\n') {
+                    Some(n) => {
+                        i += n + 1;
+                        self.state = State::LineStart;
+                    }
+                    None => i = chunk.len(),
+                },
+                State::LineStart => match chunk[i] {
+                    b'\r' | b'\n' => self.state = State::Body,
+                    b' ' | b'\t' => self.state = State::Line,
+                    _ => {
+                        out.write_all(&chunk[run..i])?;
+                        run = i;
+                        self.state = State::Ours(0);
+                    }
+                },
+                State::Ours(matched) if chunk[i].to_ascii_lowercase() == OURS[matched] => {
+                    i += 1;
+                    if matched + 1 < OURS.len() {
+                        self.state = State::Ours(matched + 1);
+                    } else {
+                        // The client's `X-Sinkhole-`, held and in chunk[run..i], is replaced.
+                        out.write_all(CLIENT_SUPPLIED)?;
+                        self.held_len = 0;
+                        run = i;
+                        self.state = State::Line;
+                    }
+                }
+                State::Ours(_) => {
+                    // Not ours: what was held goes out first, chunk[run..i] follows in the run.
+                    out.write_all(&self.held[..self.held_len])?;
+                    self.held_len = 0;
+                    self.state = State::Line;
+                }
+            }
+        }
+        if let State::Ours(_) = self.state {
+            // chunk[run..] is the start of a possible `X-Sinkhole-`: held until it is decided.
+            let part = &chunk[run..];
+            self.held[self.held_len..self.held_len + part.len()].copy_from_slice(part);
+            self.held_len += part.len();
+            return Ok(());
+        }
+        out.write_all(&chunk[run..])
+    }
+
+    /// Ends the message: writes what is still held (a message that ends inside `X-Sinkhole-`).
+    pub fn finish(self, out: &mut impl io::Write) -> io::Result<()> {
+        out.write_all(&self.held[..self.held_len])
+    }
+}
+
 /// Client input made safe for a header value: printable ASCII only (anything else, CR and LF
 /// first of all, becomes `?`), at most [`MAX_VALUE`] characters.
 pub fn sanitize(value: &str) -> String {
@@ -114,7 +212,121 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::time::Duration;
+
+    /// Forged trace headers in several spellings, one folded, and look-alikes that stay.
+    const SAMPLE: &[u8] = b"Received: from mx.example\r\n\
+        X-Sinkhole-Client: 6.6.6.6\r\n\
+        x-sinkhole-session: forged\r\n\
+        X-SINKHOLE-Dnsbl: folded\r\n\
+        \tX-Sinkhole-Helo: a continuation line stays\r\n\
+        X-Sinkhole: no dash\r\n\
+        X-Sinkholes: n\r\n\
+        Subject: X-Sinkhole-Client in a value\r\n\
+        X-Sinkhole-\r\n\
+        \r\n\
+        X-Sinkhole-Client: in the body\r\n\
+        \x1b\x00\xff\r\n";
+
+    const RENAMED: &[u8] = b"Received: from mx.example\r\n\
+        X-Sinkhole-Client-Supplied-Client: 6.6.6.6\r\n\
+        X-Sinkhole-Client-Supplied-session: forged\r\n\
+        X-Sinkhole-Client-Supplied-Dnsbl: folded\r\n\
+        \tX-Sinkhole-Helo: a continuation line stays\r\n\
+        X-Sinkhole: no dash\r\n\
+        X-Sinkholes: n\r\n\
+        Subject: X-Sinkhole-Client in a value\r\n\
+        X-Sinkhole-Client-Supplied-\r\n\
+        \r\n\
+        X-Sinkhole-Client: in the body\r\n\
+        \x1b\x00\xff\r\n";
+
+    /// `message` through [`ClientHeaders`] in the chunks `cuts` (ascending offsets) make.
+    fn renamed(message: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut client = ClientHeaders::default();
+        let mut from = 0;
+        for &cut in cuts.iter().chain([&message.len()]) {
+            client.write(&message[from..cut], &mut out).unwrap();
+            from = cut;
+        }
+        client.finish(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn the_clients_trace_headers_are_renamed_at_every_split() {
+        assert_eq!(
+            String::from_utf8_lossy(&renamed(SAMPLE, &[])),
+            String::from_utf8_lossy(RENAMED)
+        );
+        // Every pair of cuts: three chunks, `X-Sinkhole-` cut anywhere, even twice.
+        for first in 0..=SAMPLE.len() {
+            for second in first..=SAMPLE.len() {
+                assert_eq!(
+                    renamed(SAMPLE, &[first, second]),
+                    RENAMED,
+                    "cut at {first} and {second}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn what_is_held_at_the_end_is_written() {
+        assert_eq!(renamed(b"X-Sinkh", &[3]), b"X-Sinkh");
+        assert_eq!(renamed(b"X-Sinkhole-", &[5]), CLIENT_SUPPLIED);
+        assert_eq!(renamed(b"", &[]), b"");
+        assert_eq!(
+            renamed(b"\r\nX-Sinkhole-A: b", &[4]),
+            b"\r\nX-Sinkhole-A: b"
+        );
+    }
+
+    /// The rule stated on a whole message, line by line: the model [`ClientHeaders`] must match.
+    fn model(message: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut in_header = true;
+        for line in message.split_inclusive(|&b| b == b'\n') {
+            in_header &= !matches!(line.first(), Some(b'\r' | b'\n'));
+            match line.get(..OURS.len()) {
+                Some(name) if in_header && name.eq_ignore_ascii_case(OURS) => {
+                    out.extend_from_slice(CLIENT_SUPPLIED);
+                    out.extend_from_slice(&line[OURS.len()..]);
+                }
+                _ => out.extend_from_slice(line),
+            }
+        }
+        out
+    }
+
+    /// Messages made of header-ish lines, with our prefix often, and a body.
+    fn message_strategy() -> impl Strategy<Value = Vec<u8>> {
+        let line = prop_oneof![
+            Just(b"X-Sinkhole-".to_vec()),
+            Just(b"x-SINKHOLE-".to_vec()),
+            Just(b"X-Sinkhol".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"\t".to_vec()),
+            Just(b" ".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..12),
+        ];
+        proptest::collection::vec(line, 0..30).prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn any_chunking_renames_as_the_model_does(
+            message in message_strategy(),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+        ) {
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(message.len() + 1)).collect();
+            cuts.sort_unstable();
+            prop_assert_eq!(renamed(&message, &cuts), model(&message));
+        }
+    }
 
     #[test]
     fn dates_are_rfc5322() {

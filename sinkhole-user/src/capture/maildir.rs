@@ -15,14 +15,14 @@
 //! `O_TMPFILE` get the classic way through `tmp/`.
 
 use std::fs::{self, File};
-use std::io::{self, IoSlice, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, CWD, Mode, OFlags};
 
-use super::headers::Trace;
+use super::headers::{ClientHeaders, Trace};
 
 /// One message to store.
 pub struct Message<'a> {
@@ -201,15 +201,13 @@ fn doing(what: &str, error: io::Error) -> io::Error {
     io::Error::new(error.kind(), format!("{what}: {error}"))
 }
 
-/// Writes `header` then `body` to a new file, in one call when it takes both.
+/// Writes `header` then `body` to a new file, the client's `X-Sinkhole-*` headers in `body`
+/// renamed ([`ClientHeaders`]).
 fn write_message(mut file: &File, header: &[u8], body: &[u8]) -> io::Result<()> {
-    let written = file.write_vectored(&[IoSlice::new(header), IoSlice::new(body)])?;
-    if written < header.len() {
-        file.write_all(&header[written..])?;
-        file.write_all(body)
-    } else {
-        file.write_all(&body[written - header.len()..])
-    }
+    file.write_all(header)?;
+    let mut client = ClientHeaders::default();
+    client.write(body, &mut file)?;
+    client.finish(&mut file)
 }
 
 /// Gives an `O_TMPFILE` file the name `name` in `dir`. Through `/proc/self/fd`, since linking the

@@ -11,24 +11,32 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::kernel::{Block, BlockMaps, KernelError, PacketCounters, clock, maps};
+use crate::prefix::check_width;
+use crate::text::{self, escape};
 
 /// The pinned maps (opening them also refreshes the program's clock offset).
 fn open(config: &Config) -> Result<BlockMaps, KernelError> {
     maps::open_maps(&config.xdp.pin_dir)
 }
 
-/// `sinkhole block PREFIX [--ttl T] [--reason R]`.
+/// `sinkhole block PREFIX [--ttl T] [--reason R] [--force]`: a prefix wider than /8 or /16 only
+/// with `force`.
 pub fn block(
     config: &Config,
     prefix: IpNet,
     ttl: Option<Duration>,
     reason: &str,
+    force: bool,
 ) -> anyhow::Result<String> {
+    if !force {
+        check_width(prefix)?;
+    }
     if let Some(allow) = config.xdp.allow.iter().find(|a| a.contains(&prefix)) {
         bail!("{prefix} is allow-listed by {allow} (xdp.allow) and would never be dropped");
     }
     let mut maps = open(config)?;
     maps.insert(prefix, clock::expiry(ttl), reason)?;
+    let reason = escape(reason);
     Ok(match ttl {
         Some(ttl) => format!(
             "blocked {prefix} for {} ({reason})\n",
@@ -59,7 +67,8 @@ fn live_blocks(maps: &BlockMaps) -> Result<Vec<Block>, KernelError> {
     Ok(blocks)
 }
 
-/// `sinkhole list [--json]`: the live blocks (expired ones wait for the sweep, unshown).
+/// `sinkhole list [--json]`: the live blocks (expired ones wait for the sweep, unshown), the
+/// reasons escaped for a terminal ([`crate::text`]).
 pub fn list(config: &Config, as_json: bool) -> anyhow::Result<String> {
     let blocks = live_blocks(&open(config)?)?;
     if as_json {
@@ -75,7 +84,7 @@ pub fn list(config: &Config, as_json: bool) -> anyhow::Result<String> {
                 })
             })
             .collect();
-        return Ok(format!("{}\n", serde_json::Value::Array(array)));
+        return Ok(text::json_line(&array));
     }
     let mut out = format!(
         "{:<43} {:<20} {:>12} {:<20} REASON\n",
@@ -89,7 +98,7 @@ pub fn list(config: &Config, as_json: bool) -> anyhow::Result<String> {
             clock::rfc3339(b.entry.expires_at).unwrap_or_else(|| "never".into()),
             b.entry.drops,
             clock::rfc3339(b.entry.last_drop_at).unwrap_or_else(|| "-".into()),
-            b.reason()
+            escape(&b.reason())
         );
     }
     let _ = writeln!(out, "{} blocked", blocks.len());

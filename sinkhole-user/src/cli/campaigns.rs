@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::campaign::report::{self, Campaign, Ranked};
 use crate::config::Config;
+use crate::text::{self, escape};
 
 /// `sinkhole campaigns`: the report on stdout, skipped log lines as warnings on stderr.
 pub fn report(
@@ -34,7 +35,7 @@ pub fn report(
     })?;
     let mut out = io::stdout().lock();
     if json {
-        serde_json::to_writer(&mut out, &report)?;
+        text::write_json(&mut out, &report)?;
         writeln!(out)?;
     } else {
         write_table(&report, &mut out)?;
@@ -42,31 +43,6 @@ pub fn report(
     out.flush()?;
     // Written as it was made: nothing is left to print.
     Ok(String::new())
-}
-
-/// Client-supplied text made safe for a terminal: control and bidi/zero-width format
-/// characters and the backslash are escaped.
-fn escape(text: &str) -> Cow<'_, str> {
-    let unsafe_char = |c: char| {
-        c.is_control()
-            || c == '\\'
-            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    };
-    if !text.chars().any(unsafe_char) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x80 && unsafe_char(c) => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
-            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
 }
 
 /// The report as a table for people.
@@ -134,16 +110,4 @@ fn write_table(report: &[Campaign], out: &mut dyn Write) -> io::Result<()> {
         writeln!(out, "    examples    {}", examples.join(" "))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escapes_what_a_terminal_would_act_on() {
-        assert!(matches!(escape("plain@example.org"), Cow::Borrowed(_)));
-        assert_eq!(escape("a\x1b[31mb\r\n"), "a\\x1b[31mb\\x0d\\x0a");
-        assert_eq!(escape("x\\y\u{202e}z\u{85}"), "x\\\\y\\u{202e}z\\u{85}");
-    }
 }

@@ -2,27 +2,16 @@
 //! ([`crate::feeds`]).
 
 use std::path::Path;
-use std::time::Duration;
 
 use crate::config::Config;
-use crate::feeds::{self, ExportOptions, Family, Format};
+use crate::feeds::{self, ExportOptions, Family, ImportOptions};
 
-/// `sinkhole import FILE --format F [--ttl T] [--reason R]`: each bad line named on stderr.
-pub fn import(
-    config: &Config,
-    file: &Path,
-    format: Format,
-    ttl: Option<Duration>,
-    reason: Option<&str>,
-) -> anyhow::Result<String> {
-    Ok(feeds::import(
-        config,
-        file,
-        format,
-        ttl,
-        reason,
-        &mut |bad| eprintln!("sinkhole: {bad}"),
-    )?)
+/// `sinkhole import FILE --format F [--ttl T] [--reason R] [--force]`: each bad line named on
+/// stderr.
+pub fn import(config: &Config, file: &Path, options: &ImportOptions) -> anyhow::Result<String> {
+    Ok(feeds::import(config, file, options, &mut |bad| {
+        eprintln!("sinkhole: {bad}")
+    })?)
 }
 
 /// `sinkhole export --format rbldnsd [--output DIR] [--family F] [--zone Z] [--skip-reason P]`.

@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 
 use crate::config::{Config, ConfigError, parse_duration};
-use crate::feeds::{ExportFormat, Family, Format};
+use crate::feeds::{ExportFormat, Family, Format, ImportOptions};
 use crate::prefix::parse_prefix;
 
 /// A high-volume SMTP sinkhole for spamtrap hosts, with XDP drops for the worst clients.
@@ -61,6 +61,9 @@ pub enum Command {
         /// Why, as shown by `list`.
         #[arg(long, default_value = "manual")]
         reason: String,
+        /// Block a prefix wider than /8 (IPv4) or /16 (IPv6) too; refused without it.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -84,6 +87,9 @@ pub enum Command {
         /// The reason stored for every entry; default `drop:SBLnnn` (DROP) or `import:FILE`.
         #[arg(long)]
         reason: Option<String>,
+        /// Load prefixes wider than /8 (IPv4) or /16 (IPv6) too; bad lines without it.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -189,8 +195,9 @@ pub fn dispatch(command: Command) -> Result<String, Failure> {
             prefix,
             ttl,
             reason,
+            force,
             config,
-        } => blocks::block(&load(&config)?, prefix, ttl, &reason),
+        } => blocks::block(&load(&config)?, prefix, ttl, &reason, force),
         Command::Unblock { prefix, config } => blocks::unblock(&load(&config)?, prefix),
         Command::List { json, config } => blocks::list(&load(&config)?, json),
         Command::Stats { json, config } => blocks::stats(&load(&config)?, json),
@@ -199,8 +206,17 @@ pub fn dispatch(command: Command) -> Result<String, Failure> {
             format,
             ttl,
             reason,
+            force,
             config,
-        } => feeds::import(&load(&config)?, &file, format, ttl, reason.as_deref()),
+        } => {
+            let options = ImportOptions {
+                format,
+                ttl,
+                reason: reason.as_deref(),
+                force,
+            };
+            feeds::import(&load(&config)?, &file, &options)
+        }
         Command::Export {
             format: ExportFormat::Rbldnsd,
             output,
