@@ -302,3 +302,22 @@ pub fn start_connect_from(
     }
     Ok(socket.into())
 }
+
+/// Runs a client program (swaks, a Python script) to completion and fails the test, with what
+/// it printed, unless it exited 0.
+pub fn run_client(command: &mut std::process::Command) -> std::process::Output {
+    let output = command.output().unwrap_or_else(|e| {
+        panic!(
+            "run {:?} (installed by cargo xtask setup): {e}",
+            command.get_program()
+        )
+    });
+    assert!(
+        output.status.success(),
+        "{:?} failed: {}{}",
+        command.get_program(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}

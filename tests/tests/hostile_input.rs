@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 use sinkhole_tests::daemon::Daemon;
 use sinkhole_tests::netns::PinDir;
+use sinkhole_tests::run_client;
 use sinkhole_tests::{TempDir, kernel_tests_allowed, sinkhole, sinkhole_ok, temp_dir};
 
 /// Maps pinned in a pin dir of the test's own, and a config naming them (the default
@@ -250,18 +251,13 @@ fn a_clients_own_trace_headers_are_stored_as_client_supplied() {
     let message = daemon.dir.path().join("forged.eml");
     // swaks ends the data with a CRLF of its own.
     fs::write(&message, FORGED.strip_suffix(b"\r\n").unwrap()).unwrap();
-    let output = Command::new("swaks")
-        .args(["--server", "127.0.0.1", "--port"])
-        .arg(daemon.addr.port().to_string())
-        .args(["--from", "a@example.com", "--to", "trap@example.org"])
-        .args(["--helo", "forger.example", "--timeout", "10", "--data"])
-        .arg(&message)
-        .output()
-        .expect("run swaks (installed by cargo xtask setup)");
-    assert!(
-        output.status.success(),
-        "swaks failed: {}",
-        String::from_utf8_lossy(&output.stdout)
+    run_client(
+        Command::new("swaks")
+            .args(["--server", "127.0.0.1", "--port"])
+            .arg(daemon.addr.port().to_string())
+            .args(["--from", "a@example.com", "--to", "trap@example.org"])
+            .args(["--helo", "forger.example", "--timeout", "10", "--data"])
+            .arg(&message),
     );
 
     let messages = daemon.new_messages();

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use sinkhole_tests::daemon::{Daemon, smtp_config};
 use sinkhole_tests::netns::PinDir;
+use sinkhole_tests::run_client;
 use sinkhole_tests::{free_port, kernel_tests_allowed, sinkhole_ok, temp_dir};
 
 /// One HTTP/1.1 request; returns the status code, the head and the body.
@@ -87,17 +88,12 @@ fn addresses_in(text: &str) -> Vec<String> {
 }
 
 fn send_message(daemon: &Daemon) {
-    let output = Command::new("swaks")
-        .args(["--server", "127.0.0.1", "--port"])
-        .arg(daemon.addr.port().to_string())
-        .args(["--from", "sender@example.com", "--to", "trap@example.org"])
-        .args(["--helo", "client.example", "--timeout", "10"])
-        .output()
-        .expect("run swaks (installed by cargo xtask setup)");
-    assert!(
-        output.status.success(),
-        "swaks failed: {}",
-        String::from_utf8_lossy(&output.stdout)
+    run_client(
+        Command::new("swaks")
+            .args(["--server", "127.0.0.1", "--port"])
+            .arg(daemon.addr.port().to_string())
+            .args(["--from", "sender@example.com", "--to", "trap@example.org"])
+            .args(["--helo", "client.example", "--timeout", "10"]),
     );
 }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sinkhole_tests::daemon::{Daemon, SmtpClient, dns_without_zones};
 use sinkhole_tests::dns::{Nsd, start_nsd, zone_file};
+use sinkhole_tests::run_client;
 use sinkhole_tests::{TempDir, temp_dir};
 
 /// A daemon with a policy file, and the DNS server it asks.
@@ -165,19 +166,14 @@ with smtplib.SMTP("127.0.0.1", port, local_hostname="client.example",
     except smtplib.SMTPRecipientsRefused as e:
         print(json.dumps({"all_refused": {k: [c, m.decode()] for k, (c, m) in e.recipients.items()}}))
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(w.daemon.addr.port().to_string())
-        .arg(source)
-        .arg(from)
-        .args(to)
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "smtplib failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_client(
+        Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(w.daemon.addr.port().to_string())
+            .arg(source)
+            .arg(from)
+            .args(to),
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -5,6 +5,7 @@ use std::fs;
 use std::process::Command;
 
 use sinkhole_tests::daemon::{Daemon, SmtpClient};
+use sinkhole_tests::run_client;
 
 fn swaks(daemon: &Daemon, extra: &[&str]) -> (bool, String) {
     let output = Command::new("swaks")
@@ -118,16 +119,7 @@ fn python_smtplib_message_is_stored_byte_for_byte() {
         path = body_path.display().to_string(),
         port = daemon.addr.port()
     );
-    let output = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .expect("run python3");
-    assert!(
-        output.status.success(),
-        "smtplib failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_client(Command::new("python3").arg("-c").arg(&script));
 
     let messages = daemon.new_messages();
     assert_eq!(messages.len(), 1);

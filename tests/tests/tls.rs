@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sinkhole_tests::daemon::{Daemon, SmtpClient};
+use sinkhole_tests::run_client;
 use sinkhole_tests::{sinkhole, temp_dir};
 
 /// An smtplib client: EHLO, STARTTLS (TLS `max` 1.2 or exactly 1.3, SNI `sni`, the
@@ -199,15 +200,11 @@ print(json.dumps(seen))
 #[test]
 fn commands_pipelined_after_starttls_are_discarded_and_logged() {
     let mut daemon = Daemon::start("", "");
-    let output = Command::new("python3")
-        .args(["-c", PIPELINED_STARTTLS, &daemon.addr.port().to_string()])
-        .output()
-        .expect("run python3");
-    assert!(
-        output.status.success(),
-        "client failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = run_client(Command::new("python3").args([
+        "-c",
+        PIPELINED_STARTTLS,
+        &daemon.addr.port().to_string(),
+    ]));
     let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(
         seen["ehlo"].as_str().unwrap().contains("250-STARTTLS"),
