@@ -436,27 +436,6 @@ impl Drop for RowDirs {
     }
 }
 
-/// The same as the daemon does at start (root may raise the hard limit too); the limit in
-/// force.
-fn raise_fd_limit(wanted: u64) -> u64 {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let raised = Rlimit {
-        current: Some(wanted),
-        maximum: limit.maximum.map(|h| h.max(wanted)),
-    };
-    if setrlimit(Resource::Nofile, raised).is_err() {
-        let _ = setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: limit.maximum,
-                ..limit
-            },
-        );
-    }
-    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
-}
-
 fn main() -> Result<()> {
     let messages = env_count("SMTP_BENCH_MESSAGES", 20_000);
     let idle = env_count("SMTP_BENCH_IDLE", 20_000);
@@ -464,7 +443,7 @@ fn main() -> Result<()> {
     // The idle test holds that many sockets here too, and the daemon (which inherits the hard
     // limit) needs a few descriptors besides its clients: without CAP_SYS_RESOURCE a hard limit
     // below what is asked caps the connections held.
-    let files = raise_fd_limit(idle as u64 + 4096);
+    let files = sinkhole::daemon::raise_fd_limit(idle as u64 + 4096);
     let held = idle.min(usize::try_from(files.saturating_sub(64)).unwrap_or(usize::MAX));
     let source = |reuse: bool| {
         format!(
