@@ -89,6 +89,11 @@ impl Default for SmtpConfig {
 pub struct StorageConfig {
     pub dir: PathBuf,
     pub capture: bool,
+    /// Free space kept in reserve on the filesystem of `dir` (Postfix's `queue_minfree`):
+    /// below it MAIL is refused with 452 and session log lines are short; below a quarter of it
+    /// nothing more is written (`capture::floor`). 0B..=1PiB, or 0%..=50% of the filesystem.
+    #[serde(deserialize_with = "min_free")]
+    pub min_free: MinFree,
 }
 
 impl Default for StorageConfig {
@@ -96,6 +101,25 @@ impl Default for StorageConfig {
         StorageConfig {
             dir: PathBuf::from("./sinkhole-data"),
             capture: true,
+            min_free: MinFree::Bytes(1 << 30),
+        }
+    }
+}
+
+/// `storage.min_free`: bytes (`1GiB`), or a share of the filesystem (`5%`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MinFree {
+    Bytes(u64),
+    /// Whole percent of the filesystem's size, 0..=50.
+    Percent(u8),
+}
+
+impl MinFree {
+    /// The floor in bytes on a filesystem of `total` bytes.
+    pub fn bytes(self, total: u64) -> u64 {
+        match self {
+            MinFree::Bytes(bytes) => bytes,
+            MinFree::Percent(percent) => (u128::from(total) * u128::from(percent) / 100) as u64,
         }
     }
 }
@@ -558,6 +582,59 @@ fn show_millis(ms: u64) -> String {
         )
 }
 
+/// Parses a size: a whole number of `B`, `KiB`, `MiB`, `GiB`, `TiB` or `PiB` (`512MiB`, `1 GiB`).
+/// `None` for a number too large for a `u64`.
+pub fn parse_size(text: &str) -> Result<Option<u64>, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let shift = match unit.trim() {
+        "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        "TiB" => 40,
+        "PiB" => 50,
+        _ => return Err(format!("`{text}` is not a size like 512MiB or 1GiB")),
+    };
+    if number.is_empty() {
+        return Err(format!("`{text}` is not a size like 512MiB or 1GiB"));
+    }
+    // Digits only: an error here is an overflow.
+    Ok(number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift)))
+}
+
+/// `storage.min_free`: a size within 0B..=1PiB, or a whole percentage within 0%..=50%.
+fn min_free<'de, D: Deserializer<'de>>(d: D) -> Result<MinFree, D::Error> {
+    const MAX_BYTES: u64 = 1 << 50;
+    const MAX_PERCENT: u8 = 50;
+    let text = String::deserialize(d)?;
+    let shown = text.trim();
+    if let Some(percent) = shown.strip_suffix('%') {
+        let bad = || de::Error::custom(format!("`{text}` is not a whole percentage like 5%"));
+        if percent.is_empty() || !percent.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        return match percent.parse::<u8>() {
+            Ok(p) if p <= MAX_PERCENT => Ok(MinFree::Percent(p)),
+            _ => Err(de::Error::custom(format!(
+                "{shown} is outside 0%..={MAX_PERCENT}%"
+            ))),
+        };
+    }
+    match parse_size(&text)
+        .map_err(|e| de::Error::custom(format!("{e}, or a percentage like 5%")))?
+    {
+        Some(bytes) if bytes <= MAX_BYTES => Ok(MinFree::Bytes(bytes)),
+        _ => Err(de::Error::custom(format!("{shown} is outside 0B..=1PiB"))),
+    }
+}
+
 /// An integer within `MIN..=MAX`.
 fn integer<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(
     d: D,
@@ -717,10 +794,18 @@ block_signatures = [["mail-from-eq-rcpt-to", "mail-from-local-domain"]]
     }
 
     /// A range end of the docs' table, and the value just past it on the `outward` side
-    /// (`None` when there is none: below 0s).
+    /// (`None` when there is none: below 0s, 0B or 0%).
     fn just_past(end: &str, outward: i128) -> Option<String> {
         if let Ok(n) = end.parse::<i64>() {
             return Some((i128::from(n) + outward).to_string());
+        }
+        if let Some(percent) = end.strip_suffix('%') {
+            let n = i128::from(percent.parse::<u8>().unwrap()) + outward;
+            return (n >= 0).then(|| format!("\"{n}%\""));
+        }
+        if let Ok(size) = parse_size(end) {
+            let n = i128::from(size.unwrap()) + outward;
+            return (n >= 0).then(|| format!("\"{n}B\""));
         }
         let nanos = parse_duration(end).unwrap().as_nanos() as i128 + outward;
         (nanos >= 0).then(|| format!("\"{nanos}ns\""))
@@ -739,7 +824,7 @@ block_signatures = [["mail-from-eq-rcpt-to", "mail-from-local-domain"]]
             .take_while(|l| l.starts_with('|'))
             .map(|l| l.split('|').map(|c| c.trim().trim_matches('`')).collect())
             .collect();
-        assert_eq!(rows.len(), 13, "{rows:?}");
+        assert_eq!(rows.len(), 15, "{rows:?}");
         for row in rows {
             let (key, default, range) = (row[1], row[2], row[3]);
             let (min, max) = range.split_once("..=").unwrap();
@@ -803,6 +888,41 @@ block_signatures = [["mail-from-eq-rcpt-to", "mail-from-local-domain"]]
         assert_eq!(show_millis(0), "0s");
         assert_eq!(show_millis(1_500), "1500ms");
         assert_eq!(show_millis(90_000), "90s");
+    }
+
+    #[test]
+    fn min_free_is_a_size_or_a_percentage() {
+        let min_free = |v: &str| {
+            Config::parse(&format!("[storage]\nmin_free = \"{v}\"\n"), "t.toml")
+                .map(|c| c.storage.min_free)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(Config::default().storage.min_free, MinFree::Bytes(1 << 30));
+        assert_eq!(min_free("8MiB"), Ok(MinFree::Bytes(8 << 20)));
+        assert_eq!(min_free(" 1 GiB "), Ok(MinFree::Bytes(1 << 30)));
+        assert_eq!(min_free("4096B"), Ok(MinFree::Bytes(4096)));
+        assert_eq!(min_free("5%"), Ok(MinFree::Percent(5)));
+        assert_eq!(
+            min_free("5.5%").unwrap_err(),
+            "t.toml:2: storage.min_free: `5.5%` is not a whole percentage like 5%"
+        );
+        assert_eq!(
+            min_free("1GB").unwrap_err(),
+            "t.toml:2: storage.min_free: `1GB` is not a size like 512MiB or 1GiB, or a \
+             percentage like 5%"
+        );
+        assert!(min_free("GiB").is_err());
+        assert_eq!(
+            min_free("99999999999999999999PiB").unwrap_err(),
+            "t.toml:2: storage.min_free: 99999999999999999999PiB is outside 0B..=1PiB"
+        );
+        assert_eq!(
+            min_free("300%").unwrap_err(),
+            "t.toml:2: storage.min_free: 300% is outside 0%..=50%"
+        );
+        assert_eq!(MinFree::Percent(5).bytes(1000), 50);
+        assert_eq!(MinFree::Percent(50).bytes(u64::MAX), u64::MAX / 2);
+        assert_eq!(MinFree::Bytes(7).bytes(1000), 7);
     }
 
     #[test]

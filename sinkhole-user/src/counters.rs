@@ -49,6 +49,12 @@ pub struct DaemonCounters {
     pub session_log_lines: AtomicU64,
     /// Session log lines lost: the queue was full or the write failed.
     pub session_log_dropped: AtomicU64,
+    /// Session log lines not written: free space was below the hard floor (`capture::floor`).
+    pub log_lines_dropped: AtomicU64,
+    /// MAIL commands answered 452 because free space was below `storage.min_free`.
+    pub storage_refusals: AtomicU64,
+    /// Free bytes on the filesystem of `storage.dir` at the last measurement (a gauge).
+    pub storage_free_bytes: AtomicU64,
     /// Connections closed at the end of the shutdown grace period with output unsent.
     pub shutdown_forced_closes: AtomicU64,
     /// Sessions whose recipients were decided without a complete score: the resolver was busy

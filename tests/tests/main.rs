@@ -13,6 +13,7 @@
 mod campaign_replay;
 mod campaigns;
 mod crash;
+mod disk_floor;
 mod escape;
 mod feeds;
 mod fleet;

@@ -10,8 +10,11 @@
 //! files written before it (their data is now durable; [`maildir::NewDir::name`]). Under load one
 //! sync thus serves two batches: pipelined group commit (the design, and why the sync is
 //! `syncfs`: `docs/architecture.md`, "Durable before 250"). The capture thread also appends
-//! session lines to the log, which it writes out at least every second and when it stops.
+//! session lines to the log, which it writes out at least every second and when it stops, and
+//! keeps the disk floor ([`floor`]): short log lines below `storage.min_free`, nothing written
+//! below the hard floor.
 
+pub mod floor;
 pub mod headers;
 pub mod maildir;
 pub mod session_log;
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::StorageConfig;
 use crate::counters::DaemonCounters;
+use floor::{Floor, SharedSpace, Space};
 use headers::Trace;
 use maildir::{Maildir, Message, NewDir, Unnamed};
 use session_log::{SessionEnd, SessionLog};
@@ -88,6 +92,7 @@ pub struct Capture {
     jobs: SyncSender<Job>,
     thread: JoinHandle<()>,
     committer: Option<JoinHandle<()>>,
+    space: Arc<SharedSpace>,
 }
 
 impl Capture {
@@ -141,10 +146,17 @@ impl Capture {
             None => (None, None),
         };
         let (jobs, queue) = mpsc::sync_channel(QUEUE);
+        let space = Arc::<SharedSpace>::default();
         let worker = Worker {
             maildir,
             log,
             log_path,
+            floor: Floor::new(
+                storage.dir.clone(),
+                storage.min_free,
+                Arc::clone(&space),
+                Arc::clone(&counters),
+            ),
             counters,
         };
         let thread = thread::Builder::new()
@@ -155,7 +167,13 @@ impl Capture {
             jobs,
             thread,
             committer,
+            space,
         })
+    }
+
+    /// How much room the storage had at the capture thread's last look ([`floor`]).
+    pub fn space(&self) -> Space {
+        self.space.get()
     }
 
     /// Queues a job; false when the queue is full and the job was dropped (the loop must not
@@ -190,6 +208,7 @@ struct Worker {
     maildir: Option<(Maildir, SyncSender<Vec<Written<Unnamed>>>)>,
     log: SessionLog,
     log_path: PathBuf,
+    floor: Floor,
     counters: Arc<DaemonCounters>,
 }
 
@@ -211,7 +230,11 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            self.store(&mut stores);
+            if !stores.is_empty() {
+                self.store(&mut stores);
+                self.floor.check(Instant::now());
+            }
+            self.floor.check_if_due(Instant::now());
             if last_flush.elapsed() >= FLUSH_INTERVAL {
                 self.flush_log();
                 last_flush = Instant::now();
@@ -224,12 +247,21 @@ impl Worker {
         match job {
             Job::Store(request) => stores.push(request),
             Job::Log(sessions) => {
+                let lines = sessions.len() as u64;
+                // The disk floor: short lines below storage.min_free, none below the hard floor.
+                let short = match self.floor.space() {
+                    Space::Ample => false,
+                    Space::Low => true,
+                    Space::Exhausted => {
+                        return DaemonCounters::add(&self.counters.log_lines_dropped, lines);
+                    }
+                };
                 for session in &sessions {
-                    if let Err((lines, e)) = self.log.append(session) {
+                    if let Err((lines, e)) = self.log.append(session, short) {
                         self.log_failed(lines, &e);
                     }
                 }
-                DaemonCounters::add(&self.counters.session_log_lines, sessions.len() as u64);
+                DaemonCounters::add(&self.counters.session_log_lines, lines);
             }
         }
     }
@@ -240,20 +272,26 @@ impl Worker {
             stores.clear();
             return;
         };
-        if stores.is_empty() {
-            return;
-        }
         let now = SystemTime::now();
+        // The disk floor: below the hard floor no message file is written (451).
+        let exhausted = self.floor.space() == Space::Exhausted;
         let written = stores
             .drain(..)
             .map(|request| Written {
-                outcome: maildir.write(
-                    &Message {
-                        trace: &request.trace,
-                        body: &request.body,
-                    },
-                    now,
-                ),
+                outcome: if exhausted {
+                    Err(io::Error::new(
+                        io::ErrorKind::StorageFull,
+                        "free space is below the hard floor",
+                    ))
+                } else {
+                    maildir.write(
+                        &Message {
+                            trace: &request.trace,
+                            body: &request.body,
+                        },
+                        now,
+                    )
+                },
                 ticket: request.ticket,
                 size: request.body.len(),
                 session_id: request.trace.session_id,

@@ -88,13 +88,20 @@ pub struct TlsInfo {
     pub sni: Option<String>,
 }
 
+/// What every line starts with: the session and its client.
 #[derive(Serialize)]
-struct Line<'a> {
+struct Head<'a> {
     id: &'a str,
     start: String,
     end: String,
     client_ip: String,
     client_port: u16,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    #[serde(flatten)]
+    head: Head<'a>,
     rdns: Option<&'a str>,
     fcrdns: Option<bool>,
     helo: Option<&'a str>,
@@ -111,6 +118,19 @@ struct Line<'a> {
     transcript: Vec<(u64, &'static str, &'a str)>,
     /// Transcript lines not kept (the marker line says so too); 0 when nothing was cut.
     transcript_dropped: usize,
+}
+
+/// The line of a session logged while free space is below `storage.min_free`
+/// (`capture::floor`): who and when, the verdict, and counts instead of what was said.
+#[derive(Serialize)]
+struct ShortLine<'a> {
+    #[serde(flatten)]
+    head: Head<'a>,
+    verdict: &'static str,
+    transactions: usize,
+    rcpts: usize,
+    messages: usize,
+    short: bool,
 }
 
 #[derive(Serialize)]
@@ -194,6 +214,36 @@ impl SessionEnd {
         }
     }
 
+    fn head(&self) -> Head<'_> {
+        Head {
+            id: &self.id,
+            start: humantime::format_rfc3339_millis(self.start).to_string(),
+            end: humantime::format_rfc3339_millis(self.end).to_string(),
+            client_ip: self.client.ip().to_canonical().to_string(),
+            client_port: self.client.port(),
+        }
+    }
+
+    /// The short JSON line ([`ShortLine`]), with its newline.
+    pub fn to_short_line(&self, out: &mut Vec<u8>) {
+        let transactions = &self.record.transactions;
+        let line = ShortLine {
+            head: self.head(),
+            verdict: self.verdict.as_str(),
+            transactions: transactions.len() + self.record.transactions_dropped,
+            rcpts: transactions.iter().map(|t| t.rcpts.len()).sum::<usize>()
+                + self.record.rcpts_dropped,
+            messages: transactions
+                .iter()
+                .filter(|t| t.data_code == Some(250))
+                .count(),
+            short: true,
+        };
+        // As in `to_line`.
+        let _ = serde_json::to_writer(&mut *out, &line);
+        out.push(b'\n');
+    }
+
     /// The JSON line, with its newline.
     pub fn to_line(&self, out: &mut Vec<u8>) {
         let record = &self.record;
@@ -218,11 +268,7 @@ impl SessionEnd {
             transcript.push((ms, "s", &marker));
         }
         let line = Line {
-            id: &self.id,
-            start: humantime::format_rfc3339_millis(self.start).to_string(),
-            end: humantime::format_rfc3339_millis(self.end).to_string(),
-            client_ip: self.client.ip().to_canonical().to_string(),
-            client_port: self.client.port(),
+            head: self.head(),
             rdns: self.rdns.as_deref(),
             fcrdns: self.fcrdns,
             helo: record.helo.as_deref(),
@@ -327,10 +373,13 @@ impl SessionLog {
         })
     }
 
-    /// Queues a session's line; writes out when enough is pending. Returns the lines that were
-    /// lost to a failed write, if one happened.
-    pub fn append(&mut self, session: &SessionEnd) -> Result<(), (u64, io::Error)> {
-        session.to_line(&mut self.pending);
+    /// Queues a session's line ([`SessionEnd::to_short_line`] when `short`); writes out when
+    /// enough is pending. Returns the lines that were lost to a failed write, if one happened.
+    pub fn append(&mut self, session: &SessionEnd, short: bool) -> Result<(), (u64, io::Error)> {
+        match short {
+            true => session.to_short_line(&mut self.pending),
+            false => session.to_line(&mut self.pending),
+        }
         self.lines += 1;
         if self.pending.len() >= FLUSH_BYTES {
             self.flush()
@@ -373,6 +422,51 @@ mod tests {
             "{\"id\":\"a\"}\n{\"id\":\"b\",\"sta\n{\"id\":\"c\"}\n"
         );
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_short_line_keeps_who_when_and_counts() {
+        let mut record = SessionRecord {
+            helo: Some("bot".into()),
+            ..SessionRecord::default()
+        };
+        record.transactions.push(TransactionRecord {
+            mail_from: "a@x".into(),
+            rcpts: vec![RcptRecord {
+                addr: "b@y".into(),
+                code: 250,
+            }],
+            data_code: Some(250),
+            ..Default::default()
+        });
+        record.rcpts_dropped = 2;
+        let at = UNIX_EPOCH + std::time::Duration::from_millis(1_500);
+        let session = SessionEnd::new(
+            "s1".into(),
+            "192.0.2.1:4000".parse().unwrap(),
+            at,
+            at,
+            record,
+        );
+        let (mut short, mut full) = (Vec::new(), Vec::new());
+        session.to_short_line(&mut short);
+        session.to_line(&mut full);
+        assert_eq!(
+            String::from_utf8(short).unwrap(),
+            "{\"id\":\"s1\",\"start\":\"1970-01-01T00:00:01.500Z\",\"end\":\
+             \"1970-01-01T00:00:01.500Z\",\"client_ip\":\"192.0.2.1\",\"client_port\":4000,\
+             \"verdict\":\"accepted\",\"transactions\":1,\"rcpts\":3,\"messages\":1,\
+             \"short\":true}\n"
+        );
+        let full = String::from_utf8(full).unwrap();
+        assert!(
+            full.starts_with(
+                "{\"id\":\"s1\",\"start\":\"1970-01-01T00:00:01.500Z\",\"end\":\
+                 \"1970-01-01T00:00:01.500Z\",\"client_ip\":\"192.0.2.1\",\"client_port\":4000,\
+                 \"rdns\":null,"
+            ),
+            "{full}"
+        );
     }
 
     #[test]

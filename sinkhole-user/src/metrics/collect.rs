@@ -204,6 +204,21 @@ static SERVER: &[(&str, &str, Series)] = &[
         Series::Counter(|c| &c.session_log_dropped),
     ),
     (
+        "log_lines_dropped",
+        "Session log lines not written: free space was below the hard floor",
+        Series::Counter(|c| &c.log_lines_dropped),
+    ),
+    (
+        "smtp_storage_refusals",
+        "MAIL commands answered 452 because free space was below storage.min_free",
+        Series::Counter(|c| &c.storage_refusals),
+    ),
+    (
+        "storage_free_bytes",
+        "Free bytes on the filesystem of storage.dir at the last measurement",
+        Series::Gauge(|c| &c.storage_free_bytes),
+    ),
+    (
         "shutdown_forced_closes",
         "Connections closed unfinished at the end of the shutdown grace period",
         Series::Counter(|c| &c.shutdown_forced_closes),

@@ -30,6 +30,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use crate::capture::floor::Space;
 use crate::capture::session_log::{SessionEnd, Verdict, session_id};
 use crate::capture::{Capture, CaptureError, Job, StoreRequest, Stored, Ticket};
 use crate::config::{Config, ConfigError};
@@ -449,6 +450,11 @@ impl Server {
         // The scratch buffer is lent out while the slot is: `drive` never runs inside itself.
         let mut scratch = std::mem::take(&mut self.scratch);
         debug_assert_eq!(scratch.len(), smtp::MAX_RECEIVE);
+        // The disk floor: below storage.min_free new transactions are refused.
+        let short_of_space = self.capture.space() != Space::Ample;
+        self.conns[slot]
+            .session_mut()
+            .refuse_new_mail(short_of_space);
         let mut host = Slot::new(self, slot, now);
         smtp::settle(&mut host);
         let mut reads = 0;
@@ -664,6 +670,10 @@ impl Server {
         self.counters
             .replies
             .add_session(&conn.session().record().replies);
+        DaemonCounters::add(
+            &self.counters.storage_refusals,
+            conn.session().storage_refusals().into(),
+        );
         // A descriptor is free again: a waiting client may have it.
         if self.accept_retry.is_some() {
             self.accept_retry = Some(Instant::now());

@@ -14,6 +14,7 @@ pub const HELP: &str = "2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP 
 pub const START_DATA: &str = "2.0.0 End data with <CR><LF>.<CR><LF>";
 pub const START_TLS: &str = "2.0.0 Ready to start TLS";
 pub const TOO_MANY_RECIPIENTS: &str = "4.5.3 Error: too many recipients";
+pub const INSUFFICIENT_STORAGE: &str = "4.3.1 Insufficient system storage";
 pub const UNRECOGNIZED: &str = "5.5.2 Error: command not recognized";
 pub const LINE_TOO_LONG: &str = "5.5.2 Error: line too long";
 pub const NOT_IMPLEMENTED: &str = "5.5.1 Error: command not implemented";

@@ -156,6 +156,10 @@ pub struct Session {
     last_refusal_at: u64,
     /// ... when DATA or BDAT was last refused: whatever was sent before that ran ahead of it.
     last_data_refusal_at: u64,
+    /// The server says storage is short: MAIL gets 452 (see [`Session::refuse_new_mail`]).
+    refuse_mail: bool,
+    /// MAIL commands answered 452 for that.
+    storage_refusals: u32,
     record: SessionRecord,
 }
 
@@ -186,8 +190,22 @@ impl Session {
             last_reply_at: 0,
             last_refusal_at: 0,
             last_data_refusal_at: 0,
+            refuse_mail: false,
+            storage_refusals: 0,
             record: SessionRecord::default(),
         }
+    }
+
+    /// Whether storage is too short for new mail (the disk floor, `capture::floor`): while it
+    /// is, a MAIL that would otherwise be accepted gets `452 4.3.1`, and what depends on it
+    /// `503`. A transaction already under way goes on. The server sets it before each turn.
+    pub fn refuse_new_mail(&mut self, refuse: bool) {
+        self.refuse_mail = refuse;
+    }
+
+    /// MAIL commands refused for want of storage so far.
+    pub fn storage_refusals(&self) -> u32 {
+        self.storage_refusals
     }
 
     /// Bytes that were waiting before the banner was sent.
@@ -587,6 +605,10 @@ impl Session {
             {
                 Some((552, reply::SIZE_EXCEEDED))
             }
+            (Some(_), Ok(_)) if self.refuse_mail => {
+                self.storage_refusals += 1;
+                Some((452, reply::INSUFFICIENT_STORAGE))
+            }
             (Some(mail_from), Ok(_)) => {
                 self.start_transaction(mail_from);
                 None
@@ -596,7 +618,7 @@ impl Session {
             None => self.reply(250, reply::MAIL_OK),
             Some((code, text)) => {
                 self.last_refusal_at = self.received;
-                if code == 552 {
+                if code == 552 || code == 452 {
                     self.reply(code, text);
                 } else {
                     self.bad_command(code, text);

@@ -886,3 +886,49 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn mail_is_refused_while_storage_is_short_and_what_depends_on_it_too() {
+    let mut driver = Driver::new(default_config());
+    driver.session.refuse_new_mail(true);
+    // Pipelined: RCPT and DATA ran ahead of the refused MAIL; the body lines are read as
+    // commands, as after any refused DATA.
+    driver.send(
+        b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n",
+        &[],
+    );
+    assert_eq!(driver.session.storage_refusals(), 1);
+    // Refused only when it would have been accepted: a bad one is still a bad one.
+    driver.send(
+        b"MAIL FROM:<a@b> SIZE=1001\r\nMAIL FROM:<a@b> FOO=1\r\nQUIT\r\n",
+        &[],
+    );
+    assert_eq!(driver.session.storage_refusals(), 1);
+    let text = String::from_utf8_lossy(&driver.output).into_owned();
+    assert!(
+        text.contains("\r\n452 4.3.1 Insufficient system storage\r\n503 5.5.1 Out of sequence command\r\n503 5.5.1 Out of sequence command\r\n552 "),
+        "{text}"
+    );
+    let run = driver.finish();
+    assert_eq!(run.codes(), "220 250 452 503 503 552 555 221");
+    assert!(run.record.transactions.is_empty());
+    assert!(run.record.signatures.contains(&PipelinedRunAhead));
+}
+
+#[test]
+fn mail_is_accepted_again_once_storage_is_back_and_a_transaction_under_way_goes_on() {
+    let mut driver = Driver::new(default_config());
+    driver.send(b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", &[]);
+    // Storage runs short in the middle of the transaction: it is finished.
+    driver.session.refuse_new_mail(true);
+    driver.send(b"DATA\r\nhi\r\n.\r\nMAIL FROM:<a@b>\r\n", &[]);
+    driver.session.refuse_new_mail(false);
+    driver.send(
+        b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nagain\r\n.\r\n",
+        &[],
+    );
+    assert_eq!(driver.session.storage_refusals(), 1);
+    let run = driver.finish();
+    assert_eq!(run.codes(), "220 250 250 250 354 250 452 250 250 354 250");
+    assert_eq!(run.record.transactions.len(), 2);
+}
