@@ -49,6 +49,8 @@ pub struct DaemonCounters {
     pub session_log_lines: AtomicU64,
     /// Session log lines lost: the queue was full or the write failed.
     pub session_log_dropped: AtomicU64,
+    /// Sessions closed with 421 for more than `smtp.max_junk_commands` junk commands.
+    pub junk_limit: AtomicU64,
     /// Connections closed at the end of the shutdown grace period with output unsent.
     pub shutdown_forced_closes: AtomicU64,
     /// Sessions whose recipients were decided without a complete score: the resolver was busy
