@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use sinkhole::signature::Signature;
 use sinkhole::smtp::{
-    self, Direction, Event, Host, MAX_RECEIVE, MAX_RECORDED, MAX_TRANSCRIPT_LINE_BYTES,
-    MAX_TRANSCRIPT_LINES, OUTPUT_LIMIT, Reply, Session, SessionConfig, SessionRecord,
+    self, Direction, Event, Host, MAX_RECEIVE, MAX_RECORD_BYTES, MAX_RECORDED,
+    MAX_TRANSCRIPT_LINE_BYTES, MAX_TRANSCRIPT_LINES, OUTPUT_LIMIT, RcptRecord, Reply, Session,
+    SessionConfig, SessionRecord, TransactionRecord, TranscriptLine,
 };
 
 /// Separates the client stream from the schedule.
@@ -33,6 +34,9 @@ pub const MAX_TRANSCRIPT_LINE_LEN: usize = 4 * MAX_TRANSCRIPT_LINE_BYTES + 64;
 
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Junk commands a session takes; small, so that inputs reach the limit.
+pub const MAX_JUNK_COMMANDS: usize = 20;
+
 /// `(stream, schedule)`; the schedule is empty when there is no marker.
 pub fn split_input(data: &[u8]) -> (&[u8], &[u8]) {
     match data.windows(MARKER.len()).position(|w| w == MARKER) {
@@ -50,6 +54,7 @@ pub fn session_config(
         hostname: "mx.fuzz.example".into(),
         max_message_bytes,
         max_recipients,
+        max_junk_commands: MAX_JUNK_COMMANDS,
         idle_timeout: IDLE_TIMEOUT,
         starttls,
         keep_bodies: true,
@@ -342,6 +347,9 @@ impl Driver {
             assert!(!self.session.wants_read(), "a finished session reads");
         }
         check_record(self.session.record());
+        if self.session.record().closed_by.is_some() {
+            assert!(self.session.is_finished(), "closed but not finished");
+        }
         self.finished = self.session.is_finished();
     }
 
@@ -436,6 +444,28 @@ pub fn check_record(record: &SessionRecord) {
     assert!(record.transactions.len() <= MAX_RECORDED);
     let rcpts: usize = record.transactions.iter().map(|t| t.rcpts.len()).sum();
     assert!(rcpts <= MAX_RECORDED);
+    // Within its bytes: what the budget counts, and (at most that) what the record holds.
+    let held = record.budget.bytes();
+    assert!(held <= MAX_RECORD_BYTES, "the record holds {held} bytes");
+    let text: usize = record
+        .transcript
+        .iter()
+        .map(|l| size_of::<TranscriptLine>() + l.line.len())
+        .chain(record.transactions.iter().map(|t| {
+            let rcpts = t
+                .rcpts
+                .iter()
+                .map(|r| size_of::<RcptRecord>() + r.addr.len());
+            size_of::<TransactionRecord>() + t.mail_from.len() + rcpts.sum::<usize>()
+        }))
+        .sum();
+    assert!(text <= held, "{text} bytes in the record, {held} counted");
+    assert!(
+        record
+            .transcript_cut
+            .is_none_or(|cut| cut <= record.transcript.len())
+    );
+    assert!(record.transcript_dropped == 0 || record.transcript_cut.is_some());
     assert!(
         record.signatures.windows(2).all(|w| w[0] < w[1]),
         "signatures not sorted and unique"

@@ -55,6 +55,8 @@ pub struct DaemonCounters {
     pub storage_refusals: AtomicU64,
     /// Free bytes on the filesystem of `storage.dir` at the last measurement (a gauge).
     pub storage_free_bytes: AtomicU64,
+    /// Sessions closed with 421 for more than `smtp.max_junk_commands` junk commands.
+    pub junk_limit: AtomicU64,
     /// Connections closed at the end of the shutdown grace period with output unsent.
     pub shutdown_forced_closes: AtomicU64,
     /// Sessions whose recipients were decided without a complete score: the resolver was busy

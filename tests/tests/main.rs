@@ -20,6 +20,7 @@ mod fleet;
 mod floods;
 mod hardening;
 mod hostile_input;
+mod hostile_sessions;
 mod metrics;
 mod policy_check;
 mod policy_e2e;

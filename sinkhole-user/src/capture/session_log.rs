@@ -118,6 +118,14 @@ struct Line<'a> {
     transcript: Vec<(u64, &'static str, &'a str)>,
     /// Transcript lines not kept (the marker line says so too); 0 when nothing was cut.
     transcript_dropped: usize,
+    /// Their bytes, as they would have been kept.
+    transcript_bytes_dropped: usize,
+    /// Transactions and recipients not kept (the record's byte or count bound).
+    transactions_dropped: usize,
+    rcpts_dropped: usize,
+    /// Why the session closed with 421 (`timeout`, `errors`, `junk-commands`, `shutdown`);
+    /// null when it did not.
+    closed_by: Option<&'static str>,
 }
 
 /// The line of a session logged while free space is below `storage.min_free`
@@ -264,8 +272,10 @@ impl SessionEnd {
                 "[sinkhole: {} more lines not kept]",
                 record.transcript_dropped
             );
-            let ms = transcript.last().map_or(0, |l| l.0);
-            transcript.push((ms, "s", &marker));
+            // Between the session's first lines and its latest.
+            let at = record.transcript_cut.unwrap_or(transcript.len());
+            let ms = at.checked_sub(1).map_or(0, |i| transcript[i].0);
+            transcript.insert(at, (ms, "s", &marker));
         }
         let line = Line {
             head: self.head(),
@@ -306,6 +316,10 @@ impl SessionEnd {
                 .collect(),
             transcript,
             transcript_dropped: record.transcript_dropped,
+            transcript_bytes_dropped: record.transcript_bytes_dropped,
+            transactions_dropped: record.transactions_dropped,
+            rcpts_dropped: record.rcpts_dropped,
+            closed_by: record.closed_by.map(|c| c.as_str()),
         };
         // Serialising plain structs of strings and numbers into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, &line);
@@ -404,7 +418,7 @@ impl SessionLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smtp::{RcptRecord, TransactionRecord};
+    use crate::smtp::{CloseReason, RcptRecord, TransactionRecord};
 
     #[test]
     fn a_torn_last_line_is_ended_at_open() {
@@ -509,12 +523,23 @@ mod tests {
         let record = SessionRecord {
             helo: Some("h".into()),
             pipelined: true,
-            transcript: vec![TranscriptLine {
-                ms: 3,
-                direction: Direction::Server,
-                line: "220 hi".into(),
-            }],
+            transcript: vec![
+                TranscriptLine {
+                    ms: 3,
+                    direction: Direction::Server,
+                    line: "220 hi".into(),
+                },
+                TranscriptLine {
+                    ms: 9,
+                    direction: Direction::Server,
+                    line: "421 bye".into(),
+                },
+            ],
+            transcript_cut: Some(1),
             transcript_dropped: 7,
+            transcript_bytes_dropped: 300,
+            rcpts_dropped: 2,
+            closed_by: Some(CloseReason::JunkCommands),
             ..Default::default()
         };
         let end = SessionEnd::new(
@@ -546,6 +571,11 @@ mod tests {
             "verdict",
             "transactions",
             "transcript",
+            "transcript_dropped",
+            "transcript_bytes_dropped",
+            "transactions_dropped",
+            "rcpts_dropped",
+            "closed_by",
         ] {
             assert!(value.get(key).is_some(), "{key}");
         }
@@ -557,10 +587,16 @@ mod tests {
             value["transcript"][0],
             serde_json::json!([3, "s", "220 hi"])
         );
+        // The marker sits where lines were left out: after the first lines, before the latest.
         assert_eq!(
-            value["transcript"][1][2],
-            "[sinkhole: 7 more lines not kept]"
+            value["transcript"][1],
+            serde_json::json!([3, "s", "[sinkhole: 7 more lines not kept]"])
         );
+        assert_eq!(value["transcript"][2][2], "421 bye");
+        assert_eq!(value["transcript_bytes_dropped"], 300);
+        assert_eq!(value["rcpts_dropped"], 2);
+        assert_eq!(value["transactions_dropped"], 0);
+        assert_eq!(value["closed_by"], "junk-commands");
         assert_eq!(value["tls"], false);
     }
 

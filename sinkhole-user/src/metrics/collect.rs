@@ -224,6 +224,11 @@ static SERVER: &[(&str, &str, Series)] = &[
         Series::Counter(|c| &c.shutdown_forced_closes),
     ),
     (
+        "smtp_junk_limit_total",
+        "Sessions closed with 421 for too many junk commands (NOOP, RSET, VRFY, HELP)",
+        Series::Counter(|c| &c.junk_limit),
+    ),
+    (
         "smtp_unscored_sessions",
         "Sessions whose recipients were decided without a complete score",
         Series::Counter(|c| &c.unscored),

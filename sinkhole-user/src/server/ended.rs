@@ -44,13 +44,8 @@ impl EndedSession {
 
     /// Adds a line of the loop's own to the transcript (within its cap).
     pub fn note(&mut self, line: String) {
-        let record = &mut self.record;
-        if record.transcript.len() >= crate::smtp::MAX_TRANSCRIPT_LINES {
-            record.transcript_dropped += 1;
-            return;
-        }
         let ms = self.start.elapsed().unwrap_or_default().as_millis();
-        record.transcript.push(TranscriptLine {
+        self.record.push_line(TranscriptLine {
             ms: u64::try_from(ms).unwrap_or(u64::MAX),
             direction: Direction::Client,
             line,

@@ -39,7 +39,7 @@ use crate::kernel::Blocker;
 use crate::listeners;
 use crate::policy::PolicyStore;
 use crate::score::{Resolver, ScoreCounters, ScoreError};
-use crate::smtp::{self, Event, Reply, Session, SessionConfig};
+use crate::smtp::{self, CloseReason, Event, Reply, Session, SessionConfig};
 use crate::verdict::{RecipientJudge, Rules};
 use capture_budget::{CaptureBudget, MAX_IN_FLIGHT_BYTES};
 use connection::{Connection, FlushOutcome, ReadOutcome};
@@ -184,6 +184,7 @@ impl Server {
                 hostname: smtp.hostname.clone(),
                 max_message_bytes: smtp.max_message_bytes,
                 max_recipients: smtp.max_recipients.get(),
+                max_junk_commands: smtp.max_junk_commands.get(),
                 idle_timeout: smtp.idle_timeout,
                 starttls: true,
                 keep_bodies: config.storage.capture,
@@ -667,9 +668,11 @@ impl Server {
 
     fn close(&mut self, slot: usize) {
         let conn = self.conns.remove(slot);
-        self.counters
-            .replies
-            .add_session(&conn.session().record().replies);
+        let record = conn.session().record();
+        self.counters.replies.add_session(&record.replies);
+        if record.closed_by == Some(CloseReason::JunkCommands) {
+            DaemonCounters::add(&self.counters.junk_limit, 1);
+        }
         DaemonCounters::add(
             &self.counters.storage_refusals,
             conn.session().storage_refusals().into(),

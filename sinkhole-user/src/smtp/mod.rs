@@ -40,10 +40,11 @@ use std::time::Duration;
 
 pub use drive::{Host, accept, receive, settle};
 pub use session::{
-    INPUT_CAP, MAX_BAD_COMMANDS, MAX_COMMAND_LINE, MAX_RECEIVE, MAX_RECORDED, OUTPUT_LIMIT, Session,
+    INPUT_CAP, MAX_BAD_COMMANDS, MAX_COMMAND_LINE, MAX_RECEIVE, OUTPUT_LIMIT, Session,
 };
 pub use transcript::{
-    MAX_LINE_BYTES as MAX_TRANSCRIPT_LINE_BYTES, MAX_LINES as MAX_TRANSCRIPT_LINES, escape,
+    MAX_LINE_BYTES as MAX_TRANSCRIPT_LINE_BYTES, MAX_LINES as MAX_TRANSCRIPT_LINES,
+    MAX_RECORD_BYTES, MAX_RECORDED, RecordBudget, TAIL_BYTES, escape,
 };
 
 /// Limits and names a session needs; shared by every session of a daemon.
@@ -55,6 +56,9 @@ pub struct SessionConfig {
     pub max_message_bytes: u64,
     /// Recipients past this get 452.
     pub max_recipients: usize,
+    /// Junk commands (NOOP, RSET, VRFY, HELP) tolerated since the session began or a message
+    /// was accepted; the next one gets 421 and the session closes.
+    pub max_junk_commands: usize,
     /// Silence longer than this: 421 and close.
     pub idle_timeout: Duration,
     /// Advertise STARTTLS (only when the server can do it).
@@ -101,7 +105,10 @@ pub enum Event {
     StartTls,
 }
 
-/// Everything the session log needs from the protocol side.
+/// Everything the session log needs from the protocol side. It holds at most
+/// [`MAX_RECORD_BYTES`] of transcript, transactions and recipients, whatever the client sends:
+/// the beginning of the session until that is spent (less [`TAIL_BYTES`]), then the
+/// transcript's latest lines within [`TAIL_BYTES`]; what is left out is counted.
 #[derive(Clone, Debug, Default)]
 pub struct SessionRecord {
     pub helo: Option<String>,
@@ -109,9 +116,15 @@ pub struct SessionRecord {
     pub pipelined: bool,
     pub signatures: Vec<crate::signature::Signature>,
     pub transactions: Vec<TransactionRecord>,
+    /// The session's first lines, then (from [`SessionRecord::transcript_cut`] on) its latest.
     pub transcript: Vec<TranscriptLine>,
+    /// Where lines were left out once the transcript was full: the lines before it are the
+    /// session's beginning, the ones from it on its latest. `None` while nothing was cut.
+    pub transcript_cut: Option<usize>,
     /// Lines not kept because the transcript was full.
     pub transcript_dropped: usize,
+    /// Their bytes (escaped and capped as they would have been kept).
+    pub transcript_bytes_dropped: usize,
     /// Transactions not kept because the record holds at most [`MAX_RECORDED`] of them.
     pub transactions_dropped: usize,
     /// Recipients not kept because the record holds at most [`MAX_RECORDED`] of them (all
@@ -119,6 +132,35 @@ pub struct SessionRecord {
     pub rcpts_dropped: usize,
     /// Every reply sent, by code (for `sinkhole_smtp_replies_total{code}`).
     pub replies: ReplyCounts,
+    /// Why the session closed the connection with 421, if it did.
+    pub closed_by: Option<CloseReason>,
+    /// What the record holds, against [`MAX_RECORD_BYTES`].
+    pub budget: RecordBudget,
+}
+
+/// Why a session said 421 and closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Idle past `smtp.idle_timeout`.
+    Timeout,
+    /// More than [`MAX_BAD_COMMANDS`] bad commands.
+    Errors,
+    /// More than `smtp.max_junk_commands` junk commands.
+    JunkCommands,
+    /// The daemon is stopping.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// The name in the session log's `closed_by`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Timeout => "timeout",
+            CloseReason::Errors => "errors",
+            CloseReason::JunkCommands => "junk-commands",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
 }
 
 /// Replies sent in one session, counted by code. One entry per distinct code (a session sees a

@@ -8,6 +8,10 @@
 //! - HELO/EHLO, RSET and STARTTLS end a transaction; after STARTTLS the client must EHLO again.
 //! - Bad commands (500, 501, 502, 503, 555, over-long lines) are counted; past
 //!   [`MAX_BAD_COMMANDS`] the session closes with 421 after the error reply.
+//! - Junk commands (NOOP, RSET, VRFY, HELP) are counted too, and the count starts again when a
+//!   message is accepted (as Postfix's `smtpd_junk_command_limit`); past
+//!   [`SessionConfig::max_junk_commands`] the command gets 421 instead of its reply and the
+//!   session closes.
 //! - After a refused DATA the lines that follow are read as commands, as real servers do; a
 //!   pipelining client that sent its message body anyway soon hits the bad-command limit.
 //!
@@ -25,7 +29,7 @@ use super::command::{self, Command, ParamError, ParseError};
 use super::data::{Body, DataReader};
 use super::reply::{self, Output};
 use super::transcript;
-use super::{Direction, Event, RcptRecord, Reply, SessionConfig, SessionRecord, TransactionRecord};
+use super::{CloseReason, Direction, Event, Reply, SessionConfig, SessionRecord};
 use crate::signature::Signature;
 
 /// Longest command line accepted, without its line ending (RFC 5321 asks for 512 at least).
@@ -42,8 +46,6 @@ pub const MAX_RECEIVE: usize = 64 * 1024;
 /// reaches it: what is unprocessed when the session starts to wait is at most one receive and
 /// the start of a command line, and nothing more is fed until it reads again.
 pub const INPUT_CAP: usize = 2 * MAX_RECEIVE;
-/// Transactions, and recipients over all transactions, kept in the record.
-pub const MAX_RECORDED: usize = 1000;
 
 /// Where the session is between accept and close. Every change goes through
 /// [`Session::set_lifecycle`].
@@ -146,8 +148,8 @@ pub struct Session {
     transaction: Option<Transaction>,
     body: Body,
     bad_commands: u32,
-    /// Recipients in `record.transactions`, all together.
-    rcpts_recorded: usize,
+    /// Junk commands since the session began or a message was accepted.
+    junk_commands: usize,
     /// Stream offset where the command line being handled starts.
     line_start: u64,
     /// Input received (stream offset) when the last reply to a command was produced.
@@ -185,7 +187,7 @@ impl Session {
             transaction: None,
             body,
             bad_commands: 0,
-            rcpts_recorded: 0,
+            junk_commands: 0,
             line_start: 0,
             last_reply_at: 0,
             last_refusal_at: 0,
@@ -309,6 +311,10 @@ impl Session {
         self.now = now;
         self.idle_since = now;
         self.say_decided(&reply);
+        if (200..300).contains(&reply.code) {
+            // As Postfix: the junk command count starts again once mail is delivered.
+            self.junk_commands = 0;
+        }
         self.end_transaction(reply.code, stored_as);
         self.after_decision();
     }
@@ -332,10 +338,10 @@ impl Session {
             return;
         }
         let config = Arc::clone(&self.config);
-        self.close(format_args!(
-            "4.4.2 {} Error: timeout exceeded",
-            config.hostname
-        ));
+        self.close(
+            CloseReason::Timeout,
+            format_args!("4.4.2 {} Error: timeout exceeded", config.hostname),
+        );
     }
 
     /// The daemon is stopping: queue 421 and finish (unless a decision is pending, in which
@@ -539,6 +545,8 @@ impl Session {
             Ok(Command::Rcpt { path, params }) => self.rcpt(path, params),
             Ok(Command::Data) => self.data(),
             Ok(Command::Bdat { size, last }) => self.bdat(size, last),
+            Ok(Command::Rset | Command::Noop | Command::Vrfy | Command::Help)
+                if self.junk_limit_reached() => {}
             Ok(Command::Rset) => {
                 self.reset_transaction();
                 self.reply(250, reply::OK);
@@ -559,6 +567,22 @@ impl Session {
                 self.bad_command(501, text);
             }
         }
+    }
+
+    /// Counts a junk command (NOOP, RSET, VRFY, HELP: what Postfix's
+    /// `smtpd_junk_command_limit` counts, and HELP); past `max_junk_commands` answers it 421 and
+    /// closes. EXPN, ETRN and the other commands we do not offer are bad commands already.
+    fn junk_limit_reached(&mut self) -> bool {
+        self.junk_commands += 1;
+        if self.junk_commands <= self.config.max_junk_commands {
+            return false;
+        }
+        let config = Arc::clone(&self.config);
+        self.close(
+            CloseReason::JunkCommands,
+            format_args!("4.7.0 {} Error: too many junk commands", config.hostname),
+        );
+        true
     }
 
     fn line_too_long(&mut self, logged: &[u8]) {
@@ -807,26 +831,17 @@ impl Session {
         self.bad_commands += 1;
         if self.bad_commands > MAX_BAD_COMMANDS {
             let config = Arc::clone(&self.config);
-            self.close(format_args!(
-                "4.7.0 {} Error: too many errors",
-                config.hostname
-            ));
+            self.close(
+                CloseReason::Errors,
+                format_args!("4.7.0 {} Error: too many errors", config.hostname),
+            );
         }
     }
 
     // --- transactions ---
 
     fn start_transaction(&mut self, mail_from: String) {
-        let record = if self.record.transactions.len() < MAX_RECORDED {
-            self.record.transactions.push(TransactionRecord {
-                mail_from: mail_from.clone(),
-                ..TransactionRecord::default()
-            });
-            Some(self.record.transactions.len() - 1)
-        } else {
-            self.record.transactions_dropped += 1;
-            None
-        };
+        let record = self.record.start_transaction(&mail_from);
         self.transaction = Some(Transaction {
             mail_from,
             accepted: Vec::new(),
@@ -841,16 +856,7 @@ impl Session {
             return;
         };
         transaction.rcpts_answered += 1;
-        match transaction.record {
-            Some(index) if self.rcpts_recorded < MAX_RECORDED => {
-                self.rcpts_recorded += 1;
-                self.record.transactions[index].rcpts.push(RcptRecord {
-                    addr: addr.clone(),
-                    code,
-                });
-            }
-            _ => self.record.rcpts_dropped += 1,
-        }
+        self.record.add_rcpt(transaction.record, &addr, code);
         if accepted {
             transaction.accepted.push(addr);
         }
@@ -942,17 +948,18 @@ impl Session {
             .log(ms, Direction::Server, "", self.output.bytes(range));
     }
 
-    fn close(&mut self, text: std::fmt::Arguments<'_>) {
+    fn close(&mut self, reason: CloseReason, text: std::fmt::Arguments<'_>) {
         self.say(421, false, text);
+        self.record.closed_by = Some(reason);
         self.set_lifecycle(Lifecycle::Finished);
     }
 
     fn close_for_shutdown(&mut self) {
         let config = Arc::clone(&self.config);
-        self.close(format_args!(
-            "4.3.2 {} Service shutting down",
-            config.hostname
-        ));
+        self.close(
+            CloseReason::Shutdown,
+            format_args!("4.3.2 {} Service shutting down", config.hostname),
+        );
     }
 
     fn signal(&mut self, signature: Signature) {

@@ -17,6 +17,7 @@ fn config(starttls: bool, max_message_bytes: u64, max_recipients: usize) -> Arc<
         hostname: "mx.example.test".into(),
         max_message_bytes,
         max_recipients,
+        max_junk_commands: 100,
         idle_timeout: IDLE,
         starttls,
         keep_bodies: true,
@@ -25,6 +26,14 @@ fn config(starttls: bool, max_message_bytes: u64, max_recipients: usize) -> Arc<
 
 fn default_config() -> Arc<SessionConfig> {
     config(false, 1000, 3)
+}
+
+/// `config` with room for a flood of junk commands.
+fn without_junk_limit(config: Arc<SessionConfig>) -> Arc<SessionConfig> {
+    Arc::new(SessionConfig {
+        max_junk_commands: 100_000,
+        ..(*config).clone()
+    })
 }
 
 /// One thing the client (or the clock, or the daemon) does.
@@ -578,6 +587,145 @@ fn transactions_are_recorded() {
     assert_eq!((t[1].mail_from.as_str(), t[1].data_code), ("A@b", None));
 }
 
+/// `commands` in one write, with a junk command limit of `max_junk_commands`.
+fn run_junk(max_junk_commands: usize, commands: &[u8]) -> Run {
+    let config = Arc::new(SessionConfig {
+        max_junk_commands,
+        ..(*default_config()).clone()
+    });
+    run_bytes_with(config, commands, &[])
+}
+
+#[test]
+fn the_junk_command_past_the_limit_gets_421_and_ends_the_session() {
+    let run = run_junk(100, &b"NOOP\r\n".repeat(101));
+    let mut replies = vec!["220"];
+    replies.extend(["250"; 100]);
+    replies.push("421");
+    assert_eq!(run.codes(), replies.join(" "));
+    assert!(run.finished);
+    assert_eq!(run.record.closed_by, Some(CloseReason::JunkCommands));
+    let transcript = run.transcript();
+    assert_eq!(
+        transcript.last().map(String::as_str),
+        Some("421 4.7.0 mx.example.test Error: too many junk commands")
+    );
+    // One under the limit: the session goes on.
+    let run = run_junk(100, &b"NOOP\r\n".repeat(100));
+    assert!(!run.finished && run.record.closed_by.is_none());
+}
+
+#[test]
+fn rset_vrfy_and_help_are_junk_too() {
+    let run = run_junk(3, b"RSET\r\nVRFY x\r\nHELP\r\nRSET\r\nNOOP\r\n");
+    assert_eq!(run.codes(), "220 250 252 214 421");
+    assert!(run.finished);
+    // Other commands are not: EHLO, MAIL and RCPT in between do not count.
+    let run = run_junk(
+        2,
+        b"NOOP\r\nEHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nNOOP\r\nQUIT\r\n",
+    );
+    assert_eq!(run.codes(), "220 250 250 250 250 250 221");
+    assert!(run.record.closed_by.is_none());
+}
+
+#[test]
+fn an_accepted_message_starts_the_junk_count_again() {
+    // (message body, what follows, replies, closed by): a message refused (451) is no
+    // delivery, and the count goes on.
+    let cases = [
+        (
+            "hi",
+            "NOOP\r\nNOOP\r\nQUIT\r\n",
+            "220 250 250 250 250 250 354 250 250 250 221",
+            None,
+        ),
+        (
+            "FAIL",
+            "NOOP\r\n",
+            "220 250 250 250 250 250 354 451 421",
+            Some(CloseReason::JunkCommands),
+        ),
+    ];
+    for (body, after, replies, closed_by) in cases {
+        let script = format!(
+            "EHLO x\r\nNOOP\r\nNOOP\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n{body}\r\n.\r\n{after}"
+        );
+        let run = run_junk(2, script.as_bytes());
+        assert_eq!(run.codes(), replies, "{body}");
+        assert_eq!(run.record.closed_by, closed_by, "{body}");
+    }
+}
+
+/// A client flooding the session: `rcpts` RCPTs of 2 KB addresses (pipelined, in writes of
+/// about 64 KiB), then `junk` over-long junk lines, then QUIT.
+fn flood(rcpts: usize, junk: usize) -> Run {
+    let mut driver = Driver::new(without_junk_limit(config(false, 1000, 100)));
+    let long = "a".repeat(2000);
+    let mut commands = vec![b"EHLO flood.example\r\nMAIL FROM:<a@b>\r\n".to_vec()];
+    commands
+        .extend((0..rcpts).map(|i| format!("RCPT TO:<{long}{i}@example.org>\r\n").into_bytes()));
+    commands.extend((0..junk).map(|i| format!("NOOP {long}{i}\r\n").into_bytes()));
+    commands.push(b"QUIT\r\n".to_vec());
+    let mut write = Vec::new();
+    for command in commands {
+        write.extend_from_slice(&command);
+        if write.len() >= MAX_RECEIVE {
+            driver.send(&std::mem::take(&mut write), &[]);
+        }
+    }
+    driver.send(&write, &[]);
+    driver.finish()
+}
+
+#[test]
+fn a_flood_keeps_the_record_within_its_bytes() {
+    let run = flood(10_000, 10_000);
+    assert!(run.finished);
+    let record = &run.record;
+    let held = record.budget.bytes();
+    assert!(held <= MAX_RECORD_BYTES, "{held} bytes held");
+    let kept: usize = record
+        .transcript
+        .iter()
+        .map(|l| l.line.len())
+        .sum::<usize>()
+        + record.transactions[0]
+            .rcpts
+            .iter()
+            .map(|r| r.addr.len())
+            .sum::<usize>();
+    assert!(kept <= held, "{kept} bytes of text, {held} counted");
+    // The beginning is kept: banner, EHLO, MAIL and the first recipients with their replies.
+    let transcript = run.transcript();
+    assert_eq!(transcript[0], "220 mx.example.test ESMTP");
+    assert_eq!(transcript[1], "EHLO flood.example");
+    assert_eq!(record.transactions.len(), 1);
+    let kept = record.transactions[0].rcpts.len();
+    assert!((10..100).contains(&kept), "{kept} recipients kept");
+    assert!(record.transactions[0].rcpts[0].addr.starts_with("aaaa"));
+    assert_eq!(record.rcpts_dropped, 10_000 - kept);
+    // ... and the end: the last junk line, QUIT and its reply.
+    let cut = record.transcript_cut.expect("the transcript was cut");
+    assert!(cut > 20, "cut at {cut}");
+    assert_eq!(
+        transcript[transcript.len() - 2..],
+        ["QUIT".to_owned(), "221 2.0.0 Bye".to_owned()]
+    );
+    assert!(transcript[transcript.len() - 4].starts_with("NOOP aaaa"));
+    // Every line is counted, kept or not: the banner, EHLO and its 7 lines, then two lines
+    // (command and reply) for MAIL, each RCPT and junk line, and QUIT.
+    let lines = record.transcript.len() + record.transcript_dropped;
+    assert_eq!(lines, 1 + 1 + 7 + 2 * (1 + 20_000 + 1));
+    assert!(record.transcript_bytes_dropped > 20_000 * 512);
+    // Each kept line stays within its own cap.
+    assert!(
+        transcript
+            .iter()
+            .all(|l| l.len() <= MAX_TRANSCRIPT_LINE_BYTES + 32)
+    );
+}
+
 #[test]
 fn transcript_lines() {
     let run = run(
@@ -675,7 +823,7 @@ fn timestamps_are_ms_since_start() {
 #[test]
 fn a_client_that_never_reads_stops_being_read() {
     let now = Instant::now();
-    let mut session = Session::new(default_config(), now);
+    let mut session = Session::new(without_junk_limit(default_config()), now);
     session.greet(now);
     session.consume_output(session.output().len());
     let noops = b"NOOP\r\n".repeat(16 * 1024);
