@@ -89,6 +89,14 @@ impl Default for SmtpConfig {
 pub struct StorageConfig {
     pub dir: PathBuf,
     pub capture: bool,
+    /// When the session log is rotated: `"daily"` (at midnight UTC), a size (`"100MiB"`,
+    /// 64KiB..=100GiB), both (`"daily,100MiB"`: whichever comes first), or `"never"` (e.g. for
+    /// logrotate and `SIGUSR1`).
+    #[serde(deserialize_with = "log_rotate")]
+    pub log_rotate: LogRotate,
+    /// Rotated session logs kept; older ones are deleted.
+    #[serde(deserialize_with = "count::<_, 1, 10_000>")]
+    pub log_keep: NonZeroUsize,
 }
 
 impl Default for StorageConfig {
@@ -96,8 +104,22 @@ impl Default for StorageConfig {
         StorageConfig {
             dir: PathBuf::from("./sinkhole-data"),
             capture: true,
+            log_rotate: LogRotate {
+                daily: true,
+                max_bytes: None,
+            },
+            log_keep: NonZeroUsize::new(30).unwrap(),
         }
     }
+}
+
+/// When the session log is rotated (`storage.log_rotate`); neither: never.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogRotate {
+    /// When a line would be written on a later UTC day than the file's first line.
+    pub daily: bool,
+    /// When a write would take the file past this many bytes.
+    pub max_bytes: Option<u64>,
 }
 
 impl StorageConfig {
@@ -520,6 +542,59 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{text}` is not a duration like 30s, 5m or 1h ({e})"))
 }
 
+/// Parses a size in bytes: `65536B`, `64KiB`, `100MiB`, `1GiB`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let shift = match unit {
+        "B" => Some(0),
+        "KiB" => Some(10),
+        "MiB" => Some(20),
+        "GiB" => Some(30),
+        _ => None,
+    };
+    shift
+        .zip(number.parse::<u64>().ok())
+        .and_then(|(shift, n)| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("`{text}` is not a size like 64KiB, 100MiB or 1GiB"))
+}
+
+/// `storage.log_rotate`: `daily`, a size, both separated by a comma, or `never` (or empty).
+fn log_rotate<'de, D: Deserializer<'de>>(d: D) -> Result<LogRotate, D::Error> {
+    let text = String::deserialize(d)?;
+    let mut rotate = LogRotate {
+        daily: false,
+        max_bytes: None,
+    };
+    if matches!(text.trim(), "" | "never") {
+        return Ok(rotate);
+    }
+    for part in text.split(',').map(str::trim) {
+        if part == "daily" && !rotate.daily {
+            rotate.daily = true;
+            continue;
+        }
+        let size = parse_size(part).map_err(|_| {
+            de::Error::custom(format!(
+                "`{part}` is neither `daily` nor a size like 100MiB (write e.g. \"daily,100MiB\", \
+                 or \"never\")"
+            ))
+        })?;
+        if !((64 << 10)..=(100 << 30)).contains(&size) {
+            return Err(de::Error::custom(format!(
+                "{part} is outside 64KiB..=100GiB"
+            )));
+        }
+        if rotate.max_bytes.replace(size).is_some() {
+            return Err(de::Error::custom("more than one size"));
+        }
+    }
+    Ok(rotate)
+}
+
 /// A duration within `MIN_MS..=MAX_MS` milliseconds.
 fn duration<'de, D: Deserializer<'de>, const MIN_MS: u64, const MAX_MS: u64>(
     d: D,
@@ -722,6 +797,9 @@ block_signatures = [["mail-from-eq-rcpt-to", "mail-from-local-domain"]]
         if let Ok(n) = end.parse::<i64>() {
             return Some((i128::from(n) + outward).to_string());
         }
+        if let Ok(size) = parse_size(end) {
+            return Some(format!("\"{}B\"", i128::from(size) + outward));
+        }
         let nanos = parse_duration(end).unwrap().as_nanos() as i128 + outward;
         (nanos >= 0).then(|| format!("\"{nanos}ns\""))
     }
@@ -739,7 +817,7 @@ block_signatures = [["mail-from-eq-rcpt-to", "mail-from-local-domain"]]
             .take_while(|l| l.starts_with('|'))
             .map(|l| l.split('|').map(|c| c.trim().trim_matches('`')).collect())
             .collect();
-        assert_eq!(rows.len(), 13, "{rows:?}");
+        assert_eq!(rows.len(), 15, "{rows:?}");
         for row in rows {
             let (key, default, range) = (row[1], row[2], row[3]);
             let (min, max) = range.split_once("..=").unwrap();
@@ -776,6 +854,41 @@ block_signatures = [["mail-from-eq-rcpt-to", "mail-from-local-domain"]]
                 );
             }
         }
+    }
+
+    #[test]
+    fn log_rotation_by_day_size_both_or_never() {
+        let rotate = |value: &str| {
+            Config::parse(&format!("[storage]\nlog_rotate = \"{value}\"\n"), "t.toml")
+                .map(|c| c.storage.log_rotate)
+        };
+        let by = |daily, max_bytes| LogRotate { daily, max_bytes };
+        assert_eq!(
+            Config::parse("", "t.toml").unwrap().storage.log_rotate,
+            by(true, None)
+        );
+        assert_eq!(rotate("daily").unwrap(), by(true, None));
+        assert_eq!(rotate("100MiB").unwrap(), by(false, Some(100 << 20)));
+        assert_eq!(rotate("daily, 1GiB").unwrap(), by(true, Some(1 << 30)));
+        assert_eq!(rotate("64KiB,daily").unwrap(), by(true, Some(64 << 10)));
+        assert_eq!(rotate("never").unwrap(), by(false, None));
+        assert_eq!(rotate("").unwrap(), by(false, None));
+        assert_eq!(
+            err("[storage]\nlog_rotate = \"weekly\"\n"),
+            "t.toml:2: storage.log_rotate: `weekly` is neither `daily` nor a size like 100MiB \
+             (write e.g. \"daily,100MiB\", or \"never\")"
+        );
+        assert!(
+            err("[storage]\nlog_rotate = \"1MiB,2MiB\"\n")
+                .starts_with("t.toml:2: storage.log_rotate: more than one size")
+        );
+        assert_eq!(
+            err("[storage]\nlog_rotate = \"daily,1KiB\"\n"),
+            "t.toml:2: storage.log_rotate: 1KiB is outside 64KiB..=100GiB"
+        );
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert!(parse_size("99999999999GiB").is_err());
+        assert!(parse_size("MiB").is_err());
     }
 
     #[test]
