@@ -49,6 +49,9 @@ pub struct DaemonCounters {
     pub session_log_lines: AtomicU64,
     /// Session log lines lost: the queue was full or the write failed.
     pub session_log_dropped: AtomicU64,
+    /// Session log rotations, compressions, deletions of old logs and reopens that failed (the
+    /// log goes on in the file it had).
+    pub session_log_rotate_failed: AtomicU64,
     /// Connections closed at the end of the shutdown grace period with output unsent.
     pub shutdown_forced_closes: AtomicU64,
     /// Sessions whose recipients were decided without a complete score: the resolver was busy
