@@ -570,6 +570,27 @@ mod tests {
     }
 
     #[test]
+    fn a_torn_last_line_is_ended_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.jsonl");
+        fs::write(&path, b"{\"id\":\"a\"}\n{\"id\":\"b\",\"sta").unwrap();
+        let never = LogRotate {
+            daily: false,
+            max_bytes: None,
+        };
+        let counters = Arc::new(DaemonCounters::default());
+        let mut log = LogFile::open(&path, never, 1, Arc::clone(&counters)).unwrap();
+        log.write(b"{\"id\":\"c\"}\n", at(0)).unwrap();
+        drop(log);
+        // A whole log is left as it is.
+        drop(LogFile::open(&path, never, 1, counters).unwrap());
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "{\"id\":\"a\"}\n{\"id\":\"b\",\"sta\n{\"id\":\"c\"}\n"
+        );
+    }
+
+    #[test]
     fn reopen_follows_an_outside_rename() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sessions.jsonl");
