@@ -1,7 +1,7 @@
 //! The session log's file, `STORAGE/sessions.jsonl`: appending whole lines, rotating it
 //! (`storage.log_rotate`: by UTC day and/or size), compressing rotated files on a thread of
 //! their own, keeping the newest `storage.log_keep` of them, and reopening it (`SIGUSR1`, after
-//! an outside rotation such as logrotate's).
+//! an outside rotation such as logrotate's; a rename is also noticed at the next write).
 //!
 //! A rotation happens between two writes, which are whole lines, so no line is split or lost:
 //! the file is renamed to `sessions.jsonl.<stamp>`, the UTC time of the rotation to the
@@ -97,8 +97,13 @@ impl LogFile {
         })
     }
 
-    /// Appends `lines` (whole lines), rotating first when the policy says so at `now`.
+    /// Appends `lines` (whole lines), rotating first when the policy says so at `now`. A file
+    /// renamed by someone else meanwhile (logrotate without `SIGUSR1`, or the other daemon of a
+    /// takeover rotating it) is followed: the path is opened anew first.
     pub fn write(&mut self, lines: &[u8], now: SystemTime) -> io::Result<()> {
+        if self.moved() {
+            self.reopen();
+        }
         if now >= self.retry_at
             && due(
                 self.rotate,
@@ -144,6 +149,16 @@ impl LogFile {
                 );
                 DaemonCounters::add(&self.counters.session_log_rotate_failed, 1);
             }
+        }
+    }
+
+    /// Whether the path no longer names the open file.
+    fn moved(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (fs::metadata(&self.path), self.file.metadata()) {
+            (Ok(path), Ok(file)) => (path.dev(), path.ino()) != (file.dev(), file.ino()),
+            (Err(e), _) => e.kind() == io::ErrorKind::NotFound,
+            _ => false,
         }
     }
 
@@ -591,7 +606,7 @@ mod tests {
     }
 
     #[test]
-    fn reopen_follows_an_outside_rename() {
+    fn an_outside_rename_is_followed_and_reopen_makes_the_file_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sessions.jsonl");
         let never = LogRotate {
@@ -601,14 +616,16 @@ mod tests {
         let counters = Arc::new(DaemonCounters::default());
         let mut log = LogFile::open(&path, never, 1, counters).unwrap();
         log.write(b"a\n", at(0)).unwrap();
-        fs::rename(&path, dir.path().join("sessions.jsonl.1")).unwrap();
+        let renamed = dir.path().join("sessions.jsonl.1");
+        fs::rename(&path, &renamed).unwrap();
         log.write(b"b\n", at(0)).unwrap();
+        assert_eq!(fs::read_to_string(&renamed).unwrap(), "a\n");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "b\n");
+        fs::rename(&path, &renamed).unwrap();
         log.reopen();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "");
         log.write(b"c\n", at(0)).unwrap();
-        assert_eq!(
-            fs::read_to_string(dir.path().join("sessions.jsonl.1")).unwrap(),
-            "a\nb\n"
-        );
+        assert_eq!(fs::read_to_string(&renamed).unwrap(), "b\n");
         assert_eq!(fs::read_to_string(&path).unwrap(), "c\n");
     }
 }
