@@ -99,6 +99,14 @@ pub struct StorageConfig {
     /// nothing more is written (`capture::floor`). 0B..=1PiB, or 0%..=50% of the filesystem.
     #[serde(deserialize_with = "min_free")]
     pub min_free: MinFree,
+    /// When the session log is rotated: `"daily"` (at midnight UTC), a size (`"100MiB"`,
+    /// 64KiB..=100GiB), both (`"daily,100MiB"`: whichever comes first), or `"never"` (e.g. for
+    /// logrotate and `SIGUSR1`).
+    #[serde(deserialize_with = "log_rotate")]
+    pub log_rotate: LogRotate,
+    /// Rotated session logs kept; older ones are deleted.
+    #[serde(deserialize_with = "count::<_, 1, 10_000>")]
+    pub log_keep: NonZeroUsize,
 }
 
 impl Default for StorageConfig {
@@ -106,6 +114,11 @@ impl Default for StorageConfig {
         StorageConfig {
             dir: PathBuf::from("./sinkhole-data"),
             capture: true,
+            log_rotate: LogRotate {
+                daily: true,
+                max_bytes: None,
+            },
+            log_keep: NonZeroUsize::new(30).unwrap(),
             min_free: MinFree::Bytes(1 << 30),
         }
     }
@@ -127,6 +140,15 @@ impl MinFree {
             MinFree::Percent(percent) => (u128::from(total) * u128::from(percent) / 100) as u64,
         }
     }
+}
+
+/// When the session log is rotated (`storage.log_rotate`); neither: never.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogRotate {
+    /// When a line would be written on a later UTC day than the file's first line.
+    pub daily: bool,
+    /// When a write would take the file past this many bytes.
+    pub max_bytes: Option<u64>,
 }
 
 impl StorageConfig {
@@ -549,6 +571,39 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{text}` is not a duration like 30s, 5m or 1h ({e})"))
 }
 
+/// `storage.log_rotate`: `daily`, a size, both separated by a comma, or `never` (or empty).
+fn log_rotate<'de, D: Deserializer<'de>>(d: D) -> Result<LogRotate, D::Error> {
+    let text = String::deserialize(d)?;
+    let mut rotate = LogRotate {
+        daily: false,
+        max_bytes: None,
+    };
+    if matches!(text.trim(), "" | "never") {
+        return Ok(rotate);
+    }
+    for part in text.split(',').map(str::trim) {
+        if part == "daily" && !rotate.daily {
+            rotate.daily = true;
+            continue;
+        }
+        let size = parse_size(part).map_err(|_| {
+            de::Error::custom(format!(
+                "`{part}` is neither `daily` nor a size like 100MiB (write e.g. \"daily,100MiB\", \
+                 or \"never\")"
+            ))
+        })?;
+        let Some(size) = size.filter(|size| ((64 << 10)..=(100 << 30)).contains(size)) else {
+            return Err(de::Error::custom(format!(
+                "{part} is outside 64KiB..=100GiB"
+            )));
+        };
+        if rotate.max_bytes.replace(size).is_some() {
+            return Err(de::Error::custom("more than one size"));
+        }
+    }
+    Ok(rotate)
+}
+
 /// A duration within `MIN_MS..=MAX_MS` milliseconds.
 fn duration<'de, D: Deserializer<'de>, const MIN_MS: u64, const MAX_MS: u64>(
     d: D,
@@ -829,7 +884,7 @@ block_signatures = [["mail-from-eq-rcpt-to", "mail-from-local-domain"]]
             .take_while(|l| l.starts_with('|'))
             .map(|l| l.split('|').map(|c| c.trim().trim_matches('`')).collect())
             .collect();
-        assert_eq!(rows.len(), 16, "{rows:?}");
+        assert_eq!(rows.len(), 18, "{rows:?}");
         for row in rows {
             let (key, default, range) = (row[1], row[2], row[3]);
             let (min, max) = range.split_once("..=").unwrap();
@@ -866,6 +921,41 @@ block_signatures = [["mail-from-eq-rcpt-to", "mail-from-local-domain"]]
                 );
             }
         }
+    }
+
+    #[test]
+    fn log_rotation_by_day_size_both_or_never() {
+        let rotate = |value: &str| {
+            Config::parse(&format!("[storage]\nlog_rotate = \"{value}\"\n"), "t.toml")
+                .map(|c| c.storage.log_rotate)
+        };
+        let by = |daily, max_bytes| LogRotate { daily, max_bytes };
+        assert_eq!(
+            Config::parse("", "t.toml").unwrap().storage.log_rotate,
+            by(true, None)
+        );
+        assert_eq!(rotate("daily").unwrap(), by(true, None));
+        assert_eq!(rotate("100MiB").unwrap(), by(false, Some(100 << 20)));
+        assert_eq!(rotate("daily, 1GiB").unwrap(), by(true, Some(1 << 30)));
+        assert_eq!(rotate("64KiB,daily").unwrap(), by(true, Some(64 << 10)));
+        assert_eq!(rotate("never").unwrap(), by(false, None));
+        assert_eq!(rotate("").unwrap(), by(false, None));
+        assert_eq!(
+            err("[storage]\nlog_rotate = \"weekly\"\n"),
+            "t.toml:2: storage.log_rotate: `weekly` is neither `daily` nor a size like 100MiB \
+             (write e.g. \"daily,100MiB\", or \"never\")"
+        );
+        assert!(
+            err("[storage]\nlog_rotate = \"1MiB,2MiB\"\n")
+                .starts_with("t.toml:2: storage.log_rotate: more than one size")
+        );
+        assert_eq!(
+            err("[storage]\nlog_rotate = \"daily,1KiB\"\n"),
+            "t.toml:2: storage.log_rotate: 1KiB is outside 64KiB..=100GiB"
+        );
+        assert_eq!(parse_size("1MiB"), Ok(Some(1 << 20)));
+        assert_eq!(parse_size("99999999999GiB"), Ok(None));
+        assert!(parse_size("MiB").is_err());
     }
 
     #[test]

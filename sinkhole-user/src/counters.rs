@@ -57,6 +57,9 @@ pub struct DaemonCounters {
     pub storage_free_bytes: AtomicU64,
     /// Sessions closed with 421 for more than `smtp.max_junk_commands` junk commands.
     pub junk_limit: AtomicU64,
+    /// Session log rotations, compressions, deletions of old logs and reopens that failed (the
+    /// log goes on in the file it had).
+    pub session_log_rotate_failed: AtomicU64,
     /// Connections closed at the end of the shutdown grace period with output unsent.
     pub shutdown_forced_closes: AtomicU64,
     /// Sessions whose recipients were decided without a complete score: the resolver was busy

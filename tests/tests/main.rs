@@ -21,6 +21,7 @@ mod floods;
 mod hardening;
 mod hostile_input;
 mod hostile_sessions;
+mod log_rotation;
 mod metrics;
 mod policy_check;
 mod policy_e2e;

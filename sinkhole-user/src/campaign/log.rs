@@ -1,11 +1,19 @@
 //! Reading `sessions.jsonl` back: streaming, line by line, tolerant of extra fields, nulls and
 //! damage (a torn last line, a malformed line, an absurdly long line), with a warning for each
-//! line it skips.
+//! line it skips; over the rotated files too ([`StoredLog`]), compressed or not, oldest first.
 
-use std::io::{self, BufRead};
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use flate2::read::MultiGzDecoder;
 use serde::{Deserialize, Deserializer};
+
+use crate::capture::log_file::{Kind, rotated_name, with_suffix};
+
+/// The log's name in its storage folder.
+const LOG: &str = "sessions.jsonl";
 
 /// Lines longer than this are skipped unread (the writer caps transcripts far below it).
 pub const MAX_LINE_BYTES: usize = 16 << 20;
@@ -143,6 +151,132 @@ impl<R: BufRead> Iterator for LogReader<R> {
     }
 }
 
+/// A file of the log that could not be listed, opened or read.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct LogError {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+/// The session log of a storage folder: its rotated files, oldest first, then
+/// `sessions.jsonl`, read as one. Skipped lines name their file.
+pub struct StoredLog {
+    files: std::vec::IntoIter<PathBuf>,
+    reading: Option<(PathBuf, LogReader<Box<dyn BufRead>>)>,
+}
+
+impl StoredLog {
+    /// The log in `storage`, without the rotated files that hold only lines written before
+    /// `since`. Rotated files are the daemon's (`sessions.jsonl.<stamp>[.gz]`, ordered by the
+    /// stamp) and those of an outside rotation (any other `sessions.jsonl.*` or
+    /// `sessions.jsonl-*`, e.g. logrotate's `sessions.jsonl.1` and `sessions.jsonl.2.gz`,
+    /// ordered by the time they were last written).
+    pub fn open(storage: &Path, since: Option<SystemTime>) -> Result<StoredLog, LogError> {
+        let current = storage.join(LOG);
+        let error = |path: &Path| {
+            let path = path.to_owned();
+            move |source| LogError { path, source }
+        };
+        let mut files = Vec::new();
+        for entry in fs::read_dir(storage).map_err(error(storage))? {
+            let entry = entry.map_err(error(storage))?;
+            let name = entry.file_name();
+            if let Some(last_line) = rotated_until(&name.to_string_lossy(), &entry.path())
+                .map_err(error(&entry.path()))?
+                && since.is_none_or(|since| last_line >= since)
+            {
+                files.push((last_line, entry.path()));
+            }
+        }
+        files.sort();
+        let mut files: Vec<PathBuf> = files.into_iter().map(|(_, path)| path).collect();
+        // The current file may be missing between an outside rename and the reopen, but a
+        // storage folder without any log is an error.
+        if current.exists() || files.is_empty() {
+            files.push(current);
+        }
+        Ok(StoredLog {
+            files: files.into_iter(),
+            reading: None,
+        })
+    }
+}
+
+/// For a rotated file of `sessions.jsonl` named `name`, the time its last line was written at
+/// the latest; `None` for any other file (and for a compressed file's plain twin, left by a
+/// crash: the two hold the same lines).
+fn rotated_until(name: &str, path: &Path) -> io::Result<Option<SystemTime>> {
+    match rotated_name(LOG, name) {
+        Some((_, Kind::Partial)) => return Ok(None),
+        Some((_, Kind::Plain)) if with_suffix(path, ".gz").exists() => {
+            return Ok(None);
+        }
+        Some((at, _)) => return Ok(Some(at)),
+        None => {}
+    }
+    let outside = name
+        .strip_prefix(LOG)
+        .is_some_and(|rest| rest.starts_with(['.', '-']) && !rest.ends_with(".tmp"));
+    if !outside {
+        return Ok(None);
+    }
+    Ok(Some(fs::metadata(path)?.modified()?))
+}
+
+/// Opens a file of the log, decompressing a `.gz` one.
+fn open_file(path: &Path) -> io::Result<Box<dyn BufRead>> {
+    let file = File::open(path)?;
+    Ok(if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(BufReader::new(MultiGzDecoder::new(BufReader::new(file))))
+    } else {
+        Box::new(BufReader::new(file))
+    })
+}
+
+impl Iterator for StoredLog {
+    type Item = Result<Entry, LogError>;
+
+    fn next(&mut self) -> Option<Result<Entry, LogError>> {
+        loop {
+            if let Some((path, reader)) = &mut self.reading {
+                match reader.next() {
+                    Some(Ok(Entry::Skipped(why))) => {
+                        return Some(Ok(Entry::Skipped(format!("{}: {why}", path.display()))));
+                    }
+                    Some(Ok(session)) => return Some(Ok(session)),
+                    Some(Err(source)) => {
+                        let path = path.clone();
+                        self.reading = None;
+                        return Some(Err(LogError { path, source }));
+                    }
+                    None => self.reading = None,
+                }
+            }
+            let path = self.files.next()?;
+            let rotated = self.files.len() > 0 || !path.ends_with(LOG);
+            match open_file(&path) {
+                Ok(file) => self.reading = Some((path, LogReader::new(file))),
+                // Compressed by the daemon since it was listed (or deleted as too old).
+                Err(e) if e.kind() == io::ErrorKind::NotFound && rotated => {
+                    let compressed = with_suffix(&path, ".gz");
+                    match open_file(&compressed) {
+                        Ok(file) => self.reading = Some((compressed, LogReader::new(file))),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(source) => {
+                            return Some(Err(LogError {
+                                path: compressed,
+                                source,
+                            }));
+                        }
+                    }
+                }
+                Err(source) => return Some(Err(LogError { path, source })),
+            }
+        }
+    }
+}
+
 /// Parses the log's RFC 3339 times: `2026-01-02T03:04:05Z`, with fractions, or with an offset.
 pub fn parse_time(text: &str) -> Option<SystemTime> {
     // humantime takes `Z` and `+00:00`; any other numeric offset is applied here.
@@ -221,6 +355,95 @@ mod tests {
                 .starts_with("line 1: longer than")
         );
         assert_eq!(got[1], Ok("ok".into()));
+    }
+
+    #[test]
+    fn rotated_files_are_read_oldest_first_compressed_or_not() {
+        use std::io::Write;
+        use std::time::UNIX_EPOCH;
+        let dir = tempfile::tempdir().unwrap();
+        let put = |name: &str, text: &str, modified: u64| {
+            let path = dir.path().join(name);
+            let file = File::create(&path).unwrap();
+            let file = if name.ends_with(".gz") {
+                let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+                gz.write_all(text.as_bytes()).unwrap();
+                gz.finish().unwrap()
+            } else {
+                let mut file = file;
+                file.write_all(text.as_bytes()).unwrap();
+                file
+            };
+            file.set_modified(UNIX_EPOCH + Duration::from_secs(modified))
+                .unwrap();
+        };
+        // The daemon's names (ordered by their stamp, whatever their mtime), an outside
+        // rotation's (by mtime), a crash's leftovers (skipped), the current file last.
+        put("sessions.jsonl", "{\"id\":\"now\"}\n", 10);
+        put(
+            "sessions.jsonl.2026-03-01T10-00-00.000Z.gz",
+            "{\"id\":\"b1\"}\n{\"id\":\"b2\"}\n",
+            9,
+        );
+        put(
+            "sessions.jsonl.2026-02-01T10-00-00.000Z",
+            "{\"id\":\"a\"}\nbad\n",
+            9,
+        );
+        put(
+            "sessions.jsonl.2026-03-02T10-00-00.000Z.gz",
+            "{\"id\":\"c\"}\n",
+            1,
+        );
+        put(
+            "sessions.jsonl.2026-03-02T10-00-00.000Z",
+            "{\"id\":\"c\"}\n",
+            1,
+        );
+        put("sessions.jsonl.2026-03-03T10-00-00.000Z.gz.tmp", "half", 1);
+        let march_4 = parse_time("2026-03-04T00:00:00Z").unwrap();
+        let since_epoch = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        put(
+            "sessions.jsonl.1",
+            "{\"id\":\"e\"}\n",
+            since_epoch(march_4) + 60,
+        );
+        put(
+            "sessions.jsonl.2.gz",
+            "{\"id\":\"d\"}\n",
+            since_epoch(march_4),
+        );
+        put("other.jsonl", "{\"id\":\"x\"}\n", 1);
+        let read = |since| {
+            StoredLog::open(dir.path(), since)
+                .unwrap()
+                .map(|e| match e.unwrap() {
+                    Entry::Session(s) => s.id,
+                    Entry::Skipped(why) => why,
+                })
+                .collect::<Vec<_>>()
+        };
+        let all = read(None);
+        let skipped = format!(
+            "{}: line 2: not a session record",
+            dir.path()
+                .join("sessions.jsonl.2026-02-01T10-00-00.000Z")
+                .display()
+        );
+        assert_eq!(all.len(), 8, "{all:?}");
+        assert_eq!(all[0], "a");
+        assert!(all[1].starts_with(&skipped), "{all:?}");
+        assert_eq!(all[2..], ["b1", "b2", "c", "d", "e", "now"]);
+        // Files wholly before `since` are not opened; the others are read whole (the report
+        // filters their lines).
+        let since = read(parse_time("2026-03-02T00:00:00Z"));
+        assert_eq!(since, ["c", "d", "e", "now"]);
+        // Only rotated files: the current one may be gone between a rename and the reopen.
+        fs::remove_file(dir.path().join("sessions.jsonl")).unwrap();
+        assert_eq!(read(march_4.checked_add(Duration::from_secs(1))), ["e"]);
+        let empty = tempfile::tempdir().unwrap();
+        let missing = StoredLog::open(empty.path(), None).unwrap().next().unwrap();
+        assert!(missing.unwrap_err().to_string().contains("sessions.jsonl"));
     }
 
     #[test]

@@ -3,14 +3,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::log::{Entry, LogReader, LoggedSession, parse_time};
+use super::log::{Entry, LogError, LoggedSession, StoredLog, parse_time};
 use super::urls::url_hosts;
 use crate::signature::Signature;
 
@@ -57,40 +57,28 @@ pub struct Ranked {
     pub count: u64,
 }
 
-/// Why there is no report.
-#[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-}
-
-/// Reads `STORAGE/sessions.jsonl` (and the messages in `STORAGE/maildir/new`); each skipped
-/// log line is passed to `warn`.
+/// Reads the session log in `storage`, rotated files included (and the messages in
+/// `STORAGE/maildir/new`); each skipped log line is passed to `warn`.
 pub fn from_storage(
     storage: &Path,
     options: &Options,
     warn: &mut dyn FnMut(&str),
-) -> Result<Vec<Campaign>, ReportError> {
-    let path = storage.join("sessions.jsonl");
-    let io_error = |source| ReportError::Io {
-        path: path.clone(),
-        source,
-    };
-    let log = File::open(&path).map_err(io_error)?;
+) -> Result<Vec<Campaign>, LogError> {
+    let log = StoredLog::open(storage, options.since)?;
     let maildir_new = storage.join("maildir").join("new");
-    campaigns(BufReader::new(log), &maildir_new, options, warn).map_err(io_error)
+    campaigns(log, &maildir_new, options, warn)
 }
 
 /// Groups the sessions of `log`, sorted by sessions (most first).
-pub fn campaigns(
-    log: impl BufRead,
+pub fn campaigns<E>(
+    log: impl IntoIterator<Item = Result<Entry, E>>,
     maildir_new: &Path,
     options: &Options,
     warn: &mut dyn FnMut(&str),
-) -> io::Result<Vec<Campaign>> {
+) -> Result<Vec<Campaign>, E> {
     let mut groups: HashMap<Vec<String>, Group> = HashMap::new();
     let mut body = Vec::new();
-    for entry in LogReader::new(log) {
+    for entry in log {
         let session = match entry? {
             Entry::Session(session) => session,
             Entry::Skipped(why) => {
@@ -266,6 +254,7 @@ fn read_capped(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::campaign::log::LogReader;
 
     #[test]
     fn groups_count_and_sort() {
@@ -283,7 +272,7 @@ mod tests {
         };
         let mut warnings = Vec::new();
         let report = campaigns(
-            log.as_bytes(),
+            LogReader::new(log.as_bytes()),
             Path::new("/nonexistent"),
             &options,
             &mut |w| warnings.push(w.to_owned()),
@@ -318,7 +307,7 @@ mod tests {
             top: 1,
         };
         let report = campaigns(
-            log.as_bytes(),
+            LogReader::new(log.as_bytes()),
             Path::new("/nonexistent"),
             &since,
             &mut |_| {},

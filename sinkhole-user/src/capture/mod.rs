@@ -11,17 +11,19 @@
 //! sync thus serves two batches: pipelined group commit (the design, and why the sync is
 //! `syncfs`: `docs/architecture.md`, "Durable before 250"). The capture thread also appends
 //! session lines to the log, which it writes out at least every second and when it stops, and
-//! keeps the disk floor ([`floor`]): short log lines below `storage.min_free`, nothing written
-//! below the hard floor.
+//! which [`log_file`] rotates, compresses and reopens; and it keeps the disk floor ([`floor`]):
+//! short log lines below `storage.min_free`, nothing written below the hard floor.
 
 pub mod floor;
 pub mod headers;
+pub mod log_file;
 pub mod maildir;
 pub mod session_log;
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
@@ -30,6 +32,7 @@ use crate::config::StorageConfig;
 use crate::counters::DaemonCounters;
 use floor::{Floor, SharedSpace, Space};
 use headers::Trace;
+use log_file::LogFile;
 use maildir::{Maildir, Message, NewDir, Unnamed};
 use session_log::{SessionEnd, SessionLog};
 
@@ -90,6 +93,8 @@ pub enum CaptureError {
 /// The handle the loop keeps.
 pub struct Capture {
     jobs: SyncSender<Job>,
+    /// Set to have the capture thread reopen the session log.
+    reopen: Arc<AtomicBool>,
     thread: JoinHandle<()>,
     committer: Option<JoinHandle<()>>,
     space: Arc<SharedSpace>,
@@ -122,7 +127,13 @@ impl Capture {
             None
         };
         let log_path = storage.session_log();
-        let log = SessionLog::open(&log_path).map_err(|source| CaptureError::SessionLog {
+        let log = LogFile::open(
+            &log_path,
+            storage.log_rotate,
+            storage.log_keep.get(),
+            Arc::clone(&counters),
+        )
+        .map_err(|source| CaptureError::SessionLog {
             path: log_path.clone(),
             source,
         })?;
@@ -147,9 +158,10 @@ impl Capture {
         };
         let (jobs, queue) = mpsc::sync_channel(QUEUE);
         let space = Arc::<SharedSpace>::default();
+        let reopen = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             maildir,
-            log,
+            log: SessionLog::new(log),
             log_path,
             floor: Floor::new(
                 storage.dir.clone(),
@@ -158,6 +170,7 @@ impl Capture {
                 Arc::clone(&counters),
             ),
             counters,
+            reopen: Arc::clone(&reopen),
         };
         let thread = thread::Builder::new()
             .name("capture".into())
@@ -165,6 +178,7 @@ impl Capture {
             .map_err(CaptureError::Thread)?;
         Ok(Capture {
             jobs,
+            reopen,
             thread,
             committer,
             space,
@@ -180,6 +194,12 @@ impl Capture {
     /// wait).
     pub fn submit(&self, job: Job) -> bool {
         self.jobs.try_send(job).is_ok()
+    }
+
+    /// Has the capture thread write out the session log and open its path anew, within a
+    /// second (after an outside rotation: `SIGUSR1`).
+    pub fn reopen_log(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
     }
 
     /// Finishes what is queued, writes the log out, and stops the thread.
@@ -210,6 +230,7 @@ struct Worker {
     log_path: PathBuf,
     floor: Floor,
     counters: Arc<DaemonCounters>,
+    reopen: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -235,7 +256,12 @@ impl Worker {
                 self.floor.check(Instant::now());
             }
             self.floor.check_if_due(Instant::now());
-            if last_flush.elapsed() >= FLUSH_INTERVAL {
+            if self.reopen.swap(false, Ordering::Relaxed) {
+                if let Err((lines, e)) = self.log.reopen() {
+                    self.log_failed(lines, &e);
+                }
+                last_flush = Instant::now();
+            } else if last_flush.elapsed() >= FLUSH_INTERVAL {
                 self.flush_log();
                 last_flush = Instant::now();
             }

@@ -3,14 +3,13 @@
 //! Lines are serialised into a buffer and the buffer is appended with one `write` (whole lines
 //! only), so a crash leaves at most one torn line at the end.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::log_file::LogFile;
 use crate::score::DnsblListing;
 use crate::smtp::{Direction, SessionRecord, TranscriptLine};
 
@@ -343,48 +342,22 @@ pub fn session_id(now: SystemTime, counter: u64) -> String {
 
 /// The log file and its pending lines.
 pub struct SessionLog {
-    file: File,
+    file: LogFile,
     pending: Vec<u8>,
     lines: u64,
-}
-
-/// Whether `file` is non-empty and does not end with a newline.
-fn ends_torn(file: &File) -> io::Result<bool> {
-    use std::os::unix::fs::FileExt;
-    let len = file.metadata()?.len();
-    if len == 0 {
-        return Ok(false);
-    }
-    let mut last = [0u8];
-    file.read_exact_at(&mut last, len - 1)?;
-    Ok(last[0] != b'\n')
 }
 
 /// Pending bytes past which the log is written out before its flush interval.
 const FLUSH_BYTES: usize = 256 * 1024;
 
 impl SessionLog {
-    /// Opens (or creates) the log for appending. A crash during a write can leave the last line
-    /// cut short: it is ended with a newline here, so it stays one bad line (skipped by the
-    /// readers) instead of swallowing the first line written now.
-    pub fn open(path: &Path) -> io::Result<SessionLog> {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)?;
-        if ends_torn(&file)? {
-            log::warn!(
-                "{}: the last line is torn (a crash?); ending it",
-                path.display()
-            );
-            file.write_all(b"\n")?;
-        }
-        Ok(SessionLog {
+    /// The log written into `file`.
+    pub fn new(file: LogFile) -> SessionLog {
+        SessionLog {
             file,
             pending: Vec::with_capacity(FLUSH_BYTES),
             lines: 0,
-        })
+        }
     }
 
     /// Queues a session's line ([`SessionEnd::to_short_line`] when `short`); writes out when
@@ -408,10 +381,17 @@ impl SessionLog {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let result = self.file.write_all(&self.pending);
+        let result = self.file.write(&self.pending, SystemTime::now());
         let lines = std::mem::take(&mut self.lines);
         self.pending.clear();
         result.map_err(|e| (lines, e))
+    }
+
+    /// Writes out what is pending, then opens the file anew (`SIGUSR1`).
+    pub fn reopen(&mut self) -> Result<(), (u64, io::Error)> {
+        let flushed = self.flush();
+        self.file.reopen();
+        flushed
     }
 }
 
@@ -419,24 +399,6 @@ impl SessionLog {
 mod tests {
     use super::*;
     use crate::smtp::{CloseReason, RcptRecord, TransactionRecord};
-
-    #[test]
-    fn a_torn_last_line_is_ended_at_open() {
-        let path = std::env::temp_dir().join(format!("sinkhole-torn-{}.jsonl", std::process::id()));
-        std::fs::write(&path, b"{\"id\":\"a\"}\n{\"id\":\"b\",\"sta").unwrap();
-        let mut log = SessionLog::open(&path).unwrap();
-        log.pending.extend_from_slice(b"{\"id\":\"c\"}\n");
-        log.flush().unwrap();
-        drop(log);
-        // A whole log is left as it is.
-        drop(SessionLog::open(&path).unwrap());
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(
-            text,
-            "{\"id\":\"a\"}\n{\"id\":\"b\",\"sta\n{\"id\":\"c\"}\n"
-        );
-        std::fs::remove_file(&path).unwrap();
-    }
 
     #[test]
     fn a_short_line_keeps_who_when_and_counts() {

@@ -27,11 +27,9 @@ pub fn report(
         since: since.map(|ago| SystemTime::now().checked_sub(ago).unwrap_or(UNIX_EPOCH)),
         top,
     };
+    // Each warning names its file (the log may be rotated).
     let report = report::from_storage(&storage, &options, &mut |warning| {
-        eprintln!(
-            "sinkhole: warning: {}: {warning}",
-            storage.join("sessions.jsonl").display()
-        );
+        eprintln!("sinkhole: warning: {warning}");
     })?;
     let mut out = io::stdout().lock();
     if json {

@@ -219,6 +219,11 @@ static SERVER: &[(&str, &str, Series)] = &[
         Series::Gauge(|c| &c.storage_free_bytes),
     ),
     (
+        "session_log_rotate_failures",
+        "Session log rotations, compressions, deletions and reopens that failed",
+        Series::Counter(|c| &c.session_log_rotate_failed),
+    ),
+    (
         "shutdown_forced_closes",
         "Connections closed unfinished at the end of the shutdown grace period",
         Series::Counter(|c| &c.shutdown_forced_closes),

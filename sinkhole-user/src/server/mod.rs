@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -144,7 +144,7 @@ impl Server {
             )?;
             listeners.push(listener);
         }
-        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         // mio allows one waker per poll: the capture and resolver threads share it.
@@ -222,7 +222,7 @@ impl Server {
 
     /// Serves until SIGTERM or SIGINT, then shuts down cleanly: no new connections, every
     /// session told 421 (after its pending message is stored), the session log written out.
-    /// SIGHUP reloads the policy.
+    /// SIGHUP reloads the policy; SIGUSR1 reopens the session log.
     pub fn run(mut self) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(1024);
         let mut due = Vec::new();
@@ -257,6 +257,7 @@ impl Server {
                         for signal in self.signals.pending() {
                             match signal {
                                 SIGHUP => reload = true,
+                                SIGUSR1 => self.capture.reopen_log(),
                                 _ => stop = true,
                             }
                         }
