@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use sinkhole::signature::Signature;
 use sinkhole::smtp::{
-    self, Direction, Event, Host, MAX_RECEIVE, MAX_RECORDED, MAX_TRANSCRIPT_LINE_BYTES,
+    self, BODY_BUFFER, Direction, Event, Host, MAX_RECEIVE, MAX_RECORDED, MAX_TRANSCRIPT_LINE_BYTES,
     MAX_TRANSCRIPT_LINES, OUTPUT_LIMIT, Reply, Session, SessionConfig, SessionRecord,
 };
 
@@ -115,8 +115,13 @@ pub struct Driver {
     early: Option<Vec<u8>>,
     /// The decision the session asked for and has not had yet.
     pub decision: Option<Decision>,
-    /// Every event, as `Debug` text (kept only when `keep` is set).
+    /// Every event, as `Debug` text, a message's with the body bytes handed out for it (kept
+    /// only when `keep` is set).
     pub events: Vec<String>,
+    /// The body bytes handed out since the last message or discard (kept only when `keep` is
+    /// set), and how many there were.
+    body: Vec<u8>,
+    body_len: u64,
     /// Every byte written to the client (kept only when `keep` is set).
     pub written: Vec<u8>,
     keep: bool,
@@ -140,6 +145,8 @@ impl Driver {
             early: Some(Vec::new()),
             decision: None,
             events: Vec::new(),
+            body: Vec::new(),
+            body_len: 0,
             written: Vec::new(),
             keep,
             output_len: 0,
@@ -353,21 +360,27 @@ impl Driver {
                 self.expect_decision(Decision::Recipient);
                 self.decision_seed = rcpt.len();
             }
-            Event::Message {
-                rcpts, body, size, ..
-            } => {
+            Event::Message { rcpts, size, .. } => {
                 assert!(!rcpts.is_empty(), "a message without recipients");
-                assert_eq!(body.len() as u64, *size, "the size is not the body's");
+                let handed = if self.config.keep_bodies { *size } else { 0 };
+                assert_eq!(self.body_len, handed, "the body handed out is not the message");
                 assert!(
-                    body.len() as u64 <= self.config.max_message_bytes,
+                    *size <= self.config.max_message_bytes,
                     "a message over the size limit was handed over"
                 );
                 self.expect_decision(Decision::Message);
-                self.decision_seed = body.len();
+                self.decision_seed = usize::try_from(*size).unwrap_or(usize::MAX);
             }
+            Event::Discard => assert!(self.config.keep_bodies, "a body discarded, none kept"),
             Event::StartTls => assert!(self.config.starttls, "STARTTLS not offered"),
         }
-        if self.keep {
+        if matches!(event, Event::Message { .. } | Event::Discard) {
+            self.body_len = 0;
+            let body = std::mem::take(&mut self.body);
+            if self.keep {
+                self.events.push(format!("{event:?} {body:?}"));
+            }
+        } else if self.keep {
             self.events.push(format!("{event:?}"));
         }
     }
@@ -384,6 +397,25 @@ impl Driver {
 impl Host for Driver {
     fn session(&mut self) -> &mut Session {
         &mut self.session
+    }
+
+    /// Body bytes come a bounded buffer at a time, and only when bodies are kept.
+    fn body(&mut self, chunk: &[u8]) {
+        assert!(!self.finished, "a finished session handed out body bytes");
+        assert!(self.config.keep_bodies, "body bytes handed out, none kept");
+        assert!(
+            !chunk.is_empty() && chunk.len() <= BODY_BUFFER,
+            "a body chunk of {} bytes",
+            chunk.len()
+        );
+        self.body_len += chunk.len() as u64;
+        assert!(
+            self.body_len <= self.config.max_message_bytes,
+            "body bytes handed out past the size limit"
+        );
+        if self.keep {
+            self.body.extend_from_slice(chunk);
+        }
     }
 
     /// Decisions are made later: by the schedule, or in [`Driver::settle`].

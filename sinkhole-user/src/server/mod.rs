@@ -40,7 +40,7 @@ use crate::policy::PolicyStore;
 use crate::score::{Resolver, ScoreCounters, ScoreError};
 use crate::smtp::{self, Event, Reply, Session, SessionConfig};
 use crate::verdict::{RecipientJudge, Rules};
-use capture_budget::{CaptureBudget, MAX_IN_FLIGHT_BYTES};
+use capture_budget::{CaptureBudget, MAX_IN_FLIGHT};
 use connection::{Connection, FlushOutcome, ReadOutcome};
 use ended::EndedSession;
 use limits::{Limits, Refusal};
@@ -102,10 +102,9 @@ pub struct Server {
     session_config: Arc<SessionConfig>,
     /// STARTTLS (always offered: a self-signed pair when none is configured).
     tls: Arc<rustls::ServerConfig>,
-    capture_enabled: bool,
     counters: Arc<DaemonCounters>,
     scratch: Vec<u8>,
-    /// Messages with the capture threads, and the bytes they hold.
+    /// Messages with the capture threads.
     capture_budget: CaptureBudget,
     serial: u64,
     /// Connections left with input still waiting after their turn (slot, serial).
@@ -188,10 +187,9 @@ impl Server {
                 keep_bodies: config.storage.capture,
             }),
             tls,
-            capture_enabled: config.storage.capture,
             counters,
             scratch: vec![0; smtp::MAX_RECEIVE],
-            capture_budget: CaptureBudget::new(MAX_IN_FLIGHT_BYTES),
+            capture_budget: CaptureBudget::new(MAX_IN_FLIGHT),
             serial: 0,
             ready: Vec::new(),
             answers_waiting: false,
@@ -546,9 +544,9 @@ impl Server {
             Event::Message {
                 mail_from,
                 rcpts: _,
-                body,
                 size,
-            } => self.take_message(slot, mail_from, body, size, now),
+            } => self.take_message(slot, mail_from, size, now),
+            Event::Discard => self.conns[slot].discard_message(),
             Event::StartTls => {
                 let conn = &mut self.conns[slot];
                 match rustls::ServerConnection::new(Arc::clone(&self.tls)) {
@@ -562,24 +560,36 @@ impl Server {
         }
     }
 
-    fn take_message(
-        &mut self,
-        slot: usize,
-        mail_from: String,
-        body: Vec<u8>,
-        size: u64,
-        now: Instant,
-    ) {
+    /// Body bytes of a connection's message: on to its file (see [`Connection::append_body`]).
+    fn take_body(&mut self, slot: usize, chunk: &[u8]) {
+        // Without capture the session hands out no body bytes.
+        if let Some(maildir) = self.capture.maildir() {
+            self.conns[slot].append_body(maildir, chunk);
+        }
+    }
+
+    /// The end of a message: its file (written as the body came) goes to the capture threads to
+    /// be made durable and named, and the client hears 250 only once it is.
+    fn take_message(&mut self, slot: usize, mail_from: String, size: u64, now: Instant) {
         let conn = &mut self.conns[slot];
-        if !self.capture_enabled {
+        let Some(maildir) = self.capture.maildir() else {
             DaemonCounters::add(&self.counters.messages_total, 1);
             DaemonCounters::add(&self.counters.message_bytes_total, size);
             conn.session_mut()
                 .resolve_message(reply(250, "2.0.0 Ok"), None, now);
             return;
-        }
-        let held = body.len();
-        if !self.capture_budget.try_reserve(held) {
+        };
+        let file = match conn.finish_message(maildir, mail_from).finish() {
+            Ok(file) => file,
+            Err(e) => {
+                log::error!("cannot store a message of session {}: {e}", conn.id());
+                DaemonCounters::add(&self.counters.capture_failed, 1);
+                conn.session_mut()
+                    .resolve_message(storage_error(), None, now);
+                return;
+            }
+        };
+        if !self.capture_budget.try_reserve() {
             DaemonCounters::add(&self.counters.capture_busy, 1);
             conn.session_mut().resolve_message(busy(), None, now);
             return;
@@ -589,13 +599,14 @@ impl Server {
                 slot,
                 serial: conn.serial(),
             },
-            trace: conn.trace(mail_from),
-            body,
+            session_id: conn.id().to_string(),
+            size,
+            file,
         };
         if self.capture.submit(Job::Store(request)) {
             conn.mark_capturing();
         } else {
-            self.capture_budget.release(held);
+            self.capture_budget.release();
             DaemonCounters::add(&self.counters.capture_busy, 1);
             conn.session_mut().resolve_message(busy(), None, now);
         }
@@ -611,7 +622,7 @@ impl Server {
     }
 
     fn answer_stored(&mut self, stored: Stored, now: Instant) {
-        self.capture_budget.release(stored.size);
+        self.capture_budget.release();
         let Some(conn) = self.conns.get_mut(stored.ticket.slot) else {
             return;
         };
@@ -622,14 +633,11 @@ impl Server {
         let answer = match stored.name {
             Some(name) => {
                 DaemonCounters::add(&self.counters.messages_total, 1);
-                DaemonCounters::add(&self.counters.message_bytes_total, stored.size as u64);
+                DaemonCounters::add(&self.counters.message_bytes_total, stored.size);
                 let text = format!("2.0.0 Ok: queued as {name}");
                 (reply(250, &text), Some(name))
             }
-            None => (
-                reply(451, "4.3.0 Local storage error, try again later"),
-                None,
-            ),
+            None => (storage_error(), None),
         };
         conn.session_mut().resolve_message(answer.0, answer.1, now);
         self.drive(stored.ticket.slot, now);
@@ -756,6 +764,10 @@ impl smtp::Host for Slot<'_> {
         self.server.conns[self.slot].session_mut()
     }
 
+    fn body(&mut self, chunk: &[u8]) {
+        self.server.take_body(self.slot, chunk);
+    }
+
     fn event(&mut self, event: Event) {
         self.server.handle_event(self.slot, event, self.now);
     }
@@ -771,6 +783,10 @@ fn reply(code: u16, text: &str) -> Reply {
         code,
         text: text.to_string(),
     }
+}
+
+fn storage_error() -> Reply {
+    reply(451, "4.3.0 Local storage error, try again later")
 }
 
 fn busy() -> Reply {
