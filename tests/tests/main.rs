@@ -18,6 +18,7 @@ mod feeds;
 mod fleet;
 mod floods;
 mod hardening;
+mod hostile_bodies;
 mod metrics;
 mod policy_check;
 mod policy_e2e;

@@ -56,6 +56,10 @@ const LISTENER_BASE: usize = usize::MAX - 2;
 
 /// Reads per connection per wake-up before the loop serves the others (fairness).
 const READS_PER_TURN: usize = 16;
+/// Bytes read per connection per wake-up before the loop serves the others: a body streams in
+/// full reads, each also written to its file, and a hundred clients sending endless bodies
+/// must not keep a new client from its banner (16 full reads each made a turn of 100 MiB).
+const BYTES_PER_TURN: usize = 2 * smtp::MAX_RECEIVE;
 /// Resolver answers taken per wake-up before the loop serves its connections: the answers of
 /// thousands of clients can come at once (a DNS outage noticed releases every waiting query),
 /// and each may end a session and write its log line.
@@ -449,7 +453,7 @@ impl Server {
         debug_assert_eq!(scratch.len(), smtp::MAX_RECEIVE);
         let mut host = Slot::new(self, slot, now);
         smtp::settle(&mut host);
-        let mut reads = 0;
+        let (mut reads, mut bytes) = (0, 0);
         loop {
             let Slot {
                 server, flushed, ..
@@ -475,7 +479,7 @@ impl Server {
                 server.schedule(slot);
                 break;
             }
-            if reads == READS_PER_TURN {
+            if reads == READS_PER_TURN || bytes >= BYTES_PER_TURN {
                 // More input is waiting: serve the other connections first.
                 server.ready.push((slot, conn.serial()));
                 server.schedule(slot);
@@ -485,7 +489,10 @@ impl Server {
             match conn.read(&mut scratch) {
                 // TLS records that made no plaintext yet may still need an answer (handshake).
                 ReadOutcome::Data(0) => smtp::settle(&mut host),
-                ReadOutcome::Data(n) => smtp::receive(&mut host, &scratch[..n], now),
+                ReadOutcome::Data(n) => {
+                    bytes += n;
+                    smtp::receive(&mut host, &scratch[..n], now);
+                }
                 ReadOutcome::Drained => {
                     server.schedule(slot);
                     break;
