@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail, ensure};
 use sinkhole_tests::daemon::{Daemon, dns_without_zones, smtp_config};
 use sinkhole_tests::dns::{Rbldnsd, start_rbldnsd};
 use sinkhole_tests::null_smtp::NullSmtp;
-use sinkhole_tests::{free_port, temp_dir};
+use sinkhole_tests::{free_port, raise_fd_limit, temp_dir};
 use tempfile::TempDir;
 
 /// Parallel sessions, as `smtp-source -s 20`.
@@ -434,27 +434,6 @@ impl Drop for RowDirs {
         self.0.get_mut().clear();
         settle_disks();
     }
-}
-
-/// The same as the daemon does at start (root may raise the hard limit too); the limit in
-/// force.
-fn raise_fd_limit(wanted: u64) -> u64 {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let raised = Rlimit {
-        current: Some(wanted),
-        maximum: limit.maximum.map(|h| h.max(wanted)),
-    };
-    if setrlimit(Resource::Nofile, raised).is_err() {
-        let _ = setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: limit.maximum,
-                ..limit
-            },
-        );
-    }
-    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
 fn main() -> Result<()> {

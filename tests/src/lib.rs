@@ -302,3 +302,24 @@ pub fn start_connect_from(
     }
     Ok(socket.into())
 }
+
+/// Raises this process's open-files limit to `wanted`, as the daemon does at start (root may
+/// raise the hard limit too); the limit in force.
+pub fn raise_fd_limit(wanted: u64) -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: Some(wanted),
+        maximum: limit.maximum.map(|h| h.max(wanted)),
+    };
+    if setrlimit(Resource::Nofile, raised).is_err() {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                ..limit
+            },
+        );
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}

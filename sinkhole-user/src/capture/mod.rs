@@ -38,8 +38,9 @@ const MAX_BATCH: usize = 256;
 const COMMIT_QUEUE: usize = 4;
 /// Messages the loop may have handed to the capture threads at once (`server::capture_budget`),
 /// each a file written and not yet named (nameless until then, so it stays open): what the
-/// threads hold open at most. Enough for the batches queued for the commit thread and those it
-/// took (it stops taking past a full queue's worth of files, so at most one batch more), twice.
+/// threads hold open at most. It covers the batch the capture thread is handing on, the batches
+/// queued for the commit thread, and those it took (it stops taking past a full queue's worth
+/// of files, so at most one batch more).
 pub const MAX_OPEN_FILES: usize = MAX_BATCH * (2 * COMMIT_QUEUE + 2);
 /// The session log is written out at least this often.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);

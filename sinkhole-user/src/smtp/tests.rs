@@ -562,9 +562,8 @@ fn message_bodies_are_unstuffed_and_kept_as_received() {
     );
 }
 
-#[test]
-fn a_body_streams_through_a_bounded_buffer() {
-    let now = Instant::now();
+/// A session after `354`, its output left unread.
+fn session_in_data(now: Instant) -> Session {
     let mut session = Session::new(config(false, 1 << 20, 3), now);
     session.greet(now);
     session.receive(b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", now);
@@ -577,6 +576,13 @@ fn a_body_streams_through_a_bounded_buffer() {
         now,
     );
     session.receive(b"DATA\r\n", now);
+    session
+}
+
+#[test]
+fn a_body_streams_through_a_bounded_buffer() {
+    let now = Instant::now();
+    let mut session = session_in_data(now);
     let body: Vec<u8> = (0..3 * MAX_RECEIVE)
         .map(|i| b'a' + (i % 26) as u8)
         .collect();
@@ -614,18 +620,7 @@ fn a_body_streams_through_a_bounded_buffer() {
 #[test]
 fn a_full_body_buffer_stops_reading() {
     let now = Instant::now();
-    let mut session = Session::new(config(false, 1 << 20, 3), now);
-    session.greet(now);
-    session.receive(b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", now);
-    let _ = session.poll_event();
-    session.resolve_recipient(
-        Reply {
-            code: 250,
-            text: "2.1.5 Ok".into(),
-        },
-        now,
-    );
-    session.receive(b"DATA\r\n", now);
+    let mut session = session_in_data(now);
     session.receive(&vec![b'x'; MAX_RECEIVE], now);
     assert!(!session.wants_read(), "the buffer is full");
     let chunk = session.take_body();
