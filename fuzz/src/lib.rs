@@ -374,14 +374,20 @@ impl Driver {
             Event::Discard => assert!(self.config.keep_bodies, "a body discarded, none kept"),
             Event::StartTls => assert!(self.config.starttls, "STARTTLS not offered"),
         }
-        if matches!(event, Event::Message { .. } | Event::Discard) {
-            self.body_len = 0;
-            let body = std::mem::take(&mut self.body);
-            if self.keep {
-                self.events.push(format!("{event:?} {body:?}"));
+        // What a discard drops depends on how much was handed out before the limit was passed,
+        // so on the cut: a message's bytes are compared, a discard's are not.
+        let body = match event {
+            Event::Message { .. } | Event::Discard => {
+                self.body_len = 0;
+                std::mem::take(&mut self.body)
             }
-        } else if self.keep {
-            self.events.push(format!("{event:?}"));
+            _ => Vec::new(),
+        };
+        if self.keep {
+            match event {
+                Event::Message { .. } => self.events.push(format!("{event:?} {body:?}")),
+                _ => self.events.push(format!("{event:?}")),
+            }
         }
     }
 
