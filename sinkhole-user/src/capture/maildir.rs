@@ -169,7 +169,7 @@ impl Maildir {
             })
         };
         MessageFile {
-            file: file.map_err(|e| doing("making its file", e)),
+            file: file.map_err(|e| doing("writing it", e)),
             header: trace.header_block(&self.by, now),
         }
     }
@@ -379,7 +379,7 @@ mod tests {
             // An O_TMPFILE file cannot even be made in the new/ that is gone; a file in tmp/
             // is made, then cannot be moved. The error says which.
             let step = if unnamed_files {
-                "making its file: "
+                "writing it: "
             } else {
                 "naming it in new/: "
             };
