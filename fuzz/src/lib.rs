@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use sinkhole::signature::Signature;
 use sinkhole::smtp::{
-    self, Direction, Event, Host, MAX_RECEIVE, MAX_RECORD_BYTES, MAX_RECORDED,
+    self, BODY_BUFFER, Direction, Event, Host, MAX_RECEIVE, MAX_RECORD_BYTES, MAX_RECORDED,
     MAX_TRANSCRIPT_LINE_BYTES, MAX_TRANSCRIPT_LINES, OUTPUT_LIMIT, RcptRecord, Reply, Session,
     SessionConfig, SessionRecord, TransactionRecord, TranscriptLine,
 };
@@ -120,8 +120,13 @@ pub struct Driver {
     early: Option<Vec<u8>>,
     /// The decision the session asked for and has not had yet.
     pub decision: Option<Decision>,
-    /// Every event, as `Debug` text (kept only when `keep` is set).
+    /// Every event, as `Debug` text, a message's with the body bytes handed out for it (kept
+    /// only when `keep` is set).
     pub events: Vec<String>,
+    /// The body bytes handed out since the last message or discard (kept only when `keep` is
+    /// set), and how many there were.
+    body: Vec<u8>,
+    body_len: u64,
     /// Every byte written to the client (kept only when `keep` is set).
     pub written: Vec<u8>,
     keep: bool,
@@ -145,6 +150,8 @@ impl Driver {
             early: Some(Vec::new()),
             decision: None,
             events: Vec::new(),
+            body: Vec::new(),
+            body_len: 0,
             written: Vec::new(),
             keep,
             output_len: 0,
@@ -361,22 +368,34 @@ impl Driver {
                 self.expect_decision(Decision::Recipient);
                 self.decision_seed = rcpt.len();
             }
-            Event::Message {
-                rcpts, body, size, ..
-            } => {
+            Event::Message { rcpts, size, .. } => {
                 assert!(!rcpts.is_empty(), "a message without recipients");
-                assert_eq!(body.len() as u64, *size, "the size is not the body's");
+                let handed = if self.config.keep_bodies { *size } else { 0 };
+                assert_eq!(self.body_len, handed, "the body handed out is not the message");
                 assert!(
-                    body.len() as u64 <= self.config.max_message_bytes,
+                    *size <= self.config.max_message_bytes,
                     "a message over the size limit was handed over"
                 );
                 self.expect_decision(Decision::Message);
-                self.decision_seed = body.len();
+                self.decision_seed = usize::try_from(*size).unwrap_or(usize::MAX);
             }
+            Event::Discard => assert!(self.config.keep_bodies, "a body discarded, none kept"),
             Event::StartTls => assert!(self.config.starttls, "STARTTLS not offered"),
         }
+        // What a discard drops depends on how much was handed out before the limit was passed,
+        // so on the cut: a message's bytes are compared, a discard's are not.
+        let body = match event {
+            Event::Message { .. } | Event::Discard => {
+                self.body_len = 0;
+                std::mem::take(&mut self.body)
+            }
+            _ => Vec::new(),
+        };
         if self.keep {
-            self.events.push(format!("{event:?}"));
+            match event {
+                Event::Message { .. } => self.events.push(format!("{event:?} {body:?}")),
+                _ => self.events.push(format!("{event:?}")),
+            }
         }
     }
 
@@ -392,6 +411,25 @@ impl Driver {
 impl Host for Driver {
     fn session(&mut self) -> &mut Session {
         &mut self.session
+    }
+
+    /// Body bytes come a bounded buffer at a time, and only when bodies are kept.
+    fn body(&mut self, chunk: &[u8]) {
+        assert!(!self.finished, "a finished session handed out body bytes");
+        assert!(self.config.keep_bodies, "body bytes handed out, none kept");
+        assert!(
+            !chunk.is_empty() && chunk.len() <= BODY_BUFFER,
+            "a body chunk of {} bytes",
+            chunk.len()
+        );
+        self.body_len += chunk.len() as u64;
+        assert!(
+            self.body_len <= self.config.max_message_bytes,
+            "body bytes handed out past the size limit"
+        );
+        if self.keep {
+            self.body.extend_from_slice(chunk);
+        }
     }
 
     /// Decisions are made later: by the schedule, or in [`Driver::settle`].

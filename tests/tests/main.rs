@@ -19,6 +19,7 @@ mod feeds;
 mod fleet;
 mod floods;
 mod hardening;
+mod hostile_bodies;
 mod hostile_input;
 mod hostile_sessions;
 mod log_rotation;

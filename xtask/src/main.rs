@@ -64,6 +64,7 @@ enum Bench {
     Xdp,
     Smtp,
     Score,
+    Hostile,
 }
 
 fn main() -> ExitCode {
@@ -115,6 +116,7 @@ fn bench(which: Bench) -> Result<()> {
         Bench::Xdp => "xdp",
         Bench::Smtp => "smtp",
         Bench::Score => "score",
+        Bench::Hostile => "hostile",
     };
     cargo(&["bench", "-p", "sinkhole-tests", "--bench", name])
 }

@@ -1,7 +1,9 @@
 //! The Maildir writer, in two steps for group commit.
 //!
-//! [`Maildir::write`] puts a message into a file of its own that has no name in `new/` yet;
-//! [`NewDir::name`] gives it its name there once a sync that began after the write has
+//! [`Maildir::start`] opens a file of its own for a message, with no name in `new/` yet, and
+//! the message streams into it ([`MessageFile::append`], chunk by chunk as the body arrives; the
+//! event loop writes, as Postfix's smtpd writes its queue file: a page-cache write, not a disk
+//! wait). [`NewDir::name`] gives it its name there once a sync that began after the write has
 //! returned, and the message is announced (250) only once a sync that began after the naming has
 //! returned (see `capture/mod.rs` for the loop that interleaves them). So a message is in `new/`
 //! only whole, and is announced only after its name is durable.
@@ -24,12 +26,6 @@ use rustix::fs::{AtFlags, CWD, Mode, OFlags};
 
 use super::headers::{ClientHeaders, Trace};
 
-/// One message to store.
-pub struct Message<'a> {
-    pub trace: &'a Trace,
-    pub body: &'a [u8],
-}
-
 pub struct Maildir {
     tmp: PathBuf,
     new: PathBuf,
@@ -45,17 +41,63 @@ pub struct Maildir {
     counter: u64,
 }
 
-/// A message written but not named in `new/` yet, with the name it is to get there.
+/// A message written but not named in `new/` yet, with the name it is to get there. Dropped
+/// unnamed, it leaves nothing behind: an `O_TMPFILE` file goes with its descriptor, a file in
+/// `tmp/` is removed.
 pub struct Unnamed {
     name: String,
-    file: UnnamedFile,
+    file: File,
+    /// `tmp/NAME`, for a filesystem without `O_TMPFILE`, until it is renamed into `new/`.
+    in_tmp: Option<PathBuf>,
 }
 
-enum UnnamedFile {
-    /// An `O_TMPFILE` file.
-    Tmpfile(File),
-    /// `tmp/NAME`.
-    InTmp,
+impl Drop for Unnamed {
+    fn drop(&mut self) {
+        if let Some(path) = self.in_tmp.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// A message being received: its file (our headers first), which its body's chunks are appended
+/// to as they arrive. A failed step is kept and ends the message in [`MessageFile::finish`]; the
+/// bytes that come after it are dropped.
+pub struct MessageFile {
+    file: io::Result<Unnamed>,
+    /// Our headers until they go out with the first chunk.
+    header: Vec<u8>,
+    /// The client's own `X-Sinkhole-*` headers renamed on their way to the file.
+    client: ClientHeaders,
+}
+
+impl MessageFile {
+    /// Appends a chunk of the body. The one place body bytes pass on their way to the file.
+    pub fn append(&mut self, chunk: &[u8]) {
+        let Ok(unnamed) = &self.file else {
+            return;
+        };
+        if chunk.is_empty() && self.header.is_empty() {
+            return;
+        }
+        let header = std::mem::take(&mut self.header);
+        let mut file = &unnamed.file;
+        let written = file
+            .write_all(&header)
+            .and_then(|()| self.client.write(chunk, &mut file));
+        if let Err(e) = written {
+            self.file = Err(doing("writing it", e));
+        }
+    }
+
+    /// The whole message is written: the file, to be named once a sync has made it durable.
+    pub fn finish(mut self) -> io::Result<Unnamed> {
+        self.append(&[]);
+        let unnamed = self.file?;
+        self.client
+            .finish(&mut &unnamed.file)
+            .map_err(|e| doing("writing it", e))?;
+        Ok(unnamed)
+    }
 }
 
 impl Maildir {
@@ -118,33 +160,34 @@ impl Maildir {
         )
     }
 
-    /// Writes one message, our headers first, to a file not yet named in `new/` (a failed write
-    /// leaves nothing behind).
-    pub fn write(&mut self, message: &Message<'_>, now: SystemTime) -> io::Result<Unnamed> {
+    /// Starts a message: a file not yet named in `new/`, which gets our headers (`trace`) and
+    /// then the body as it comes. Dropped before it is named, it leaves nothing behind.
+    pub fn start(&mut self, trace: &Trace, now: SystemTime) -> MessageFile {
         let name = self.unique_name(now);
-        let header = message.trace.header_block(&self.by, now);
         let file = if self.unnamed_files {
-            unnamed_file(&self.new_dir).and_then(|file| {
-                write_message(&file, &header, message.body)?;
-                Ok(UnnamedFile::Tmpfile(file))
+            unnamed_file(&self.new_dir).map(|file| Unnamed {
+                name,
+                file,
+                in_tmp: None,
             })
         } else {
             let path = self.tmp.join(&name);
-            File::create_new(&path)
-                .and_then(|file| write_message(&file, &header, message.body))
-                .map(|()| UnnamedFile::InTmp)
-                .inspect_err(|_| {
-                    let _ = fs::remove_file(&path);
-                })
+            File::create_new(&path).map(|file| Unnamed {
+                name,
+                file,
+                in_tmp: Some(path),
+            })
         };
-        let file = file.map_err(|e| doing("writing it", e))?;
-        Ok(Unnamed { name, file })
+        MessageFile {
+            file: file.map_err(|e| doing("writing it", e)),
+            header: trace.header_block(&self.by, now),
+            client: ClientHeaders::default(),
+        }
     }
 
     /// `new/`, for whichever thread syncs and names the files (see [`NewDir`]).
     pub fn new_dir(&self) -> io::Result<NewDir> {
         Ok(NewDir {
-            tmp: self.tmp.clone(),
             new: self.new.clone(),
             dir: File::open(&self.new)?,
         })
@@ -153,7 +196,6 @@ impl Maildir {
 
 /// `new/`, open for syncing the filesystem and naming written files.
 pub struct NewDir {
-    tmp: PathBuf,
     new: PathBuf,
     dir: File,
 }
@@ -167,26 +209,15 @@ impl NewDir {
     /// Gives a written file its name in `new/`, which it returns; when that fails, the file is
     /// gone. Only once a [`NewDir::sync`] begun after [`Maildir::write`] has returned, so that
     /// no crash leaves a name on a file whose data is not on disk.
-    pub fn name(&self, file: Unnamed) -> io::Result<String> {
-        let named = match &file.file {
-            UnnamedFile::Tmpfile(unnamed) => link_unnamed(unnamed, &self.dir, &file.name),
-            UnnamedFile::InTmp => {
-                let from = self.tmp.join(&file.name);
-                fs::rename(&from, self.new.join(&file.name)).inspect_err(|_| {
-                    let _ = fs::remove_file(&from);
-                })
-            }
-        };
-        named
-            .map_err(|e| doing("naming it in new/", e))
-            .map(|()| file.name)
-    }
-
-    /// Drops a written file (an `O_TMPFILE` one goes with its descriptor).
-    pub fn discard(&self, file: Unnamed) {
-        if let UnnamedFile::InTmp = file.file {
-            let _ = fs::remove_file(self.tmp.join(file.name));
+    pub fn name(&self, mut file: Unnamed) -> io::Result<String> {
+        match &file.in_tmp {
+            None => link_unnamed(&file.file, &self.dir, &file.name),
+            Some(from) => fs::rename(from, self.new.join(&file.name)).map(|()| {
+                file.in_tmp = None;
+            }),
         }
+        .map_err(|e| doing("naming it in new/", e))?;
+        Ok(std::mem::take(&mut file.name))
     }
 
     /// Takes back a message whose name could not be made durable (it was never announced).
@@ -199,15 +230,6 @@ impl NewDir {
 /// the Maildir; this says which step failed).
 fn doing(what: &str, error: io::Error) -> io::Error {
     io::Error::new(error.kind(), format!("{what}: {error}"))
-}
-
-/// Writes `header` then `body` to a new file, the client's `X-Sinkhole-*` headers in `body`
-/// renamed ([`ClientHeaders`]).
-fn write_message(mut file: &File, header: &[u8], body: &[u8]) -> io::Result<()> {
-    file.write_all(header)?;
-    let mut client = ClientHeaders::default();
-    client.write(body, &mut file)?;
-    client.finish(&mut file)
 }
 
 /// Gives an `O_TMPFILE` file the name `name` in `dir`. Through `/proc/self/fd`, since linking the
@@ -265,24 +287,28 @@ mod tests {
         dir
     }
 
-    /// Stores two messages as one batch, makes them durable and checks what landed in `new/`.
+    /// Writes `body` in chunks of `chunk` bytes.
+    fn write(maildir: &mut Maildir, body: &[u8], chunk: usize) -> io::Result<Unnamed> {
+        let mut message = maildir.start(&trace(), SystemTime::now());
+        for piece in body.chunks(chunk) {
+            message.append(piece);
+        }
+        message.finish()
+    }
+
+    /// Stores three messages as one batch (streamed in chunks, one empty), makes them durable
+    /// and checks what landed in `new/`.
     fn store_two(maildir: &mut Maildir, root: &Path) {
-        let trace = trace();
-        let batch = [
-            Message {
-                trace: &trace,
-                body: b"Subject: one\r\n\r\nbody one\r\n",
-            },
-            Message {
-                trace: &trace,
-                body: b"Subject: two\r\n\r\nbody two\r\n",
-            },
+        let batch: [&[u8]; 3] = [
+            b"Subject: one\r\n\r\nbody one\r\n",
+            b"Subject: two\r\n\r\nbody two\r\n",
+            b"",
         ];
         let new_dir = maildir.new_dir().unwrap();
-        let now = SystemTime::now();
         let written: Vec<Unnamed> = batch
             .iter()
-            .map(|message| maildir.write(message, now).unwrap())
+            .enumerate()
+            .map(|(i, body)| write(maildir, body, 1 + 5 * i).unwrap())
             .collect();
         // Written, not named: nothing in new/ yet.
         assert_eq!(fs::read_dir(root.join("new")).unwrap().count(), 0);
@@ -292,17 +318,27 @@ mod tests {
             .map(|file| new_dir.name(file).unwrap())
             .collect();
         new_dir.sync().unwrap();
-        assert_eq!(names.len(), 2);
+        assert_eq!(names.len(), 3);
         assert_ne!(names[0], names[1]);
-        for (name, message) in names.iter().zip(&batch) {
+        for (name, body) in names.iter().zip(batch) {
             let stored = fs::read(root.join("new").join(name)).unwrap();
             assert!(
                 stored
                     .starts_with(b"Return-Path: <a@example.org>\r\nReceived: from client.example")
             );
-            assert!(stored.ends_with(message.body));
+            assert!(stored.ends_with(body));
+            let dnsbl = b"X-Sinkhole-Dnsbl: (none)\r\n";
+            let at = stored
+                .windows(dnsbl.len())
+                .position(|w| w == dnsbl)
+                .unwrap();
+            assert_eq!(
+                &stored[at + dnsbl.len()..],
+                body,
+                "the body follows the headers whole"
+            );
         }
-        assert_eq!(fs::read_dir(root.join("new")).unwrap().count(), 2);
+        assert_eq!(fs::read_dir(root.join("new")).unwrap().count(), 3);
         assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
     }
 
@@ -338,12 +374,7 @@ mod tests {
             // new/ is not a directory any more: the file cannot be named there.
             fs::remove_dir(root.join("new")).unwrap();
             fs::write(root.join("new"), b"").unwrap();
-            let trace = trace();
-            let message = Message {
-                trace: &trace,
-                body: b"x\r\n",
-            };
-            let written = maildir.write(&message, SystemTime::now());
+            let written = write(&mut maildir, b"x\r\n", 2);
             let named = written.and_then(|file| new_dir.name(file));
             // An O_TMPFILE file cannot even be made in the new/ that is gone; a file in tmp/
             // is made, then cannot be moved. The error says which.
@@ -356,6 +387,25 @@ mod tests {
             assert!(error.starts_with(step), "{error}");
             assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
             assert_eq!(fs::read(root.join("new")).unwrap(), b"");
+            fs::remove_dir_all(&root).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_message_dropped_before_it_is_named_leaves_nothing_behind() {
+        for unnamed_files in [true, false] {
+            let root = temp_dir("dropped");
+            let mut maildir = Maildir::open(&root, "mx.example").unwrap();
+            maildir.unnamed_files = unnamed_files;
+            let mut message = maildir.start(&trace(), SystemTime::now());
+            message.append(b"half a message\r\n");
+            let written = message.finish().unwrap();
+            let mut message = maildir.start(&trace(), SystemTime::now());
+            message.append(b"an abandoned body\r\n");
+            drop((written, message));
+            for sub in ["tmp", "new"] {
+                assert_eq!(fs::read_dir(root.join(sub)).unwrap().count(), 0, "{sub}/");
+            }
             fs::remove_dir_all(&root).unwrap();
         }
     }

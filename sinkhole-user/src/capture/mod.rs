@@ -1,10 +1,11 @@
 //! Durable capture: the Maildir writer with group commit and the session log, on threads of
 //! their own so the event loop never waits for a disk.
 //!
-//! The loop submits [`Job`]s without blocking ([`Capture::submit`] refuses when the queue is
-//! full). The capture thread takes everything queued at once as one batch, writes each message
-//! to a file not yet named in `new/` ([`maildir::Maildir::write`]) and hands the batch to the
-//! commit thread. That thread syncs the filesystem ([`maildir::NewDir::sync`]) again and again
+//! A message streams into its file as it arrives: the loop opens it at the message's first body
+//! bytes and appends the rest as they come ([`Capture::maildir`], [`maildir::Maildir::start`]),
+//! so no body is ever held whole in memory. At the end of data it submits the written file
+//! without blocking ([`Capture::submit`] refuses when the queue is full). The capture thread
+//! takes everything queued at once as one batch and hands it to the commit thread. That thread syncs the filesystem ([`maildir::NewDir::sync`]) again and again
 //! while messages are on their way; after each sync it hands the loop's callback the outcomes of
 //! the messages it named before that sync (their names are now durable) and names in `new/` the
 //! files written before it (their data is now durable; [`maildir::NewDir::name`]). Under load one
@@ -26,27 +27,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::config::StorageConfig;
 use crate::counters::DaemonCounters;
 use floor::{Floor, SharedSpace, Space};
-use headers::Trace;
 use log_file::LogFile;
-use maildir::{Maildir, Message, NewDir, Unnamed};
+use maildir::{Maildir, NewDir, Unnamed};
 use session_log::{SessionEnd, SessionLog};
 
 /// Jobs the queue holds at most.
 const QUEUE: usize = 8192;
-/// Messages the capture thread writes at most before it hands them on.
+/// Messages the capture thread hands on at most in one batch.
 const MAX_BATCH: usize = 256;
 /// Written batches that may wait for the commit thread (then the capture thread waits too,
 /// and the loop's queue fills).
 const COMMIT_QUEUE: usize = 4;
-/// Descriptors the capture threads may hold open at most: files written and not yet named
-/// (nameless until then, so they stay open) in the batch being written, in the batches queued
-/// for the commit thread, and in those it took (it stops taking past a full queue's worth of
-/// files, so at most one batch more).
+/// Messages the loop may have handed to the capture threads at once (`server::capture_budget`),
+/// each a file written and not yet named (nameless until then, so it stays open): what the
+/// threads hold open at most. It covers the batch the capture thread is handing on, the batches
+/// queued for the commit thread, and those it took (it stops taking past a full queue's worth
+/// of files, so at most one batch more).
 pub const MAX_OPEN_FILES: usize = MAX_BATCH * (2 * COMMIT_QUEUE + 2);
 /// The session log is written out at least this often.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -58,18 +59,20 @@ pub struct Ticket {
     pub serial: u64,
 }
 
-/// A message to store.
+/// A message to store: written whole, to be made durable and named.
 pub struct StoreRequest {
     pub ticket: Ticket,
-    pub trace: Trace,
-    pub body: Vec<u8>,
+    pub session_id: String,
+    /// Its body's size.
+    pub size: u64,
+    pub file: Unnamed,
 }
 
 /// The outcome of a [`StoreRequest`]: the name in `new/`, or `None` when it failed (the
 /// thread has logged why).
 pub struct Stored {
     pub ticket: Ticket,
-    pub size: usize,
+    pub size: u64,
     pub name: Option<String>,
 }
 
@@ -92,6 +95,8 @@ pub enum CaptureError {
 
 /// The handle the loop keeps.
 pub struct Capture {
+    /// Where messages are written (when `storage.capture`).
+    maildir: Option<Maildir>,
     jobs: SyncSender<Job>,
     /// Set to have the capture thread reopen the session log.
     reopen: Arc<AtomicBool>,
@@ -151,16 +156,17 @@ impl Capture {
                     .name("capture-commit".into())
                     .spawn(move || committer.run(committed))
                     .map_err(CaptureError::Thread)?;
-                (Some((maildir, batches)), Some(thread))
+                (Some(maildir), Some((batches, thread)))
             }
             // The loop answers itself when capture is off; no message reaches the threads.
             None => (None, None),
         };
+        let (batches, committer) = committer.unzip();
         let (jobs, queue) = mpsc::sync_channel(QUEUE);
         let space = Arc::<SharedSpace>::default();
         let reopen = Arc::new(AtomicBool::new(false));
         let worker = Worker {
-            maildir,
+            batches,
             log: SessionLog::new(log),
             log_path,
             floor: Floor::new(
@@ -177,6 +183,7 @@ impl Capture {
             .spawn(move || worker.run(queue))
             .map_err(CaptureError::Thread)?;
         Ok(Capture {
+            maildir,
             jobs,
             reopen,
             thread,
@@ -188,6 +195,11 @@ impl Capture {
     /// How much room the storage had at the capture thread's last look ([`floor`]).
     pub fn space(&self) -> Space {
         self.space.get()
+    }
+
+    /// The Maildir messages are written to as they arrive; `None` when nothing is stored.
+    pub fn maildir(&mut self) -> Option<&mut Maildir> {
+        self.maildir.as_mut()
     }
 
     /// Queues a job; false when the queue is full and the job was dropped (the loop must not
@@ -218,14 +230,14 @@ impl Capture {
 /// then its name.
 struct Written<T> {
     ticket: Ticket,
-    size: usize,
+    size: u64,
     session_id: String,
     outcome: io::Result<T>,
 }
 
 struct Worker {
-    /// The Maildir and the commit thread's queue (when capture is on).
-    maildir: Option<(Maildir, SyncSender<Vec<Written<Unnamed>>>)>,
+    /// The commit thread's queue (when capture is on).
+    batches: Option<SyncSender<Vec<Written<Unnamed>>>>,
     log: SessionLog,
     log_path: PathBuf,
     floor: Floor,
@@ -292,14 +304,17 @@ impl Worker {
         }
     }
 
-    /// Writes a batch into files not yet named and passes it on to the commit thread.
+    /// Passes a batch of written files on to the commit thread.
     fn store(&mut self, stores: &mut Vec<StoreRequest>) {
-        let Some((maildir, committer)) = &mut self.maildir else {
+        let Some(committer) = &self.batches else {
             stores.clear();
             return;
         };
-        let now = SystemTime::now();
-        // The disk floor: below the hard floor no message file is written (451).
+        if stores.is_empty() {
+            return;
+        }
+        // The disk floor: below the hard floor no message is named in `new/` (451), and its
+        // file goes with its descriptor.
         let exhausted = self.floor.space() == Space::Exhausted;
         let written = stores
             .drain(..)
@@ -310,17 +325,11 @@ impl Worker {
                         "free space is below the hard floor",
                     ))
                 } else {
-                    maildir.write(
-                        &Message {
-                            trace: &request.trace,
-                            body: &request.body,
-                        },
-                        now,
-                    )
+                    Ok(request.file)
                 },
                 ticket: request.ticket,
-                size: request.body.len(),
-                session_id: request.trace.session_id,
+                size: request.size,
+                session_id: request.session_id,
             })
             .collect();
         // The commit thread lives as long as this one (it ends when this queue closes).
@@ -400,10 +409,8 @@ impl<F: FnMut(Vec<Stored>)> Committer<F> {
             {
                 let outcome = match (outcome, &synced) {
                     (Ok(file), Ok(())) => self.new_dir.name(file),
-                    (Ok(file), Err(error)) => {
-                        self.new_dir.discard(file);
-                        Err(copy(error))
-                    }
+                    // The file goes with it (see `Unnamed`).
+                    (Ok(_), Err(error)) => Err(copy(error)),
                     (Err(error), _) => Err(error),
                 };
                 let message = Written {

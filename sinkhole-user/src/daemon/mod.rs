@@ -46,9 +46,10 @@ pub fn run(config: &Config, takeover: bool) -> Result<(), DaemonError> {
         // Before any thread is spawned, so that all of them inherit it.
         privilege::limit_bounding_set(privilege::DAEMON_CAPABILITIES)?;
     }
-    // Besides the clients: the files being captured, the resolver's sockets, and a few dozen
-    // more (listeners, the log, the Maildir, epoll).
-    let wanted = (config.smtp.max_connections.get()
+    // Two per client (its socket, and the file its message streams into while it sends one),
+    // the files waiting to be named, the resolver's sockets, and a few dozen more (listeners,
+    // the log, the Maildir, epoll).
+    let wanted = (2 * config.smtp.max_connections.get()
         + crate::capture::MAX_OPEN_FILES
         + crate::score::Limits::default().in_flight
         + 64) as u64;

@@ -1,45 +1,44 @@
-//! What the capture thread may hold at once: the loop reserves a message's bytes before it
-//! hands the message over and releases them when the outcome comes back. Past the budget the
-//! client hears 451 (try later) instead of the daemon's memory growing with every sender.
+//! What the capture threads may hold at once: the loop reserves a place before it hands a
+//! written message over and releases it when the outcome comes back. Past the budget the client
+//! hears 451 (try later) instead of the threads' queues growing with every sender.
+//!
+//! Bodies are not held in memory (they stream into their files as they arrive), so what is
+//! bounded is messages: each is a file written and not yet named, an open descriptor until the
+//! commit thread names it (see [`crate::capture::MAX_OPEN_FILES`]), waiting for the disk.
 
-/// Message bytes the capture thread may hold at once.
-pub const MAX_IN_FLIGHT_BYTES: usize = 256 * 1024 * 1024;
+/// Messages the capture threads may hold at once.
+pub const MAX_IN_FLIGHT: usize = crate::capture::MAX_OPEN_FILES;
 
-/// Messages with the capture thread, and the bytes they hold.
+/// Messages with the capture threads.
 #[derive(Debug)]
 pub struct CaptureBudget {
     messages: usize,
-    bytes: usize,
-    max_bytes: usize,
+    max_messages: usize,
 }
 
 impl CaptureBudget {
-    pub fn new(max_bytes: usize) -> CaptureBudget {
+    pub fn new(max_messages: usize) -> CaptureBudget {
         CaptureBudget {
             messages: 0,
-            bytes: 0,
-            max_bytes,
+            max_messages,
         }
     }
 
-    /// Reserves room for a message of `bytes`; false (nothing reserved) when it does not fit.
-    pub fn try_reserve(&mut self, bytes: usize) -> bool {
-        if self.bytes + bytes > self.max_bytes {
+    /// Reserves room for a message; false (nothing reserved) when the budget is spent.
+    pub fn try_reserve(&mut self) -> bool {
+        if self.messages == self.max_messages {
             return false;
         }
         self.messages += 1;
-        self.bytes += bytes;
         true
     }
 
-    /// A reserved message of `bytes` is back from the capture thread (or was never handed
-    /// over).
-    pub fn release(&mut self, bytes: usize) {
+    /// A reserved message is back from the capture threads (or was never handed over).
+    pub fn release(&mut self) {
         self.messages -= 1;
-        self.bytes -= bytes;
     }
 
-    /// No message is with the capture thread.
+    /// No message is with the capture threads.
     pub fn is_idle(&self) -> bool {
         self.messages == 0
     }
@@ -51,26 +50,16 @@ mod tests {
 
     #[test]
     fn reserves_up_to_the_budget_and_no_further() {
-        let mut budget = CaptureBudget::new(100);
+        let mut budget = CaptureBudget::new(2);
         assert!(budget.is_idle());
-        assert!(budget.try_reserve(60));
-        assert!(!budget.try_reserve(41), "over the budget");
-        assert!(budget.try_reserve(40), "exactly the budget");
-        assert!(!budget.try_reserve(1));
-        budget.release(60);
+        assert!(budget.try_reserve());
+        assert!(budget.try_reserve(), "exactly the budget");
+        assert!(!budget.try_reserve(), "over the budget");
+        budget.release();
         assert!(!budget.is_idle());
-        assert!(budget.try_reserve(60));
-    }
-
-    #[test]
-    fn idle_counts_messages_not_bytes() {
-        let mut budget = CaptureBudget::new(100);
-        assert!(
-            budget.try_reserve(0),
-            "an empty message still goes to the thread"
-        );
-        assert!(!budget.is_idle());
-        budget.release(0);
+        assert!(budget.try_reserve());
+        budget.release();
+        budget.release();
         assert!(budget.is_idle());
     }
 }

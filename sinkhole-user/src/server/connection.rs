@@ -3,7 +3,8 @@
 //! A connection owns no buffers of its own: reads go through the loop's one scratch buffer
 //! straight into the session, and writes come straight out of the session's output, so an
 //! idle connection costs its socket, its session and this struct (plus rustls' state, with
-//! its own bounded buffers, once the client started TLS).
+//! its own bounded buffers, once the client started TLS). A message being received streams into
+//! its file, a descriptor more while it lasts.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +17,7 @@ use rustls::ServerConnection;
 use super::ended::EndedSession;
 use super::timer::TimerEntry;
 use crate::capture::headers::Trace;
+use crate::capture::maildir::{Maildir, MessageFile};
 use crate::capture::session_log::{TlsInfo, session_id};
 use crate::smtp::Session;
 use crate::verdict::{Decision, Recipient, RecipientJudge, Rules};
@@ -51,6 +53,9 @@ pub struct Connection {
     readable: bool,
     /// WRITABLE interest is registered (only while output is stuck).
     wants_writable: bool,
+    /// The message being received, streaming into its file (when messages are stored): the one
+    /// descriptor a connection holds besides its socket.
+    message: Option<MessageFile>,
     /// A message of this connection is with the capture thread.
     capturing: bool,
     /// The client closed its side, the connection broke, or the client was just blocked: read
@@ -104,6 +109,7 @@ impl Connection {
             scheduled: None,
             readable,
             wants_writable: false,
+            message: None,
             capturing: false,
             peer_closed: false,
         }
@@ -223,6 +229,33 @@ impl Connection {
             rcpt,
         };
         self.judge.decide(rules, &recipient, now)
+    }
+
+    /// Body bytes of the message being received go to its file, which its first bytes open in
+    /// `maildir`.
+    pub fn append_body(&mut self, maildir: &mut Maildir, chunk: &[u8]) {
+        let message = match &mut self.message {
+            Some(message) => message,
+            None => {
+                let mail_from = self.session.mail_from().unwrap_or_default().to_string();
+                let file = maildir.start(&self.trace(mail_from), SystemTime::now());
+                self.message.insert(file)
+            }
+        };
+        message.append(chunk);
+    }
+
+    /// The message from `mail_from` is complete: its file, opened now if it had no body bytes.
+    pub fn finish_message(&mut self, maildir: &mut Maildir, mail_from: String) -> MessageFile {
+        match self.message.take() {
+            Some(message) => message,
+            None => maildir.start(&self.trace(mail_from), SystemTime::now()),
+        }
+    }
+
+    /// What was received of a message is no message (see [`crate::smtp::Event::Discard`]).
+    pub fn discard_message(&mut self) {
+        self.message = None;
     }
 
     /// What the trace headers of a message from `mail_from` say about this session.

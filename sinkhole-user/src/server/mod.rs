@@ -41,7 +41,7 @@ use crate::policy::PolicyStore;
 use crate::score::{Resolver, ScoreCounters, ScoreError};
 use crate::smtp::{self, CloseReason, Event, Reply, Session, SessionConfig};
 use crate::verdict::{RecipientJudge, Rules};
-use capture_budget::{CaptureBudget, MAX_IN_FLIGHT_BYTES};
+use capture_budget::{CaptureBudget, MAX_IN_FLIGHT};
 use connection::{Connection, FlushOutcome, ReadOutcome};
 use ended::EndedSession;
 use limits::{Limits, Refusal};
@@ -57,6 +57,10 @@ const LISTENER_BASE: usize = usize::MAX - 2;
 
 /// Reads per connection per wake-up before the loop serves the others (fairness).
 const READS_PER_TURN: usize = 16;
+/// Bytes read per connection per wake-up before the loop serves the others: a body streams in
+/// full reads, each also written to its file, and a hundred clients sending endless bodies
+/// must not keep a new client from its banner (16 full reads each made a turn of 100 MiB).
+const BYTES_PER_TURN: usize = 2 * smtp::MAX_RECEIVE;
 /// Resolver answers taken per wake-up before the loop serves its connections: the answers of
 /// thousands of clients can come at once (a DNS outage noticed releases every waiting query),
 /// and each may end a session and write its log line.
@@ -103,10 +107,9 @@ pub struct Server {
     session_config: Arc<SessionConfig>,
     /// STARTTLS (always offered: a self-signed pair when none is configured).
     tls: Arc<rustls::ServerConfig>,
-    capture_enabled: bool,
     counters: Arc<DaemonCounters>,
     scratch: Vec<u8>,
-    /// Messages with the capture threads, and the bytes they hold.
+    /// Messages with the capture threads.
     capture_budget: CaptureBudget,
     serial: u64,
     /// Connections left with input still waiting after their turn (slot, serial).
@@ -190,10 +193,9 @@ impl Server {
                 keep_bodies: config.storage.capture,
             }),
             tls,
-            capture_enabled: config.storage.capture,
             counters,
             scratch: vec![0; smtp::MAX_RECEIVE],
-            capture_budget: CaptureBudget::new(MAX_IN_FLIGHT_BYTES),
+            capture_budget: CaptureBudget::new(MAX_IN_FLIGHT),
             serial: 0,
             ready: Vec::new(),
             answers_waiting: false,
@@ -459,7 +461,7 @@ impl Server {
             .refuse_new_mail(short_of_space);
         let mut host = Slot::new(self, slot, now);
         smtp::settle(&mut host);
-        let mut reads = 0;
+        let (mut reads, mut bytes) = (0, 0);
         loop {
             let Slot {
                 server, flushed, ..
@@ -485,7 +487,7 @@ impl Server {
                 server.schedule(slot);
                 break;
             }
-            if reads == READS_PER_TURN {
+            if reads == READS_PER_TURN || bytes >= BYTES_PER_TURN {
                 // More input is waiting: serve the other connections first.
                 server.ready.push((slot, conn.serial()));
                 server.schedule(slot);
@@ -495,7 +497,10 @@ impl Server {
             match conn.read(&mut scratch) {
                 // TLS records that made no plaintext yet may still need an answer (handshake).
                 ReadOutcome::Data(0) => smtp::settle(&mut host),
-                ReadOutcome::Data(n) => smtp::receive(&mut host, &scratch[..n], now),
+                ReadOutcome::Data(n) => {
+                    bytes += n;
+                    smtp::receive(&mut host, &scratch[..n], now);
+                }
                 ReadOutcome::Drained => {
                     server.schedule(slot);
                     break;
@@ -554,9 +559,9 @@ impl Server {
             Event::Message {
                 mail_from,
                 rcpts: _,
-                body,
                 size,
-            } => self.take_message(slot, mail_from, body, size, now),
+            } => self.take_message(slot, mail_from, size, now),
+            Event::Discard => self.conns[slot].discard_message(),
             Event::StartTls => {
                 let conn = &mut self.conns[slot];
                 match rustls::ServerConnection::new(Arc::clone(&self.tls)) {
@@ -570,24 +575,36 @@ impl Server {
         }
     }
 
-    fn take_message(
-        &mut self,
-        slot: usize,
-        mail_from: String,
-        body: Vec<u8>,
-        size: u64,
-        now: Instant,
-    ) {
+    /// Body bytes of a connection's message: on to its file (see [`Connection::append_body`]).
+    fn take_body(&mut self, slot: usize, chunk: &[u8]) {
+        // Without capture the session hands out no body bytes.
+        if let Some(maildir) = self.capture.maildir() {
+            self.conns[slot].append_body(maildir, chunk);
+        }
+    }
+
+    /// The end of a message: its file (written as the body came) goes to the capture threads to
+    /// be made durable and named, and the client hears 250 only once it is.
+    fn take_message(&mut self, slot: usize, mail_from: String, size: u64, now: Instant) {
         let conn = &mut self.conns[slot];
-        if !self.capture_enabled {
+        let Some(maildir) = self.capture.maildir() else {
             DaemonCounters::add(&self.counters.messages_total, 1);
             DaemonCounters::add(&self.counters.message_bytes_total, size);
             conn.session_mut()
                 .resolve_message(reply(250, "2.0.0 Ok"), None, now);
             return;
-        }
-        let held = body.len();
-        if !self.capture_budget.try_reserve(held) {
+        };
+        let file = match conn.finish_message(maildir, mail_from).finish() {
+            Ok(file) => file,
+            Err(e) => {
+                log::error!("cannot store a message of session {}: {e}", conn.id());
+                DaemonCounters::add(&self.counters.capture_failed, 1);
+                conn.session_mut()
+                    .resolve_message(storage_error(), None, now);
+                return;
+            }
+        };
+        if !self.capture_budget.try_reserve() {
             DaemonCounters::add(&self.counters.capture_busy, 1);
             conn.session_mut().resolve_message(busy(), None, now);
             return;
@@ -597,13 +614,14 @@ impl Server {
                 slot,
                 serial: conn.serial(),
             },
-            trace: conn.trace(mail_from),
-            body,
+            session_id: conn.id().to_string(),
+            size,
+            file,
         };
         if self.capture.submit(Job::Store(request)) {
             conn.mark_capturing();
         } else {
-            self.capture_budget.release(held);
+            self.capture_budget.release();
             DaemonCounters::add(&self.counters.capture_busy, 1);
             conn.session_mut().resolve_message(busy(), None, now);
         }
@@ -619,7 +637,7 @@ impl Server {
     }
 
     fn answer_stored(&mut self, stored: Stored, now: Instant) {
-        self.capture_budget.release(stored.size);
+        self.capture_budget.release();
         let Some(conn) = self.conns.get_mut(stored.ticket.slot) else {
             return;
         };
@@ -630,14 +648,11 @@ impl Server {
         let answer = match stored.name {
             Some(name) => {
                 DaemonCounters::add(&self.counters.messages_total, 1);
-                DaemonCounters::add(&self.counters.message_bytes_total, stored.size as u64);
+                DaemonCounters::add(&self.counters.message_bytes_total, stored.size);
                 let text = format!("2.0.0 Ok: queued as {name}");
                 (reply(250, &text), Some(name))
             }
-            None => (
-                reply(451, "4.3.0 Local storage error, try again later"),
-                None,
-            ),
+            None => (storage_error(), None),
         };
         conn.session_mut().resolve_message(answer.0, answer.1, now);
         self.drive(stored.ticket.slot, now);
@@ -770,6 +785,10 @@ impl smtp::Host for Slot<'_> {
         self.server.conns[self.slot].session_mut()
     }
 
+    fn body(&mut self, chunk: &[u8]) {
+        self.server.take_body(self.slot, chunk);
+    }
+
     fn event(&mut self, event: Event) {
         self.server.handle_event(self.slot, event, self.now);
     }
@@ -785,6 +804,10 @@ fn reply(code: u16, text: &str) -> Reply {
         code,
         text: text.to_string(),
     }
+}
+
+fn storage_error() -> Reply {
+    reply(451, "4.3.0 Local storage error, try again later")
 }
 
 fn busy() -> Reply {

@@ -1,5 +1,18 @@
 //! Message bodies: the DATA reader (dot-unstuffing, `CRLF.CRLF` found across any split of the
-//! input) and the size-capped body both DATA and BDAT fill.
+//! input) and the body both DATA and BDAT fill, which streams.
+//!
+//! A body is never held whole. Its bytes (dot-unstuffed) go into a small buffer of at most
+//! [`BODY_BUFFER`] bytes that the host drains ([`super::Host::body`], from [`super::settle`]);
+//! while it is full the session processes no input and reads nothing more, as when its output is
+//! not written (backpressure). So memory per connection in the body phase is a constant whatever
+//! the client sends, the way Postfix's smtpd streams a body into its queue file. Past the size
+//! limit nothing more is handed out, only counted; the host is told to drop what it has
+//! ([`super::Event::Discard`]).
+
+/// Body bytes the session holds at most before the host takes them: one read
+/// ([`super::MAX_RECEIVE`]) is handed on in about one piece, so a body costs about one write per
+/// read.
+pub const BODY_BUFFER: usize = 64 * 1024;
 
 /// Where the DATA reader is within the current line. The only byte ever held back is a dot at
 /// the start of a line (and the CR after it), until we know whether it ends the data.
@@ -17,55 +30,59 @@ enum LineState {
     Cr,
 }
 
-/// A message body being received: kept up to the size limit (when kept at all), counted past it.
+/// A message body being received: its bytes not yet handed out (when they are handed out at
+/// all), and its size, counted past the limit.
 #[derive(Debug)]
 pub struct Body {
-    bytes: Vec<u8>,
+    buffer: Vec<u8>,
+    /// The buffer was full when the host took it: input was held back.
+    taken_full: bool,
     size: u64,
     limit: u64,
     keep: bool,
 }
 
-/// What a body reserves at its first bytes: most spam fits, so a body is not grown byte by
-/// byte through a dozen reallocations.
-const FIRST_RESERVE: usize = 8 * 1024;
-
 impl Body {
-    /// A body kept up to `limit` bytes, or only counted when `keep` is false.
+    /// A body handed out up to `limit` bytes, or only counted when `keep` is false.
     pub fn new(limit: u64, keep: bool) -> Body {
         Body {
-            bytes: Vec::new(),
+            buffer: Vec::new(),
+            taken_full: false,
             size: 0,
             limit,
             keep,
         }
     }
 
-    /// Starts a new body (same limit).
-    pub fn clear(&mut self) {
-        self.bytes.clear();
-        self.size = 0;
+    /// Input the body can take now: what fills the buffer at most, given that a reader may emit
+    /// one byte more than it is fed (a held-back `.` CR and the byte after it). Unbounded while
+    /// bytes are only counted.
+    pub fn room(&self) -> usize {
+        if self.keep && !self.is_oversize() {
+            BODY_BUFFER.saturating_sub(self.buffer.len() + 1)
+        } else {
+            usize::MAX
+        }
     }
 
+    /// Appends body bytes. Past the limit they are only counted, and what waited for the host
+    /// is let go (the session then tells the host to drop the rest: [`super::Event::Discard`]).
     pub fn extend(&mut self, chunk: &[u8]) {
         self.size = self.size.saturating_add(chunk.len() as u64);
         if !self.keep {
             return;
         }
-        if self.size <= self.limit {
-            if self.bytes.capacity() == 0 {
-                let limit = usize::try_from(self.limit).unwrap_or(usize::MAX);
-                self.bytes
-                    .reserve(FIRST_RESERVE.min(limit).max(chunk.len()));
+        if self.is_oversize() {
+            if self.buffer.capacity() > 0 {
+                self.buffer = Vec::new();
             }
-            self.bytes.extend_from_slice(chunk);
-        } else if !self.bytes.is_empty() {
-            // Over the limit: nothing more is kept, and what was kept is let go.
-            self.bytes = Vec::new();
+            return;
         }
+        debug_assert!(self.buffer.len() + chunk.len() <= BODY_BUFFER);
+        self.buffer.extend_from_slice(chunk);
     }
 
-    /// Bytes received so far (after dot-unstuffing), kept or not.
+    /// Bytes received so far (after dot-unstuffing), handed out or not.
     pub fn size(&self) -> u64 {
         self.size
     }
@@ -74,10 +91,40 @@ impl Body {
         self.size > self.limit
     }
 
-    /// Hands the body over and starts a new one.
-    pub fn take(&mut self) -> Vec<u8> {
+    /// Whether the host was handed bytes of this body (or has them waiting) that are still its.
+    pub fn handed_out(&self) -> bool {
+        self.keep && self.size > 0 && !self.is_oversize()
+    }
+
+    /// The bytes waiting for the host, taken out; give the buffer back with
+    /// [`Body::drained`].
+    pub fn take_buffer(&mut self) -> Vec<u8> {
+        self.taken_full = self.room() == 0;
+        std::mem::take(&mut self.buffer)
+    }
+
+    /// The host took the bytes of `buffer`: it is kept (emptied) for the next ones while a body
+    /// is coming in, let go otherwise (an idle session holds no buffer). True when it was full,
+    /// so input was held back.
+    pub fn drained(&mut self, mut buffer: Vec<u8>) -> bool {
+        buffer.clear();
+        if self.size > 0 && self.buffer.is_empty() {
+            self.buffer = buffer;
+        }
+        std::mem::take(&mut self.taken_full)
+    }
+
+    /// The body is complete and its last bytes wait for the host, which takes them before it
+    /// hears of the message: the next body starts at zero.
+    pub fn handed_over(&mut self) {
         self.size = 0;
-        std::mem::take(&mut self.bytes)
+    }
+
+    /// The body is over (refused or abandoned): the next one starts at zero, and what waited
+    /// for the host is let go.
+    pub fn end(&mut self) {
+        self.buffer = Vec::new();
+        self.size = 0;
     }
 }
 
@@ -97,8 +144,9 @@ impl Default for DataReader {
 }
 
 impl DataReader {
-    /// Feeds `input` into `body`. Returns `Some(n)` when the end-of-data line ends at `input[n-1]`
-    /// (the bytes after it are not the body's), `None` when all of `input` was consumed.
+    /// Feeds `input` into `body` (at most [`Body::room`] of it, for the buffer to hold what comes
+    /// out). Returns `Some(n)` when the end-of-data line ends at `input[n-1]` (the bytes after it
+    /// are not the body's), `None` when all of `input` was consumed.
     pub fn feed(&mut self, input: &[u8], body: &mut Body) -> Option<usize> {
         let mut i = 0;
         while i < input.len() {
@@ -174,11 +222,11 @@ mod tests {
         let mut consumed = 0;
         for piece in pieces {
             if let Some(n) = reader.feed(piece, &mut body) {
-                return (body.take(), Some(consumed + n));
+                return (body.take_buffer(), Some(consumed + n));
             }
             consumed += piece.len();
         }
-        (body.take(), None)
+        (body.take_buffer(), None)
     }
 
     #[test]
@@ -219,10 +267,36 @@ mod tests {
         let mut body = Body::new(4, true);
         body.extend(b"abcd");
         assert!(!body.is_oversize());
+        assert!(body.handed_out());
         body.extend(b"e");
         assert!(body.is_oversize());
+        assert!(!body.handed_out());
         assert_eq!(body.size(), 5);
-        assert!(body.take().is_empty());
+        assert_eq!(
+            body.room(),
+            usize::MAX,
+            "past the limit bytes are only counted"
+        );
+        assert!(body.take_buffer().is_empty());
+    }
+
+    #[test]
+    fn the_buffer_holds_what_its_room_lets_in() {
+        let mut body = Body::new(1 << 20, true);
+        let mut reader = DataReader::default();
+        // A held-back `.` CR comes out with the next byte: one byte more than was fed.
+        assert_eq!(reader.feed(b"x\r\n.\r", &mut body), None);
+        let room = body.room();
+        let line = vec![b'y'; room];
+        assert_eq!(reader.feed(&line, &mut body), None);
+        assert_eq!(body.room(), 0);
+        let buffer = body.take_buffer();
+        assert!(buffer.len() <= BODY_BUFFER);
+        assert!(buffer.starts_with(b"x\r\n\ry"));
+        assert!(body.drained(buffer), "it was full");
+        assert_eq!(body.room(), BODY_BUFFER - 1);
+        body.end();
+        assert_eq!(body.size(), 0);
     }
 
     #[test]
@@ -231,6 +305,6 @@ mod tests {
         let mut body = Body::new(1 << 20, false);
         assert_eq!(reader.feed(b"ab\r\n..c\r\n.\r\nQUIT", &mut body), Some(12));
         assert_eq!(body.size(), 8);
-        assert!(body.take().is_empty());
+        assert!(body.take_buffer().is_empty());
     }
 }

@@ -20,6 +20,11 @@ use super::{Event, MAX_RECEIVE, Session};
 pub trait Host {
     fn session(&mut self) -> &mut Session;
 
+    /// Body bytes of the message being received (dot-unstuffed, at most [`super::BODY_BUFFER`]
+    /// at a time), in order, before the [`Event::Message`] or [`Event::Discard`] that ends them.
+    /// Keep them (or not) now: the session reuses the buffer.
+    fn body(&mut self, chunk: &[u8]);
+
     /// An event the session raised. Answer it now (`resolve_*` on [`Host::session`]), or keep
     /// it and answer later, then [`settle`]; the session reads nothing more meanwhile.
     fn event(&mut self, event: Event);
@@ -50,19 +55,43 @@ pub fn receive(host: &mut impl Host, read: &[u8], now: Instant) {
     }
 }
 
-/// Hands every event to [`Host::event`], then lets [`Host::flush`] write; again while writing
-/// raised more. Once the session [`Session::is_finished`] and its output is written, the host
+/// Hands the body bytes waiting to [`Host::body`] and every event to [`Host::event`] (body bytes
+/// first: they come before the events that follow them), then lets [`Host::flush`] write; again
+/// while writing raised more. Once the session [`Session::is_finished`] and its output is written, the host
 /// closes the connection (a client that does not read the last reply is the host's to time
 /// out: the session has nothing more to say).
 pub fn settle(host: &mut impl Host) {
     loop {
-        while let Some(event) = host.session().poll_event() {
-            host.event(event);
+        loop {
+            hand_body(host);
+            match host.session().poll_event() {
+                Some(event) => host.event(event),
+                None => break,
+            }
         }
         host.flush();
+        // Writing lets held-back input through, which may make body bytes, events and replies.
+        let handed = hand_body(host);
         match host.session().poll_event() {
             Some(event) => host.event(event),
+            None if handed => {}
             None => return,
         }
+    }
+}
+
+/// Hands the body bytes waiting to [`Host::body`] until none are left (taking them lets held-back
+/// input through, which may make more); whether there were any.
+fn hand_body(host: &mut impl Host) -> bool {
+    let mut any = false;
+    loop {
+        let chunk = host.session().take_body();
+        if chunk.is_empty() {
+            host.session().body_taken(chunk);
+            return any;
+        }
+        any = true;
+        host.body(&chunk);
+        host.session().body_taken(chunk);
     }
 }

@@ -10,6 +10,8 @@
 //! write its output). Besides:
 //! - Call [`Session::handle_timeout`] at [`Session::deadline`], then [`settle`]. While a
 //!   decision is pending the idle timer does not fire (it restarts).
+//! - A body streams: its bytes go to [`Host::body`] a buffer at a time, at most
+//!   [`BODY_BUFFER`], as they arrive; [`Event::Message`] ends it, [`Event::Discard`] drops it.
 //! - An [`Event::Recipient`] or [`Event::Message`] suspends the session (no further input is
 //!   processed, [`Session::wants_read`] is false) until [`Session::resolve_recipient`] /
 //!   [`Session::resolve_message`] gives its reply. One decision is pending at a time; a
@@ -38,6 +40,7 @@ pub mod fuzzing {
 
 use std::time::Duration;
 
+pub use data::BODY_BUFFER;
 pub use drive::{Host, accept, receive, settle};
 pub use session::{
     INPUT_CAP, MAX_BAD_COMMANDS, MAX_COMMAND_LINE, MAX_RECEIVE, OUTPUT_LIMIT, Session,
@@ -63,8 +66,8 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// Advertise STARTTLS (only when the server can do it).
     pub starttls: bool,
-    /// Hand each message's bytes over in [`Event::Message`]; when false (nothing is stored)
-    /// they are only counted.
+    /// Hand each message's bytes to [`Host::body`] as they arrive; when false (nothing is
+    /// stored) they are only counted.
     pub keep_bodies: bool,
 }
 
@@ -87,18 +90,22 @@ pub enum Event {
         /// The recipient as given (without angle brackets).
         rcpt: String,
     },
-    /// A complete message (DATA or the last BDAT), dot-unstuffed, within the size limit. The
-    /// session waits for [`Session::resolve_message`], which the server calls once the message
-    /// is durable (250) or failed to store (451).
+    /// A complete message (DATA or the last BDAT) within the size limit: its bytes,
+    /// dot-unstuffed, are those handed to [`Host::body`] since the last `Message` or
+    /// [`Event::Discard`] (none unless [`SessionConfig::keep_bodies`]). The session waits for
+    /// [`Session::resolve_message`], which the server calls once the message is durable (250)
+    /// or failed to store (451).
     Message {
         mail_from: String,
         /// The accepted recipients.
         rcpts: Vec<String>,
-        /// The message; empty unless [`SessionConfig::keep_bodies`].
-        body: Vec<u8>,
-        /// Its size in bytes (after dot-unstuffing), kept or not.
+        /// Its size in bytes (after dot-unstuffing), handed out or not.
         size: u64,
     },
+    /// The body bytes handed to [`Host::body`] since the last [`Event::Message`] or `Discard`
+    /// are no message: it went past the size limit (552 at its end), or its BDAT transaction
+    /// was abandoned. Drop them; the session goes on.
+    Discard,
     /// The client asked for STARTTLS and was told 220: the server must start the TLS handshake
     /// before feeding any more bytes; bytes already buffered after the command are discarded
     /// (RFC 3207) and recorded.

@@ -280,6 +280,22 @@ impl Session {
         self.events.pop_front()
     }
 
+    /// Body bytes waiting for the host (dot-unstuffed, at most [`super::BODY_BUFFER`]), taken out of
+    /// the session; give the buffer back with [`Session::body_taken`]. Empty unless
+    /// [`SessionConfig::keep_bodies`]. [`super::settle`] hands them to [`super::Host::body`]
+    /// before the events that follow them.
+    pub fn take_body(&mut self) -> Vec<u8> {
+        self.body.take_buffer()
+    }
+
+    /// The host has the bytes [`Session::take_body`] gave: the buffer is reused, and input held
+    /// back while it was full is worked through.
+    pub fn body_taken(&mut self, buffer: Vec<u8>) {
+        if self.body.drained(buffer) {
+            self.process();
+        }
+    }
+
     /// The decision for the pending [`Event::Recipient`].
     pub fn resolve_recipient(&mut self, reply: Reply, now: Instant) {
         let Some(Pending::Recipient { addr }) = self
@@ -358,9 +374,13 @@ impl Session {
         }
     }
 
-    /// False while a decision is pending or too much output is unwritten (backpressure).
+    /// False while a decision is pending, too much output is unwritten or the body buffer is
+    /// full (backpressure).
     pub fn wants_read(&self) -> bool {
-        !self.is_finished() && self.pending.is_none() && self.output.pending().len() <= OUTPUT_LIMIT
+        !self.is_finished()
+            && self.pending.is_none()
+            && self.output.pending().len() <= OUTPUT_LIMIT
+            && self.body.room() > 0
     }
 
     /// The session is over (QUIT answered, 421 sent): close once the output is written.
@@ -370,6 +390,12 @@ impl Session {
 
     pub fn record(&self) -> &SessionRecord {
         &self.record
+    }
+
+    /// The reverse path of the transaction in progress (empty for the null sender `<>`), whose
+    /// body [`super::Host::body`] is being handed.
+    pub fn mail_from(&self) -> Option<&str> {
+        self.transaction.as_ref().map(|t| t.mail_from.as_str())
     }
 
     /// The protocol a `Received:` line names for this session's messages (RFC 3848): `SMTP`
@@ -416,6 +442,7 @@ impl Session {
         self.lifecycle == Lifecycle::Open
             && self.pending.is_none()
             && self.output.pending().len() <= OUTPUT_LIMIT
+            && self.body.room() > 0
     }
 
     /// Works through buffered input as far as the session may go.
@@ -476,24 +503,40 @@ impl Session {
                     // The body came before the 354 was produced.
                     self.record.pipelined = true;
                 }
-                match reader.feed(rest, &mut self.body) {
+                let room = self.body.room();
+                if room == 0 {
+                    return None;
+                }
+                let fed = &rest[..rest.len().min(room)];
+                let was_oversize = self.body.is_oversize();
+                let end = reader.feed(fed, &mut self.body);
+                self.check_body_limit(was_oversize);
+                match end {
                     Some(used) => {
                         self.phase = Phase::Command;
                         self.end_of_data();
                         Some(used)
                     }
-                    None => Some(rest.len()),
+                    None => Some(fed.len()),
                 }
             }
             Phase::Bdat {
                 remaining, refusal, ..
             } => {
-                let used = (*remaining).min(rest.len() as u64) as usize;
+                let mut used = (*remaining).min(rest.len() as u64) as usize;
                 if refusal.is_none() {
+                    used = used.min(self.body.room());
+                    if used == 0 {
+                        return None;
+                    }
+                    let was_oversize = self.body.is_oversize();
                     self.body.extend(&rest[..used]);
+                    *remaining -= used as u64;
+                    self.check_body_limit(was_oversize);
+                } else {
+                    *remaining -= used as u64;
                 }
-                *remaining -= used as u64;
-                if *remaining == 0 {
+                if matches!(self.phase, Phase::Bdat { remaining: 0, .. }) {
                     self.end_of_chunk();
                 }
                 Some(used)
@@ -704,14 +747,14 @@ impl Session {
             return self.refuse_data(refusal);
         }
         self.reply(354, reply::START_DATA);
-        self.body.clear();
+        self.body.end();
         self.phase = Phase::Data(DataReader::default());
     }
 
     fn bdat(&mut self, size: u64, last: bool) {
         let refusal = self.data_refusal();
         if refusal.is_none() && !self.transaction.as_ref().is_some_and(|t| t.chunking) {
-            self.body.clear();
+            self.body.end();
         }
         self.phase = Phase::Bdat {
             remaining: size,
@@ -748,6 +791,14 @@ impl Session {
         self.finish_message();
     }
 
+    /// After body bytes: when they took the body past its limit, the host drops what it was
+    /// handed of it (the message gets 552 at its end).
+    fn check_body_limit(&mut self, was_oversize: bool) {
+        if !was_oversize && self.body.is_oversize() && self.config.keep_bodies {
+            self.events.push_back(Event::Discard);
+        }
+    }
+
     fn end_of_chunk(&mut self) {
         let Phase::Bdat {
             size,
@@ -781,18 +832,19 @@ impl Session {
         }
         if self.body.is_oversize() {
             self.reply(552, reply::SIZE_EXCEEDED);
-            self.body.take();
+            self.body.end();
             return self.end_transaction(552, None);
         }
         let Some(transaction) = self.transaction.as_mut() else {
             return;
         };
+        // Its last bytes are still in the buffer: `settle` hands them over before this event.
         self.events.push_back(Event::Message {
             mail_from: transaction.mail_from.clone(),
             rcpts: std::mem::take(&mut transaction.accepted),
-            body: self.body.take(),
             size,
         });
+        self.body.handed_over();
         self.pending = Some(Pending::Message);
     }
 
@@ -873,7 +925,11 @@ impl Session {
 
     fn reset_transaction(&mut self) {
         self.transaction = None;
-        self.body.take();
+        // A BDAT transaction abandoned halfway: what the host was handed is no message.
+        if self.body.handed_out() {
+            self.events.push_back(Event::Discard);
+        }
+        self.body.end();
     }
 
     // --- lifecycle ---

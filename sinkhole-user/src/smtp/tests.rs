@@ -109,6 +109,8 @@ struct Driver {
     output: Vec<u8>,
     events: Vec<String>,
     stored: usize,
+    /// The body bytes handed out since the last message or discard.
+    body: Vec<u8>,
 }
 
 impl Driver {
@@ -120,12 +122,22 @@ impl Driver {
             output: Vec::new(),
             events: Vec::new(),
             stored: 0,
+            body: Vec::new(),
         }
     }
 
-    /// Writes out what the session has to say and makes its decisions, until it is quiet.
+    /// Writes out what the session has to say, takes its body bytes and makes its decisions,
+    /// until it is quiet.
     fn settle(&mut self) {
         loop {
+            let chunk = self.session.take_body();
+            if !chunk.is_empty() {
+                assert!(chunk.len() <= BODY_BUFFER);
+                self.body.extend_from_slice(&chunk);
+                self.session.body_taken(chunk);
+                continue;
+            }
+            self.session.body_taken(chunk);
             let pending = self.session.output().to_vec();
             if !pending.is_empty() {
                 self.output.extend_from_slice(&pending);
@@ -135,7 +147,21 @@ impl Driver {
             let Some(event) = self.session.poll_event() else {
                 break;
             };
-            self.events.push(format!("{event:?}"));
+            let body = match &event {
+                Event::Message { .. } | Event::Discard => std::mem::take(&mut self.body),
+                _ => Vec::new(),
+            };
+            match &event {
+                Event::Message { size, .. } => {
+                    assert_eq!(
+                        body.len() as u64,
+                        *size,
+                        "the body handed out is not the message"
+                    );
+                    self.events.push(format!("{event:?} {body:?}"));
+                }
+                _ => self.events.push(format!("{event:?}")),
+            }
             match event {
                 Event::Recipient { rcpt, .. } => {
                     let reply = match rcpt {
@@ -154,7 +180,7 @@ impl Driver {
                     };
                     self.session.resolve_recipient(reply, self.now);
                 }
-                Event::Message { body, .. } if body.windows(4).any(|w| w == b"FAIL") => {
+                Event::Message { .. } if body.windows(4).any(|w| w == b"FAIL") => {
                     self.session.resolve_message(
                         Reply {
                             code: 451,
@@ -176,7 +202,7 @@ impl Driver {
                         self.now,
                     );
                 }
-                Event::StartTls => {}
+                Event::StartTls | Event::Discard => {}
             }
         }
     }
@@ -543,6 +569,97 @@ fn message_bodies_are_unstuffed_and_kept_as_received() {
         message.contains(&format!("{:?}", b".dot\r\nbare\nlf\r\n".to_vec())),
         "{message}"
     );
+}
+
+/// A session after `354`, its output left unread.
+fn session_in_data(now: Instant) -> Session {
+    let mut session = Session::new(config(false, 1 << 20, 3), now);
+    session.greet(now);
+    session.receive(b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", now);
+    let _ = session.poll_event();
+    session.resolve_recipient(
+        Reply {
+            code: 250,
+            text: "2.1.5 Ok".into(),
+        },
+        now,
+    );
+    session.receive(b"DATA\r\n", now);
+    session
+}
+
+#[test]
+fn a_body_streams_through_a_bounded_buffer() {
+    let now = Instant::now();
+    let mut session = session_in_data(now);
+    let body: Vec<u8> = (0..3 * MAX_RECEIVE)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect();
+    // One read of more than the buffer holds: the rest waits, and nothing more is read.
+    session.receive(&body[..MAX_RECEIVE], now);
+    let mut handed = Vec::new();
+    let mut rest = &body[MAX_RECEIVE..];
+    loop {
+        let chunk = session.take_body();
+        assert!(chunk.len() <= BODY_BUFFER);
+        handed.extend_from_slice(&chunk);
+        let empty = chunk.is_empty();
+        session.body_taken(chunk);
+        if !empty {
+            continue;
+        }
+        if rest.is_empty() {
+            break;
+        }
+        assert!(session.wants_read());
+        let n = rest.len().min(MAX_RECEIVE);
+        session.receive(&rest[..n], now);
+        rest = &rest[n..];
+    }
+    session.receive(b"\r\n.\r\n", now);
+    handed.extend_from_slice(&session.take_body());
+    let mut whole = body.clone();
+    whole.extend_from_slice(b"\r\n");
+    assert_eq!(handed, whole);
+    assert!(
+        matches!(session.poll_event(), Some(Event::Message { size, .. }) if size == whole.len() as u64)
+    );
+}
+
+#[test]
+fn a_full_body_buffer_stops_reading() {
+    let now = Instant::now();
+    let mut session = session_in_data(now);
+    session.receive(&vec![b'x'; MAX_RECEIVE], now);
+    assert!(!session.wants_read(), "the buffer is full");
+    let chunk = session.take_body();
+    assert_eq!(chunk.len(), BODY_BUFFER - 1);
+    session.body_taken(chunk);
+    assert!(session.wants_read());
+    assert_eq!(session.take_body().len(), 1, "the rest of the read");
+}
+
+#[test]
+fn a_body_past_the_limit_is_discarded_then_refused() {
+    let run = run(
+        config(false, 10, 3),
+        &[Send(
+            b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n0123456789\r\nmore\r\n.\r\n",
+        )],
+    );
+    assert_eq!(run.events.last().map(String::as_str), Some("Discard"));
+    assert!(run.codes().ends_with("354 552"), "{}", run.codes());
+}
+
+#[test]
+fn an_abandoned_bdat_transaction_is_discarded() {
+    let run = run(
+        default_config(),
+        &[Send(
+            b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 3\r\nabcRSET\r\n",
+        )],
+    );
+    assert_eq!(run.events.last().map(String::as_str), Some("Discard"));
 }
 
 #[test]
