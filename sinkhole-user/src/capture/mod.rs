@@ -1,19 +1,20 @@
-//! Durable capture: the Maildir writer with group commit and the session log, on threads of
-//! their own so the event loop never waits for a disk.
+//! Durable capture: group commit of the Maildir and the session log, on threads of their own so
+//! the event loop never waits for a sync.
 //!
 //! A message streams into its file as it arrives: the loop opens it at the message's first body
 //! bytes and appends the rest as they come ([`Capture::maildir`], [`maildir::Maildir::start`]),
 //! so no body is ever held whole in memory. At the end of data it submits the written file
 //! without blocking ([`Capture::submit`] refuses when the queue is full). The capture thread
-//! takes everything queued at once as one batch and hands it to the commit thread. That thread syncs the filesystem ([`maildir::NewDir::sync`]) again and again
-//! while messages are on their way; after each sync it hands the loop's callback the outcomes of
-//! the messages it named before that sync (their names are now durable) and names in `new/` the
-//! files written before it (their data is now durable; [`maildir::NewDir::name`]). Under load one
-//! sync thus serves two batches: pipelined group commit (the design, and why the sync is
-//! `syncfs`: `docs/architecture.md`, "Durable before 250"). The capture thread also appends
-//! session lines to the log, which it writes out at least every second and when it stops, and
-//! which [`log_file`] rotates, compresses and reopens; and it keeps the disk floor ([`floor`]):
-//! short log lines below `storage.min_free`, nothing written below the hard floor.
+//! takes everything queued at once as one batch and hands it to the commit thread. That thread
+//! syncs the filesystem ([`maildir::NewDir::sync`]) again and again while messages are on their
+//! way; after each sync it hands the loop's callback the outcomes of the messages it named
+//! before that sync (their names are now durable) and names in `new/` the files written before
+//! it (their data is now durable; [`maildir::NewDir::name`]). Under load one sync thus serves
+//! two batches: pipelined group commit (the design, and why the sync is `syncfs`:
+//! `docs/architecture.md`, "Durable before 250"). The capture thread also appends session lines
+//! to the log, which it writes out at least every second and when it stops, and which
+//! [`log_file`] rotates, compresses and reopens; and it keeps the disk floor ([`floor`]): short
+//! log lines below `storage.min_free`, and below the hard floor no log line and no message named.
 
 pub mod floor;
 pub mod headers;
