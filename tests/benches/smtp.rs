@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail, ensure};
 use sinkhole_tests::daemon::{Daemon, dns_without_zones, smtp_config};
 use sinkhole_tests::dns::{Rbldnsd, start_rbldnsd};
 use sinkhole_tests::null_smtp::NullSmtp;
-use sinkhole_tests::{free_port, temp_dir};
+use sinkhole_tests::{free_port, rss_kib, temp_dir};
 use tempfile::TempDir;
 
 /// Parallel sessions, as `smtp-source -s 20`.
@@ -237,19 +237,6 @@ fn pipelined_load(addr: SocketAddr, messages: usize) -> Result<f64> {
             .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
     }
     Ok(messages as f64 / started.elapsed().as_secs_f64())
-}
-
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("VmRSS")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("VmRSS value")?
-        .parse()?)
 }
 
 /// Opens a connection from `127.0.0.<source>` (each source address has its own ephemeral

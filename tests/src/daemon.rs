@@ -355,16 +355,22 @@ impl SmtpClient {
         }
     }
 
-    /// One message (`a@example.com` to `trap@example.org`, a `Subject: t` header and `body`)
-    /// after EHLO, each step checked as the daemon answers an accepted one; returns the reply
-    /// to the end of data.
-    pub fn transaction(&mut self, body: &str) -> String {
+    /// MAIL (`a@example.com`), RCPT (`trap@example.org`) and DATA after EHLO, each answered as
+    /// an accepted one: the client is at the start of a body.
+    pub fn begin_data(&mut self) {
         self.send(b"MAIL FROM:<a@example.com>\r\n");
         assert_eq!(self.reply(), ["250 2.1.0 Ok"]);
         self.send(b"RCPT TO:<trap@example.org>\r\n");
         assert_eq!(self.reply(), ["250 2.1.5 Ok"]);
         self.send(b"DATA\r\n");
         assert!(self.reply()[0].starts_with("354 "));
+    }
+
+    /// One message (`a@example.com` to `trap@example.org`, a `Subject: t` header and `body`)
+    /// after EHLO, each step checked as the daemon answers an accepted one; returns the reply
+    /// to the end of data.
+    pub fn transaction(&mut self, body: &str) -> String {
+        self.begin_data();
         self.send(format!("Subject: t\r\n\r\n{body}\r\n.\r\n").as_bytes());
         self.reply().remove(0)
     }
@@ -419,4 +425,16 @@ impl SmtpClient {
             Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
         }
     }
+}
+
+/// What follows the prepended headers of a stored message (the last is `X-Sinkhole-Dnsbl`).
+pub fn stored_body(file: &[u8]) -> &[u8] {
+    let marker = b"\r\nX-Sinkhole-Dnsbl: ";
+    let at = file
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("the prepended X-Sinkhole-Dnsbl header");
+    let rest = &file[at + marker.len()..];
+    let end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+    &rest[end + 2..]
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sinkhole_tests::daemon::{Daemon, files_in};
+use sinkhole_tests::daemon::{Daemon, files_in, stored_body};
 use sinkhole_tests::sinkhole;
 
 /// xorshift64*: reproducible from the seed the test prints.
@@ -128,18 +128,6 @@ fn session(
         }
     }
     expect(say(b"QUIT\r\n"), "221").map(|_| ())
-}
-
-/// What follows the prepended headers in a stored message.
-fn stored_body(file: &[u8]) -> &[u8] {
-    let marker = b"\r\nX-Sinkhole-Dnsbl: ";
-    let at = file
-        .windows(marker.len())
-        .position(|w| w == marker)
-        .expect("the prepended X-Sinkhole-Dnsbl header");
-    let rest = &file[at + marker.len()..];
-    let end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-    &rest[end + 2..]
 }
 
 fn test_id(body: &[u8]) -> String {

@@ -9,8 +9,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sinkhole_tests::daemon::{Daemon, SmtpClient, files_in};
-use sinkhole_tests::{exclusive, rss_kib};
+use sinkhole_tests::daemon::{Daemon, SmtpClient, files_in, stored_body};
+use sinkhole_tests::{exclusive, peak_rss_kib, rss_kib};
 
 /// Endless senders, half from each of two addresses (the per-IP limit is 50 by default).
 const SENDERS: usize = 100;
@@ -27,46 +27,14 @@ fn loopback(h: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, h))
 }
 
-/// `VmHWM` of `pid` in KiB: the peak resident set.
-fn peak_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
 /// A client at the start of a body: banner, EHLO, MAIL, RCPT and DATA answered.
 fn in_data(daemon: &Daemon, from: IpAddr) -> SmtpClient {
     let mut client = SmtpClient::connect_from(daemon.addr, from);
     assert!(client.reply()[0].starts_with("220 "));
     client.send(b"EHLO endless.example\r\n");
     client.reply();
-    client.send(b"MAIL FROM:<a@example.com>\r\n");
-    assert_eq!(client.reply(), ["250 2.1.0 Ok"]);
-    client.send(b"RCPT TO:<trap@example.org>\r\n");
-    assert_eq!(client.reply(), ["250 2.1.5 Ok"]);
-    client.send(b"DATA\r\n");
-    assert!(client.reply()[0].starts_with("354 "));
+    client.begin_data();
     client
-}
-
-/// What follows the prepended headers of a stored message (the last is `X-Sinkhole-Dnsbl`).
-fn stored_body(stored: &[u8]) -> &[u8] {
-    let marker = b"\r\nX-Sinkhole-Dnsbl: ";
-    let at = stored
-        .windows(marker.len())
-        .position(|w| w == marker)
-        .expect("the prepended X-Sinkhole-Dnsbl header");
-    let end = at
-        + 2
-        + stored[at + 2..]
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .unwrap()
-        + 2;
-    &stored[end..]
 }
 
 #[test]
@@ -79,7 +47,7 @@ fn a_hundred_endless_bodies_cost_a_constant_per_connection_and_others_are_served
         .collect();
     std::thread::sleep(Duration::from_millis(200));
     let baseline = rss_kib(pid).expect("RSS");
-    let peak_before = peak_kib(pid);
+    let peak_before = peak_rss_kib(pid).expect("VmHWM");
 
     let sending = AtomicBool::new(true);
     let rss_max = AtomicU64::new(0);
@@ -136,7 +104,7 @@ fn a_hundred_endless_bodies_cost_a_constant_per_connection_and_others_are_served
         banner_after
     });
     let rss_max = rss_max.into_inner();
-    let peak = peak_kib(pid).max(peak_before);
+    let peak = peak_rss_kib(pid).expect("VmHWM").max(peak_before);
     let sent = sent.into_inner();
     let growth = rss_max.saturating_sub(baseline);
     let bound = SENDERS as u64 * PER_CONNECTION_KIB + SLACK_KIB;
