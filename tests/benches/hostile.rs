@@ -152,8 +152,11 @@ fn phases(count: usize) -> Result<[f64; 4]> {
 /// the server does the real work of its first flight), and nothing more.
 fn tls_handshake(count: usize) -> Result<f64> {
     let daemon = Daemon::start(
-        &format!("max_connections = {}
-idle_timeout = \"600s\"", count + 100),
+        &format!(
+            "max_connections = {}
+idle_timeout = \"600s\"",
+            count + 100
+        ),
         "",
     );
     let baseline = rss_kib(daemon.pid())?;
@@ -188,12 +191,16 @@ fn disk_wait(count: usize) -> Result<f64> {
     let config = smtp_config(
         port,
         dir.path(),
-        &format!("max_connections = {}
-idle_timeout = \"600s\"", count + 100),
+        &format!(
+            "max_connections = {}
+idle_timeout = \"600s\"",
+            count + 100
+        ),
         "min_free = \"16MiB\"",
         "",
     );
-    let mut daemon = Daemon::start_with_config(dir, &config, SocketAddr::from(([127, 0, 0, 1], port)));
+    let mut daemon =
+        Daemon::start_with_config(dir, &config, SocketAddr::from(([127, 0, 0, 1], port)));
     let baseline = rss_kib(daemon.pid())?;
     let mut clients = connect_all(&daemon, count)?;
     for client in &mut clients {
@@ -205,7 +212,8 @@ idle_timeout = \"600s\"", count + 100),
     let mut message = b"Subject: waiting\r\n\r\n".to_vec();
     message.extend_from_slice(&b"x".repeat(PENDING_BODY - 2));
     message.extend_from_slice(b"\r\n.\r\n");
-    disk.throttle()?;
+    // Declared after the daemon, so dropped before it on every path: see `slow_disk`.
+    let throttle = disk.throttle()?;
     for client in &mut clients {
         for (code, what) in [(250, "EHLO"), (250, "MAIL"), (250, "RCPT"), (354, "DATA")] {
             ensure!(client.reply()? == code, "{what}");
@@ -222,7 +230,9 @@ idle_timeout = \"600s\"", count + 100),
         waiting.iter().all(|replied| !replied),
         "a message was acknowledged while the disk was held: the phase measured is not the wait"
     );
+    drop(throttle);
     daemon.kill();
+    // Unmounted before the daemon's temporary folder, which holds the mount point, goes.
     drop(disk);
     Ok(per)
 }

@@ -1,9 +1,10 @@
 //! A filesystem whose writes the kernel holds back: ext4 on a loop device over a sparse file,
 //! with the root block-I/O cgroup's throttle (`blkio.throttle.write_bps_device`) on that device
-//! once [`SlowDisk::throttle`] is called. Buffered writes still land in the page cache at once;
-//! a sync (`syncfs`, `fsync`) waits for the throttled device, as on a disk that cannot keep up.
-//! Needs root and cgroup v1's blkio controller at `/sys/fs/cgroup/blkio`. Everything is undone
-//! on drop: the throttle lifted first, so unmounting does not wait for it.
+//! while the [`Throttle`] from [`SlowDisk::throttle`] lives. Buffered writes still land in the
+//! page cache at once; a sync (`syncfs`, `fsync`) waits for the throttled device, as on a disk
+//! that cannot keep up. Needs root and cgroup v1's blkio controller at `/sys/fs/cgroup/blkio`.
+//! Drop the throttle before waiting for a process that syncs there: a thread in `syncfs` cannot
+//! die until its writes are through. Everything is undone when the disk is dropped.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -48,11 +49,7 @@ impl SlowDisk {
         }
         let device = String::from_utf8(out.stdout)?.trim().to_string();
         let rdev = rustix::fs::stat(device.as_str())?.st_rdev;
-        let numbers = format!(
-            "{}:{}",
-            rustix::fs::major(rdev),
-            rustix::fs::minor(rdev)
-        );
+        let numbers = format!("{}:{}", rustix::fs::major(rdev), rustix::fs::minor(rdev));
         fs::create_dir_all(dir)?;
         let disk = SlowDisk {
             mount: dir.to_path_buf(),
@@ -65,24 +62,44 @@ impl SlowDisk {
         Ok(disk)
     }
 
-    /// From now on the device takes [`WRITE_BYTES_PER_SECOND`].
-    pub fn throttle(&self) -> Result<()> {
+    /// From now on, until the throttle is dropped, the device takes [`WRITE_BYTES_PER_SECOND`].
+    pub fn throttle(&self) -> Result<Throttle<'_>> {
         let rule = format!("{} {WRITE_BYTES_PER_SECOND}", self.numbers);
-        fs::write(THROTTLE, rule).with_context(|| format!("write {THROTTLE}"))
+        fs::write(THROTTLE, rule).with_context(|| format!("write {THROTTLE}"))?;
+        Ok(Throttle { disk: self })
+    }
+
+    fn unthrottle(&self) {
+        // A rate of 0 removes the rule.
+        if let Err(e) = fs::write(THROTTLE, format!("{} 0", self.numbers)) {
+            eprintln!("cannot lift the throttle on {}: {e}", self.device);
+        }
+    }
+}
+
+/// The disk held back; lifted when dropped.
+pub struct Throttle<'a> {
+    disk: &'a SlowDisk,
+}
+
+impl Drop for Throttle<'_> {
+    fn drop(&mut self) {
+        self.disk.unthrottle();
     }
 }
 
 impl Drop for SlowDisk {
     fn drop(&mut self) {
-        // A rate of 0 removes the rule.
-        if let Err(e) = fs::write(THROTTLE, format!("{} 0", self.numbers)) {
-            eprintln!("cannot lift the throttle on {}: {e}", self.device);
-        }
+        self.unthrottle();
         let undo = path(&self.mount)
             .and_then(|mount| run("umount", &[mount]))
             .and_then(|()| run("losetup", &["-d", &self.device]));
         if let Err(e) = undo {
-            eprintln!("cannot unmount {} from {}: {e}", self.device, self.mount.display());
+            eprintln!(
+                "cannot unmount {} from {}: {e}",
+                self.device,
+                self.mount.display()
+            );
         }
     }
 }
