@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod policy;
 pub mod prefix;
 pub mod privilege;
+pub mod sandbox;
 pub mod score;
 pub mod server;
 pub mod signature;

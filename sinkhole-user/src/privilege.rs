@@ -1,19 +1,16 @@
 //! Least privilege: after start-up as root (XDP attached, maps, storage and listeners open),
-//! the daemon becomes `smtp.run_as` and keeps only the capabilities it still needs.
+//! the daemon becomes `smtp.run_as` and keeps no capability at all.
 //!
-//! Capabilities are per thread. [`become_user`] runs on the loop thread before any other thread
-//! starts, so threads spawned afterwards inherit the reduced sets; a thread that existed before
-//! would lose every capability at the uid change (it lacks `PR_SET_KEEPCAPS`), which is safe.
+//! Nothing the serving daemon does needs one on Linux 5.19 or later: the kernel checks
+//! `kernel.unprivileged_bpf_disabled` when a map or program is created, not when a map opened
+//! before is read or written through its descriptor; the link pins it removes at stop are in a
+//! directory handed to it ([`hand_over`]). Capabilities are per thread: [`drop_all`] runs while
+//! the loop thread is the only one, so every thread started later has none either.
 
 use std::path::Path;
 
-use caps::{CapSet, Capability, CapsHashSet};
+use caps::{CapSet, Capability};
 use nix::unistd::{Gid, Uid, User, chown, setgid, setgroups, setuid};
-
-/// What the daemon keeps after dropping root: `CAP_BPF` to update and sweep the block maps
-/// (`kernel.unprivileged_bpf_disabled` forbids bpf() without it) and `CAP_NET_ADMIN` to detach
-/// the XDP program at shutdown.
-pub const DAEMON_CAPABILITIES: &[Capability] = &[Capability::CAP_BPF, Capability::CAP_NET_ADMIN];
 
 /// A user to become.
 #[derive(Clone, Debug)]
@@ -50,11 +47,8 @@ pub enum PrivilegeError {
         step: &'static str,
         source: nix::Error,
     },
-    #[error("shrinking the capability bounding set: {0}")]
-    Bounding(caps::errors::CapsError),
-    #[error("becoming `{user}`: {step}: {source}")]
+    #[error("dropping capabilities: {step}: {source}")]
     Capabilities {
-        user: String,
         step: &'static str,
         source: caps::errors::CapsError,
     },
@@ -105,27 +99,42 @@ pub fn hand_over<'a>(
     Ok(())
 }
 
-/// Shrinks the bounding set to `keep`, so that no thread can ever regain anything else (not
-/// even through exec). Per thread like every capability set, and inherited by threads spawned
-/// later: call it first thing, before any other thread exists. It leaves the permitted set
-/// alone, so start-up keeps its privileges until [`become_user`]. Needs CAP_SETPCAP; under the
-/// packaged systemd unit that is absent and `CapabilityBoundingSet=` has done the shrinking.
-pub fn limit_bounding_set(keep: &[Capability]) -> Result<(), PrivilegeError> {
+/// Gives up every capability for good: empties the bounding set (so that nothing can be
+/// regained, not even through exec), then the ambient, inheritable, effective and permitted
+/// sets of the calling thread. Call it while that thread is the only one.
+pub fn drop_all() -> Result<(), PrivilegeError> {
+    empty_bounding_set()?;
+    let cap = |step| move |source| PrivilegeError::Capabilities { step, source };
+    caps::clear(None, CapSet::Ambient).map_err(cap("clearing the ambient set"))?;
+    caps::clear(None, CapSet::Inheritable).map_err(cap("clearing the inheritable set"))?;
+    caps::clear(None, CapSet::Effective).map_err(cap("clearing the effective set"))?;
+    caps::clear(None, CapSet::Permitted).map_err(cap("clearing the permitted set"))?;
+    Ok(())
+}
+
+/// Empties the bounding set. Needs CAP_SETPCAP (kept in the effective set until the uid
+/// changes); under the packaged systemd unit it is absent and `CapabilityBoundingSet=` has
+/// done the emptying.
+fn empty_bounding_set() -> Result<(), PrivilegeError> {
     if !caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
         return Ok(());
     }
     for c in caps::all() {
-        if !keep.contains(&c) && caps::has_cap(None, CapSet::Bounding, c).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, c).map_err(PrivilegeError::Bounding)?;
+        if caps::has_cap(None, CapSet::Bounding, c).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, c).map_err(|source| {
+                PrivilegeError::Capabilities {
+                    step: "shrinking the bounding set",
+                    source,
+                }
+            })?;
         }
     }
     Ok(())
 }
 
-/// Becomes `account`, keeping exactly `keep` as permitted and effective capabilities of the
-/// calling thread, and nothing inheritable or ambient; other threads keep no capabilities. A
+/// Becomes `account` (its group alone as supplementary group) and drops every capability. A
 /// no-op when already that user and not root.
-pub fn become_user(account: &Account, keep: &[Capability]) -> Result<(), PrivilegeError> {
+pub fn become_user(account: &Account) -> Result<(), PrivilegeError> {
     if !Uid::effective().is_root() {
         return Ok(());
     }
@@ -136,39 +145,25 @@ pub fn become_user(account: &Account, keep: &[Capability]) -> Result<(), Privile
             source,
         }
     };
-    let cap = |step| {
-        move |source| PrivilegeError::Capabilities {
-            user: account.name.clone(),
-            step,
-            source,
-        }
-    };
-    let keep: CapsHashSet = keep.iter().copied().collect();
-
-    nix::sys::prctl::set_keepcaps(true).map_err(cred("PR_SET_KEEPCAPS"))?;
+    empty_bounding_set()?;
     setgroups(&[account.gid]).map_err(cred("setgroups"))?;
     setgid(account.gid).map_err(cred("setgid"))?;
     setuid(account.uid).map_err(cred("setuid"))?;
-    nix::sys::prctl::set_keepcaps(false).map_err(cred("PR_SET_KEEPCAPS"))?;
-
-    caps::clear(None, CapSet::Ambient).map_err(cap("clearing ambient capabilities"))?;
-    caps::clear(None, CapSet::Inheritable).map_err(cap("clearing inheritable capabilities"))?;
-    caps::set(None, CapSet::Permitted, &keep).map_err(cap("setting permitted capabilities"))?;
-    caps::set(None, CapSet::Effective, &keep).map_err(cap("setting effective capabilities"))?;
+    drop_all()?;
     log::info!(
-        "running as {} (uid {}), keeping {:?}",
+        "running as {} (uid {}) with no capabilities",
         account.name,
-        account.uid,
-        keep
+        account.uid
     );
     Ok(())
 }
 
-/// Says once, at start-up, that a root daemon with no `run_as` keeps every privilege.
+/// Says once, at start-up, that a daemon with no `run_as` started as root stays uid 0: with no
+/// capability left, but owning the system's files.
 pub fn warn_if_root() {
     if Uid::effective().is_root() {
         log::warn!(
-            "running as root with every capability: set smtp.run_as to an unprivileged user"
+            "running as root (uid 0, no capabilities): set smtp.run_as to an unprivileged user"
         );
     }
 }
@@ -179,7 +174,7 @@ mod tests {
 
     const CHILD: &str = "SINKHOLE_PRIVILEGE_CHILD";
 
-    /// Runs in a fresh process (see `drops_to_the_user_keeping_only_the_daemon_capabilities`),
+    /// Runs in a fresh process (see `drops_to_the_user_keeping_no_capability`),
     /// so the uid change does not leak into the other tests.
     #[test]
     fn child_becomes_nobody() {
@@ -187,8 +182,7 @@ mod tests {
             return;
         }
         let nobody = lookup("nobody").unwrap();
-        limit_bounding_set(DAEMON_CAPABILITIES).unwrap();
-        become_user(&nobody, DAEMON_CAPABILITIES).unwrap();
+        become_user(&nobody).unwrap();
         // Capabilities are per thread: show this one's.
         print!(
             "{}",
@@ -197,7 +191,7 @@ mod tests {
     }
 
     #[test]
-    fn drops_to_the_user_keeping_only_the_daemon_capabilities() {
+    fn drops_to_the_user_keeping_no_capability() {
         if !Uid::effective().is_root() {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
@@ -233,12 +227,8 @@ mod tests {
         assert!(field("Uid:").iter().all(|u| *u == nobody.uid.to_string()));
         assert!(field("Gid:").iter().all(|g| *g == nobody.gid.to_string()));
         assert_eq!(field("Groups:"), vec![nobody.gid.to_string()]);
-        // CAP_NET_ADMIN is bit 12 and CAP_BPF bit 39: 0x8000001000.
-        let wanted = format!("{:016x}", (1u64 << 12) | (1u64 << 39));
-        assert_eq!(field("CapEff:"), vec![wanted.as_str()]);
-        assert_eq!(field("CapPrm:"), vec![wanted.as_str()]);
-        assert_eq!(field("CapBnd:"), vec![wanted.as_str()]);
-        assert_eq!(field("CapInh:"), vec!["0000000000000000"]);
-        assert_eq!(field("CapAmb:"), vec!["0000000000000000"]);
+        for set in ["CapEff:", "CapPrm:", "CapBnd:", "CapInh:", "CapAmb:"] {
+            assert_eq!(field(set), vec!["0000000000000000"], "{set}");
+        }
     }
 }

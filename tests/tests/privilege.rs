@@ -1,15 +1,16 @@
-//! Least privilege: `sinkhole run` started as root opens what needs root, then becomes
-//! `smtp.run_as` keeping only CAP_BPF and CAP_NET_ADMIN; its helper threads keep nothing.
+//! Privilege separation: `sinkhole run` started as root opens what needs root, then serves as
+//! `smtp.run_as` with no capability, `NoNewPrivs`, a seccomp filter and Landlock, in every
+//! thread; started as another user it does what that user may and says what it cannot.
 
 use std::fs;
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use sinkhole_tests::daemon::{Daemon, SmtpClient, smtp_config};
-use sinkhole_tests::{free_port, kernel_tests_allowed, temp_dir};
-
-/// CAP_NET_ADMIN (12) and CAP_BPF (39).
-const DAEMON_CAPS: u64 = (1 << 12) | (1 << 39);
+use sinkhole_tests::{free_port, kernel_tests_allowed, sinkhole_bin, temp_dir};
 
 /// A field of a `/proc/.../status` file, split on white space.
 fn field(status: &str, name: &str) -> Vec<String> {
@@ -32,9 +33,26 @@ fn nobody() -> (u32, u32) {
     (parts[2].parse().unwrap(), parts[3].parse().unwrap())
 }
 
+/// The status of every thread of `pid`, checked to hold no capability, to have
+/// `NoNewPrivs` and a seccomp filter. Returns how many threads there are.
+fn assert_every_thread_unprivileged_and_filtered(pid: u32) -> usize {
+    let mut threads = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        threads += 1;
+        for set in ["CapEff:", "CapPrm:", "CapBnd:", "CapInh:", "CapAmb:"] {
+            assert_eq!(field(&status, set), ["0000000000000000"], "{set} {status}");
+        }
+        assert_eq!(field(&status, "NoNewPrivs:"), ["1"], "{status}");
+        // 2: a seccomp filter (1 would be strict mode).
+        assert_eq!(field(&status, "Seccomp:"), ["2"], "{status}");
+    }
+    threads
+}
+
 #[test]
-fn the_daemon_runs_as_run_as_with_only_the_capabilities_it_needs() {
-    if !kernel_tests_allowed("the_daemon_runs_as_run_as_with_only_the_capabilities_it_needs") {
+fn the_serving_daemon_holds_no_privilege_in_any_thread() {
+    if !kernel_tests_allowed("the_serving_daemon_holds_no_privilege_in_any_thread") {
         return;
     }
     let (uid, gid) = nobody();
@@ -45,38 +63,16 @@ fn the_daemon_runs_as_run_as_with_only_the_capabilities_it_needs() {
     let config = smtp_config(port, dir.path(), "run_as = \"nobody\"", "", "");
     let mut daemon =
         Daemon::start_with_config(dir, &config, SocketAddr::from(([127, 0, 0, 1], port)));
-
-    // Every thread: nobody's uid and gid, no supplementary groups; the loop thread (the main
-    // one) keeps exactly CAP_BPF and CAP_NET_ADMIN, the others nothing; the bounding set holds
-    // only those two.
     let pid = daemon.pid();
-    let mut threads = 0;
-    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let task = task.unwrap().path();
-        let status = fs::read_to_string(task.join("status")).unwrap();
-        threads += 1;
-        assert!(
-            field(&status, "Uid:").iter().all(|u| *u == uid.to_string()),
-            "{status}"
-        );
-        assert!(
-            field(&status, "Gid:").iter().all(|g| *g == gid.to_string()),
-            "{status}"
-        );
-        assert_eq!(field(&status, "Groups:"), vec![gid.to_string()], "{status}");
-        let eff = u64::from_str_radix(&field(&status, "CapEff:")[0], 16).unwrap();
-        let bnd = u64::from_str_radix(&field(&status, "CapBnd:")[0], 16).unwrap();
-        assert_eq!(bnd, DAEMON_CAPS, "{status}");
-        let main_thread = task.file_name().unwrap().to_str() == Some(&pid.to_string());
-        assert_eq!(eff, if main_thread { DAEMON_CAPS } else { 0 }, "{status}");
-        assert_eq!(field(&status, "CapAmb:"), vec!["0000000000000000"]);
-    }
     assert!(
-        threads >= 3,
-        "loop, capture and resolver threads: {threads}"
+        daemon
+            .stderr()
+            .contains("confined: seccomp filter, no new privileges, Landlock on"),
+        "{}",
+        daemon.stderr()
     );
 
-    // And it still works as that user: the message is captured into files nobody owns.
+    // A session first, so that every thread the daemon starts exists.
     let mut client = SmtpClient::connect(daemon.addr);
     assert!(client.reply()[0].starts_with("220 "));
     client.send(
@@ -87,30 +83,96 @@ fn the_daemon_runs_as_run_as_with_only_the_capabilities_it_needs() {
     }
     client.send(b"Subject: hi\r\n\r\nhello\r\n.\r\nQUIT\r\n");
     assert!(client.reply()[0].starts_with("250 "), "message stored");
+
+    let threads = assert_every_thread_unprivileged_and_filtered(pid);
+    assert!(threads >= 4, "loop, resolver, capture, commit: {threads}");
+    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        assert!(field(&status, "Uid:").iter().all(|u| *u == uid.to_string()));
+        assert!(field(&status, "Gid:").iter().all(|g| *g == gid.to_string()));
+        assert_eq!(field(&status, "Groups:"), [gid.to_string()], "{status}");
+    }
+
+    // And it still works confined: the message is in files nobody owns, the log written.
     let messages = daemon.new_messages();
     assert_eq!(messages.len(), 1);
     let meta = fs::metadata(&messages[0]).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (uid, gid));
     daemon.stop();
-    assert_eq!(
-        daemon.wait_sessions(1).len(),
-        1,
-        "the session log is written too"
+    assert_eq!(daemon.wait_sessions(1).len(), 1);
+    assert!(
+        !daemon.stderr().contains("Operation not permitted"),
+        "{}",
+        daemon.stderr()
     );
 }
 
 #[test]
-fn a_root_daemon_without_run_as_says_so() {
-    if !kernel_tests_allowed("a_root_daemon_without_run_as_says_so") {
+fn a_root_daemon_without_run_as_drops_its_capabilities_and_says_so() {
+    if !kernel_tests_allowed("a_root_daemon_without_run_as_drops_its_capabilities_and_says_so") {
         return;
     }
     let mut daemon = Daemon::start("", "");
+    assert_every_thread_unprivileged_and_filtered(daemon.pid());
     daemon.stop();
     assert!(
         daemon
             .stderr()
-            .contains("running as root with every capability: set smtp.run_as"),
+            .contains("running as root (uid 0, no capabilities): set smtp.run_as"),
         "{}",
         daemon.stderr()
     );
+}
+
+#[test]
+fn a_daemon_started_without_root_serves_and_says_what_it_cannot_do() {
+    if !kernel_tests_allowed("a_daemon_started_without_root_serves_and_says_what_it_cannot_do") {
+        return;
+    }
+    let (uid, gid) = nobody();
+    let dir = temp_dir("unprivileged");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    std::os::unix::fs::chown(&data, Some(uid), Some(gid)).unwrap();
+    let port = free_port();
+    // Asked to attach XDP, which only root may.
+    let config = smtp_config(port, dir.path(), "", "", "")
+        .replace("[xdp]\n", "[xdp]\ninterfaces = [\"lo\"]\n");
+    let config_file = dir.path().join("sinkhole.toml");
+    fs::write(&config_file, config).unwrap();
+    fs::set_permissions(&config_file, fs::Permissions::from_mode(0o644)).unwrap();
+    let stderr = dir.path().join("stderr.log");
+    let mut child = Command::new(sinkhole_bin())
+        .args(["run", "--config"])
+        .arg(&config_file)
+        .env("RUST_LOG", "info")
+        .uid(uid)
+        .gid(gid)
+        .stdin(Stdio::null())
+        .stderr(fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let logged = || fs::read_to_string(&stderr).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !logged().contains("listening on") {
+        assert!(child.try_wait().unwrap().is_none(), "exited: {}", logged());
+        assert!(std::time::Instant::now() < deadline, "{}", logged());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut client = SmtpClient::connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    assert!(client.reply()[0].starts_with("220 "));
+    client.send(b"QUIT\r\n");
+    assert!(client.reply()[0].starts_with("221 "));
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    assert!(child.wait().unwrap().success(), "{}", logged());
+    let logged = logged();
+    // It cannot attach or pin, says so, and blocks in memory instead.
+    assert!(logged.contains("XDP unavailable ("), "{logged}");
+    assert!(
+        logged.contains("blocks are kept in memory only"),
+        "{logged}"
+    );
+    assert!(logged.contains("confined: seccomp filter"), "{logged}");
+    assert!(!logged.contains("running as root"), "{logged}");
 }

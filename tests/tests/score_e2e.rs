@@ -7,6 +7,7 @@
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -377,6 +378,8 @@ fn a_client_above_block_threshold_is_dropped_by_xdp() -> anyhow::Result<()> {
     let rbldnsd = ns.run_in(rbldnsd)?;
     let pins = PinDir::new("s");
     let storage = temp_dir("score-xdp");
+    // It serves as `nobody` with no capability, confined: the block still reaches the kernel.
+    std::fs::set_permissions(storage.path(), std::fs::Permissions::from_mode(0o755))?;
     let port = free_port();
     let config = storage.path().join("sinkhole.toml");
     std::fs::write(
@@ -385,6 +388,7 @@ fn a_client_above_block_threshold_is_dropped_by_xdp() -> anyhow::Result<()> {
             r#"[smtp]
 listen = ["127.0.0.1:{port}"]
 hostname = "sinkhole.test"
+run_as = "nobody"
 [storage]
 dir = "{dir}"
 [xdp]
@@ -442,6 +446,10 @@ allow = ["::1/128"]
 
     daemon.check_running()?;
     assert!(daemon.terminate()?.success());
+    // Stopped: the program detached (its link unpinned), the blocks still pinned.
+    assert!(!pins.path().join("link_lo").exists());
+    let list: Value = serde_json::from_str(&sinkhole_ok(&["list", "--json", "--config", cfg])?)?;
+    assert!(list.to_string().contains("127.0.0.9/32"), "{list}");
     let log = std::fs::read_to_string(storage.path().join("data/sessions.jsonl"))?;
     let session: Value = log
         .lines()

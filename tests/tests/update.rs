@@ -5,6 +5,7 @@
 //! accepted before and after.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -65,6 +66,8 @@ fn a_takeover_lets_no_blocked_client_through_and_keeps_serving() -> anyhow::Resu
     )?;
     let pins = PinDir::new("u");
     let storage = tempfile::tempdir()?;
+    // Both daemons serve as `nobody`, confined: the folder above their storage lets it through.
+    std::fs::set_permissions(storage.path(), std::fs::Permissions::from_mode(0o755))?;
     let port = free_port();
     let config = storage.path().join("sinkhole.toml");
     std::fs::write(
@@ -73,6 +76,7 @@ fn a_takeover_lets_no_blocked_client_through_and_keeps_serving() -> anyhow::Resu
             r#"
 [smtp]
 listen = ["{SERVER}:{port}"]
+run_as = "nobody"
 [storage]
 dir = "{storage}"
 [dnsbl]
@@ -163,9 +167,10 @@ listen = "127.0.0.1:0"
         assert_ne!(new_prog, Some(old_prog), "the program was replaced");
         assert_eq!(seen_progs.first(), Some(&old_prog), "{seen_progs:?}");
         assert_eq!(seen_progs.last().copied(), new_prog, "{seen_progs:?}");
-        // The new daemon's normal stop detaches its own program.
+        // The new daemon's normal stop, with no privilege left, detaches its own program.
         assert!(new.terminate()?.success());
         assert_eq!(xdp_prog_id(&pair.near, &pair.near_if), None);
+        assert!(!pins.path().join(format!("link_{}", pair.near_if)).exists());
         Ok(())
     })?;
     assert_eq!(

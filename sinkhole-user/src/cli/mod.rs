@@ -187,7 +187,9 @@ impl fmt::Display for Failure {
 /// the campaigns report, is out already).
 pub fn dispatch(command: Command) -> Result<String, Failure> {
     let out = match command {
-        Command::Run { config, takeover } => run::serve(&load(&config)?, takeover),
+        Command::Run { config, takeover } => {
+            run::serve(&load(&config)?, config.config.as_deref(), takeover)
+        }
         Command::CheckConfig(arg) => {
             return check_config::check(arg.config.as_deref()).map_err(Failure::bad_config);
         }

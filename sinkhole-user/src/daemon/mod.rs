@@ -8,11 +8,13 @@
 pub mod handover;
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::metrics::{self, Sources};
+use crate::kernel::Blocker;
+use crate::metrics::{Endpoint, Sources};
 use crate::privilege::{self, PrivilegeError};
+use crate::sandbox::{self, Enforced, SandboxError};
 use crate::server::{Server, ServerError};
 
 /// Why the daemon did not start or stopped with an error.
@@ -22,6 +24,10 @@ pub enum DaemonError {
     Server(#[from] ServerError),
     #[error(transparent)]
     Privilege(#[from] PrivilegeError),
+    #[error("confining the daemon: {0}")]
+    Sandbox(#[from] SandboxError),
+    #[error("storage {dir}: {source}")]
+    Storage { dir: PathBuf, source: io::Error },
     #[error(
         "already running as pid {pid} on this storage ({file}); `sinkhole run --takeover` replaces it"
     )]
@@ -30,10 +36,10 @@ pub enum DaemonError {
     PidFile { file: PathBuf, source: io::Error },
 }
 
-/// `sinkhole run`: sets up the daemon from `config` (with the kernel module's blocker) and
-/// serves until stopped. With `takeover`, replaces the daemon running on the same storage (see
-/// [`handover`]); without, refuses to start beside it.
-pub fn run(config: &Config, takeover: bool) -> Result<(), DaemonError> {
+/// `sinkhole run`: sets up the daemon from `config` (read from `config_file`, if any; with the
+/// kernel module's blocker) and serves until stopped. With `takeover`, replaces the daemon
+/// running on the same storage (see [`handover`]); without, refuses to start beside it.
+pub fn run(config: &Config, config_file: Option<&Path>, takeover: bool) -> Result<(), DaemonError> {
     let storage = &config.storage;
     let previous = handover::running(&storage.dir);
     if let (Some(pid), false) = (previous, takeover) {
@@ -41,10 +47,6 @@ pub fn run(config: &Config, takeover: bool) -> Result<(), DaemonError> {
             pid: pid.as_raw_nonzero().get(),
             file: storage.dir.join(handover::PID_FILE),
         });
-    }
-    if !config.smtp.run_as.is_empty() {
-        // Before any thread is spawned, so that all of them inherit it.
-        privilege::limit_bounding_set(privilege::DAEMON_CAPABILITIES)?;
     }
     // Two per client (its socket, and the file its message streams into while it sends one),
     // the files waiting to be named, the resolver's sockets, and a few dozen more (listeners,
@@ -62,12 +64,36 @@ pub fn run(config: &Config, takeover: bool) -> Result<(), DaemonError> {
             config.smtp.max_connections
         );
     }
-    let server = Server::new(config, crate::kernel::open_blocker(config))?;
-    spawn_metrics(config, &server);
-    // Everything privileged is open now: XDP, the maps, the listeners, the storage.
-    drop_privileges(config)?;
-    for addr in server.local_addrs().map_err(ServerError::Io)? {
+    // Everything that needs a privilege, while this is the only thread.
+    let blocker = crate::kernel::open_blocker(config);
+    let bound = Server::bind(config)?;
+    let metrics = match Endpoint::bind(config.metrics.listen) {
+        Ok(endpoint) => Some(endpoint),
+        Err(e) => {
+            // A trap that cannot serve metrics still traps.
+            log::warn!("{e}; /metrics is off");
+            None
+        }
+    };
+    let metrics_maps = Sources::pinned_maps(&config.xdp.pin_dir);
+    drop_privileges(config, blocker.as_ref())?;
+    confine(config, config_file, blocker.as_ref())?;
+    // Every thread starts from here on, with neither privilege nor reach.
+    for addr in bound.local_addrs().map_err(ServerError::Io)? {
         log::info!("listening on {addr}");
+    }
+    let server = bound.start(config, blocker)?;
+    if let Some(endpoint) = metrics {
+        let addr = endpoint.local_addr();
+        let sources = Sources {
+            daemon: server.counters(),
+            score: Some(server.score_counters()),
+            maps: metrics_maps,
+        };
+        match endpoint.serve(sources) {
+            Ok(()) => log::info!("metrics on http://{addr}/metrics"),
+            Err(e) => log::warn!("{e}; /metrics is off"),
+        }
     }
     let _pid_file =
         handover::PidFile::write(&storage.dir).map_err(|source| DaemonError::PidFile {
@@ -135,29 +161,50 @@ fn reserve_fd_table(size: u64) {
     }
 }
 
-/// Becomes `smtp.run_as` (after handing it the storage), or warns once when staying root.
-fn drop_privileges(config: &Config) -> Result<(), PrivilegeError> {
+/// Becomes `smtp.run_as` (after handing it the storage, and the XDP link pins it removes at
+/// stop), or stays the user it is; either way with no capability left.
+fn drop_privileges(config: &Config, blocker: &dyn Blocker) -> Result<(), DaemonError> {
+    let storage = &config.storage.dir;
+    // Made now, so that it is the user's and Landlock can name it.
+    std::fs::create_dir_all(storage).map_err(|source| DaemonError::Storage {
+        dir: storage.clone(),
+        source,
+    })?;
     if config.smtp.run_as.is_empty() {
+        privilege::drop_all()?;
         privilege::warn_if_root();
         return Ok(());
     }
     let account = privilege::lookup(&config.smtp.run_as)?;
-    let paths = config.storage.written_paths();
+    let mut paths = config.storage.written_paths();
+    if blocker.is_attached() {
+        paths.push(config.xdp.pin_dir.clone());
+    }
     privilege::hand_over(&account, paths.iter().map(PathBuf::as_path))?;
-    privilege::become_user(&account, privilege::DAEMON_CAPABILITIES)?;
+    privilege::become_user(&account)?;
     Ok(())
 }
 
-/// Starts `/metrics` on `metrics.listen`. A trap that cannot serve metrics still traps: the
-/// failure is logged, not fatal.
-fn spawn_metrics(config: &Config, server: &Server) {
-    let sources = Sources {
-        daemon: server.counters(),
-        score: Some(server.score_counters()),
-        maps: Sources::pinned_maps(&config.xdp.pin_dir),
-    };
-    match metrics::spawn(config.metrics.listen, sources) {
-        Ok(handle) => log::info!("metrics on http://{}/metrics", handle.local_addr()),
-        Err(e) => log::warn!("{e}; /metrics is off"),
+/// Confines the daemon to what it needs once it serves, saying once if the kernel cannot
+/// restrict its files.
+fn confine(
+    config: &Config,
+    config_file: Option<&Path>,
+    blocker: &dyn Blocker,
+) -> Result<(), DaemonError> {
+    let reach = sandbox::daemon_reach(config, config_file, blocker.is_attached());
+    match sandbox::confine(&reach)? {
+        Enforced::Fully => log::info!(
+            "confined: seccomp filter, no new privileges, Landlock on {} and {} read-only",
+            config.storage.dir.display(),
+            reach.read_only.len()
+        ),
+        Enforced::Partially => log::warn!(
+            "confined: seccomp filter, no new privileges; this kernel's Landlock enforces part of the filesystem and port rules"
+        ),
+        Enforced::Not => log::warn!(
+            "confined: seccomp filter, no new privileges; no Landlock in this kernel, so the daemon's files are not restricted"
+        ),
     }
+    Ok(())
 }

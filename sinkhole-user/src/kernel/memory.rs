@@ -69,6 +69,10 @@ impl Blocker for MemoryBlocker {
     fn sweep(&mut self) -> Result<usize, BlockError> {
         Ok(self.sweep_at(Instant::now()))
     }
+
+    fn is_attached(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -37,6 +37,9 @@ pub trait Blocker {
 
     /// Removes expired entries; the loop calls it every few seconds. Returns how many went.
     fn sweep(&mut self) -> Result<usize, BlockError>;
+
+    /// Whether the XDP program is attached (its link pins are then removed at stop).
+    fn is_attached(&self) -> bool;
 }
 
 /// A block table operation that failed.
@@ -110,11 +113,6 @@ impl MapBlocker {
         }
     }
 
-    /// Whether the XDP program is attached (else the server must close blocked clients).
-    pub fn is_attached(&self) -> bool {
-        self.attachment.is_some()
-    }
-
     /// The maps, for counters and listings.
     pub fn maps(&self) -> &BlockMaps {
         &self.maps
@@ -163,5 +161,9 @@ impl Blocker for MapBlocker {
             next => next.min(rescan),
         };
         Ok(removed)
+    }
+
+    fn is_attached(&self) -> bool {
+        self.attachment.is_some()
     }
 }

@@ -62,45 +62,47 @@ pub enum MetricsError {
     Thread(io::Error),
 }
 
-/// The running endpoint. The thread serves until the process ends.
+/// The endpoint's socket, bound at start-up (before the daemon gives up binding) and served
+/// once the counters exist ([`Endpoint::serve`]).
 #[derive(Debug)]
-pub struct MetricsHandle {
+pub struct Endpoint {
+    listener: std::net::TcpListener,
     addr: SocketAddr,
 }
 
-impl MetricsHandle {
+impl Endpoint {
+    /// Binds `listen`. A non-loopback address is served as configured, with a warning: the
+    /// counters tell anyone who can reach them how the trap is doing.
+    pub fn bind(listen: SocketAddr) -> Result<Endpoint, MetricsError> {
+        let error = |source| MetricsError::Listen {
+            addr: listen,
+            source,
+        };
+        // SO_REUSEPORT as for SMTP: a daemon taking over serves metrics beside the old one.
+        let listener = crate::listeners::bind_std(listen).map_err(error)?;
+        let addr = listener.local_addr().map_err(error)?;
+        if !addr.ip().is_loopback() {
+            log::warn!(
+                "metrics.listen {addr} is not loopback: /metrics is open to whoever can reach it"
+            );
+        }
+        Ok(Endpoint { listener, addr })
+    }
+
     /// The address bound (port 0 resolved).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
-}
 
-/// Binds `listen` and serves `/metrics` from `sources` on a new thread. A non-loopback
-/// address is served as configured, with a warning: the counters tell anyone who can reach
-/// them how the trap is doing.
-pub fn spawn(listen: SocketAddr, sources: Sources) -> Result<MetricsHandle, MetricsError> {
-    // SO_REUSEPORT as for SMTP: a daemon taking over serves metrics beside the old one.
-    let listener = crate::listeners::bind_std(listen).map_err(|source| MetricsError::Listen {
-        addr: listen,
-        source,
-    })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| MetricsError::Listen {
-            addr: listen,
-            source,
-        })?;
-    if !addr.ip().is_loopback() {
-        log::warn!(
-            "metrics.listen {addr} is not loopback: /metrics is open to whoever can reach it"
-        );
+    /// Serves `/metrics` from `sources` on a new thread, until the process ends.
+    pub fn serve(self, sources: Sources) -> Result<(), MetricsError> {
+        let mut registry = Registry::with_prefix("sinkhole");
+        registry.register_collector(Box::new(collect::Collector::new(sources)));
+        let server = http::Server::new(self.listener, registry).map_err(MetricsError::Poll)?;
+        std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || server.run())
+            .map_err(MetricsError::Thread)?;
+        Ok(())
     }
-    let mut registry = Registry::with_prefix("sinkhole");
-    registry.register_collector(Box::new(collect::Collector::new(sources)));
-    let server = http::Server::new(listener, registry).map_err(MetricsError::Poll)?;
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || server.run())
-        .map_err(MetricsError::Thread)?;
-    Ok(MetricsHandle { addr })
 }

@@ -130,9 +130,11 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every listen address, reads the policy, prepares storage and starts the capture
-    /// and resolver threads.
-    pub fn new(config: &Config, blocker: Box<dyn Blocker>) -> Result<Server, ServerError> {
+    /// The part of start-up that may need privileges: binds every listen address, reads the
+    /// policy and the TLS key, installs the signal handlers. Starts no thread, so that what the
+    /// daemon gives up before [`Bound::start`] (privileges, files, system calls) binds every
+    /// thread it has.
+    pub fn bind(config: &Config) -> Result<Bound, ServerError> {
         let policy = PolicyStore::open(&config.policy)?;
         let tls = tls::server_config(config)?;
         let poll = Poll::new()?;
@@ -152,6 +154,44 @@ impl Server {
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         // mio allows one waker per poll: the capture and resolver threads share it.
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok(Bound {
+            poll,
+            listeners,
+            signals,
+            waker,
+            policy,
+            tls,
+        })
+    }
+}
+
+/// The daemon with its sockets open and its policy read, no thread started yet.
+pub struct Bound {
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    signals: Signals,
+    waker: Arc<Waker>,
+    policy: PolicyStore,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+impl Bound {
+    /// The addresses bound (port 0 resolved).
+    pub fn local_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        self.listeners.iter().map(TcpListener::local_addr).collect()
+    }
+
+    /// Prepares storage and starts the capture and resolver threads: the daemon, ready to
+    /// [`Server::run`], putting the clients it wants gone into `blocker`.
+    pub fn start(self, config: &Config, blocker: Box<dyn Blocker>) -> Result<Server, ServerError> {
+        let Bound {
+            poll,
+            listeners,
+            signals,
+            waker,
+            policy,
+            tls,
+        } = self;
         let resolver = Resolver::spawn(&config.dnsbl, Arc::clone(&waker))?;
         let counters = Arc::new(DaemonCounters::default());
         let (stored_tx, stored) = mpsc::channel();
@@ -206,7 +246,9 @@ impl Server {
             busy_poll: smtp.busy_poll,
         })
     }
+}
 
+impl Server {
     /// The counters, for whoever reports them.
     pub fn counters(&self) -> Arc<DaemonCounters> {
         Arc::clone(&self.counters)
@@ -215,11 +257,6 @@ impl Server {
     /// The resolver's counters, for whoever reports them.
     pub fn score_counters(&self) -> Arc<ScoreCounters> {
         Arc::clone(self.resolver.counters())
-    }
-
-    /// The addresses actually bound (port 0 resolved).
-    pub fn local_addrs(&self) -> io::Result<Vec<SocketAddr>> {
-        self.listeners.iter().map(TcpListener::local_addr).collect()
     }
 
     /// Serves until SIGTERM or SIGINT, then shuts down cleanly: no new connections, every
