@@ -1,9 +1,11 @@
 //! Block lists in and out of the pinned maps.
 //!
-//! - `sinkhole import FILE --format drop|plain`: Spamhaus DROP/EDROP (`CIDR ; SBLnnn`, `;`
-//!   comments) or one address/CIDR per line (`#` comments) into the block maps. Every line is
-//!   judged on its own: bad ones (a prefix wider than /8 or /16 among them, unless `--force`)
-//!   are named (`FILE:LINE: why`), the good ones load all the same.
+//! - `sinkhole import FILE --format drop|plain`: Spamhaus DROP in either of its syntaxes, told
+//!   apart by the file's first record (JSON lines, `{"cidr":..., "sblid":...}`, as in
+//!   `drop_v4.json` and `drop_v6.json`; or the text lists, `CIDR ; SBLnnn` with `;` comments),
+//!   or one address/CIDR per line (`#` comments), into the block maps. Every line is judged on
+//!   its own: bad ones (a prefix wider than /8 or /16 among them, unless `--force`) are named
+//!   (`FILE:LINE: why`), the good ones load all the same.
 //! - `sinkhole export --format rbldnsd`: the unexpired blocks as rbldnsd datasets, `ip4set` for
 //!   IPv4 and `ip6trie` for IPv6 (rbldnsd keeps the families in separate dataset types), each
 //!   entry answering `A 127.0.0.2` with the block's reason as its TXT. Served by rbldnsd, they
@@ -33,10 +35,47 @@ const MAX_LINE: usize = 4096;
 /// How an import file is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// Spamhaus DROP/EDROP: `CIDR ; SBLnnn`, `;` starts a comment.
+    /// Spamhaus DROP: JSON lines (`drop_v4.json`, `drop_v6.json`) or the text lists
+    /// (`CIDR ; SBLnnn`, `;` starts a comment), told apart by the first record.
     Drop,
     /// One address or CIDR prefix per line, `#` starts a comment.
     Plain,
+}
+
+/// The syntax of one file's lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syntax {
+    /// `{"cidr":"192.0.2.0/24","sblid":"SBL1","rir":"ripencc"}` per line, ending with a
+    /// `{"type":"metadata",...}` line.
+    DropJson,
+    /// `192.0.2.0/24 ; SBL1`, `;` comments.
+    DropText,
+    /// `192.0.2.0/24 # comment`.
+    Plain,
+}
+
+impl Syntax {
+    /// The syntax of a file in `format` whose first line that is neither blank nor a comment
+    /// is `line`; `None` while there has been no such line.
+    pub fn of(format: Format, line: &str) -> Option<Syntax> {
+        let line = line.trim();
+        match format {
+            Format::Plain => Some(Syntax::Plain),
+            Format::Drop if line.is_empty() || line.starts_with(';') => None,
+            Format::Drop if line.starts_with('{') => Some(Syntax::DropJson),
+            Format::Drop => Some(Syntax::DropText),
+        }
+    }
+}
+
+/// One line of Spamhaus's JSON-lines DROP.
+#[derive(serde::Deserialize)]
+struct DropRecord {
+    cidr: Option<String>,
+    sblid: Option<String>,
+    /// `metadata` on the last line (timestamp, record count, terms); absent on records.
+    #[serde(rename = "type")]
+    kind: Option<String>,
 }
 
 /// An address family, for exporting one dataset.
@@ -76,11 +115,12 @@ pub struct Entry {
     pub label: Option<String>,
 }
 
-/// Reads one line: `Ok(None)` for blank lines and comments.
-pub fn parse_line(format: Format, line: &str) -> Result<Option<Entry>, String> {
-    let (data, comment) = match format {
-        Format::Drop => line.split_once(';').unwrap_or((line, "")),
-        Format::Plain => (line.split_once('#').map_or(line, |(data, _)| data), ""),
+/// Reads one line: `Ok(None)` for blank lines, comments and the JSON metadata line.
+pub fn parse_line(syntax: Syntax, line: &str) -> Result<Option<Entry>, String> {
+    let (data, comment) = match syntax {
+        Syntax::DropJson => return parse_json_line(line),
+        Syntax::DropText => line.split_once(';').unwrap_or((line, "")),
+        Syntax::Plain => (line.split_once('#').map_or(line, |(data, _)| data), ""),
     };
     let data = data.trim();
     if data.is_empty() {
@@ -89,6 +129,22 @@ pub fn parse_line(format: Format, line: &str) -> Result<Option<Entry>, String> {
     let prefix = parse_prefix(data).map_err(|e| e.to_string())?;
     let label = comment.split_whitespace().next().map(str::to_string);
     Ok(Some(Entry { prefix, label }))
+}
+
+fn parse_json_line(line: &str) -> Result<Option<Entry>, String> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let record: DropRecord =
+        serde_json::from_str(line).map_err(|e| format!("not a DROP JSON record: {e}"))?;
+    match (record.kind.as_deref(), record.cidr) {
+        (Some("metadata"), _) => Ok(None),
+        (_, None) => Err("a DROP JSON record with no `cidr`".to_string()),
+        (_, Some(cidr)) => Ok(Some(Entry {
+            prefix: parse_prefix(&cidr).map_err(|e| e.to_string())?,
+            label: record.sblid,
+        })),
+    }
 }
 
 /// What an import did.
@@ -147,6 +203,7 @@ pub fn import(
     let expires_at = clock::expiry(ttl);
     let file_name = path.file_name().unwrap_or_default().to_string_lossy();
     let mut report = ImportReport::default();
+    let mut syntax = None;
     let mut buf = Vec::new();
     for number in 1.. {
         buf.clear();
@@ -164,7 +221,10 @@ pub fn import(
         } else {
             std::str::from_utf8(&buf)
                 .map_err(|_| "not UTF-8".to_string())
-                .and_then(|line| parse_line(format, line))
+                .and_then(|line| {
+                    syntax = syntax.or_else(|| Syntax::of(format, line));
+                    syntax.map_or(Ok(None), |syntax| parse_line(syntax, line))
+                })
                 .and_then(|entry| match entry {
                     Some(entry) if !force => check_width(entry.prefix)
                         .map(|()| Some(entry))
@@ -388,7 +448,7 @@ mod tests {
 
     #[test]
     fn drop_lines() {
-        let p = |line| parse_line(Format::Drop, line);
+        let p = |line| parse_line(Syntax::DropText, line);
         assert_eq!(
             p("1.10.16.0/20 ; SBL256894\n"),
             Ok(entry("1.10.16.0/20", Some("SBL256894")))
@@ -414,13 +474,57 @@ mod tests {
 
     #[test]
     fn plain_lines() {
-        let p = |line| parse_line(Format::Plain, line);
+        let p = |line| parse_line(Syntax::Plain, line);
         assert_eq!(p("203.0.113.7\n"), Ok(entry("203.0.113.7/32", None)));
         assert_eq!(p("2001:db8::1 # seen"), Ok(entry("2001:db8::1/128", None)));
         assert_eq!(p("# comment"), Ok(None));
         assert_eq!(p(""), Ok(None));
         assert!(p("203.0.113.7 ; x").is_err());
         assert!(p("203.0.113.7 198.51.100.1").is_err());
+    }
+
+    #[test]
+    fn drop_json_lines() {
+        let p = |line| parse_line(Syntax::DropJson, line);
+        assert_eq!(
+            p(r#"{"cidr":"1.10.16.0/20","sblid":"SBL256894","rir":"apnic"}"#),
+            Ok(entry("1.10.16.0/20", Some("SBL256894")))
+        );
+        assert_eq!(
+            p(r#"{"cidr":"2001:db8::/32","sblid":"SBL1","rir":"ripencc"}"#),
+            Ok(entry("2001:db8::/32", Some("SBL1")))
+        );
+        assert_eq!(
+            p(r#"{"type":"metadata","timestamp":1764892800,"size":1234,"records":2}"#),
+            Ok(None)
+        );
+        assert_eq!(p("\n"), Ok(None));
+        assert!(p(r#"{"sblid":"SBL2"}"#).unwrap_err().contains("no `cidr`"));
+        assert!(
+            p("1.10.16.0/20 ; SBL3")
+                .unwrap_err()
+                .contains("not a DROP JSON record")
+        );
+        assert!(
+            p(r#"{"cidr":"198.51.100.1/24","sblid":"SBL4"}"#)
+                .unwrap_err()
+                .contains("host bits")
+        );
+    }
+
+    #[test]
+    fn the_first_record_tells_the_drop_syntax() {
+        assert_eq!(Syntax::of(Format::Drop, "; Spamhaus DROP List"), None);
+        assert_eq!(Syntax::of(Format::Drop, "  \n"), None);
+        assert_eq!(
+            Syntax::of(Format::Drop, r#"{"cidr":"1.10.16.0/20"}"#),
+            Some(Syntax::DropJson)
+        );
+        assert_eq!(
+            Syntax::of(Format::Drop, "1.10.16.0/20 ; SBL1"),
+            Some(Syntax::DropText)
+        );
+        assert_eq!(Syntax::of(Format::Plain, "{"), Some(Syntax::Plain));
     }
 
     fn block(prefix: &str, reason: &str) -> Block {

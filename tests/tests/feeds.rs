@@ -262,3 +262,84 @@ fn import_refuses_a_missing_file_and_a_bad_format() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("csv"));
 }
+
+/// Spamhaus's JSON-lines DROP (`drop_v4.json`, `drop_v6.json`): one record per line, a metadata
+/// line last; here with a record inside `xdp.allow` and a bad record on line 4.
+const DROP_JSON_V4: &str = r#"{"cidr":"198.51.100.0/24","sblid":"SBL200","rir":"ripencc"}
+{"cidr":"203.0.113.0/25","sblid":"SBL201","rir":"arin"}
+{"cidr":"192.0.2.128/26","sblid":"SBL202","rir":"apnic"}
+{"sblid":"SBL203","rir":"lacnic"}
+{"type":"metadata","timestamp":1764892800,"size":228,"records":4,"copyright":"(c) 2026 The Spamhaus Project SLU","terms":"https://www.spamhaus.org/drop/terms/"}
+"#;
+const DROP_JSON_V6: &str = r#"{"cidr":"2001:db8:bad::/48","sblid":"SBL204","rir":"ripencc"}
+{"type":"metadata","timestamp":1764892800,"size":62,"records":1}
+"#;
+
+#[test]
+fn import_reads_drop_as_json_lines_keeping_the_sbl_id() {
+    if !kernel_tests_allowed("import_reads_drop_as_json_lines_keeping_the_sbl_id") {
+        return;
+    }
+    let pins = PinDir::new("dropjson");
+    let dir = temp_dir("feeds-json");
+    let config = write_config(dir.path(), pins.path());
+    let v4 = dir.path().join("drop_v4.json");
+    let v6 = dir.path().join("drop_v6.json");
+    fs::write(&v4, DROP_JSON_V4).unwrap();
+    fs::write(&v6, DROP_JSON_V6).unwrap();
+
+    let out = sinkhole(&[
+        "import",
+        v4.to_str().unwrap(),
+        "--format",
+        "drop",
+        "--config",
+        &config,
+    ])
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:4: a DROP JSON record with no `cidr`",
+            v4.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the good ones were loaded: 2 added, 1 skipped (allow-listed), 1 bad"),
+        "{stderr}"
+    );
+    let out = sinkhole_ok(&[
+        "import",
+        v6.to_str().unwrap(),
+        "--format",
+        "drop",
+        "--config",
+        &config,
+    ])
+    .unwrap();
+    assert!(
+        out.contains("1 added, 0 skipped (allow-listed), 0 bad"),
+        "{out}"
+    );
+
+    let list: serde_json::Value =
+        serde_json::from_str(&sinkhole_ok(&["list", "--json", "--config", &config]).unwrap())
+            .unwrap();
+    let mut listed: Vec<(&str, &str)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["prefix"].as_str().unwrap(), b["reason"].as_str().unwrap()))
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            ("198.51.100.0/24", "drop:SBL200"),
+            ("2001:db8:bad::/48", "drop:SBL204"),
+            ("203.0.113.0/25", "drop:SBL201"),
+        ]
+    );
+}
