@@ -21,6 +21,9 @@ use crate::prefix::parse_prefix;
 use crate::signature::Signature;
 
 /// The whole configuration.
+/// Where every command looks for the configuration when `--config` names none.
+pub const DEFAULT_CONFIG: &str = "/etc/sinkhole/sinkhole.toml";
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {

@@ -310,7 +310,7 @@ pub fn export_rbldnsd(config: &Config, options: &ExportOptions) -> Result<String
         zone,
         skip_reasons,
     } = *options;
-    let maps = maps::open_maps(&config.xdp.pin_dir)?;
+    let maps = maps::open_existing_maps(&config.xdp.pin_dir)?;
     let now = clock::boot_ns();
     let mut blocks: Vec<Block> = maps
         .list()?

@@ -12,6 +12,7 @@
 
 mod campaign_replay;
 mod campaigns;
+mod cli_config;
 mod crash;
 mod disk_floor;
 mod escape;

@@ -1,6 +1,7 @@
-//! `sinkhole block`, `unblock`, `list` and `stats`: each works on the
-//! pinned maps in `xdp.pin_dir`, creating them when they do not exist yet, so it makes no
-//! difference whether the daemon runs. Each returns the text to print.
+//! `sinkhole block`, `unblock`, `list` and `stats`: each works on the pinned maps in
+//! `xdp.pin_dir`, so it makes no difference whether the daemon runs. `block` creates them when
+//! they do not exist yet; the others fail then, naming the directory. Each returns the text to
+//! print.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -14,9 +15,14 @@ use crate::kernel::{Block, BlockMaps, KernelError, PacketCounters, clock, maps};
 use crate::prefix::check_width;
 use crate::text::{self, escape};
 
-/// The pinned maps (opening them also refreshes the program's clock offset).
-fn open(config: &Config) -> Result<BlockMaps, KernelError> {
+/// The pinned maps, made if missing (opening them also refreshes the program's clock offset).
+fn open_or_create(config: &Config) -> Result<BlockMaps, KernelError> {
     maps::open_maps(&config.xdp.pin_dir)
+}
+
+/// The pinned maps, which must exist.
+fn open(config: &Config) -> Result<BlockMaps, KernelError> {
+    maps::open_existing_maps(&config.xdp.pin_dir)
 }
 
 /// `sinkhole block PREFIX [--ttl T] [--reason R] [--force]`: a prefix wider than /8 or /16 only
@@ -34,7 +40,7 @@ pub fn block(
     if let Some(allow) = config.xdp.allow.iter().find(|a| a.contains(&prefix)) {
         bail!("{prefix} is allow-listed by {allow} (xdp.allow) and would never be dropped");
     }
-    let mut maps = open(config)?;
+    let mut maps = open_or_create(config)?;
     maps.insert(prefix, clock::expiry(ttl), reason)?;
     let reason = escape(reason);
     Ok(match ttl {

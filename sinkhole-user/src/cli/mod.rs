@@ -10,14 +10,14 @@ mod feeds;
 mod run;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 
-use crate::config::{Config, ConfigError, parse_duration};
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG, parse_duration};
 use crate::feeds::{ExportFormat, Family, Format, ImportOptions};
 use crate::prefix::parse_prefix;
 
@@ -29,12 +29,36 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// `--config FILE`, taken by every subcommand.
+/// `--config FILE` and `--verbose`, taken by every subcommand.
 #[derive(Debug, Args)]
 pub struct ConfigArg {
-    /// The configuration file (TOML). Without it, the embedded defaults.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    /// The configuration file (TOML). Without it, /etc/sinkhole/sinkhole.toml if it exists,
+    /// else the embedded defaults.
+    #[arg(short = 'c', long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Say (on stderr) which configuration was read.
+    #[arg(short = 'v', long)]
+    verbose: bool,
+}
+
+impl ConfigArg {
+    /// The file to read: the one named, else [`DEFAULT_CONFIG`] if it exists; `None`: the
+    /// embedded defaults. Says which with `--verbose`.
+    fn path(&self) -> Option<PathBuf> {
+        let path = self.config.clone().or_else(|| {
+            let system = Path::new(DEFAULT_CONFIG);
+            system.exists().then(|| system.to_path_buf())
+        });
+        if self.verbose {
+            match &path {
+                Some(path) => eprintln!("sinkhole: configuration {}", path.display()),
+                None => eprintln!(
+                    "sinkhole: configuration: the embedded defaults (no --config, no {DEFAULT_CONFIG})"
+                ),
+            }
+        }
+        path
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,14 +141,14 @@ pub enum Command {
     },
     /// List blocks with their drop counters.
     List {
-        #[arg(long)]
+        #[arg(short = 'j', long)]
         json: bool,
         #[command(flatten)]
         config: ConfigArg,
     },
     /// Show the XDP counters.
     Stats {
-        #[arg(long)]
+        #[arg(short = 'j', long)]
         json: bool,
         #[command(flatten)]
         config: ConfigArg,
@@ -136,7 +160,7 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         storage: Option<PathBuf>,
         /// Print a JSON array instead of a table.
-        #[arg(long)]
+        #[arg(short = 'j', long)]
         json: bool,
         /// Only sessions that started within this long before now (e.g. 24h, 7d).
         #[arg(long, value_parser = parse_duration)]
@@ -188,10 +212,11 @@ impl fmt::Display for Failure {
 pub fn dispatch(command: Command) -> Result<String, Failure> {
     let out = match command {
         Command::Run { config, takeover } => {
-            run::serve(&load(&config)?, config.config.as_deref(), takeover)
+            let path = config.path();
+            run::serve(&load(path.as_deref())?, path.as_deref(), takeover)
         }
         Command::CheckConfig(arg) => {
-            return check_config::check(arg.config.as_deref()).map_err(Failure::bad_config);
+            return check_config::check(arg.path().as_deref()).map_err(Failure::bad_config);
         }
         Command::Block {
             prefix,
@@ -199,10 +224,18 @@ pub fn dispatch(command: Command) -> Result<String, Failure> {
             reason,
             force,
             config,
-        } => blocks::block(&load(&config)?, prefix, ttl, &reason, force),
-        Command::Unblock { prefix, config } => blocks::unblock(&load(&config)?, prefix),
-        Command::List { json, config } => blocks::list(&load(&config)?, json),
-        Command::Stats { json, config } => blocks::stats(&load(&config)?, json),
+        } => blocks::block(
+            &load(config.path().as_deref())?,
+            prefix,
+            ttl,
+            &reason,
+            force,
+        ),
+        Command::Unblock { prefix, config } => {
+            blocks::unblock(&load(config.path().as_deref())?, prefix)
+        }
+        Command::List { json, config } => blocks::list(&load(config.path().as_deref())?, json),
+        Command::Stats { json, config } => blocks::stats(&load(config.path().as_deref())?, json),
         Command::Import {
             file,
             format,
@@ -217,7 +250,7 @@ pub fn dispatch(command: Command) -> Result<String, Failure> {
                 reason: reason.as_deref(),
                 force,
             };
-            feeds::import(&load(&config)?, &file, &options)
+            feeds::import(&load(config.path().as_deref())?, &file, &options)
         }
         Command::Export {
             format: ExportFormat::Rbldnsd,
@@ -227,7 +260,7 @@ pub fn dispatch(command: Command) -> Result<String, Failure> {
             skip_reason,
             config,
         } => feeds::export(
-            &load(&config)?,
+            &load(config.path().as_deref())?,
             output.as_deref(),
             family,
             &zone,
@@ -240,13 +273,13 @@ pub fn dispatch(command: Command) -> Result<String, Failure> {
             since,
             top,
             config,
-        } => campaigns::report(config.config.as_deref(), storage, json, since, top),
+        } => campaigns::report(config.path().as_deref(), storage, json, since, top),
     };
     Ok(out?)
 }
 
-/// The configuration `--config` names (the embedded defaults without it); exit 2 when it is
-/// wrong.
-fn load(arg: &ConfigArg) -> Result<Config, Failure> {
-    Config::load(arg.config.as_deref()).map_err(Failure::bad_config)
+/// The configuration at `path` (the embedded defaults without one, see [`ConfigArg::path`]);
+/// exit 2 when it is wrong.
+fn load(path: Option<&Path>) -> Result<Config, Failure> {
+    Config::load(path).map_err(Failure::bad_config)
 }

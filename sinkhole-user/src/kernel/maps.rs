@@ -48,6 +48,10 @@ pub enum KernelError {
     AllowListed(IpNet),
     #[error("{context}: {detail}")]
     Bpf { context: String, detail: String },
+    #[error(
+        "no sinkhole maps in {0} (xdp.pin_dir): is it the daemon's? Only `run`, `block` and `import` create them"
+    )]
+    NoMaps(PathBuf),
 }
 
 impl KernelError {
@@ -163,6 +167,16 @@ impl Scope {
 /// maps (the program is never loaded from here).
 pub fn open_maps(pin_dir: &Path) -> Result<BlockMaps, KernelError> {
     open(pin_dir, &Scope::default()).map(|(_, maps)| maps)
+}
+
+/// Opens the maps pinned under `pin_dir`, failing with [`KernelError::NoMaps`] when there are
+/// none: for the commands that read them (`list`, `stats`, `unblock`, `export`, `/metrics`),
+/// where new empty maps would only hide a mistyped `pin_dir`.
+pub fn open_existing_maps(pin_dir: &Path) -> Result<BlockMaps, KernelError> {
+    if !MAP_NAMES.iter().all(|name| pin_dir.join(name).exists()) {
+        return Err(KernelError::NoMaps(pin_dir.to_path_buf()));
+    }
+    open_maps(pin_dir)
 }
 
 /// Opens (or creates and pins) every map under `pin_dir`. The returned [`Ebpf`] still holds the

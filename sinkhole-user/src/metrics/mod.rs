@@ -21,8 +21,8 @@ use std::sync::Arc;
 use prometheus_client::registry::Registry;
 
 use crate::counters::DaemonCounters;
-use crate::kernel::BlockMaps;
 use crate::kernel::maps;
+use crate::kernel::{BlockMaps, KernelError};
 use crate::score::ScoreCounters;
 
 /// What a scrape reads.
@@ -39,11 +39,9 @@ impl Sources {
     /// The maps pinned under `pin_dir` if they exist there (never created here). Opened now,
     /// so the handle outlives a later drop of privileges.
     pub fn pinned_maps(pin_dir: &Path) -> Option<BlockMaps> {
-        if !pin_dir.join(sinkhole_common::MAP_COUNTERS).exists() {
-            return None;
-        }
-        match maps::open_maps(pin_dir) {
+        match maps::open_existing_maps(pin_dir) {
             Ok(maps) => Some(maps),
+            Err(KernelError::NoMaps(_)) => None,
             Err(e) => {
                 log::warn!("metrics: no XDP series ({e})");
                 None
