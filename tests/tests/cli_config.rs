@@ -124,3 +124,22 @@ fn read_only_commands_refuse_a_pin_dir_without_maps_and_make_none() {
     let listed = sinkhole_ok(&["list", "-j", "-c", cfg]).unwrap();
     assert!(listed.contains("192.0.2.1/32"), "{listed}");
 }
+
+#[test]
+fn version_names_the_commit_and_the_build_day() {
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .unwrap();
+    let (code, stdout, stderr) = run(&["--version"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let head = String::from_utf8_lossy(&head.stdout);
+    assert!(
+        stdout.starts_with(&format!(
+            "sinkhole {} (commit {}, built 20",
+            env!("CARGO_PKG_VERSION"),
+            head.trim()
+        )),
+        "{stdout}"
+    );
+}

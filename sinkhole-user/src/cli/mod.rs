@@ -21,9 +21,19 @@ use crate::config::{Config, ConfigError, DEFAULT_CONFIG, parse_duration};
 use crate::feeds::{ExportFormat, Family, Format, ImportOptions};
 use crate::prefix::parse_prefix;
 
+/// `--version`: the release, the commit it was built from and the day it was built.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SINKHOLE_COMMIT"),
+    ", built ",
+    env!("SINKHOLE_BUILD_DATE"),
+    ")"
+);
+
 /// A high-volume SMTP sinkhole for spamtrap hosts, with XDP drops for the worst clients.
 #[derive(Debug, Parser)]
-#[command(name = "sinkhole", version, about)]
+#[command(name = "sinkhole", version = VERSION, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
