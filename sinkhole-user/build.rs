@@ -61,7 +61,10 @@ fn name_the_build(manifest_dir: &str) {
     if commit.is_some() {
         let branch = git(&["symbolic-ref", "-q", "HEAD"]);
         for name in ["HEAD", "packed-refs"].into_iter().chain(branch.as_deref()) {
-            if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", name]) {
+            // A missing file would count as changed at every build.
+            if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", name])
+                .filter(|path| Path::new(path).exists())
+            {
                 println!("cargo:rerun-if-changed={path}");
             }
         }

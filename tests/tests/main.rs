@@ -25,6 +25,7 @@ mod hostile_input;
 mod hostile_sessions;
 mod log_rotation;
 mod metrics;
+mod package;
 mod policy_check;
 mod policy_e2e;
 mod privilege;

@@ -1,6 +1,8 @@
-//! `cargo xtask deploy [--root DIR]`: installs the release binary, the systemd unit and a
-//! commented default config under DIR (`/` on a host, a staging folder for packaging). On a
-//! host it also creates the `sinkhole` system user the config's `run_as` names.
+//! `cargo xtask deploy [--root DIR]`: installs under DIR (`/` on a host, a staging folder for
+//! packaging) what [`crate::package`] lists, into `/usr/local`: the release binary, the systemd
+//! unit, sysusers.d and tmpfiles.d entries, a commented default config, man pages, shell
+//! completions and the docs. On a host it also creates the `sinkhole` system user the config's
+//! `run_as` names.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -9,6 +11,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result};
 
+use crate::package::{self, LOCAL};
 use crate::{cargo, run_quiet, status_ok, workspace_root};
 
 /// The user the packaged config runs as.
@@ -16,35 +19,12 @@ const USER: &str = "sinkhole";
 
 pub fn deploy(root: &Path) -> Result<()> {
     cargo(&["build", "--release", "-p", "sinkhole-user"])?;
-    let src = workspace_root();
     let on_host = root == Path::new("/");
-
-    install(
-        &src.join("target/release/sinkhole"),
-        &root.join("usr/local/bin/sinkhole"),
-        0o755,
+    package::stage(
+        root,
+        &workspace_root().join("target/release/sinkhole"),
+        &LOCAL,
     )?;
-    install(
-        &src.join("packaging/sinkhole.service"),
-        &root.join("etc/systemd/system/sinkhole.service"),
-        0o644,
-    )?;
-    install(
-        &src.join("README.md"),
-        &root.join("usr/local/share/doc/sinkhole/README.md"),
-        0o644,
-    )?;
-    let config = root.join("etc/sinkhole/sinkhole.toml");
-    if config.exists() {
-        // The operator's file stays; the new default goes beside it for comparison.
-        install(
-            &src.join("packaging/sinkhole.toml"),
-            &config.with_extension("toml.new"),
-            0o640,
-        )?;
-    } else {
-        install(&src.join("packaging/sinkhole.toml"), &config, 0o640)?;
-    }
     let state = root.join("var/lib/sinkhole");
     fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
     fs::set_permissions(&state, fs::Permissions::from_mode(0o750))?;

@@ -1,9 +1,11 @@
 //! `cargo xtask`: the project's own commands. `setup` makes a machine ready (called by all the
 //! others), `run` runs the daemon, `test` runs every test, `bench` the benchmarks.
 
+mod deb;
 mod demo;
 mod deploy;
 mod fuzz;
+mod package;
 mod setup;
 mod update;
 
@@ -34,7 +36,8 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Install the release binary, the systemd unit and a default config under DIR.
+    /// Install the release binary, the systemd unit, a default config, man pages, completions
+    /// and docs under DIR.
     Deploy {
         #[arg(long, default_value = "/")]
         root: PathBuf,
@@ -49,6 +52,8 @@ enum Task {
         #[arg(long, default_value = "/var/log/sinkhole.log")]
         log: PathBuf,
     },
+    /// Build a Debian package of the release build (target/deb/sinkhole_VERSION_ARCH.deb).
+    Deb,
     /// A first look (root, under a minute): the daemon with XDP in network namespaces, a spam
     /// campaign replayed against it, its scores, blocks and drop counters as they happen.
     Demo,
@@ -93,8 +98,13 @@ fn run(task: Task) -> Result<()> {
             cargo(&["build", "-p", "sinkhole-user"])?;
             let bin = workspace_root().join("target/debug/sinkhole");
             // The default members: the eBPF crate is built (by aya-build) for the BPF target only.
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.arg("test").args(args).env("SINKHOLE_BIN", bin);
+            // The package test installs a package of that same binary.
+            let package = deb::deb(deb::Build::Debug)?;
+            let mut cmd = cargo_command();
+            cmd.arg("test")
+                .args(args)
+                .env("SINKHOLE_BIN", bin)
+                .env("SINKHOLE_DEB", package);
             exec(cmd)?;
             // CI also gives every fuzz target a bounded run from its seed corpus.
             if std::env::var("CI").is_ok_and(|v| v == "true") {
@@ -104,6 +114,7 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Deploy { root } => deploy::deploy(&root),
         Task::Update { root, config, log } => update::update(&root, &config, &log),
+        Task::Deb => deb::deb(deb::Build::Release).map(drop),
         Task::Demo => demo::demo(),
         Task::Bench { which } => bench(which),
     }
@@ -121,9 +132,17 @@ fn bench(which: Bench) -> Result<()> {
     cargo(&["bench", "-p", "sinkhole-tests", "--bench", name])
 }
 
+/// Cargo, showing its progress: `.cargo/config.toml` quiets the cargo that aya-build runs
+/// inside the build through `[env]`, which `cargo xtask` itself inherits.
+fn cargo_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.env_remove("CARGO_TERM_QUIET");
+    cmd
+}
+
 /// Runs cargo with `args` in the workspace, failing on a non-zero exit.
 pub(crate) fn cargo(args: &[&str]) -> Result<()> {
-    let status = Command::new(env!("CARGO"))
+    let status = cargo_command()
         .args(args)
         .current_dir(workspace_root())
         .status()

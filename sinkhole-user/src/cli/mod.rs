@@ -7,6 +7,7 @@ mod blocks;
 mod campaigns;
 mod check_config;
 mod feeds;
+mod package_files;
 mod run;
 
 use std::fmt;
@@ -181,6 +182,12 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Write the man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    PackageFiles {
+        /// Receives `man1/` and `completions/`.
+        dir: PathBuf,
+    },
 }
 
 /// A command that failed: the line `main` prints after `sinkhole: `, and the exit status.
@@ -284,6 +291,7 @@ pub fn dispatch(command: Command) -> Result<String, Failure> {
             top,
             config,
         } => campaigns::report(config.path().as_deref(), storage, json, since, top),
+        Command::PackageFiles { dir } => package_files::write(&dir),
     };
     Ok(out?)
 }
