@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
 /// Who asked for a block, for `sinkhole_blocks_total{source}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlockSource {
@@ -21,9 +23,36 @@ impl BlockSource {
     }
 }
 
+/// The daemon's distributions, for `/metrics` histograms.
+#[derive(Debug)]
+pub struct Histograms {
+    /// Seconds from the end of a message's data to its answer (the sync before the 250),
+    /// `sinkhole_commit_seconds`: 1 ms to 8 s.
+    pub commit_seconds: Histogram,
+    /// Seconds from accept to close, `sinkhole_session_seconds`: 0.1 s to about 33 minutes.
+    pub session_seconds: Histogram,
+    /// Sizes of the messages accepted, `sinkhole_message_bytes`: 1 KiB to 256 MiB.
+    pub message_bytes: Histogram,
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        Histograms {
+            commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            session_seconds: Histogram::new(exponential_buckets(0.1, 3.0, 10)),
+            message_bytes: Histogram::new(exponential_buckets(1024.0, 4.0, 10)),
+        }
+    }
+}
+
 /// The daemon's own counters: its connections, messages, replies, capture and blocks.
 #[derive(Debug, Default)]
 pub struct DaemonCounters {
+    pub histograms: Histograms,
+    /// 1 when the policy was last read (at start or on SIGHUP) without error, else 0.
+    pub policy_reload_ok: AtomicU64,
+    /// When the policy was last read, successfully or not (seconds since 1970).
+    pub policy_reload_at: AtomicU64,
     /// Connections accepted and served (the refused ones are counted below, not here).
     pub connections_total: AtomicU64,
     pub connections_active: AtomicU64,
@@ -87,6 +116,23 @@ impl DaemonCounters {
 
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A message of `size` bytes answered 250.
+    pub fn count_message(&self, size: u64) {
+        Self::add(&self.messages_total, 1);
+        Self::add(&self.message_bytes_total, size);
+        self.histograms.message_bytes.observe(size as f64);
+    }
+
+    /// The policy was read (at start or on SIGHUP), successfully or not, at `when`.
+    pub fn policy_read(&self, ok: bool, when: std::time::SystemTime) {
+        let at = when
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.policy_reload_ok
+            .store(u64::from(ok), Ordering::Relaxed);
+        self.policy_reload_at.store(at.as_secs(), Ordering::Relaxed);
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {

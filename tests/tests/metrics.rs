@@ -241,3 +241,118 @@ fn xdp_series_come_from_the_pinned_maps() {
     assert_eq!(addresses_in(&body), Vec::<String>::new(), "{body}");
     daemon.stop();
 }
+
+/// The one sample of `name` whatever its labels: (the series, its value).
+fn labelled<'a>(samples: &'a [(String, f64)], name: &str) -> Option<&'a (String, f64)> {
+    let prefix = format!("{name}{{");
+    samples.iter().find(|(s, _)| s.starts_with(&prefix))
+}
+
+#[test]
+fn histograms_build_info_reload_status_and_process_series() {
+    let dir = temp_dir("metrics-more");
+    let port = free_port();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "").unwrap();
+    let config = smtp_config(
+        port,
+        dir.path(),
+        "",
+        "",
+        &format!(
+            "[metrics]\nlisten = \"{metrics}\"\n[policy]\nfile = \"{}\"\n",
+            policy.display()
+        ),
+    );
+    let mut daemon =
+        Daemon::start_with_config(dir, &config, SocketAddr::from(([127, 0, 0, 1], port)));
+    send_message(&daemon);
+    let body = scrape_until(metrics, |s| {
+        value(s, "sinkhole_smtp_messages_total") == Some(1.0)
+            && value(s, "sinkhole_session_seconds_count") == Some(1.0)
+    });
+    let s = samples(&body);
+    // One message of the swaks default size, stored durably: one commit observed.
+    assert_eq!(
+        value(&s, "sinkhole_message_bytes_count"),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(
+        value(&s, "sinkhole_message_bytes_sum").unwrap() > 100.0,
+        "{body}"
+    );
+    assert_eq!(
+        value(&s, "sinkhole_commit_seconds_count"),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(
+        value(&s, "sinkhole_commit_seconds_bucket{le=\"+Inf\"}") == Some(1.0),
+        "{body}"
+    );
+    assert!(
+        value(&s, "sinkhole_session_seconds_sum").unwrap() > 0.0,
+        "{body}"
+    );
+    let (build, one) = labelled(&s, "sinkhole_build_info").expect("build_info");
+    assert_eq!(*one, 1.0);
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+            && build.contains("commit=\""),
+        "{build}"
+    );
+    assert_eq!(
+        value(&s, "sinkhole_policy_last_reload_success"),
+        Some(1.0),
+        "{body}"
+    );
+    let read_at = value(&s, "sinkhole_policy_last_reload_timestamp_seconds").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (now - 600.0..=now + 1.0).contains(&read_at),
+        "{read_at} vs {now}"
+    );
+    // The standard process series, unprefixed, about this daemon.
+    assert!(
+        value(&s, "process_resident_memory_bytes").unwrap() > 1e6,
+        "{body}"
+    );
+    assert!(
+        value(&s, "process_virtual_memory_bytes").unwrap() > 1e6,
+        "{body}"
+    );
+    assert!(value(&s, "process_open_fds").unwrap() >= 5.0, "{body}");
+    assert!(value(&s, "process_max_fds").unwrap() >= 1024.0, "{body}");
+    assert!(value(&s, "process_threads").unwrap() >= 4.0, "{body}");
+    assert!(
+        value(&s, "process_cpu_seconds_total").unwrap() > 0.0,
+        "{body}"
+    );
+    let started = value(&s, "process_start_time_seconds").unwrap();
+    assert!(
+        (now - 600.0..=now + 1.0).contains(&started),
+        "{started} vs {now}"
+    );
+
+    // A policy that no longer parses: the old rules stay, and the metric says so.
+    std::fs::write(daemon.dir.path().join("policy.toml"), "[[rule]\n").unwrap();
+    daemon.reload();
+    let body = scrape_until(metrics, |s| {
+        value(s, "sinkhole_policy_last_reload_success") == Some(0.0)
+    });
+    assert!(
+        value(
+            &samples(&body),
+            "sinkhole_policy_last_reload_timestamp_seconds"
+        )
+        .unwrap()
+            >= read_at,
+        "{body}"
+    );
+    daemon.stop();
+}

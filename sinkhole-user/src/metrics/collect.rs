@@ -42,6 +42,7 @@ impl prometheus_client::collector::Collector for Collector {
             }
         }
         self.encode_server(e)?;
+        self.encode_timings(e)?;
         if let Some(score) = &self.sources.score {
             let zones = &score.zones;
             let results = zones.iter().flat_map(|z| {
@@ -91,6 +92,68 @@ impl prometheus_client::collector::Collector for Collector {
 }
 
 impl Collector {
+    /// The histograms, the policy's last reading, and what this build is.
+    fn encode_timings(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let h = &self.sources.daemon.histograms;
+        for (name, help, histogram) in [
+            (
+                "commit_seconds",
+                "Seconds from the end of a message's data to its answer (the sync before 250)",
+                &h.commit_seconds,
+            ),
+            (
+                "session_seconds",
+                "Seconds from accept to close, per session",
+                &h.session_seconds,
+            ),
+            (
+                "message_bytes",
+                "Sizes of the messages accepted, in bytes",
+                &h.message_bytes,
+            ),
+        ] {
+            histogram.encode(e.encode_descriptor(name, help, None, histogram.metric_type())?)?;
+        }
+        if let Some(score) = &self.sources.score {
+            let mut family = e.encode_descriptor(
+                "dnsbl_answer_seconds",
+                "Seconds from a DNSBL query to its answer, by zone (timeouts are not answers)",
+                None,
+                MetricType::Histogram,
+            )?;
+            for zone in &score.zones {
+                let labels = [("zone", zone.zone.as_str())];
+                zone.answer_seconds.encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let c = &*self.sources.daemon;
+        gauge(
+            e,
+            "policy_last_reload_success",
+            "1 if the policy was last read (at start or on SIGHUP) without error, else 0",
+            load(&c.policy_reload_ok),
+        )?;
+        gauge(
+            e,
+            "policy_last_reload_timestamp_seconds",
+            "When the policy was last read, successfully or not, in seconds since the epoch",
+            load(&c.policy_reload_at),
+        )?;
+        family(
+            e,
+            "build_info",
+            "1, with the release and the commit this daemon was built from",
+            MetricType::Gauge,
+            [(
+                [
+                    ("version", env!("CARGO_PKG_VERSION")),
+                    ("commit", env!("SINKHOLE_COMMIT")),
+                ],
+                1,
+            )],
+        )
+    }
+
     fn encode_server(&self, e: &mut DescriptorEncoder) -> fmt::Result {
         let c = &*self.sources.daemon;
         for (name, help, series) in SERVER {

@@ -10,6 +10,7 @@
 
 mod collect;
 mod http;
+mod process;
 
 pub use http::{MAX_CONNECTIONS, REQUEST_TIME};
 
@@ -94,8 +95,12 @@ impl Endpoint {
 
     /// Serves `/metrics` from `sources` on a new thread, until the process ends.
     pub fn serve(self, sources: Sources) -> Result<(), MetricsError> {
-        let mut registry = Registry::with_prefix("sinkhole");
-        registry.register_collector(Box::new(collect::Collector::new(sources)));
+        let mut registry = Registry::default();
+        registry
+            .sub_registry_with_prefix("sinkhole")
+            .register_collector(Box::new(collect::Collector::new(sources)));
+        // The standard names, unprefixed.
+        registry.register_collector(Box::new(process::Collector));
         let server = http::Server::new(self.listener, registry).map_err(MetricsError::Poll)?;
         std::thread::Builder::new()
             .name("metrics".into())

@@ -13,12 +13,15 @@ pub use filesystem::{Enforced, Reach};
 
 use crate::config::Config;
 
-/// Files read after start-up: the resolver's, when it uses the system's configuration, and the
-/// CPU list aya reads for each per-CPU counter lookup (`/metrics`).
+/// Files read after start-up: the resolver's, when it uses the system's configuration; the CPU
+/// list aya reads for each per-CPU counter lookup; the process's own `/proc` entries and the
+/// boot time, for the `process_*` series of `/metrics`.
 const SYSTEM_FILES: &[&str] = &[
     "/etc/resolv.conf",
     "/etc/hosts",
     "/sys/devices/system/cpu/possible",
+    "/proc/self",
+    "/proc/stat",
 ];
 
 /// The DNS port, for TCP queries to the system's resolvers.

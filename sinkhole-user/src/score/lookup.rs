@@ -185,7 +185,14 @@ impl Scorer {
         }
 
         let name = reverse_name(ip, &zone.name);
-        let (result, ttl) = match self.query(index, &name, RecordType::A, deadline).await {
+        let asked = Instant::now();
+        let reply = self.query(index, &name, RecordType::A, deadline).await;
+        if matches!(reply, Reply::Records(_) | Reply::Empty(_)) {
+            counters
+                .answer_seconds
+                .observe(asked.elapsed().as_secs_f64());
+        }
+        let (result, ttl) = match reply {
             Reply::Records(response) => {
                 let answers: Vec<Ipv4Addr> = response
                     .answers

@@ -57,7 +57,8 @@ pub struct Connection {
     /// descriptor a connection holds besides its socket.
     message: Option<MessageFile>,
     /// A message of this connection is with the capture thread.
-    capturing: bool,
+    /// Since when a message of this connection is with the capture thread.
+    capturing: Option<Instant>,
     /// The client closed its side, the connection broke, or the client was just blocked: read
     /// no more, and close as soon as the output is out and no message of it is being stored.
     peer_closed: bool,
@@ -110,7 +111,7 @@ impl Connection {
             readable,
             wants_writable: false,
             message: None,
-            capturing: false,
+            capturing: None,
             peer_closed: false,
         }
     }
@@ -167,7 +168,7 @@ impl Connection {
     /// With its output out: the session is over, or the client left and nothing it sent is
     /// still being stored.
     pub fn is_over(&self) -> bool {
-        self.session.is_finished() || (self.peer_closed && !self.capturing)
+        self.session.is_finished() || (self.peer_closed && self.capturing.is_none())
     }
 
     /// Registers WRITABLE interest while output is `stuck`, and drops it once it is out.
@@ -184,14 +185,21 @@ impl Connection {
         let _ = registry.reregister(&mut self.stream, token, interest);
     }
 
-    /// A message of this connection went to the capture thread.
-    pub fn mark_capturing(&mut self) {
-        self.capturing = true;
+    /// A message of this connection went to the capture thread at `now`.
+    pub fn mark_capturing(&mut self, now: Instant) {
+        self.capturing = Some(now);
     }
 
-    /// The capture thread is done with the message.
-    pub fn capture_answered(&mut self) {
-        self.capturing = false;
+    /// The capture thread is done with the message: how long it had it.
+    pub fn capture_answered(&mut self, now: Instant) -> Option<std::time::Duration> {
+        self.capturing.take().map(|since| now - since)
+    }
+
+    /// How long ago the session was accepted (by the wall clock).
+    pub fn age(&self) -> std::time::Duration {
+        SystemTime::now()
+            .duration_since(self.started)
+            .unwrap_or_default()
     }
 
     /// The connection's next deadline (the session's, or that of a held recipient reply),

@@ -151,7 +151,10 @@ impl Server {
 
     /// SIGHUP: the policy file again, parsed whole before it replaces the old rules.
     pub(super) fn reload_policy(&mut self) {
-        match self.policy.reload() {
+        let result = self.policy.reload();
+        self.counters
+            .policy_read(result.is_ok(), std::time::SystemTime::now());
+        match result {
             Ok(()) => log::info!(
                 "policy reloaded: {} rule(s), for sessions from now on",
                 self.policy.current().rule_count()

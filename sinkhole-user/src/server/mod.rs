@@ -194,6 +194,8 @@ impl Bound {
         } = self;
         let resolver = Resolver::spawn(&config.dnsbl, Arc::clone(&waker))?;
         let counters = Arc::new(DaemonCounters::default());
+        // Read by `Server::bind`, and it is running: that read succeeded.
+        counters.policy_read(true, SystemTime::now());
         let (stored_tx, stored) = mpsc::channel();
         let capture = Capture::start(
             &config.storage,
@@ -625,8 +627,7 @@ impl Server {
     fn take_message(&mut self, slot: usize, mail_from: String, size: u64, now: Instant) {
         let conn = &mut self.conns[slot];
         let Some(maildir) = self.capture.maildir() else {
-            DaemonCounters::add(&self.counters.messages_total, 1);
-            DaemonCounters::add(&self.counters.message_bytes_total, size);
+            self.counters.count_message(size);
             conn.session_mut()
                 .resolve_message(reply(250, "2.0.0 Ok"), None, now);
             return;
@@ -656,7 +657,7 @@ impl Server {
             file,
         };
         if self.capture.submit(Job::Store(request)) {
-            conn.mark_capturing();
+            conn.mark_capturing(now);
         } else {
             self.capture_budget.release();
             DaemonCounters::add(&self.counters.capture_busy, 1);
@@ -681,11 +682,13 @@ impl Server {
         if conn.serial() != stored.ticket.serial {
             return;
         }
-        conn.capture_answered();
+        if let Some(waited) = conn.capture_answered(now) {
+            let commit = &self.counters.histograms.commit_seconds;
+            commit.observe(waited.as_secs_f64());
+        }
         let answer = match stored.name {
             Some(name) => {
-                DaemonCounters::add(&self.counters.messages_total, 1);
-                DaemonCounters::add(&self.counters.message_bytes_total, stored.size);
+                self.counters.count_message(stored.size);
                 let text = format!("2.0.0 Ok: queued as {name}");
                 (reply(250, &text), Some(name))
             }
@@ -735,6 +738,8 @@ impl Server {
             self.accept_retry = Some(Instant::now());
         }
         self.limits.release(conn.client_ip());
+        let sessions = &self.counters.histograms.session_seconds;
+        sessions.observe(conn.age().as_secs_f64());
         self.counters
             .connections_active
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
