@@ -4,13 +4,14 @@
 //! again after `unblock`, after a block's TTL, and while the daemon is stopped; a restarted
 //! daemon reuses the pinned blocks.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 use sinkhole_tests::netns::{NetNs, PinDir, VethPair, spawn_xdp_daemon};
-use sinkhole_tests::{entry_drops, free_port, kernel_tests_allowed, sinkhole_ok};
+use sinkhole_tests::{entry_drops, free_port, kernel_tests_allowed, sinkhole_bin, sinkhole_ok};
 
 const SERVER_V4: &str = "198.51.100.1";
 const CLIENT_V4: &str = "198.51.100.2";
@@ -38,6 +39,20 @@ fn stats(config: &Path) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// `sinkhole stats --json` run in `ns`, where the configured interface is, and what it says of
+/// that interface.
+fn interface_in(ns: &NetNs, config: &Path) -> Value {
+    let out = ns
+        .command(sinkhole_bin())
+        .args(["stats", "-j", "-c"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    stats["interfaces"][0].clone()
+}
+
 #[test]
 fn blocked_clients_cannot_connect_until_unblocked_or_expired() -> anyhow::Result<()> {
     if !kernel_tests_allowed("blocked_clients_cannot_connect_until_unblocked_or_expired") {
@@ -51,7 +66,7 @@ fn blocked_clients_cannot_connect_until_unblocked_or_expired() -> anyhow::Result
     let storage = std::env::temp_dir().join(sinkhole_tests::unique_name("st"));
     // The daemon's own SMTP port (for `sinkhole run`) and the port this test serves itself;
     // both are in scope.
-    let (smtp_port, test_port) = (free_port(), free_port());
+    let (smtp_port, test_port, metrics_port) = (free_port(), free_port(), free_port());
     let config = storage.with_extension("toml");
     std::fs::write(
         &config,
@@ -65,6 +80,8 @@ dir = "{storage}"
 interfaces = ["{iface}"]
 ports = [{smtp_port}, {test_port}]
 pin_dir = "{pins}"
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
 "#,
             storage = storage.display(),
             iface = pair.near_if,
@@ -78,6 +95,25 @@ pin_dir = "{pins}"
     serve(&pair.near, v6)?;
 
     let daemon = spawn_xdp_daemon(&pair.near, &config)?;
+    let attached = interface_in(&pair.near, &config);
+    assert_eq!(attached["interface"], pair.near_if.as_str(), "{attached}");
+    assert_eq!(attached["attached"], true, "{attached}");
+    assert_eq!(attached["sinkhole"], true, "{attached}");
+    // veth has native XDP: `auto` attaches in the driver.
+    assert_eq!(attached["mode"], "driver", "{attached}");
+    assert!(attached["program_id"].as_u64().unwrap() > 0, "{attached}");
+    let scrape = pair.near.run_in(|| {
+        let mut metrics = TcpStream::connect(("127.0.0.1", metrics_port))?;
+        metrics.write_all(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")?;
+        let mut body = String::new();
+        metrics.read_to_string(&mut body)?;
+        Ok::<_, std::io::Error>(body)
+    })??;
+    let series = format!(
+        "sinkhole_xdp_attached{{interface=\"{}\",mode=\"driver\"}} 1",
+        pair.near_if
+    );
+    assert!(scrape.contains(&series), "{series} in\n{scrape}");
     assert!(connects(&pair.far, v4), "v4 before any block");
     assert!(connects(&pair.far, v6), "v6 before any block");
 
@@ -114,6 +150,7 @@ pin_dir = "{pins}"
     sinkhole_ok(&["block", CLIENT_V4, "--config", cfg])?;
     assert!(!connects(&pair.far, v4));
     assert!(daemon.terminate()?.success());
+    assert_eq!(interface_in(&pair.near, &config)["attached"], false);
     assert!(connects(&pair.far, v4), "v4 with the daemon stopped");
     let _daemon = spawn_xdp_daemon(&pair.near, &config)?;
     assert!(

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::kernel::{Block, BlockMaps, KernelError, PacketCounters, clock, maps};
+use crate::kernel::{Block, BlockMaps, KernelError, PacketCounters, attached, clock, maps, xdp};
 use crate::prefix::check_width;
 use crate::text::{self, escape};
 
@@ -111,8 +111,49 @@ pub fn list(config: &Config, as_json: bool) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// `sinkhole stats [--json]`: packet counters and live block counts.
+/// What one configured interface runs, as the kernel says.
+enum InterfaceState {
+    /// An XDP program is attached; `ours` when it is the one the daemon's pinned link runs.
+    Attached {
+        mode: &'static str,
+        program_id: u32,
+        ours: bool,
+    },
+    NotAttached,
+    Unknown(String),
+}
+
+/// Each of `xdp.interfaces`, asked over rtnetlink (in this network namespace).
+fn interface_states(config: &Config) -> Vec<(String, InterfaceState)> {
+    let probe = attached::LinkProbe::open();
+    config
+        .xdp
+        .interfaces
+        .iter()
+        .map(|name| {
+            let state = probe.as_ref().map_err(|e| e.to_string()).and_then(|probe| {
+                let index = attached::ifindex(name).map_err(|e| e.to_string())?;
+                probe.xdp(index).map_err(|e| e.to_string())
+            });
+            let state = match state {
+                Ok(Some(attached)) => InterfaceState::Attached {
+                    mode: attached.mode.as_str(),
+                    program_id: attached.program_id,
+                    ours: xdp::pinned_program(&xdp::link_pin(config, name))
+                        == Some(attached.program_id),
+                },
+                Ok(None) => InterfaceState::NotAttached,
+                Err(e) => InterfaceState::Unknown(e),
+            };
+            (name.clone(), state)
+        })
+        .collect()
+}
+
+/// `sinkhole stats [--json]`: packet counters, live block counts, and per configured interface
+/// whether the program is attached, its id and mode.
 pub fn stats(config: &Config, as_json: bool) -> anyhow::Result<String> {
+    let interfaces = interface_states(config);
     let maps = open(config)?;
     let c: PacketCounters = maps.counters()?;
     let blocks = live_blocks(&maps)?;
@@ -126,10 +167,18 @@ pub fn stats(config: &Config, as_json: bool) -> anyhow::Result<String> {
             "ipv4": {"passed": c.passed_ipv4, "dropped": c.dropped_ipv4, "blocked_entries": v4},
             "ipv6": {"passed": c.passed_ipv6, "dropped": c.dropped_ipv6, "blocked_entries": v6},
             "other": {"passed": c.passed_other},
+            "interfaces": interfaces.iter().map(|(name, state)| match state {
+                InterfaceState::Attached { mode, program_id, ours } => json!({
+                    "interface": name, "attached": true, "mode": mode,
+                    "program_id": program_id, "sinkhole": ours,
+                }),
+                InterfaceState::NotAttached => json!({"interface": name, "attached": false}),
+                InterfaceState::Unknown(error) => json!({"interface": name, "error": error}),
+            }).collect::<Vec<_>>(),
         });
         return Ok(format!("{value}\n"));
     }
-    Ok(format!(
+    let mut out = format!(
         "{:<8} {:>14} {:>14} {:>10}\n\
          {:<8} {:>14} {:>14} {:>10}\n\
          {:<8} {:>14} {:>14} {:>10}\n\
@@ -157,5 +206,26 @@ pub fn stats(config: &Config, as_json: bool) -> anyhow::Result<String> {
         c.dropped(),
         blocks.len(),
         c.malformed,
-    ))
+    );
+    for (name, state) in &interfaces {
+        let _ = match state {
+            InterfaceState::Attached {
+                mode,
+                program_id,
+                ours: true,
+            } => writeln!(
+                out,
+                "{name}: sinkhole attached ({mode} mode, program {program_id})"
+            ),
+            InterfaceState::Attached {
+                mode, program_id, ..
+            } => writeln!(
+                out,
+                "{name}: another XDP program attached ({mode} mode, program {program_id})"
+            ),
+            InterfaceState::NotAttached => writeln!(out, "{name}: not attached"),
+            InterfaceState::Unknown(e) => writeln!(out, "{name}: cannot tell ({e})"),
+        };
+    }
+    Ok(out)
 }

@@ -76,6 +76,7 @@ pub fn run(config: &Config, config_file: Option<&Path>, takeover: bool) -> Resul
         }
     };
     let metrics_maps = Sources::pinned_maps(&config.xdp.pin_dir);
+    let metrics_interfaces = Sources::interfaces(&config.xdp.interfaces);
     drop_privileges(config, blocker.as_ref())?;
     confine(config, config_file, blocker.as_ref())?;
     // Every thread starts from here on, with neither privilege nor reach.
@@ -89,6 +90,7 @@ pub fn run(config: &Config, config_file: Option<&Path>, takeover: bool) -> Resul
             daemon: server.counters(),
             score: Some(server.score_counters()),
             maps: metrics_maps,
+            interfaces: metrics_interfaces,
         };
         match endpoint.serve(sources) {
             Ok(()) => log::info!("metrics on http://{addr}/metrics"),

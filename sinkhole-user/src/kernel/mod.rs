@@ -6,6 +6,7 @@
 //! else an in-memory table ([`MemoryBlocker`]). The last two rely on the server closing blocked
 //! clients right after `accept()`.
 
+pub mod attached;
 pub mod clock;
 pub mod maps;
 pub mod memory;

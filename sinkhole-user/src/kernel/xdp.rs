@@ -61,6 +61,12 @@ pub fn link_pin(config: &Config, interface: &str) -> PathBuf {
     config.xdp.pin_dir.join(format!("link_{interface}"))
 }
 
+/// The id of the program that the link pinned at `pin` runs, if a link is pinned there.
+pub fn pinned_program(pin: &Path) -> Option<u32> {
+    let link = FdLink::from(PinnedLink::from_pin(pin).ok()?);
+    Some(link.info().ok()?.program_id())
+}
+
 /// What the program is to drop per `config` (`xdp.scope`, the ports of `smtp.listen`).
 pub fn scope(config: &Config) -> Scope {
     Scope {

@@ -43,6 +43,7 @@ impl prometheus_client::collector::Collector for Collector {
         }
         self.encode_server(e)?;
         self.encode_timings(e)?;
+        self.encode_attached(e)?;
         if let Some(score) = &self.sources.score {
             let zones = &score.zones;
             let results = zones.iter().flat_map(|z| {
@@ -92,6 +93,34 @@ impl prometheus_client::collector::Collector for Collector {
 }
 
 impl Collector {
+    /// Per configured interface: 1 and the mode when an XDP program is attached, else 0.
+    fn encode_attached(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let Some(interfaces) = &self.sources.interfaces else {
+            return Ok(());
+        };
+        let series: Vec<([(&str, &str); 2], u64)> = interfaces
+            .states()
+            .filter_map(|(interface, state)| match state {
+                Ok(Some(attached)) => Some((
+                    [("interface", interface), ("mode", attached.mode.as_str())],
+                    1,
+                )),
+                Ok(None) => Some(([("interface", interface), ("mode", "none")], 0)),
+                Err(err) => {
+                    log::warn!("metrics: cannot ask the kernel about {interface}: {err}");
+                    None
+                }
+            })
+            .collect();
+        family(
+            e,
+            "xdp_attached",
+            "1 when an XDP program is attached to the interface, by mode (0 with mode none)",
+            MetricType::Gauge,
+            series,
+        )
+    }
+
     /// The histograms, the policy's last reading, and what this build is.
     fn encode_timings(&self, e: &mut DescriptorEncoder) -> fmt::Result {
         let h = &self.sources.daemon.histograms;

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use prometheus_client::registry::Registry;
 
 use crate::counters::DaemonCounters;
+use crate::kernel::attached::Interfaces;
 use crate::kernel::maps;
 use crate::kernel::{BlockMaps, KernelError};
 use crate::score::ScoreCounters;
@@ -34,9 +35,23 @@ pub struct Sources {
     pub score: Option<Arc<ScoreCounters>>,
     /// The pinned maps (XDP packet counters, block entries); `None` when there are none.
     pub maps: Option<BlockMaps>,
+    /// `xdp.interfaces`, asked at each scrape what is attached to them; `None` when none are
+    /// configured (or the netlink socket could not be opened at start-up).
+    pub interfaces: Option<Interfaces>,
 }
 
 impl Sources {
+    /// A netlink socket for asking about `names` at each scrape, opened now: the serving
+    /// daemon may no longer make one.
+    pub fn interfaces(names: &[String]) -> Option<Interfaces> {
+        if names.is_empty() {
+            return None;
+        }
+        Interfaces::open(names)
+            .inspect_err(|e| log::warn!("metrics: no sinkhole_xdp_attached ({e})"))
+            .ok()
+    }
+
     /// The maps pinned under `pin_dir` if they exist there (never created here). Opened now,
     /// so the handle outlives a later drop of privileges.
     pub fn pinned_maps(pin_dir: &Path) -> Option<BlockMaps> {
