@@ -14,6 +14,7 @@ mod campaign_replay;
 mod campaigns;
 mod cli_config;
 mod crash;
+mod dashboards;
 mod disk_floor;
 mod escape;
 mod feeds;

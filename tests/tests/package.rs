@@ -63,6 +63,8 @@ fn the_debian_package_installs_runs_and_purges_cleanly() {
         "/usr/share/fish/vendor_completions.d/sinkhole.fish",
         "/usr/share/doc/sinkhole/README.md",
         "/usr/share/doc/sinkhole/docs/reliability.md",
+        "/usr/share/sinkhole/prometheus/sinkhole.rules.yml",
+        "/usr/share/sinkhole/grafana/sinkhole.json",
         "/etc/sinkhole/sinkhole.toml",
     ];
     let missing: Vec<&str> = files

@@ -29,6 +29,8 @@ const TEST_PEERS: &[(&str, &str)] = &[
     ("iproute2", "/usr/sbin/ip"),
     ("util-linux", "/usr/bin/nsenter"),
     ("python3", "/usr/bin/python3"),
+    // promtool, for the alert rules in packaging/prometheus.
+    ("prometheus", "/usr/bin/promtool"),
 ];
 
 pub fn setup() -> Result<()> {

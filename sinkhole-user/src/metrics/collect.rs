@@ -321,7 +321,7 @@ static SERVER: &[(&str, &str, Series)] = &[
         Series::Counter(|c| &c.shutdown_forced_closes),
     ),
     (
-        "smtp_junk_limit_total",
+        "smtp_junk_limit",
         "Sessions closed with 421 for too many junk commands (NOOP, RSET, VRFY, HELP)",
         Series::Counter(|c| &c.junk_limit),
     ),

@@ -62,7 +62,8 @@ pub(super) struct Server {
 }
 
 impl Server {
-    /// Serves `registry` on `listener`, with the server's own two series added to it.
+    /// Serves `registry` on `listener`, with the server's own two series added to it (named
+    /// `sinkhole_metrics_...`).
     pub(super) fn new(
         listener: std::net::TcpListener,
         mut registry: Registry,
@@ -74,12 +75,13 @@ impl Server {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let open = Gauge::default();
         let refused = Counter::default();
-        registry.register(
+        let own = registry.sub_registry_with_prefix("sinkhole");
+        own.register(
             "metrics_connections_open",
             "Connections to /metrics held now",
             open.clone(),
         );
-        registry.register(
+        own.register(
             "metrics_connections_refused",
             "Connections to /metrics closed at once because as many as it holds were open",
             refused.clone(),
