@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use crate::prefix::parse_prefix;
 use crate::signature::Signature;
@@ -24,7 +24,7 @@ use crate::signature::Signature;
 /// Where every command looks for the configuration when `--config` names none.
 pub const DEFAULT_CONFIG: &str = "/etc/sinkhole/sinkhole.toml";
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub smtp: SmtpConfig,
@@ -36,7 +36,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SmtpConfig {
     #[serde(deserialize_with = "non_empty")]
@@ -58,12 +58,18 @@ pub struct SmtpConfig {
     #[serde(deserialize_with = "count::<_, 1, 100_000>")]
     pub max_junk_commands: NonZeroUsize,
     /// 1s..=1h.
-    #[serde(deserialize_with = "duration::<_, 1_000, 3_600_000>")]
+    #[serde(
+        deserialize_with = "duration::<_, 1_000, 3_600_000>",
+        serialize_with = "show_duration"
+    )]
     pub idle_timeout: Duration,
     /// How long the loop keeps polling without sleeping after its last event (0: it always
     /// sleeps when idle). A busy server answers without a wake-up's latency. Never while a
     /// message is being stored: the capture threads need that CPU. 0..=10ms.
-    #[serde(deserialize_with = "duration::<_, 0, 10>")]
+    #[serde(
+        deserialize_with = "duration::<_, 0, 10>",
+        serialize_with = "show_duration"
+    )]
     pub busy_poll: Duration,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
@@ -92,7 +98,7 @@ impl Default for SmtpConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     pub dir: PathBuf,
@@ -100,12 +106,12 @@ pub struct StorageConfig {
     /// Free space kept in reserve on the filesystem of `dir` (Postfix's `queue_minfree`):
     /// below it MAIL is refused with 452 and session log lines are short; below a quarter of it
     /// nothing more is written (`capture::floor`). 0B..=1PiB, or 0%..=50% of the filesystem.
-    #[serde(deserialize_with = "min_free")]
+    #[serde(deserialize_with = "min_free", serialize_with = "show_min_free")]
     pub min_free: MinFree,
     /// When the session log is rotated: `"daily"` (at midnight UTC), a size (`"100MiB"`,
     /// 64KiB..=100GiB), both (`"daily,100MiB"`: whichever comes first), or `"never"` (e.g. for
     /// logrotate and `SIGUSR1`).
-    #[serde(deserialize_with = "log_rotate")]
+    #[serde(deserialize_with = "log_rotate", serialize_with = "show_log_rotate")]
     pub log_rotate: LogRotate,
     /// Rotated session logs kept; older ones are deleted.
     #[serde(deserialize_with = "count::<_, 1, 10_000>")]
@@ -180,7 +186,7 @@ impl StorageConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DnsblConfig {
     /// Empty: the system resolver.
@@ -188,14 +194,20 @@ pub struct DnsblConfig {
     /// Every score is answered within this of accept, complete or not. A zone (or reverse
     /// DNS) that leaves 16 queries in a row unanswered is then only probed, once a second,
     /// and its clients go unscored at once until it answers again. 100ms..=1m.
-    #[serde(deserialize_with = "duration::<_, 100, 60_000>")]
+    #[serde(
+        deserialize_with = "duration::<_, 100, 60_000>",
+        serialize_with = "show_duration"
+    )]
     pub timeout: Duration,
     #[serde(deserialize_with = "score::<_, { -1000 }, 1000>")]
     pub reject_threshold: i32,
     #[serde(deserialize_with = "score::<_, { -1000 }, 1000>")]
     pub block_threshold: i32,
     /// 1s..=365d.
-    #[serde(deserialize_with = "duration::<_, 1_000, 31_536_000_000>")]
+    #[serde(
+        deserialize_with = "duration::<_, 1_000, 31_536_000_000>",
+        serialize_with = "show_duration"
+    )]
     pub block_ttl: Duration,
     pub zone: Vec<ZoneConfig>,
 }
@@ -221,7 +233,7 @@ impl Default for DnsblConfig {
 }
 
 /// One DNSBL zone.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ZoneConfig {
     #[serde(deserialize_with = "hostname")]
@@ -268,6 +280,15 @@ impl FromStr for CodeRange {
     }
 }
 
+impl Serialize for CodeRange {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.first == self.last {
+            true => serializer.collect_str(&self.first),
+            false => serializer.collect_str(&format_args!("{}-{}", self.first, self.last)),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for CodeRange {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         String::deserialize(deserializer)?
@@ -277,7 +298,7 @@ impl<'de> Deserialize<'de> for CodeRange {
 }
 
 /// How the XDP program is attached.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// Driver (native) mode, falling back to skb (generic) mode.
@@ -288,7 +309,7 @@ pub enum XdpMode {
 }
 
 /// Which packets from a blocked source are dropped.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpScope {
     /// Only TCP to the SMTP ports (`xdp.ports`).
@@ -298,7 +319,7 @@ pub enum XdpScope {
     All,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct XdpConfig {
     pub interfaces: Vec<String>,
@@ -309,7 +330,7 @@ pub struct XdpConfig {
     #[serde(deserialize_with = "ports")]
     pub ports: Vec<u16>,
     pub pin_dir: PathBuf,
-    #[serde(deserialize_with = "prefixes")]
+    #[serde(deserialize_with = "prefixes", serialize_with = "show_prefixes")]
     pub allow: Vec<IpNet>,
 }
 
@@ -326,13 +347,16 @@ impl Default for XdpConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Empty: no per-address rules.
     pub file: PathBuf,
     /// 100ms..=10m.
-    #[serde(deserialize_with = "duration::<_, 100, 600_000>")]
+    #[serde(
+        deserialize_with = "duration::<_, 100, 600_000>",
+        serialize_with = "show_duration"
+    )]
     pub stall: Duration,
 }
 
@@ -345,14 +369,14 @@ impl Default for PolicyConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CampaignConfig {
     /// A client whose session shows every signature of one set is blocked.
     pub block_signatures: Vec<Vec<Signature>>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     pub listen: SocketAddr,
@@ -403,6 +427,18 @@ impl Config {
             return Ok(Config::default());
         };
         Config::parse(&read(path)?, &path.display().to_string())
+    }
+
+    /// The configuration as TOML, in the syntax it is read in: with `all`, every key; else
+    /// only the keys whose values differ from the embedded defaults (`postconf -n`).
+    pub fn to_toml(&self, all: bool) -> String {
+        // Every field serializes (the derives and `show_*` above); nothing here can fail.
+        let mut value = toml::Value::try_from(self).expect("the configuration serializes");
+        if !all {
+            let defaults = toml::Value::try_from(Config::default()).expect("so do the defaults");
+            keep_differences(&mut value, &defaults);
+        }
+        toml::to_string(&value).expect("a table serializes")
     }
 
     /// Like [`Config::load`], and also hands back the file's text and name, for checks made
@@ -698,6 +734,71 @@ fn min_free<'de, D: Deserializer<'de>>(d: D) -> Result<MinFree, D::Error> {
     }
 }
 
+/// Removes from `value` what equals `defaults`, table by table.
+fn keep_differences(value: &mut toml::Value, defaults: &toml::Value) {
+    let (toml::Value::Table(table), toml::Value::Table(defaults)) = (value, defaults) else {
+        return;
+    };
+    table.retain(|key, value| match defaults.get(key) {
+        Some(default @ toml::Value::Table(_)) => {
+            keep_differences(value, default);
+            value.as_table().is_some_and(|t| !t.is_empty())
+        }
+        Some(default) => value != default,
+        None => true,
+    });
+}
+
+/// A duration as the configuration writes it (`300ms`, `5m`, `1h 30m`).
+fn show_duration<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    match duration.is_zero() {
+        true => serializer.serialize_str("0s"),
+        false => serializer.collect_str(&humantime::format_duration(*duration)),
+    }
+}
+
+/// A size in the largest unit that divides it exactly (`1GiB`, `64KiB`, `1000B`).
+fn show_size(bytes: u64) -> String {
+    let units = [
+        (50, "PiB"),
+        (40, "TiB"),
+        (30, "GiB"),
+        (20, "MiB"),
+        (10, "KiB"),
+    ];
+    units
+        .iter()
+        .find(|(shift, _)| bytes != 0 && bytes.trailing_zeros() >= *shift)
+        .map_or_else(
+            || format!("{bytes}B"),
+            |(shift, unit)| format!("{}{unit}", bytes >> shift),
+        )
+}
+
+fn show_min_free<S: Serializer>(min_free: &MinFree, serializer: S) -> Result<S::Ok, S::Error> {
+    match min_free {
+        MinFree::Bytes(bytes) => serializer.serialize_str(&show_size(*bytes)),
+        MinFree::Percent(percent) => serializer.collect_str(&format_args!("{percent}%")),
+    }
+}
+
+fn show_log_rotate<S: Serializer>(rotate: &LogRotate, serializer: S) -> Result<S::Ok, S::Error> {
+    let parts: Vec<String> = rotate
+        .daily
+        .then(|| "daily".to_string())
+        .into_iter()
+        .chain(rotate.max_bytes.map(show_size))
+        .collect();
+    match parts.is_empty() {
+        true => serializer.serialize_str("never"),
+        false => serializer.serialize_str(&parts.join(",")),
+    }
+}
+
+fn show_prefixes<S: Serializer>(prefixes: &[IpNet], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(prefixes.iter().map(ToString::to_string))
+}
+
 /// An integer within `MIN..=MAX`.
 fn integer<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(
     d: D,
@@ -840,6 +941,37 @@ block_signatures = [["mail-from-eq-rcpt-to", "mail-from-local-domain"]]
         .unwrap();
         assert_eq!(c.smtp.run_as, "sinkhole");
         assert_eq!(c.smtp_ports(), vec![25, 465, 587]);
+    }
+
+    #[test]
+    fn the_configuration_prints_as_it_reads() {
+        let packaged = Config::parse(
+            include_str!("../../packaging/sinkhole.toml"),
+            "sinkhole.toml",
+        )
+        .unwrap();
+        let text = "[smtp]\nbusy_poll = \"150us\"\nidle_timeout = \"20m 30s\"\n\
+                    [storage]\nmin_free = \"5%\"\nlog_rotate = \"daily,100MiB\"\n\
+                    [dnsbl]\n[[dnsbl.zone]]\nname = \"bl.test\"\ncodes = [\"127.0.0.2\"]\n";
+        let changed = Config::parse(text, "t.toml").unwrap();
+        for config in [Config::default(), packaged, changed] {
+            for all in [true, false] {
+                let printed = config.to_toml(all);
+                let again = Config::parse(&printed, "printed").unwrap();
+                assert_eq!(again.to_toml(true), config.to_toml(true), "{printed}");
+            }
+        }
+        assert_eq!(Config::default().to_toml(false), "");
+        let only = Config::parse(text, "t.toml").unwrap().to_toml(false);
+        assert!(only.contains("busy_poll = \"150us\""), "{only}");
+        assert!(only.contains("idle_timeout = \"20m 30s\""), "{only}");
+        assert!(only.contains("min_free = \"5%\""), "{only}");
+        assert!(only.contains("log_rotate = \"daily,100MiB\""), "{only}");
+        assert!(only.contains("codes = [\"127.0.0.2\"]"), "{only}");
+        assert!(
+            !only.contains("max_connections"),
+            "defaults are left out: {only}"
+        );
     }
 
     /// The TOML setting `key` (as the docs' table writes it) to `value`.

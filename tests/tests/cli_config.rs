@@ -143,3 +143,38 @@ fn version_names_the_commit_and_the_build_day() {
         "{stdout}"
     );
 }
+
+#[test]
+fn config_prints_what_differs_from_the_defaults_and_all_with_all() {
+    let dir = temp_dir("cli-print");
+    let file = dir.path().join("sinkhole.toml");
+    fs::write(
+        &file,
+        "[smtp]\nhostname = \"trap.example\"\nmax_connections = 20000\n\
+         [dnsbl]\ntimeout = \"1500ms\"\n",
+    )
+    .unwrap();
+    let cfg = file.to_str().unwrap();
+    let printed = sinkhole_ok(&["config", "-c", cfg]).unwrap();
+    // max_connections is set, but to its default.
+    assert_eq!(
+        printed,
+        "[dnsbl]\ntimeout = \"1s 500ms\"\n\n[smtp]\nhostname = \"trap.example\"\n"
+    );
+    let all = sinkhole_ok(&["config", "--all", "-c", cfg]).unwrap();
+    for line in [
+        "hostname = \"trap.example\"",
+        "max_connections = 20000",
+        "pin_dir = \"/sys/fs/bpf/sinkhole\"",
+        "[[dnsbl.zone]]",
+    ] {
+        assert!(all.contains(line), "{line} in\n{all}");
+    }
+    // What it prints reads back as the same configuration.
+    let again = dir.path().join("again.toml");
+    fs::write(&again, &all).unwrap();
+    assert_eq!(
+        sinkhole_ok(&["config", "--all", "-c", again.to_str().unwrap()]).unwrap(),
+        all
+    );
+}

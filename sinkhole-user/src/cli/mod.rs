@@ -83,6 +83,14 @@ pub enum Command {
         #[arg(long)]
         takeover: bool,
     },
+    /// Print the configuration in force as TOML: the keys that differ from the defaults.
+    Config {
+        /// Every key, defaults included.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Validate the configuration (and the policy file it names); exit 2 if it is wrong.
     CheckConfig(ConfigArg),
     /// Drop a client's packets (in the pinned maps; the daemon need not run).
@@ -232,6 +240,7 @@ pub fn dispatch(command: Command) -> Result<String, Failure> {
             let path = config.path();
             run::serve(&load(path.as_deref())?, path.as_deref(), takeover)
         }
+        Command::Config { all, config } => Ok(load(config.path().as_deref())?.to_toml(all)),
         Command::CheckConfig(arg) => {
             return check_config::check(arg.path().as_deref()).map_err(Failure::bad_config);
         }
