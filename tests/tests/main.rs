@@ -26,6 +26,7 @@ mod hostile_input;
 mod hostile_sessions;
 mod log_rotation;
 mod metrics;
+mod notify;
 mod package;
 mod policy_check;
 mod policy_e2e;

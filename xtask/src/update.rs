@@ -5,8 +5,9 @@
 //! (SO_REUSEPORT), then stops it (SIGTERM: it finishes its sessions). This waits until the new
 //! daemon has said so in its log.
 //!
-//! Under systemd this would leave the unit's process behind, so it refuses and says what to
-//! run instead.
+//! Under systemd (the unit active) it installs the binary and runs `systemctl reload sinkhole`
+//! instead: the unit's `ExecReload=` starts the new daemon the same way, inside the unit, and
+//! the new daemon tells systemd it is the main process (`MAINPID=`, `Type=notify`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom};
@@ -24,12 +25,6 @@ use crate::{cargo, status_ok, workspace_root};
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
 pub fn update(root: &Path, config: &Path, log: &Path) -> Result<()> {
-    if status_ok(Command::new("systemctl").args(["is-active", "--quiet", "sinkhole"])) {
-        bail!(
-            "sinkhole.service is active: `systemctl restart sinkhole` stops before it starts (a gap); \
-             for a no-gap update stop the unit's supervision as the README's \"Updating\" shows"
-        );
-    }
     cargo(&["build", "--release", "-p", "sinkhole-user"])?;
     let bin = root.join("usr/local/bin/sinkhole");
     install(
@@ -37,6 +32,18 @@ pub fn update(root: &Path, config: &Path, log: &Path) -> Result<()> {
         &bin,
         0o755,
     )?;
+    if status_ok(Command::new("systemctl").args(["is-active", "--quiet", "sinkhole"])) {
+        // ExecReload= takes over with no gap and hands systemd the new main pid.
+        let reloaded = Command::new("systemctl")
+            .args(["reload", "sinkhole"])
+            .status()
+            .context("running systemctl reload sinkhole")?;
+        if !reloaded.success() {
+            bail!("`systemctl reload sinkhole` failed ({reloaded}): see `journalctl -u sinkhole`");
+        }
+        println!("sinkhole.service reloaded: the new daemon serves");
+        return Ok(());
+    }
 
     let mut log_file = OpenOptions::new()
         .create(true)

@@ -82,6 +82,10 @@ pub enum Command {
         /// with no gap: attach into its XDP link, listen beside it, then stop it (SIGTERM).
         #[arg(long)]
         takeover: bool,
+        /// With --takeover: start the new daemon as a child, return once it serves and leave it
+        /// running (for a service manager's reload, `ExecReload=`).
+        #[arg(long, requires = "takeover")]
+        background: bool,
     },
     /// Print the configuration in force as TOML: the keys that differ from the defaults.
     Config {
@@ -236,9 +240,17 @@ impl fmt::Display for Failure {
 /// the campaigns report, is out already).
 pub fn dispatch(command: Command) -> Result<String, Failure> {
     let out = match command {
-        Command::Run { config, takeover } => {
+        Command::Run {
+            config,
+            takeover,
+            background,
+        } => {
             let path = config.path();
-            run::serve(&load(path.as_deref())?, path.as_deref(), takeover)
+            let loaded = load(path.as_deref())?;
+            match background {
+                true => run::serve_in_background(&loaded, path.as_deref()),
+                false => run::serve(&loaded, path.as_deref(), takeover),
+            }
         }
         Command::Config { all, config } => Ok(load(config.path().as_deref())?.to_toml(all)),
         Command::CheckConfig(arg) => {

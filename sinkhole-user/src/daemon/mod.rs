@@ -1,18 +1,18 @@
 //! Daemon start-up: `sinkhole run` from the configuration to the serving event loop.
 //!
 //! [`run`] refuses to start beside a daemon already running on the same storage (or, with
-//! `--takeover`, replaces it: [`handover`]), raises the open files limit, sets up the
+//! `--takeover`, replaces it: [`crate::handover`]), raises the open files limit, sets up the
 //! [`Server`] with the kernel module's blocker, starts `/metrics`, drops privileges, writes the
 //! pid file and then serves until stopped.
-
-pub mod handover;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
+use crate::handover;
 use crate::kernel::Blocker;
 use crate::metrics::{Endpoint, Sources};
+use crate::notify::Notifier;
 use crate::privilege::{self, PrivilegeError};
 use crate::sandbox::{self, Enforced, SandboxError};
 use crate::server::{Server, ServerError};
@@ -38,7 +38,7 @@ pub enum DaemonError {
 
 /// `sinkhole run`: sets up the daemon from `config` (read from `config_file`, if any; with the
 /// kernel module's blocker) and serves until stopped. With `takeover`, replaces the daemon
-/// running on the same storage (see [`handover`]); without, refuses to start beside it.
+/// running on the same storage (see [`crate::handover`]); without, refuses to start beside it.
 pub fn run(config: &Config, config_file: Option<&Path>, takeover: bool) -> Result<(), DaemonError> {
     let storage = &config.storage;
     let previous = handover::running(&storage.dir);
@@ -77,13 +77,14 @@ pub fn run(config: &Config, config_file: Option<&Path>, takeover: bool) -> Resul
     };
     let metrics_maps = Sources::pinned_maps(&config.xdp.pin_dir);
     let metrics_interfaces = Sources::interfaces(&config.xdp.interfaces);
+    let notifier = Notifier::from_env();
     drop_privileges(config, blocker.as_ref())?;
     confine(config, config_file, blocker.as_ref())?;
     // Every thread starts from here on, with neither privilege nor reach.
     for addr in bound.local_addrs().map_err(ServerError::Io)? {
         log::info!("listening on {addr}");
     }
-    let server = bound.start(config, blocker)?;
+    let server = bound.start(config, blocker, notifier)?;
     if let Some(endpoint) = metrics {
         let addr = endpoint.local_addr();
         let sources = Sources {
@@ -102,6 +103,11 @@ pub fn run(config: &Config, config_file: Option<&Path>, takeover: bool) -> Resul
             file: storage.dir.join(handover::PID_FILE),
             source,
         })?;
+    // Serving: the service manager may count on it, and (after a takeover) on this process.
+    server.notify(&format!(
+        "MAINPID={}\nREADY=1\nSTATUS=serving",
+        std::process::id()
+    ));
     match previous {
         Some(pid) => {
             let pid_n = pid.as_raw_nonzero();

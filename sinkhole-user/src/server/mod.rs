@@ -20,6 +20,7 @@ pub mod tls;
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant, SystemTime};
@@ -35,8 +36,10 @@ use crate::capture::session_log::{SessionEnd, Verdict, session_id};
 use crate::capture::{Capture, CaptureError, Job, StoreRequest, Stored, Ticket};
 use crate::config::{Config, ConfigError};
 use crate::counters::DaemonCounters;
+use crate::handover;
 use crate::kernel::Blocker;
 use crate::listeners;
+use crate::notify::Notifier;
 use crate::policy::PolicyStore;
 use crate::score::{Resolver, ScoreCounters, ScoreError};
 use crate::smtp::{self, CloseReason, Event, Reply, Session, SessionConfig};
@@ -127,6 +130,10 @@ pub struct Server {
     accept_retry: Option<Instant>,
     /// `smtp.busy_poll`: how long after its last event the loop polls without sleeping.
     busy_poll: Duration,
+    /// The service manager, when there is one (`$NOTIFY_SOCKET`).
+    notifier: Option<Notifier>,
+    /// Where the pid file says which daemon is the service's main process.
+    storage: PathBuf,
 }
 
 impl Server {
@@ -183,7 +190,13 @@ impl Bound {
 
     /// Prepares storage and starts the capture and resolver threads: the daemon, ready to
     /// [`Server::run`], putting the clients it wants gone into `blocker`.
-    pub fn start(self, config: &Config, blocker: Box<dyn Blocker>) -> Result<Server, ServerError> {
+    /// Tells `notifier`, when there is one, of reloads and the stop.
+    pub fn start(
+        self,
+        config: &Config,
+        blocker: Box<dyn Blocker>,
+        notifier: Option<Notifier>,
+    ) -> Result<Server, ServerError> {
         let Bound {
             poll,
             listeners,
@@ -246,11 +259,20 @@ impl Bound {
             logs: LogBatch::new(Instant::now()),
             accept_retry: None,
             busy_poll: smtp.busy_poll,
+            notifier,
+            storage: config.storage.dir.clone(),
         })
     }
 }
 
 impl Server {
+    /// Tells the service manager `state`, when there is one.
+    pub fn notify(&self, state: &str) {
+        if let Some(notifier) = &self.notifier {
+            notifier.notify(state);
+        }
+    }
+
     /// The counters, for whoever reports them.
     pub fn counters(&self) -> Arc<DaemonCounters> {
         Arc::clone(&self.counters)
@@ -303,7 +325,9 @@ impl Server {
                             }
                         }
                         if reload {
+                            self.notify("RELOADING=1");
                             self.reload_policy();
+                            self.notify("READY=1");
                         }
                         if stop {
                             match self.stopping {
@@ -700,6 +724,10 @@ impl Server {
 
     fn begin_shutdown(&mut self, now: Instant) {
         log::info!("stopping: {} session(s) open", self.conns.len());
+        // A daemon taking over is the main process now: its service is not stopping.
+        if handover::names_this_process(&self.storage) {
+            self.notify("STOPPING=1");
+        }
         self.stopping = Some(now + SHUTDOWN_GRACE);
         self.accept_retry = None;
         for mut listener in self.listeners.drain(..) {

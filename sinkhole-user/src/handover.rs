@@ -58,10 +58,20 @@ impl PidFile {
     }
 }
 
+/// Whether `STORAGE/sinkhole.pid` names process `pid`.
+pub fn names(storage: &Path, pid: u32) -> bool {
+    fs::read_to_string(storage.join(PID_FILE)).is_ok_and(|text| text.trim() == pid.to_string())
+}
+
+/// Whether `STORAGE/sinkhole.pid` names this process: false once a daemon taking over (or a
+/// newer start) wrote its own pid there.
+pub fn names_this_process(storage: &Path) -> bool {
+    names(storage, std::process::id())
+}
+
 impl Drop for PidFile {
     fn drop(&mut self) {
-        let own = getpid().as_raw_nonzero().to_string();
-        if fs::read_to_string(&self.path).is_ok_and(|text| text.trim() == own) {
+        if self.path.parent().is_some_and(names_this_process) {
             let _ = fs::remove_file(&self.path);
         }
     }
