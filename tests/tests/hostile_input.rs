@@ -98,7 +98,13 @@ fn block_refuses_prefixes_wider_than_8_or_16_unless_forced() {
         );
         assert!(out.stdout.is_empty(), "{prefix}");
     }
-    assert_eq!(listed(config), Vec::<String>::new(), "nothing was blocked");
+    // Nothing was blocked: not even the maps were made.
+    let out = sinkhole(&["list", "--config", config]).unwrap();
+    assert!(
+        stderr(&out).contains("no sinkhole maps in"),
+        "{}",
+        stderr(&out)
+    );
 
     // The narrowest refused ones' neighbours are taken without --force.
     sinkhole_ok(&["block", "10.0.0.0/8", "--config", config]).unwrap();
