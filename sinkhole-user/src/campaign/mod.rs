@@ -69,6 +69,7 @@ mod tests {
                 vec![MailFromEqRcptTo, MailFromLocalDomain],
                 vec![Pregreet],
             ],
+            ..CampaignConfig::default()
         };
         assert_eq!(
             matches_block_set(&[MailFromEqRcptTo, MailFromLocalDomain, NoRdns], &config).as_deref(),

@@ -229,6 +229,7 @@ impl Bound {
                 max_recipients: smtp.max_recipients.get(),
                 max_junk_commands: smtp.max_junk_commands.get(),
                 idle_timeout: smtp.idle_timeout,
+                greet_wait: smtp.greet_wait,
                 starttls: true,
                 keep_bodies: config.storage.capture,
             }),
