@@ -8,6 +8,7 @@ use crate::capture::session_log::{SessionEnd, TlsInfo};
 use crate::score::Answer;
 use crate::signature::Signature;
 use crate::smtp::{Direction, SessionRecord, TranscriptLine};
+use crate::syn::Syn;
 use crate::verdict::{Escalation, RecipientJudge, Rules};
 
 #[derive(Debug)]
@@ -19,6 +20,7 @@ pub struct EndedSession {
     judge: RecipientJudge,
     tls: Option<TlsInfo>,
     record: SessionRecord,
+    syn: Option<Syn>,
 }
 
 impl EndedSession {
@@ -39,7 +41,21 @@ impl EndedSession {
             judge,
             tls,
             record,
+            syn: None,
         }
+    }
+
+    /// The SYN fingerprint of the connection, when the XDP program recorded one.
+    pub fn set_syn(&mut self, syn: Option<Syn>) {
+        self.syn = syn;
+    }
+
+    pub fn syn(&self) -> Option<&Syn> {
+        self.syn.as_ref()
+    }
+
+    pub fn record(&self) -> &SessionRecord {
+        &self.record
     }
 
     /// Adds a line of the loop's own to the transcript (within its cap).
@@ -94,6 +110,7 @@ impl EndedSession {
             judge,
             tls,
             mut record,
+            syn,
         } = self;
         record.signatures = signatures;
         let (rdns, fcrdns) = judge.rdns();
@@ -104,6 +121,7 @@ impl EndedSession {
             dnsbl: judge.listings(),
             score: judge.score().map(|s| s.score),
             scored: judge.is_scored(),
+            syn,
             ..SessionEnd::new(id, peer, start, end, record)
         }
     }

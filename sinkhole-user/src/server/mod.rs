@@ -35,7 +35,7 @@ use crate::capture::session_log::{SessionEnd, Verdict, session_id};
 use crate::capture::{Capture, CaptureError, Job, StoreRequest, Stored, Ticket};
 use crate::config::{Config, ConfigError};
 use crate::counters::DaemonCounters;
-use crate::kernel::Blocker;
+use crate::kernel::{Blocker, SynTable};
 use crate::listeners;
 use crate::policy::PolicyStore;
 use crate::score::{Resolver, ScoreCounters, ScoreError};
@@ -96,6 +96,8 @@ pub struct Server {
     wheel: TimerWheel,
     limits: Limits,
     blocker: Box<dyn Blocker>,
+    /// The SYN fingerprints the XDP program records, when it is attached.
+    syn: Option<SynTable>,
     /// Scores clients (DNSBL, reverse DNS) and checks HELO names, on its own thread.
     resolver: Resolver,
     /// The policy in force; each session keeps the one current at its accept.
@@ -182,8 +184,14 @@ impl Bound {
     }
 
     /// Prepares storage and starts the capture and resolver threads: the daemon, ready to
-    /// [`Server::run`], putting the clients it wants gone into `blocker`.
-    pub fn start(self, config: &Config, blocker: Box<dyn Blocker>) -> Result<Server, ServerError> {
+    /// [`Server::run`], putting the clients it wants gone into `blocker` and taking each
+    /// connection's SYN fingerprint from `syn`.
+    pub fn start(
+        self,
+        config: &Config,
+        blocker: Box<dyn Blocker>,
+        syn: Option<SynTable>,
+    ) -> Result<Server, ServerError> {
         let Bound {
             poll,
             listeners,
@@ -218,6 +226,7 @@ impl Bound {
                 smtp.max_connections_per_ip.get(),
             ),
             blocker,
+            syn,
             resolver,
             policy,
             rules: Rules::new(config),
@@ -437,6 +446,7 @@ impl Server {
             self.log_closed_at_accept(peer, Verdict::Refused, Some(refusal.reply()));
             return;
         }
+        let syn = self.take_syn(peer);
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
         if let Err(e) = self
@@ -461,7 +471,7 @@ impl Server {
             Err(_) => (0, true),
         };
         smtp::accept(&mut session, &self.scratch[..early], now);
-        let conn = entry.insert(Connection::new(
+        let mut conn = Connection::new(
             stream,
             session,
             judge,
@@ -469,7 +479,9 @@ impl Server {
             self.serial,
             started,
             readable,
-        ));
+        );
+        conn.set_syn(syn);
+        let conn = entry.insert(conn);
         // The banner goes out before the score is asked for: asking may wake the resolver's
         // thread, a system call and on a busy machine a context switch that the client should
         // not wait for. (What the flush leaves, and any error, `drive` meets again.)
@@ -483,6 +495,17 @@ impl Server {
             conn.judge_mut().score_requested(now, &self.rules);
         }
         self.drive(slot, now);
+    }
+
+    /// The SYN fingerprint of `peer`'s connection, when the XDP program recorded one.
+    fn take_syn(&mut self, peer: SocketAddr) -> Option<crate::syn::Syn> {
+        let syn = self.syn.as_mut()?.take(peer);
+        let counter = match syn {
+            Some(_) => &self.counters.syn_found,
+            None => &self.counters.syn_missing,
+        };
+        DaemonCounters::add(counter, 1);
+        syn
     }
 
     /// Moves a connection as far as it can go now: answers its events, writes its output,
