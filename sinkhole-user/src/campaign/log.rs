@@ -11,6 +11,7 @@ use flate2::read::MultiGzDecoder;
 use serde::{Deserialize, Deserializer};
 
 use crate::capture::log_file::{Kind, rotated_name, with_suffix};
+use crate::syn::Syn;
 
 /// The log's name in its storage folder.
 const LOG: &str = "sessions.jsonl";
@@ -27,6 +28,10 @@ pub struct LoggedSession {
     pub start: Option<String>,
     pub end: Option<String>,
     pub client_ip: Option<String>,
+    #[serde(deserialize_with = "nullable")]
+    pub pipelined: bool,
+    /// The SYN fingerprint, when the XDP program saw it.
+    pub syn: Option<Syn>,
     #[serde(deserialize_with = "nullable")]
     pub dnsbl: Vec<LoggedDnsbl>,
     /// Names as logged; unknown ones (from a newer version) are kept, not refused.
@@ -46,6 +51,8 @@ pub struct LoggedDnsbl {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct LoggedTransaction {
+    #[serde(deserialize_with = "nullable")]
+    pub mail_from: String,
     #[serde(deserialize_with = "nullable")]
     pub rcpts: Vec<LoggedRcpt>,
     /// The Maildir file name, when the message was stored.

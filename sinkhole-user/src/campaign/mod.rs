@@ -1,8 +1,14 @@
-//! Campaigns: the signature set of each session, the `[campaign] block_signatures` check, and
-//! the `sinkhole campaigns` report over the session log.
+//! Campaigns: the signature set of each session, the `[campaign] block_signatures` check, what
+//! a campaign's software fixes per session (`features`), grouping sessions into campaigns
+//! (`grouping`, `similarity`), and the `sinkhole campaigns` report over the session log.
 
+pub mod features;
+pub mod grouping;
+pub mod html;
 pub mod log;
 pub mod report;
+pub mod similarity;
+pub mod uribl;
 pub mod urls;
 
 use crate::config::CampaignConfig;

@@ -17,8 +17,8 @@ use std::ops::RangeInclusive;
 use sinkhole_common::{
     AllowFlag, BlockEntry, BootClock, GLOBAL_SCOPE, GLOBAL_SMTP_PORTS, MAP_ALLOW,
     MAP_ALLOW_BUCKETS, MAP_BLOCK_CIDR, MAP_BLOCK_V4, MAP_BLOCK_V6, MAP_CIDR_BUCKETS, MAP_CLOCK,
-    MAP_COUNTERS, MAP_NAMES, MAP_SYN, PORT_WORDS, REASON_LEN, SCOPE_ALL, SCOPE_SMTP, SynFingerprint,
-    SynKey, bucket_v4, bucket_v6, counter,
+    MAP_COUNTERS, MAP_NAMES, MAP_SYN, PORT_WORDS, REASON_LEN, SCOPE_ALL, SCOPE_SMTP,
+    SynFingerprint, SynKey, bucket_v4, bucket_v6, counter,
 };
 
 use super::clock;

@@ -265,10 +265,7 @@ static SERVER: &[(&str, &str, Series)] = &[
         "Connections accepted with the XDP program attached, by whether it had recorded their SYN",
         Series::ByLabel(
             "result",
-            &[
-                ("found", |c| &c.syn_found),
-                ("missing", |c| &c.syn_missing),
-            ],
+            &[("found", |c| &c.syn_found), ("missing", |c| &c.syn_missing)],
         ),
     ),
     (

@@ -471,15 +471,8 @@ impl Server {
             Err(_) => (0, true),
         };
         smtp::accept(&mut session, &self.scratch[..early], now);
-        let mut conn = Connection::new(
-            stream,
-            session,
-            judge,
-            peer,
-            self.serial,
-            started,
-            readable,
-        );
+        let mut conn =
+            Connection::new(stream, session, judge, peer, self.serial, started, readable);
         conn.set_syn(syn);
         let conn = entry.insert(conn);
         // The banner goes out before the score is asked for: asking may wake the resolver's
