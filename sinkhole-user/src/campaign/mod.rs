@@ -2,6 +2,7 @@
 //! a campaign's software fixes per session (`features`), grouping sessions into campaigns
 //! (`grouping`, `similarity`), and the `sinkhole campaigns` report over the session log.
 
+pub mod alert;
 pub mod features;
 pub mod grouping;
 pub mod html;

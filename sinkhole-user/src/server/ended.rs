@@ -4,6 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Instant, SystemTime};
 
+use crate::campaign::features::{Key, Shape};
 use crate::capture::session_log::{SessionEnd, TlsInfo};
 use crate::score::Answer;
 use crate::signature::Signature;
@@ -50,14 +51,6 @@ impl EndedSession {
         self.syn = syn;
     }
 
-    pub fn syn(&self) -> Option<&Syn> {
-        self.syn.as_ref()
-    }
-
-    pub fn record(&self) -> &SessionRecord {
-        &self.record
-    }
-
     /// Adds a line of the loop's own to the transcript (within its cap).
     pub fn note(&mut self, line: String) {
         let ms = self.start.elapsed().unwrap_or_default().as_millis();
@@ -88,6 +81,22 @@ impl EndedSession {
         let record = &self.record;
         self.judge
             .signatures(&record.signatures, record.helo.as_deref())
+    }
+
+    /// The session's campaign key (what its software fixed), with `signatures` as its own.
+    pub fn campaign_key(&self, signatures: &[Signature]) -> Key {
+        let record = &self.record;
+        Key::of(Shape {
+            signatures: signatures.iter().copied(),
+            pipelined: record.pipelined,
+            transaction: record.transactions.first().map(|t| {
+                (
+                    t.mail_from.as_str(),
+                    t.rcpts.iter().map(|r| r.addr.as_str()),
+                )
+            }),
+            syn: self.syn.as_ref(),
+        })
     }
 
     /// The block due now that the session is over, if none was made yet.

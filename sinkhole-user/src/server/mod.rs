@@ -30,6 +30,8 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use crate::campaign::alert::{Counted, Tracker};
+use crate::campaign::features::Key;
 use crate::capture::floor::Space;
 use crate::capture::session_log::{SessionEnd, Verdict, session_id};
 use crate::capture::{Capture, CaptureError, Job, StoreRequest, Stored, Ticket};
@@ -129,6 +131,10 @@ pub struct Server {
     accept_retry: Option<Instant>,
     /// `smtp.busy_poll`: how long after its last event the loop polls without sleeping.
     busy_poll: Duration,
+    /// Sessions per campaign key, for the alerts.
+    campaigns: Tracker,
+    /// `campaign.alert_window`, as the alerts say it.
+    campaign_window: Duration,
 }
 
 impl Server {
@@ -254,6 +260,8 @@ impl Bound {
             logs: LogBatch::new(Instant::now()),
             accept_retry: None,
             busy_poll: smtp.busy_poll,
+            campaigns: Tracker::new(&config.campaign, Instant::now()),
+            campaign_window: config.campaign.alert_window,
         })
     }
 }
@@ -353,6 +361,10 @@ impl Server {
                 if let Err(e) = self.blocker.sweep() {
                     log::warn!("sweeping the block table: {e}");
                 }
+                self.counters.campaigns_active.store(
+                    self.campaigns.active(now),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
             }
             if let Some(grace) = self.stopping {
                 // Sessions waiting for the resolver get their answers (within dnsbl.timeout).
@@ -773,7 +785,37 @@ impl Server {
         if ended.went_unscored() {
             DaemonCounters::add(&self.counters.unscored, 1);
         }
+        self.count_campaign(&ended.campaign_key(&signatures));
         self.log_session(ended.into_log(signatures));
+    }
+
+    /// Counts a session into its campaign key; logs the key once at WARN when it crosses
+    /// `campaign.alert_sessions` within `campaign.alert_window`.
+    fn count_campaign(&mut self, key: &Key) {
+        let now = Instant::now();
+        match self.campaigns.add(key, now) {
+            Counted::NoCampaign => return,
+            Counted::Refused => {
+                DaemonCounters::add(&self.counters.campaign_keys_refused, 1);
+                return;
+            }
+            Counted::Counted => {}
+            Counted::Alert(alert) => {
+                log::warn!(
+                    "new campaign {}: {} sessions within {} ({} since first seen): {}",
+                    alert.id,
+                    alert.sessions,
+                    humantime::format_duration(self.campaign_window),
+                    alert.total,
+                    alert.features
+                );
+                self.counters.campaigns_active.store(
+                    self.campaigns.active(now),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+        }
+        DaemonCounters::add(&self.counters.campaign_sessions, 1);
     }
 
     /// At the end of the shutdown grace: sessions still waiting for an answer are logged with
