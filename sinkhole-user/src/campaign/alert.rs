@@ -162,12 +162,17 @@ mod tests {
     use crate::campaign::features::Shape;
     use crate::signature::Signature;
 
-    fn key(from: &str) -> Key {
+    /// A distinctive key; `stack` tells keys apart.
+    fn key(stack: Option<&str>) -> Key {
+        let syn = stack.map(|options| crate::syn::Syn {
+            options: options.into(),
+            ..Default::default()
+        });
         Key::of(Shape {
             signatures: [Signature::MailFromEqRcptTo],
             pipelined: true,
-            transaction: Some((from, [from])),
-            syn: None,
+            transaction: Some(("a@example.org", ["a@example.org"])),
+            syn: syn.as_ref(),
         })
     }
 
@@ -186,7 +191,7 @@ mod tests {
     fn once_at_the_threshold_within_the_window() {
         let start = Instant::now();
         let mut t = tracker(5, start);
-        let k = key("a@example.org");
+        let k = key(None);
         // Four sessions, then a long pause: they leave the window.
         for i in 0..4 {
             assert_eq!(t.add(&k, start + Duration::from_secs(i)), Counted::Counted);
@@ -225,11 +230,11 @@ mod tests {
         let start = Instant::now();
         let mut t = tracker(50, start);
         for i in 0..MAX_KEYS {
-            assert_eq!(t.add(&key(&format!("{i}@x")), start), Counted::Counted);
+            assert_eq!(t.add(&key(Some(&format!("?{i}"))), start), Counted::Counted);
         }
-        assert_eq!(t.add(&key("new@x"), start), Counted::Refused);
+        assert_eq!(t.add(&key(Some("new")), start), Counted::Refused);
         assert_eq!(
-            t.add(&key("new@x"), start + Duration::from_secs(3601)),
+            t.add(&key(Some("new")), start + Duration::from_secs(3601)),
             Counted::Counted
         );
         assert_eq!(t.keys.len(), 1);
