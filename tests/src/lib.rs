@@ -9,6 +9,7 @@ pub mod dns;
 pub mod frames;
 pub mod netns;
 pub mod null_smtp;
+pub mod replay;
 pub mod slow_disk;
 pub mod xdp;
 

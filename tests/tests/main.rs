@@ -11,6 +11,7 @@
 //! after another).
 
 mod campaign_replay;
+mod campaign_variants;
 mod campaigns;
 mod crash;
 mod disk_floor;

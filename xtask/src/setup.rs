@@ -29,6 +29,8 @@ const TEST_PEERS: &[(&str, &str)] = &[
     ("iproute2", "/usr/sbin/ip"),
     ("util-linux", "/usr/bin/nsenter"),
     ("python3", "/usr/bin/python3"),
+    // Renders `sinkhole campaigns --html` headless in the campaign replay test.
+    ("chromium", "/usr/bin/chromium"),
 ];
 
 pub fn setup() -> Result<()> {
