@@ -19,6 +19,7 @@ mod escape;
 mod feeds;
 mod fleet;
 mod floods;
+mod greet_wait;
 mod hardening;
 mod hostile_bodies;
 mod hostile_input;
