@@ -74,12 +74,20 @@ fn a_client_that_waits_for_the_last_line_is_no_pregreet() {
     assert_eq!(line, "220 sinkhole.test ESMTP\r\n");
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(300), "{waited:?}");
-    reader.get_mut().write_all(b"EHLO polite.example\r\nQUIT\r\n").unwrap();
+    reader
+        .get_mut()
+        .write_all(b"EHLO polite.example\r\nQUIT\r\n")
+        .unwrap();
     let mut rest = String::new();
     let _ = std::io::Read::read_to_string(&mut reader, &mut rest);
     assert!(rest.ends_with("221 2.0.0 Bye\r\n"), "{rest}");
     let sessions = daemon.wait_sessions(1);
-    assert_eq!(sessions[0]["signatures"], serde_json::json!([]), "{}", sessions[0]);
+    assert_eq!(
+        sessions[0]["signatures"],
+        serde_json::json!([]),
+        "{}",
+        sessions[0]
+    );
     let transcript = sessions[0]["transcript"].as_array().unwrap();
     assert_eq!(transcript[0][2], "220-sinkhole.test ESMTP");
     assert_eq!(transcript[1][2], "220 sinkhole.test ESMTP");

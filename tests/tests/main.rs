@@ -35,6 +35,7 @@ mod score_e2e;
 mod score_limits;
 mod smtp_clients;
 mod smtp_daemon;
+mod syn_fingerprints;
 mod tls;
 mod update;
 mod xdp_netns;
