@@ -101,7 +101,8 @@ fn polite_load(addr: SocketAddr, metrics: SocketAddr) -> ((f64, u64), Duration) 
             let at = start + Duration::from_secs(1) * i / RATE;
             std::thread::sleep(at.saturating_duration_since(Instant::now()));
             clients.push(scope.spawn(move || {
-                let source = IpAddr::V4(Ipv4Addr::new(127, 9, (i / 200) as u8, (10 + i % 200) as u8));
+                let source =
+                    IpAddr::V4(Ipv4Addr::new(127, 9, (i / 200) as u8, (10 + i % 200) as u8));
                 let connected = Instant::now();
                 let stream = connect_from(addr, source, Duration::from_secs(10)).unwrap();
                 stream
@@ -109,11 +110,14 @@ fn polite_load(addr: SocketAddr, metrics: SocketAddr) -> ((f64, u64), Duration) 
                     .unwrap();
                 let mut reader = BufReader::new(stream);
                 let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && !line.starts_with("220 ") {
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && !line.starts_with("220 ")
+                {
                     line.clear();
                 }
                 let waited = connected.elapsed();
-                let _ = reader.get_mut().write_all(b"EHLO polite.example\r\nQUIT\r\n");
+                let _ = reader
+                    .get_mut()
+                    .write_all(b"EHLO polite.example\r\nQUIT\r\n");
                 let _ = reader.read_to_end(&mut Vec::new());
                 waited
             }));
@@ -131,7 +135,11 @@ fn polite_load(addr: SocketAddr, metrics: SocketAddr) -> ((f64, u64), Duration) 
 /// `sinkhole_smtp_connections_active` now.
 fn active(metrics: SocketAddr) -> Option<u64> {
     let mut stream = TcpStream::connect(metrics).ok()?;
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
     text.lines()

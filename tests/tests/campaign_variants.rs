@@ -106,6 +106,17 @@ fn two_campaigns_in_all_their_variants_among_other_traffic() {
         "behaviours=mail-from-eq-rcpt-to+pipelining sender=eq-rcpt rcpts=1"
     );
     assert_eq!(key["sessions"], 37);
+    // The seven messages, one template with names and tokens changed, are one body.
+    let bodies = |c: &Value| -> Vec<u64> {
+        c["grouped_by"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["feature"] == "body")
+            .map(|g| g["sessions"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(bodies(seed), [7], "{seed:#}");
     assert_eq!(
         seed["url_hosts"][0]["name"], "pharma-seed.example",
         "{seed:#}"
@@ -120,6 +131,7 @@ fn two_campaigns_in_all_their_variants_among_other_traffic() {
     assert_eq!(second["sessions"], 24, "{second:#}");
     assert_eq!(second["signatures"], serde_json::json!(["pregreet"]));
     assert_eq!(second["url_hosts"][0]["name"], "loans-b.example");
+    assert_eq!(bodies(second), [10], "{second:#}");
 
     // The daemon said so once per campaign, with the key the report names.
     let stderr = daemon.stderr();
@@ -140,6 +152,15 @@ fn two_campaigns_in_all_their_variants_among_other_traffic() {
         "{scrape}"
     );
     daemon.stop();
+    // The text report, for docs/campaigns.md's worked example.
+    if let Some(path) = std::env::var_os("SINKHOLE_REPLAY_REPORT") {
+        let out = Command::new(sinkhole_bin())
+            .args(["campaigns", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        std::fs::write(path, out.stdout).unwrap();
+    }
 
     uribl_is_served(&config);
     html_renders(&config);
