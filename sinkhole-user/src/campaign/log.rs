@@ -106,7 +106,7 @@ impl<R: BufRead> LogReader<R> {
                 return Ok(read_any.then_some((false, too_long)));
             }
             read_any = true;
-            let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            let (take, done) = match memchr::memchr(b'\n', chunk) {
                 Some(i) => (i, true),
                 None => (chunk.len(), false),
             };
