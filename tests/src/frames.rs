@@ -50,7 +50,7 @@ impl Frame {
     pub fn tcp_header(mut self, flags: u8, options: &[u8]) -> Frame {
         self.tcp_flags = flags;
         self.tcp_options = options.to_vec();
-        while self.tcp_options.len() % 4 != 0 {
+        while !self.tcp_options.len().is_multiple_of(4) {
             self.tcp_options.push(0);
         }
         self

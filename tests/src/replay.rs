@@ -341,7 +341,7 @@ pub fn synthetic_log(
         let at = start + Duration::from_millis(n * 37);
         let stamp = humantime::format_rfc3339_millis(at).to_string();
         let end = humantime::format_rfc3339_millis(at + Duration::from_millis(900)).to_string();
-        let listed = (x >> 8) % 3 != 0;
+        let listed = !(x >> 8).is_multiple_of(3);
         let (signatures, pipelined, data): (Vec<&str>, bool, bool) = match bot.origin {
             Origin::Seed if listed => (
                 vec![
@@ -366,7 +366,7 @@ pub fn synthetic_log(
             Origin::Second => (vec!["pregreet"], false, true),
             Origin::Other => (vec!["no-rdns"], false, bot.style == Style::Swaks),
         };
-        let message = (data && n % message_every == 0).then(|| format!("{n}.M1P1.bench"));
+        let message = (data && n.is_multiple_of(message_every)).then(|| format!("{n}.M1P1.bench"));
         if let Some(name) = &message {
             std::fs::write(
                 new.join(name),
