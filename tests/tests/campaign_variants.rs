@@ -9,7 +9,6 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use serde_json::Value;
 use sinkhole_tests::daemon::Daemon;
 use sinkhole_tests::dns::{dns_query, start_rbldnsd};
 use sinkhole_tests::replay::{Bot, Origin, play, replay};
-use sinkhole_tests::{free_port, shared, sinkhole_bin};
+use sinkhole_tests::{free_port, shared, sinkhole_ok};
 
 #[test]
 fn two_campaigns_in_all_their_variants_among_other_traffic() {
@@ -74,7 +73,8 @@ fn two_campaigns_in_all_their_variants_among_other_traffic() {
     }
 
     let config = daemon.config_path();
-    let report = campaigns_json(&config);
+    let config = config.to_str().unwrap();
+    let report = campaigns_json(config);
     assert_eq!(report.len(), 2, "{report:#?}");
     for (expected, other) in [
         (Origin::Seed, Origin::Second),
@@ -154,31 +154,21 @@ fn two_campaigns_in_all_their_variants_among_other_traffic() {
     daemon.stop();
     // The text report, for docs/campaigns.md's worked example.
     if let Some(path) = std::env::var_os("SINKHOLE_REPLAY_REPORT") {
-        let out = Command::new(sinkhole_bin())
-            .args(["campaigns", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        std::fs::write(path, out.stdout).unwrap();
+        std::fs::write(
+            path,
+            sinkhole_ok(&["campaigns", "--config", config]).unwrap(),
+        )
+        .unwrap();
     }
 
-    uribl_is_served(&config);
-    html_renders(&config);
+    uribl_is_served(config);
+    html_renders(config);
 }
 
 /// `sinkhole campaigns --json` listing every client.
-fn campaigns_json(config: &Path) -> Vec<Value> {
-    let out = Command::new(sinkhole_bin())
-        .args(["campaigns", "--json", "--top", "1000", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice::<Value>(&out.stdout)
+fn campaigns_json(config: &str) -> Vec<Value> {
+    let out = sinkhole_ok(&["campaigns", "--json", "--top", "1000", "--config", config]).unwrap();
+    serde_json::from_str::<Value>(&out)
         .unwrap()
         .as_array()
         .unwrap()
@@ -217,25 +207,17 @@ fn get_metrics(addr: SocketAddr) -> String {
 }
 
 /// The URL hosts of campaigns of 10 sessions or more, served by rbldnsd as a URIBL.
-fn uribl_is_served(config: &Path) {
-    let out = Command::new(sinkhole_bin())
-        .args([
-            "export",
-            "--format",
-            "rbldnsd-uribl",
-            "--min-sessions",
-            "10",
-            "--config",
-        ])
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dataset = String::from_utf8(out.stdout).unwrap();
+fn uribl_is_served(config: &str) {
+    let dataset = sinkhole_ok(&[
+        "export",
+        "--format",
+        "rbldnsd-uribl",
+        "--min-sessions",
+        "10",
+        "--config",
+        config,
+    ])
+    .unwrap();
     let rbl = start_rbldnsd(&[("uribl.test", "dnset", &dataset)]).expect("rbldnsd");
     assert_eq!(
         query_a(rbl.addr, "pharma-seed.example.uribl.test"),
@@ -284,22 +266,17 @@ fn query_a(server: SocketAddr, name: &str) -> Option<Ipv4Addr> {
 }
 
 /// The `--html` page: self-contained, its SVG parses, and Chromium draws something.
-fn html_renders(config: &Path) {
+fn html_renders(config: &str) {
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("campaigns.html");
-    let out = Command::new(sinkhole_bin())
-        .arg("campaigns")
-        .arg("--html")
-        .arg(&page)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sinkhole_ok(&[
+        "campaigns",
+        "--html",
+        page.to_str().unwrap(),
+        "--config",
+        config,
+    ])
+    .unwrap();
     let text = std::fs::read_to_string(&page).unwrap();
     assert!(text.starts_with("<!DOCTYPE html>"));
     for fetch in ["src=", "href=", "@import", "url("] {

@@ -5,7 +5,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::Command;
 
 use aya::maps::{HashMap, Map, MapData};
 use ipnet::IpNet;
@@ -16,7 +15,7 @@ use sinkhole_tests::frames::Frame;
 use sinkhole_tests::netns::{NetNs, PinDir, spawn_xdp_daemon};
 use sinkhole_tests::replay::{Bot, Origin, Style, play};
 use sinkhole_tests::xdp::{TestProgram, XDP_DROP, XDP_PASS};
-use sinkhole_tests::{kernel_tests_allowed, sinkhole_bin, temp_dir};
+use sinkhole_tests::{kernel_tests_allowed, sinkhole_ok, temp_dir};
 
 const SMTP: u16 = 25;
 /// mss 1460, sok, ts, nop, ws 7: Linux's SYN options.
@@ -207,16 +206,8 @@ fn the_daemon_logs_each_syn_and_tells_two_stacks_apart() -> anyhow::Result<()> {
         assert!(syn["window"].as_u64().unwrap() > 0, "{s}");
         assert!(syn["wscale"].is_u64(), "{s}");
     }
-    let out = Command::new(sinkhole_bin())
-        .args(["campaigns", "--json", "--config"])
-        .arg(&config)
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+    let out = sinkhole_ok(&["campaigns", "--json", "--config", config.to_str().unwrap()])?;
+    let report: Vec<Value> = serde_json::from_str(&out)?;
     // The same behaviour and envelope: only the stack tells the two apart.
     assert_eq!(report.len(), 2, "{report:#?}");
     let stacks: Vec<&str> = report
