@@ -43,7 +43,7 @@ pub struct Options {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Report {
     pub campaigns: Vec<Campaign>,
-    /// Sessions read (within `since`).
+    /// Sessions read (within `since`), on the second pass.
     pub sessions: u64,
     /// Sessions in no campaign: nothing they showed joined them to another session.
     pub unclustered: u64,
@@ -146,7 +146,6 @@ where
     let mut report = Report::default();
     for session in sessions(open()?, options, Some(warn)) {
         let session = session?;
-        report.sessions += 1;
         grouping.add(&Content::read(&session, maildir_new, &mut buf).features(&session));
     }
     grouping.finish();
@@ -154,10 +153,10 @@ where
     let mut groups: HashMap<u32, Group> = HashMap::new();
     for session in sessions(open()?, options, None) {
         let session = session?;
+        report.sessions += 1;
         let content = Content::read(&session, maildir_new, &mut buf);
-        match grouping.campaign_of(&content.features(&session)) {
-            Some(root) => groups.entry(root).or_default().add(&session, &content),
-            None => report.unclustered += 1,
+        if let Some(root) = grouping.campaign_of(&content.features(&session)) {
+            groups.entry(root).or_default().add(&session, &content);
         }
     }
     let members = grouping.members();
@@ -183,8 +182,10 @@ where
     report
         .campaigns
         .sort_by(|a, b| b.sessions.cmp(&a.sessions).then_with(|| a.id.cmp(&b.id)));
-    // Sessions of sets that had fewer than MIN_SESSIONS on the second pass (the log moved).
-    report.unclustered = report.sessions - report.campaigns.iter().map(|c| c.sessions).sum::<u64>();
+    // Sessions in no campaign, and those of sets that had fewer than MIN_SESSIONS on the second
+    // pass (lines the log gained or lost between the passes).
+    let grouped: u64 = report.campaigns.iter().map(|c| c.sessions).sum();
+    report.unclustered = report.sessions - grouped;
     Ok(report)
 }
 
@@ -478,4 +479,114 @@ fn read_capped(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
     buf.clear();
     File::open(path)?.take(MAX_MESSAGE_SCAN).read_to_end(buf)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::campaign::log::LogReader;
+
+    fn line(id: &str, start: &str, client: &str, signatures: &[&str], from: &str) -> String {
+        serde_json::json!({
+            "id": id, "start": start, "client_ip": client, "pipelined": true,
+            "signatures": signatures,
+            "transactions": [{"mail_from": from, "rcpts": [{"addr": "t@example.org", "code": 550}]}],
+        })
+        .to_string()
+    }
+
+    fn report(log: &str, since: Option<&str>) -> Report {
+        let options = Options {
+            since: since.and_then(parse_time),
+            top: 10,
+        };
+        campaigns(
+            || Ok::<_, io::Error>(LogReader::new(log.as_bytes())),
+            Path::new("/nonexistent"),
+            &options,
+            &mut |w| panic!("{w}"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn variants_under_one_campaign_and_the_rest_in_none() {
+        let log = [
+            line(
+                "a1",
+                "2026-03-01T10:00:00Z",
+                "192.0.2.1",
+                &["mail-from-eq-rcpt-to", "no-rdns", "dnsbl-listed"],
+                "t@example.org",
+            ),
+            line(
+                "a2",
+                "2026-03-01T10:30:00Z",
+                "192.0.2.2",
+                &["mail-from-eq-rcpt-to", "helo-ip-literal"],
+                "T@example.org",
+            ),
+            line(
+                "a3",
+                "2026-03-01T12:10:00Z",
+                "192.0.2.2",
+                &["dnsbl-listed", "mail-from-eq-rcpt-to", "no-rdns"],
+                "t@example.org",
+            ),
+            line(
+                "x1",
+                "2026-03-01T11:00:00Z",
+                "198.51.100.1",
+                &["no-rdns"],
+                "news@list.example",
+            ),
+        ]
+        .join("\n");
+        let r = report(&log, None);
+        assert_eq!((r.sessions, r.unclustered, r.refused), (4, 1, 0));
+        assert_eq!(r.campaigns.len(), 1);
+        let c = &r.campaigns[0];
+        assert_eq!((c.sessions, c.clients), (3, 2));
+        assert_eq!(c.signatures, ["mail-from-eq-rcpt-to"]);
+        assert_eq!(
+            c.variants,
+            [
+                Variant {
+                    signatures: vec![
+                        "mail-from-eq-rcpt-to".into(),
+                        "no-rdns".into(),
+                        "dnsbl-listed".into()
+                    ],
+                    sessions: 2
+                },
+                Variant {
+                    signatures: vec!["mail-from-eq-rcpt-to".into(), "helo-ip-literal".into()],
+                    sessions: 1
+                },
+            ]
+        );
+        assert_eq!(c.grouped_by.len(), 1);
+        assert_eq!(c.id, c.grouped_by[0].id);
+        assert_eq!(
+            c.top_clients[0],
+            Ranked {
+                name: "192.0.2.2".into(),
+                count: 2
+            }
+        );
+        let hours: Vec<(&str, u64)> = c
+            .per_hour
+            .iter()
+            .map(|h| (h.hour.as_str(), h.sessions))
+            .collect();
+        assert_eq!(
+            hours,
+            [("2026-03-01T10:00:00Z", 2), ("2026-03-01T12:00:00Z", 1)]
+        );
+        // Three sessions over 2h10m.
+        assert_eq!(c.sessions_per_hour, 1.4);
+        // Since 10:15, the campaign keeps two sessions.
+        let later = report(&log, Some("2026-03-01T10:15:00Z"));
+        assert_eq!((later.sessions, later.campaigns[0].sessions), (3, 2));
+    }
 }
