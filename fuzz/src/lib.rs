@@ -56,6 +56,7 @@ pub fn session_config(
         max_recipients,
         max_junk_commands: MAX_JUNK_COMMANDS,
         idle_timeout: IDLE_TIMEOUT,
+        greet_wait: std::time::Duration::ZERO,
         starttls,
         keep_bodies: true,
     })

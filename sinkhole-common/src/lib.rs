@@ -13,7 +13,12 @@
 //! | `CLOCK`      | array, 1 entry | 0                           | [`BootClock`]  |
 //! | `CIDR_BUCKETS`  | array       | [`bucket`] of an address    | `u8`: 1 = look |
 //! | `ALLOW_BUCKETS` | array       | [`bucket`] of an address    | `u8`: 1 = look |
+//! | `SYN`        | LRU hash       | [`SynKey`]: source and port | [`SynFingerprint`] |
 //!
+//! `SYN` holds, for each TCP SYN to an SMTP port that the program passes, what the client's
+//! stack put in it (a p0f-style signature); the daemon takes its connection's entry out at
+//! accept. An LRU map: a flood of SYNs from spoofed sources evicts old entries, it cannot
+//! make the map grow.
 //! The scope and the SMTP ports are no maps: they are `.rodata` globals of the program
 //! ([`GLOBAL_SCOPE`], [`GLOBAL_SMTP_PORTS`]), written by the loader when the daemon loads it.
 //!
@@ -45,8 +50,11 @@ pub const MAP_CIDR_BUCKETS: &str = "CIDR_BUCKETS";
 /// Buckets the allowlist trie has a prefix in.
 pub const MAP_ALLOW_BUCKETS: &str = "ALLOW_BUCKETS";
 
+/// The SYN fingerprints by source address and port.
+pub const MAP_SYN: &str = "SYN";
+
 /// Every map the program uses, in the order userspace opens them.
-pub const MAP_NAMES: [&str; 8] = [
+pub const MAP_NAMES: [&str; 9] = [
     MAP_BLOCK_V4,
     MAP_BLOCK_V6,
     MAP_BLOCK_CIDR,
@@ -55,6 +63,7 @@ pub const MAP_NAMES: [&str; 8] = [
     MAP_CLOCK,
     MAP_CIDR_BUCKETS,
     MAP_ALLOW_BUCKETS,
+    MAP_SYN,
 ];
 
 /// Capacity of each exact block map: room for a million single-client blocks and then some.
@@ -108,6 +117,51 @@ impl BlockEntry {
     }
 }
 
+/// Capacity of the SYN fingerprint map: connections being opened, not yet accepted. Its
+/// entries are taken out at accept, and the least recently used go first when it is full.
+pub const SYN_CAPACITY: u32 = 1 << 16;
+/// TCP option kinds kept per SYN, in the order the client sent them.
+pub const SYN_OPTIONS: usize = 12;
+
+/// Key of the `SYN` map: the client's address (IPv4 as IPv4-mapped IPv6) and source port
+/// (host byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SynKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    /// Always 0 (the key's padding, written so that equal keys are equal bytes).
+    pub pad: u16,
+}
+
+/// What a client's TCP stack put into its SYN: the IP TTL (IPv6 hop limit), the window, the
+/// MSS and window scale options and the order of all options (p0f's `olayout`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SynFingerprint {
+    pub window: u16,
+    /// Valid with [`SynFingerprint::HAS_MSS`].
+    pub mss: u16,
+    pub ttl: u8,
+    /// Valid with [`SynFingerprint::HAS_WSCALE`].
+    pub wscale: u8,
+    /// `HAS_MSS | HAS_WSCALE | MORE_OPTIONS | BAD_OPTIONS`.
+    pub flags: u8,
+    /// How many of `options` are set.
+    pub option_count: u8,
+    /// Option kinds (0 EOL, 1 NOP, 2 MSS, 3 window scale, 4 SACK permitted, 8 timestamps...).
+    pub options: [u8; SYN_OPTIONS],
+}
+
+impl SynFingerprint {
+    pub const HAS_MSS: u8 = 1;
+    pub const HAS_WSCALE: u8 = 2;
+    /// More options followed than [`SYN_OPTIONS`].
+    pub const MORE_OPTIONS: u8 = 4;
+    /// An option's length was below 2 or ran past the header: parsing stopped there.
+    pub const BAD_OPTIONS: u8 = 8;
+}
+
 /// Value type of the allowlist trie (always 1: presence is what counts).
 pub type AllowFlag = u8;
 
@@ -152,11 +206,13 @@ pub mod counter {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{BlockEntry, BootClock, REASON_LEN};
+    use super::{BlockEntry, BootClock, REASON_LEN, SYN_OPTIONS, SynFingerprint, SynKey};
 
     // No padding: each size is the sum of the struct's fields.
     const _: () = assert!(size_of::<BlockEntry>() == 3 * size_of::<u64>() + REASON_LEN);
     const _: () = assert!(size_of::<BootClock>() == size_of::<u64>());
+    const _: () = assert!(size_of::<SynKey>() == 16 + 2 + 2);
+    const _: () = assert!(size_of::<SynFingerprint>() == 2 + 2 + 4 + SYN_OPTIONS);
 
     // SAFETY: #[repr(C)] with three u64 then a [u8; REASON_LEN] (8+8+8+40 bytes, 8-byte aligned):
     // no padding (asserted above), and every bit pattern of every field is a valid value.
@@ -164,4 +220,10 @@ mod pod {
     // SAFETY: #[repr(C)] with a single u64 field: 8 bytes, no padding (asserted above), and
     // every bit pattern is a valid u64.
     unsafe impl aya::Pod for BootClock {}
+    // SAFETY: #[repr(C)] with a [u8; 16] then two u16 (20 bytes, 2-byte aligned): no padding
+    // (asserted above), and every bit pattern of every field is a valid value.
+    unsafe impl aya::Pod for SynKey {}
+    // SAFETY: #[repr(C)] with two u16, four u8 and a [u8; SYN_OPTIONS] (2-byte aligned, an even
+    // size): no padding (asserted above), and every bit pattern is a valid value.
+    unsafe impl aya::Pod for SynFingerprint {}
 }

@@ -8,6 +8,11 @@
 //! is not in the allowlist (userspace keeps no exact entry for an allow-listed address).
 //! Anything truncated or odd passes and is counted. No allocation, no logging.
 //!
+//! A TCP SYN (without ACK) to an SMTP port that passes leaves its fingerprint (TTL, window,
+//! MSS, window scale, the order of its options) in the LRU map [`SYN`] under its source
+//! address and port, for the daemon to take at accept: a lookup, and an update only when the
+//! entry is missing or differs (a retransmitted SYN costs no update).
+//!
 //! Cost per packet, in helpers: one hash lookup (`__htab_map_lookup_elem`, called directly
 //! by the JIT); the array and per-CPU array lookups are inlined by the verifier (per-CPU ones
 //! on recent kernels, as on 6.18; a helper call on 5.15). A drop, or an entry with a TTL,
@@ -25,14 +30,15 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_map_lookup_elem},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use sinkhole_common::{
     ALLOW_CAPACITY, AllowFlag, BUCKETS, BlockEntry, BootClock, CIDR_CAPACITY, EXACT_CAPACITY,
-    PORT_WORDS, SCOPE_ALL, bucket_v4, bucket_v6, counter,
+    PORT_WORDS, SCOPE_ALL, SYN_CAPACITY, SYN_OPTIONS, SynFingerprint, SynKey, bucket_v4, bucket_v6,
+    counter,
 };
 
 /// `BPF_F_NO_PREALLOC`: the exact maps take memory per entry, not per slot.
@@ -56,6 +62,12 @@ static CLOCK: Array<BootClock, 1> = Array::new();
 static CIDR_BUCKETS: Array<u8, { BUCKETS as usize }> = Array::new();
 #[btf_map]
 static ALLOW_BUCKETS: Array<u8, { BUCKETS as usize }> = Array::new();
+/// `BPF_F_NO_COMMON_LRU`: an LRU list per CPU, so that CPUs taking SYNs at once do not contend
+/// for one list's lock.
+const NO_COMMON_LRU: usize = 2;
+#[btf_map]
+static SYN: LruHashMap<SynKey, SynFingerprint, { SYN_CAPACITY as usize }, NO_COMMON_LRU> =
+    LruHashMap::new();
 
 // Load-time settings, in `.rodata`: the loader writes them before it loads the program (see
 // `sinkhole-user/src/kernel/maps.rs`), the kernel freezes them, and the verifier, knowing
@@ -76,6 +88,12 @@ const ETH_P_8021Q: u16 = 0x8100;
 const IPPROTO_TCP: u8 = 6;
 const IPV6_HLEN: usize = 40;
 const TCP_MIN_HLEN: usize = 20;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+const TCPOPT_EOL: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_MSS: u8 = 2;
+const TCPOPT_WSCALE: u8 = 3;
 
 #[xdp]
 pub fn sinkhole(ctx: XdpContext) -> u32 {
@@ -102,12 +120,24 @@ fn decide(ctx: &XdpContext) -> (u32, u32) {
     let scope_all = unsafe { core::ptr::read_volatile(&raw const SCOPE) } == SCOPE_ALL;
     match ethertype {
         ETH_P_IP => match parse_ipv4(ctx, l3, scope_all) {
-            Parsed::Candidate(source) => judge_v4(source),
+            Parsed::Candidate(source, syn) => {
+                let judged = judge_v4(source);
+                if let (XDP_PASS, Some(syn)) = (judged.0, syn) {
+                    record_syn(ctx, mapped_key(source), syn);
+                }
+                judged
+            }
             Parsed::OutOfScope => (XDP_PASS, counter::PASSED_IPV4),
             Parsed::Malformed => malformed(counter::PASSED_IPV4),
         },
         ETH_P_IPV6 => match parse_ipv6(ctx, l3, scope_all) {
-            Parsed::Candidate(source) => judge_v6(source),
+            Parsed::Candidate(source, syn) => {
+                let judged = judge_v6(source);
+                if let (XDP_PASS, Some(syn)) = (judged.0, syn) {
+                    record_syn(ctx, *source, syn);
+                }
+                judged
+            }
             Parsed::OutOfScope => (XDP_PASS, counter::PASSED_IPV6),
             Parsed::Malformed => malformed(counter::PASSED_IPV6),
         },
@@ -123,8 +153,9 @@ fn malformed(family_counter: u32) -> (u32, u32) {
 }
 
 enum Parsed<T> {
-    /// In scope: the source may be blocked.
-    Candidate(T),
+    /// In scope: the source may be blocked; with the SYN it is, when it opens a connection to
+    /// an SMTP port.
+    Candidate(T, Option<Syn>),
     OutOfScope,
     Malformed,
 }
@@ -142,19 +173,23 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize, scope_all: bool) -> Parsed<&[u8; 4]> 
     let Some(source) = bytes_at::<4>(ctx, l3 + 12) else {
         return Parsed::Malformed;
     };
-    if scope_all {
-        return Parsed::Candidate(source);
-    }
-    if header[9] != IPPROTO_TCP {
-        return Parsed::OutOfScope;
-    }
     // A later fragment carries no TCP header: nothing to match a port against.
-    if (header[6] & 0x1f) != 0 || header[7] != 0 {
+    let tcp = header[9] == IPPROTO_TCP && (header[6] & 0x1f) == 0 && header[7] == 0;
+    let l4 = l3 + ihl * 4;
+    if scope_all {
+        let syn = if tcp {
+            tcp_at(ctx, l4, header[8])
+        } else {
+            None
+        };
+        return Parsed::Candidate(source, syn.and_then(Tcp::smtp_syn));
+    }
+    if !tcp {
         return Parsed::OutOfScope;
     }
-    match tcp_to_smtp(ctx, l3 + ihl * 4) {
-        Some(true) => Parsed::Candidate(source),
-        Some(false) => Parsed::OutOfScope,
+    match tcp_at(ctx, l4, header[8]) {
+        Some(segment) if segment.smtp => Parsed::Candidate(source, segment.smtp_syn()),
+        Some(_) => Parsed::OutOfScope,
         None => Parsed::Malformed,
     }
 }
@@ -170,28 +205,137 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, scope_all: bool) -> Parsed<&[u8; 16]>
     let Some(source) = bytes_at::<16>(ctx, l3 + 8) else {
         return Parsed::Malformed;
     };
-    if scope_all {
-        return Parsed::Candidate(source);
-    }
     // Only TCP directly after the fixed header; extension headers are out of scope.
-    if header[6] != IPPROTO_TCP {
+    let tcp = header[6] == IPPROTO_TCP;
+    if scope_all {
+        let syn = if tcp {
+            tcp_at(ctx, l3 + IPV6_HLEN, header[7])
+        } else {
+            None
+        };
+        return Parsed::Candidate(source, syn.and_then(Tcp::smtp_syn));
+    }
+    if !tcp {
         return Parsed::OutOfScope;
     }
-    match tcp_to_smtp(ctx, l3 + IPV6_HLEN) {
-        Some(true) => Parsed::Candidate(source),
-        Some(false) => Parsed::OutOfScope,
+    match tcp_at(ctx, l3 + IPV6_HLEN, header[7]) {
+        Some(segment) if segment.smtp => Parsed::Candidate(source, segment.smtp_syn()),
+        Some(_) => Parsed::OutOfScope,
         None => Parsed::Malformed,
     }
 }
 
-/// Whether the TCP segment at `l4` goes to an SMTP port; `None` when its header is cut short.
+/// A TCP segment: whether it goes to an SMTP port, and whether it opens a connection.
+struct Tcp {
+    smtp: bool,
+    /// SYN without ACK: where its header starts and the TTL (hop limit) it came with.
+    syn: Option<Syn>,
+}
+
+/// A SYN's header offset and TTL.
+#[derive(Clone, Copy)]
+struct Syn {
+    l4: usize,
+    ttl: u8,
+}
+
+impl Tcp {
+    #[inline(always)]
+    fn smtp_syn(self) -> Option<Syn> {
+        if self.smtp { self.syn } else { None }
+    }
+}
+
+/// The TCP segment at `l4` (of a packet with `ttl`); `None` when its header is cut short.
 #[inline(always)]
-fn tcp_to_smtp(ctx: &XdpContext, l4: usize) -> Option<bool> {
+fn tcp_at(ctx: &XdpContext, l4: usize, ttl: u8) -> Option<Tcp> {
     let tcp = bytes_at::<TCP_MIN_HLEN>(ctx, l4)?;
     let port = u16::from_be_bytes([tcp[2], tcp[3]]);
     // SAFETY: `port / 64` is below `PORT_WORDS`; a plain read of a static the loader set.
     let word = unsafe { core::ptr::read_volatile(&raw const SMTP_PORTS[usize::from(port >> 6)]) };
-    Some(word & (1u64 << (port & 63)) != 0)
+    Some(Tcp {
+        smtp: word & (1u64 << (port & 63)) != 0,
+        syn: (tcp[13] & (TCP_SYN | TCP_ACK) == TCP_SYN).then_some(Syn { l4, ttl }),
+    })
+}
+
+/// The `SYN` map key of an IPv4 source: IPv4-mapped.
+#[inline(always)]
+fn mapped_key(addr: &[u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+    ]
+}
+
+/// Keeps the fingerprint of the SYN at `syn` from `addr` in [`SYN`], unless the same is there.
+#[inline(always)]
+fn record_syn(ctx: &XdpContext, addr: [u8; 16], syn: Syn) {
+    let Some(tcp) = bytes_at::<TCP_MIN_HLEN>(ctx, syn.l4) else {
+        return;
+    };
+    let key = SynKey {
+        addr,
+        port: u16::from_be_bytes([tcp[0], tcp[1]]),
+        pad: 0,
+    };
+    let mut print = SynFingerprint {
+        window: u16::from_be_bytes([tcp[14], tcp[15]]),
+        ttl: syn.ttl,
+        ..SynFingerprint::default()
+    };
+    let end = syn.l4 + usize::from(tcp[12] >> 4) * 4;
+    let mut at = syn.l4 + TCP_MIN_HLEN;
+    let mut i = 0;
+    while i < SYN_OPTIONS {
+        if at >= end {
+            break;
+        }
+        let Some(&[kind]) = bytes_at::<1>(ctx, at) else {
+            print.flags |= SynFingerprint::BAD_OPTIONS;
+            break;
+        };
+        print.options[i] = kind;
+        print.option_count += 1;
+        i += 1;
+        match kind {
+            TCPOPT_EOL => break,
+            TCPOPT_NOP => at += 1,
+            _ => {
+                let Some(&[_, len]) = bytes_at::<2>(ctx, at) else {
+                    print.flags |= SynFingerprint::BAD_OPTIONS;
+                    break;
+                };
+                if len < 2 || at + usize::from(len) > end {
+                    print.flags |= SynFingerprint::BAD_OPTIONS;
+                    break;
+                }
+                if kind == TCPOPT_MSS && len == 4 {
+                    if let Some(&[_, _, high, low]) = bytes_at::<4>(ctx, at) {
+                        print.mss = u16::from_be_bytes([high, low]);
+                        print.flags |= SynFingerprint::HAS_MSS;
+                    }
+                } else if kind == TCPOPT_WSCALE && len == 3 {
+                    if let Some(&[_, _, shift]) = bytes_at::<3>(ctx, at) {
+                        print.wscale = shift;
+                        print.flags |= SynFingerprint::HAS_WSCALE;
+                    }
+                }
+                at += usize::from(len);
+            }
+        }
+    }
+    if i == SYN_OPTIONS && at < end {
+        print.flags |= SynFingerprint::MORE_OPTIONS;
+    }
+    if SYN.get_ptr(&key).is_some_and(|old| {
+        // SAFETY: a value pointer the map just returned, read as a whole copy.
+        let old: SynFingerprint = unsafe { core::ptr::read_volatile(old) };
+        old == print
+    }) {
+        return;
+    }
+    // Full or not, an LRU map takes it (evicting the least recently used entry).
+    let _ = SYN.insert(&key, &print, 0);
 }
 
 #[inline(always)]

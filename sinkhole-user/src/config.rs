@@ -71,6 +71,14 @@ pub struct SmtpConfig {
         serialize_with = "show_duration"
     )]
     pub busy_poll: Duration,
+    /// The banner's first line (`220-`) goes out at once and its last (`220 `) this much
+    /// later; a client that sends anything before the last line is `pregreet` (postscreen's
+    /// greet wait). 0 (the default): a one-line banner at once. 0s..=30s.
+    #[serde(
+        deserialize_with = "duration::<_, 0, 30_000>",
+        serialize_with = "show_duration"
+    )]
+    pub greet_wait: Duration,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub run_as: String,
@@ -91,6 +99,7 @@ impl Default for SmtpConfig {
             max_junk_commands: NonZeroUsize::new(100).unwrap(),
             idle_timeout: Duration::from_secs(300),
             busy_poll: Duration::from_micros(200),
+            greet_wait: Duration::ZERO,
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             run_as: String::new(),
@@ -369,11 +378,31 @@ impl Default for PolicyConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CampaignConfig {
     /// A client whose session shows every signature of one set is blocked.
     pub block_signatures: Vec<Vec<Signature>>,
+    /// A campaign (by its key, `campaign::features`) with this many sessions within
+    /// `alert_window` is logged once at WARN and counted active. 1..=1000000.
+    #[serde(deserialize_with = "count::<_, 1, 1_000_000>")]
+    pub alert_sessions: NonZeroUsize,
+    /// 1m..=30d.
+    #[serde(
+        deserialize_with = "duration::<_, 60_000, 2_592_000_000>",
+        serialize_with = "show_duration"
+    )]
+    pub alert_window: Duration,
+}
+
+impl Default for CampaignConfig {
+    fn default() -> Self {
+        CampaignConfig {
+            block_signatures: Vec::new(),
+            alert_sessions: NonZeroUsize::new(50).unwrap(),
+            alert_window: Duration::from_secs(3600),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -1019,7 +1048,7 @@ block_signatures = [["mail-from-eq-rcpt-to", "mail-from-local-domain"]]
             .take_while(|l| l.starts_with('|'))
             .map(|l| l.split('|').map(|c| c.trim().trim_matches('`')).collect())
             .collect();
-        assert_eq!(rows.len(), 18, "{rows:?}");
+        assert_eq!(rows.len(), 21, "{rows:?}");
         for row in rows {
             let (key, default, range) = (row[1], row[2], row[3]);
             let (min, max) = range.split_once("..=").unwrap();

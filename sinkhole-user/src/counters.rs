@@ -102,6 +102,17 @@ pub struct DaemonCounters {
     pub blocks_allow_listed: AtomicU64,
     /// Blocks that failed (the block table refused the entry).
     pub block_errors: AtomicU64,
+    /// Connections accepted with the XDP program attached whose SYN fingerprint was found in
+    /// its map, and not found (evicted by a flood, or the SYN came another way).
+    pub syn_found: AtomicU64,
+    pub syn_missing: AtomicU64,
+    /// Sessions counted into a campaign key (a campaign behaviour; `campaign::alert`).
+    pub campaign_sessions: AtomicU64,
+    /// Campaign keys that crossed `campaign.alert_sessions` and still had a session within
+    /// `campaign.alert_window` at the last count (a gauge).
+    pub campaigns_active: AtomicU64,
+    /// Sessions of new campaign keys not tracked: the tracker's table was full.
+    pub campaign_keys_refused: AtomicU64,
 }
 
 impl DaemonCounters {

@@ -85,10 +85,13 @@ pub enum Family {
     Ipv6,
 }
 
-/// The export formats (one so far; the flag is there so scripts say what they expect).
+/// The export formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
+    /// The blocks, as `ip4set`/`ip6trie` datasets.
     Rbldnsd,
+    /// The URL hosts of the campaigns, as a `dnset` dataset (`crate::campaign::uribl`).
+    RbldnsdUribl,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -415,7 +418,7 @@ fn txt(reason: &str) -> String {
 }
 
 /// Writes `path` through a temporary file in the same directory and a rename.
-fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let mut tmp = path.as_os_str().to_owned();

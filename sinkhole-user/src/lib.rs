@@ -22,5 +22,6 @@ pub mod score;
 pub mod server;
 pub mod signature;
 pub mod smtp;
+pub mod syn;
 pub mod text;
 pub mod verdict;

@@ -1,8 +1,9 @@
 //! Per-packet cost of the `sinkhole` XDP program, through `BPF_PROG_TEST_RUN`, with 1,000,000
 //! exact IPv4 blocks and 10,000 CIDR blocks loaded, beside xdp-tools' `xdp-filter` (10,000
 //! source addresses, all its map holds) and an empty XDP program, each loaded three times,
-//! every load attached to an interface and run the same way in the same process. Needs root,
-//! `xdp-filter` and `bpftool`. Prints a Markdown table.
+//! every load attached to an interface and run the same way in the same process, on a passing
+//! SYN, a dropped SYN and a passing ACK (a SYN leaves its fingerprint, an ACK does not). Needs
+//! root, `xdp-filter` and `bpftool`. Prints a Markdown table.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
@@ -44,6 +45,10 @@ fn main() -> anyhow::Result<()> {
         bail!("the XDP benchmark needs root (it loads BPF programs)");
     }
     let pass = Frame::tcp(IpAddr::V4(Ipv4Addr::new(10, 200, 0, 1)), 25).bytes();
+    // The passing segments that are no SYN (the connection's ACKs and data): no fingerprint.
+    let pass_ack = Frame::tcp(IpAddr::V4(Ipv4Addr::new(10, 200, 0, 1)), 25)
+        .tcp_header(0x10, &[])
+        .bytes();
     let drop = Frame::tcp(IpAddr::V4(exact(77)), 25).bytes();
 
     let started = Instant::now();
@@ -160,7 +165,7 @@ fn main() -> anyhow::Result<()> {
     programs.extend(variant_fds.iter().map(|(name, fds)| (*name, borrow(fds))));
     for (name, fds) in &programs {
         for fd in fds {
-            for (frame, want) in [(&pass, XDP_PASS), (&drop, XDP_DROP)] {
+            for (frame, want) in [(&pass, XDP_PASS), (&pass_ack, XDP_PASS), (&drop, XDP_DROP)] {
                 let got = test_run(*fd, frame, 1)?.0;
                 if name != &"empty XDP" && got != want {
                     bail!("{name} returned {got} instead of {want}");
@@ -168,24 +173,24 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let frames = [&pass[..], &drop[..]];
-    let results: Vec<(&str, f64, f64)> = interleaved_medians(&programs, &frames)?
+    let frames = [&pass[..], &drop[..], &pass_ack[..]];
+    let results: Vec<(&str, f64, f64, f64)> = interleaved_medians(&programs, &frames)?
         .into_iter()
         .zip(&programs)
-        .map(|(ns, (name, _))| (*name, ns[0], ns[1]))
+        .map(|(ns, (name, _))| (*name, ns[0], ns[1], ns[2]))
         .collect();
-    let (_, filter_pass, filter_drop) = results[1];
-    let (_, empty_pass, empty_drop) = results[2];
+    let (_, filter_pass, filter_drop, _) = results[1];
+    let (_, empty_pass, empty_drop, _) = results[2];
     println!(
         "BPF_PROG_TEST_RUN (kernel-timed), median over {INSTANCES} loads x {ROUNDS} interleaved rounds of {REPEAT} repeats; sinkhole with {EXACT} exact + {CIDRS} CIDR blocks, xdp-filter with {XDP_FILTER_ADDRESSES} source addresses\n"
     );
     println!(
-        "| program | pass ns/pkt | drop ns/pkt | pass vs xdp-filter | drop vs xdp-filter | pass above empty | drop above empty |"
+        "| program | pass ns/pkt | drop ns/pkt | pass vs xdp-filter | drop vs xdp-filter | pass above empty | drop above empty | pass, an ACK, ns/pkt |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (name, p, d) in &results {
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, p, d, ack) in &results {
         println!(
-            "| {name} | {p:.1} | {d:.1} | {:.2}x | {:.2}x | {:.1} | {:.1} |",
+            "| {name} | {p:.1} | {d:.1} | {:.2}x | {:.2}x | {:.1} | {:.1} | {ack:.1} |",
             p / filter_pass,
             d / filter_drop,
             p - empty_pass,

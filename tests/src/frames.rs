@@ -20,6 +20,9 @@ pub struct Frame {
     /// IPv4 fragment offset (in 8-byte units) and more-fragments flag.
     pub fragment_offset: u16,
     pub more_fragments: bool,
+    /// TCP flags (SYN by default) and options (a multiple of 4 bytes).
+    pub tcp_flags: u8,
+    pub tcp_options: Vec<u8>,
 }
 
 impl Frame {
@@ -38,7 +41,19 @@ impl Frame {
             ipv4_option_words: 0,
             fragment_offset: 0,
             more_fragments: false,
+            tcp_flags: 0x02,
+            tcp_options: Vec::new(),
         }
+    }
+
+    /// With these TCP flags and options (padded to 4 bytes with EOL).
+    pub fn tcp_header(mut self, flags: u8, options: &[u8]) -> Frame {
+        self.tcp_flags = flags;
+        self.tcp_options = options.to_vec();
+        while !self.tcp_options.len().is_multiple_of(4) {
+            self.tcp_options.push(0);
+        }
+        self
     }
 
     pub fn protocol(mut self, protocol: u8) -> Frame {
@@ -121,13 +136,17 @@ impl Frame {
         self.build().0
     }
 
-    /// A 20-byte TCP SYN header, or 8 bytes of UDP / other payload.
+    /// A TCP header (20 bytes and the options; a SYN with window 65535 unless told otherwise),
+    /// or 8 bytes of UDP / other payload.
     fn transport(&self) -> Vec<u8> {
         let mut t = Vec::new();
         t.extend_from_slice(&40000u16.to_be_bytes());
         t.extend_from_slice(&self.dst_port.to_be_bytes());
         if self.protocol == TCP {
-            t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+            let words = 5 + self.tcp_options.len() as u8 / 4;
+            t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, words << 4, self.tcp_flags]);
+            t.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
+            t.extend_from_slice(&self.tcp_options);
         } else {
             t.extend_from_slice(&[0, 8, 0, 0]);
         }

@@ -9,6 +9,7 @@ pub mod dns;
 pub mod frames;
 pub mod netns;
 pub mod null_smtp;
+pub mod replay;
 pub mod slow_disk;
 pub mod xdp;
 
@@ -331,4 +332,25 @@ pub fn run_client(command: &mut std::process::Command) -> std::process::Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
+}
+
+/// The sessions `sinkhole campaigns --storage STORAGE` read, in campaigns or not (from the
+/// table's first line, `N campaigns, M sessions (U in no campaign)`), and its stderr.
+pub fn sessions_read(storage: &Path) -> (u64, String) {
+    let out = sinkhole(&[
+        "campaigns",
+        "--storage",
+        storage.to_str().expect("a UTF-8 path"),
+    ])
+    .expect("run sinkhole campaigns");
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    let sessions = table
+        .lines()
+        .next()
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no session count in {table}"));
+    (sessions, String::from_utf8_lossy(&out.stderr).into_owned())
 }

@@ -192,10 +192,11 @@ fn storage(f: &Fixture) -> &str {
 }
 
 #[test]
-fn json_groups_by_signature_set() {
+fn json_groups_into_campaigns_with_variants_and_reasons() {
     let f = fixture();
     let (report, stderr) = json_report(&["campaigns", "--storage", storage(&f), "--json"]);
-    assert_eq!(report.len(), 3, "{report:#?}");
+    // The clean session shares nothing with another: it is in no campaign.
+    assert_eq!(report.len(), 2, "{report:#?}");
 
     let big = &report[0];
     assert_eq!(
@@ -204,6 +205,47 @@ fn json_groups_by_signature_set() {
     );
     assert_eq!(big["sessions"], 12);
     assert_eq!(big["clients"], 12);
+    assert_eq!(
+        big["variants"],
+        json!([{"signatures": ["mail-from-eq-rcpt-to", "mail-from-local-domain", "no-rdns"], "sessions": 12}])
+    );
+    let grouped_by = big["grouped_by"].as_array().unwrap();
+    assert_eq!(grouped_by[0]["feature"], "key", "{big:#}");
+    assert_eq!(
+        grouped_by[0]["value"],
+        "behaviours=mail-from-eq-rcpt-to+mail-from-local-domain+pipelining sender=eq-rcpt rcpts=1"
+    );
+    assert_eq!(grouped_by[0]["sessions"], 12);
+    assert_eq!(big["id"], grouped_by[0]["id"]);
+    // Both sets of URL hosts the messages name joined the campaign too.
+    let mut url_sets: Vec<(&str, u64)> = grouped_by
+        .iter()
+        .filter(|g| g["feature"] == "url-hosts")
+        .map(|g| {
+            (
+                g["value"].as_str().unwrap(),
+                g["sessions"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    url_sets.sort_unstable();
+    assert_eq!(
+        url_sets,
+        [
+            ("mirror.example.net prize.example.com track.example.net", 5),
+            ("prize.example.com track.example.net", 5)
+        ]
+    );
+    assert_eq!(big["top_clients"].as_array().unwrap().len(), 10);
+    assert_eq!(big["syn"], json!([]), "no XDP, no SYN fingerprints");
+    // Twelve sessions a minute apart: all in one hour or two.
+    let hours: u64 = big["per_hour"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["sessions"].as_u64().unwrap())
+        .sum();
+    assert_eq!(hours, 12);
     assert_eq!(big["dnsbl"], json!({"zen.example": 8}));
     assert_eq!(big["examples"], json!(["s0", "s1", "s2", "s3", "s4"]));
     assert_eq!(
@@ -246,13 +288,6 @@ fn json_groups_by_signature_set() {
         json!([{"name": "x\u{1b}[2jy@example.org", "count": 3}])
     );
 
-    let clean = &report[2];
-    assert_eq!(
-        (clean["signatures"].clone(), clean["sessions"].as_u64()),
-        (json!([]), Some(1))
-    );
-    assert_eq!(clean["messages"], 0, "a missing message file is skipped");
-
     assert!(
         stderr.contains(&format!("line {}: not a session record", f.bad_line)),
         "{stderr}"
@@ -280,10 +315,11 @@ fn since_and_config_storage() {
     let sets: Vec<&Value> = report.iter().map(|c| &c["signatures"]).collect();
     assert_eq!(
         sets,
-        [
-            &json!(["mail-from-eq-rcpt-to", "mail-from-local-domain", "no-rdns"]),
-            &json!([])
-        ]
+        [&json!([
+            "mail-from-eq-rcpt-to",
+            "mail-from-local-domain",
+            "no-rdns"
+        ])]
     );
     let (report, _) = json_report(&[
         "campaigns",
@@ -293,7 +329,7 @@ fn since_and_config_storage() {
         "--since",
         "30d",
     ]);
-    assert_eq!(report.len(), 3);
+    assert_eq!(report.len(), 2);
 }
 
 #[test]
@@ -301,9 +337,17 @@ fn table_is_readable_and_escaped() {
     let f = fixture();
     let out = run(&["campaigns", "--storage", storage(&f)]);
     let table = String::from_utf8(out.stdout).unwrap();
-    assert!(table.starts_with("3 campaigns, 16 sessions\n"), "{table}");
     assert!(
-        table.contains("#1  mail-from-eq-rcpt-to mail-from-local-domain no-rdns\n"),
+        table.starts_with("2 campaigns, 16 sessions (1 in no campaign)\n"),
+        "{table}"
+    );
+    assert!(
+        table.contains("  mail-from-eq-rcpt-to mail-from-local-domain no-rdns\n"),
+        "{table}"
+    );
+    assert!(
+        table
+            .contains("    variant     mail-from-eq-rcpt-to mail-from-local-domain no-rdns (12)\n"),
         "{table}"
     );
     assert!(
@@ -317,13 +361,12 @@ fn table_is_readable_and_escaped() {
     assert!(table.contains(
         "prize.example.com (10), track.example.net (10), mirror.example.net (5) (from 10 messages)"
     ));
-    assert!(table.contains("#2  helo-bare-ip pregreet\n"), "{table}");
+    assert!(table.contains("  helo-bare-ip pregreet\n"), "{table}");
     assert!(table.contains("x\\x1b[2jy@example.org (3)"), "{table}");
     assert!(
         !table.contains('\u{1b}'),
         "control characters reach the terminal"
     );
-    assert!(table.contains("#3  (no signatures)\n"), "{table}");
 }
 
 #[test]

@@ -11,6 +11,7 @@
 //! after another).
 
 mod campaign_replay;
+mod campaign_variants;
 mod campaigns;
 mod cli_config;
 mod crash;
@@ -20,6 +21,7 @@ mod escape;
 mod feeds;
 mod fleet;
 mod floods;
+mod greet_wait;
 mod hardening;
 mod hostile_bodies;
 mod hostile_input;
@@ -37,6 +39,7 @@ mod score_e2e;
 mod score_limits;
 mod smtp_clients;
 mod smtp_daemon;
+mod syn_fingerprints;
 mod tls;
 mod update;
 mod xdp_netns;

@@ -70,6 +70,8 @@ enum Bench {
     Smtp,
     Score,
     Hostile,
+    Campaigns,
+    Greet,
 }
 
 fn main() -> ExitCode {
@@ -128,6 +130,8 @@ fn bench(which: Bench) -> Result<()> {
         Bench::Smtp => "smtp",
         Bench::Score => "score",
         Bench::Hostile => "hostile",
+        Bench::Campaigns => "campaigns",
+        Bench::Greet => "greet",
     };
     cargo(&["bench", "-p", "sinkhole-tests", "--bench", name])
 }

@@ -31,6 +31,8 @@ const TEST_PEERS: &[(&str, &str)] = &[
     ("python3", "/usr/bin/python3"),
     // promtool, for the alert rules in packaging/prometheus.
     ("prometheus", "/usr/bin/promtool"),
+    // Renders `sinkhole campaigns --html` headless in the campaign replay test.
+    ("chromium", "/usr/bin/chromium"),
 ];
 
 pub fn setup() -> Result<()> {

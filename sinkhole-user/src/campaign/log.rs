@@ -11,6 +11,7 @@ use flate2::read::MultiGzDecoder;
 use serde::{Deserialize, Deserializer};
 
 use crate::capture::log_file::{Kind, rotated_name, with_suffix};
+use crate::syn::Syn;
 
 /// The log's name in its storage folder.
 const LOG: &str = "sessions.jsonl";
@@ -27,6 +28,10 @@ pub struct LoggedSession {
     pub start: Option<String>,
     pub end: Option<String>,
     pub client_ip: Option<String>,
+    #[serde(deserialize_with = "nullable")]
+    pub pipelined: bool,
+    /// The SYN fingerprint, when the XDP program saw it.
+    pub syn: Option<Syn>,
     #[serde(deserialize_with = "nullable")]
     pub dnsbl: Vec<LoggedDnsbl>,
     /// Names as logged; unknown ones (from a newer version) are kept, not refused.
@@ -46,6 +51,8 @@ pub struct LoggedDnsbl {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct LoggedTransaction {
+    #[serde(deserialize_with = "nullable")]
+    pub mail_from: String,
     #[serde(deserialize_with = "nullable")]
     pub rcpts: Vec<LoggedRcpt>,
     /// The Maildir file name, when the message was stored.
@@ -99,7 +106,7 @@ impl<R: BufRead> LogReader<R> {
                 return Ok(read_any.then_some((false, too_long)));
             }
             read_any = true;
-            let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            let (take, done) = match memchr::memchr(b'\n', chunk) {
                 Some(i) => (i, true),
                 None => (chunk.len(), false),
             };

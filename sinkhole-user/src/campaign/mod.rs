@@ -1,8 +1,15 @@
-//! Campaigns: the signature set of each session, the `[campaign] block_signatures` check, and
-//! the `sinkhole campaigns` report over the session log.
+//! Campaigns: the signature set of each session, the `[campaign] block_signatures` check, what
+//! a campaign's software fixes per session (`features`), grouping sessions into campaigns
+//! (`grouping`, `similarity`), and the `sinkhole campaigns` report over the session log.
 
+pub mod alert;
+pub mod features;
+pub mod grouping;
+pub mod html;
 pub mod log;
 pub mod report;
+pub mod similarity;
+pub mod uribl;
 pub mod urls;
 
 use crate::config::CampaignConfig;
@@ -69,6 +76,7 @@ mod tests {
                 vec![MailFromEqRcptTo, MailFromLocalDomain],
                 vec![Pregreet],
             ],
+            ..CampaignConfig::default()
         };
         assert_eq!(
             matches_block_set(&[MailFromEqRcptTo, MailFromLocalDomain, NoRdns], &config).as_deref(),

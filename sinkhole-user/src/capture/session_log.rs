@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::log_file::LogFile;
 use crate::score::DnsblListing;
 use crate::smtp::{Direction, SessionRecord, TranscriptLine};
+use crate::syn::Syn;
 
 /// How a session ended, as the log's `verdict` says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +76,8 @@ pub struct SessionEnd {
     pub scored: bool,
     pub verdict: Verdict,
     pub record: SessionRecord,
+    /// The SYN that opened the connection, when the XDP program saw it.
+    pub syn: Option<Syn>,
 }
 
 /// A negotiated TLS session: `{"version":"TLSv1_3","cipher":"TLS13_AES_256_GCM_SHA384",
@@ -107,6 +110,9 @@ struct Line<'a> {
     /// `false` without TLS (as before TLS was supported), else the [`TlsInfo`] object.
     #[serde(serialize_with = "tls_or_false")]
     tls: Option<&'a TlsInfo>,
+    /// Absent when the XDP program did not see the SYN (not attached, or evicted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    syn: Option<&'a Syn>,
     pipelined: bool,
     dnsbl: Vec<Listing<'a>>,
     score: Option<i32>,
@@ -191,6 +197,7 @@ impl SessionEnd {
             scored: false,
             verdict: Verdict::of(&record),
             record,
+            syn: None,
         }
     }
 
@@ -282,6 +289,7 @@ impl SessionEnd {
             fcrdns: self.fcrdns,
             helo: record.helo.as_deref(),
             tls: self.tls.as_ref(),
+            syn: self.syn.as_ref(),
             pipelined: record.pipelined,
             dnsbl: self
                 .dnsbl

@@ -22,6 +22,11 @@ pub fn export(
     zone: &str,
     skip_reasons: &[String],
 ) -> anyhow::Result<String> {
+    if output.is_none() && family.is_none() {
+        anyhow::bail!(
+            "export --format rbldnsd writes one family to stdout: give --family ipv4|ipv6, or --output DIR"
+        );
+    }
     let options = ExportOptions {
         output,
         family,

@@ -141,7 +141,8 @@ pub enum Command {
         config: ConfigArg,
     },
     /// Write the unexpired blocks as rbldnsd datasets (`ip4set`, `ip6trie`) with the reasons as
-    /// TXT, to serve them as a DNSBL zone.
+    /// TXT, to serve them as a DNSBL zone; with `--format rbldnsd-uribl`, the URL hosts of the
+    /// campaigns as a `dnset`, to serve them as a URI blocklist.
     Export {
         #[arg(long, value_enum, default_value = "rbldnsd")]
         format: ExportFormat,
@@ -149,8 +150,8 @@ pub enum Command {
         /// command line serving them. Without it, one family's dataset goes to stdout.
         #[arg(long, value_name = "DIR")]
         output: Option<PathBuf>,
-        /// Only this family (required when writing to stdout).
-        #[arg(long, value_enum, required_unless_present = "output")]
+        /// Only this family (required when writing blocks to stdout).
+        #[arg(long, value_enum)]
         family: Option<Family>,
         /// The zone name in the printed rbldnsd command line.
         #[arg(long, default_value = "blocks.sinkhole.invalid")]
@@ -159,6 +160,15 @@ pub enum Command {
         /// share only this trap's own findings with a fleet.
         #[arg(long, value_name = "PREFIX")]
         skip_reason: Vec<String>,
+        /// rbldnsd-uribl: only the URL hosts of campaigns with at least N sessions.
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        min_sessions: u64,
+        /// rbldnsd-uribl: the storage directory; default: the config's `storage.dir`.
+        #[arg(long, value_name = "DIR")]
+        storage: Option<PathBuf>,
+        /// rbldnsd-uribl: only sessions that started within this long before now.
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -188,9 +198,13 @@ pub enum Command {
         /// Only sessions that started within this long before now (e.g. 24h, 7d).
         #[arg(long, value_parser = parse_duration)]
         since: Option<Duration>,
-        /// How many recipients and URL hosts to list per campaign.
+        /// How many recipients, URL hosts, clients and SYN fingerprints to list per campaign.
         #[arg(long, default_value_t = 10)]
         top: usize,
+        /// Also write one self-contained HTML page (timelines, variants, top clients and URL
+        /// hosts) to FILE.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -297,6 +311,7 @@ pub fn dispatch(command: Command) -> Result<String, Failure> {
             zone,
             skip_reason,
             config,
+            ..
         } => feeds::export(
             &load(config.path().as_deref())?,
             output.as_deref(),
@@ -304,14 +319,37 @@ pub fn dispatch(command: Command) -> Result<String, Failure> {
             &zone,
             &skip_reason,
         ),
+        Command::Export {
+            format: ExportFormat::RbldnsdUribl,
+            output,
+            zone,
+            min_sessions,
+            storage,
+            since,
+            config,
+            ..
+        } => campaigns::export_uribl(
+            config.path().as_deref(),
+            &campaigns::Selection { storage, since },
+            output.as_deref(),
+            &zone,
+            min_sessions,
+        ),
         // Without --storage the config is read for `storage.dir`; a wrong one is then exit 1.
         Command::Campaigns {
             storage,
             json,
             since,
             top,
+            html,
             config,
-        } => campaigns::report(config.path().as_deref(), storage, json, since, top),
+        } => campaigns::report(
+            config.path().as_deref(),
+            &campaigns::Selection { storage, since },
+            json,
+            top,
+            html.as_deref(),
+        ),
         Command::PackageFiles { dir } => package_files::write(&dir),
     };
     Ok(out?)

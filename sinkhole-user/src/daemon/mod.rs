@@ -65,7 +65,7 @@ pub fn run(config: &Config, config_file: Option<&Path>, takeover: bool) -> Resul
         );
     }
     // Everything that needs a privilege, while this is the only thread.
-    let blocker = crate::kernel::open_blocker(config);
+    let (blocker, syn) = crate::kernel::open_blocker(config);
     let bound = Server::bind(config)?;
     let metrics = match Endpoint::bind(config.metrics.listen) {
         Ok(endpoint) => Some(endpoint),
@@ -84,7 +84,7 @@ pub fn run(config: &Config, config_file: Option<&Path>, takeover: bool) -> Resul
     for addr in bound.local_addrs().map_err(ServerError::Io)? {
         log::info!("listening on {addr}");
     }
-    let server = bound.start(config, blocker, notifier)?;
+    let server = bound.start(config, blocker, syn, notifier)?;
     if let Some(endpoint) = metrics {
         let addr = endpoint.local_addr();
         let sources = Sources {

@@ -17,11 +17,12 @@ use std::ops::RangeInclusive;
 use sinkhole_common::{
     AllowFlag, BlockEntry, BootClock, GLOBAL_SCOPE, GLOBAL_SMTP_PORTS, MAP_ALLOW,
     MAP_ALLOW_BUCKETS, MAP_BLOCK_CIDR, MAP_BLOCK_V4, MAP_BLOCK_V6, MAP_CIDR_BUCKETS, MAP_CLOCK,
-    MAP_COUNTERS, MAP_NAMES, PORT_WORDS, REASON_LEN, SCOPE_ALL, SCOPE_SMTP, bucket_v4, bucket_v6,
-    counter,
+    MAP_COUNTERS, MAP_NAMES, MAP_SYN, PORT_WORDS, REASON_LEN, SCOPE_ALL, SCOPE_SMTP,
+    SynFingerprint, SynKey, bucket_v4, bucket_v6, counter,
 };
 
 use super::clock;
+use super::syn::SynTable;
 
 /// The XDP object, built by `build.rs` from `sinkhole-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sinkhole"));
@@ -140,6 +141,8 @@ pub struct BlockMaps {
     clock: Array<MapData, BootClock>,
     cidr_buckets: Array<MapData, u8>,
     allow_buckets: Array<MapData, u8>,
+    /// The SYN fingerprints, until the daemon takes them ([`BlockMaps::take_syn_table`]).
+    syn: Option<HashMap<MapData, SynKey, SynFingerprint>>,
 }
 
 /// What the program drops, fixed when it is loaded (its `.rodata` globals, which the verifier
@@ -246,6 +249,11 @@ pub fn open_object(
         allow_buckets: take(MAP_ALLOW_BUCKETS)?
             .try_into()
             .map_err(stale(MAP_ALLOW_BUCKETS))?,
+        // An older build of the program (the XDP bench measures builds side by side) has none.
+        syn: match ebpf.take_map(MAP_SYN) {
+            Some(map) => Some(map.try_into().map_err(stale(MAP_SYN))?),
+            None => None,
+        },
     };
     maps.sync_clock()?;
     Ok((ebpf, maps))
@@ -272,6 +280,11 @@ fn fs_magic(path: &Path) -> Option<FsWord> {
 }
 
 impl BlockMaps {
+    /// The SYN fingerprint map, for the daemon's event loop (once).
+    pub fn take_syn_table(&mut self) -> Option<SynTable> {
+        self.syn.take().map(SynTable::new)
+    }
+
     /// Puts `prefix` in the block table until `expires_at` (boot ns, 0 = never), replacing
     /// any entry for exactly `prefix` (its drop counter starts again from 0).
     ///

@@ -10,6 +10,7 @@ pub mod attached;
 pub mod clock;
 pub mod maps;
 pub mod memory;
+pub mod syn;
 pub mod xdp;
 
 use std::net::IpAddr;
@@ -20,6 +21,7 @@ use ipnet::IpNet;
 use crate::config::Config;
 pub use maps::{Block, BlockMaps, KernelError, PacketCounters, Scope};
 pub use memory::MemoryBlocker;
+pub use syn::SynTable;
 
 /// Where the daemon puts the clients it wants gone. The XDP implementation writes the pinned
 /// maps (the kernel then drops the client's packets); the userspace fallback keeps a table and
@@ -54,31 +56,39 @@ pub enum BlockError {
     MemoryFull { capacity: usize },
 }
 
-/// The blocker for the daemon, saying once (in the log) which kind it is and why.
-pub fn open_blocker(config: &Config) -> Box<dyn Blocker> {
+/// The blocker for the daemon, saying once (in the log) which kind it is and why; with the
+/// XDP program attached, also the SYN fingerprints it records (none without: a field absent,
+/// not invented).
+pub fn open_blocker(config: &Config) -> (Box<dyn Blocker>, Option<SynTable>) {
     let pin_dir = config.xdp.pin_dir.display();
-    let (ebpf, maps) = match open_maps(config) {
+    let (ebpf, mut maps) = match open_maps(config) {
         Ok(opened) => opened,
         Err(e) => {
             log::warn!(
                 "XDP unavailable ({e}); blocks are kept in memory only and blocked clients are closed after accept()"
             );
-            return Box::new(MemoryBlocker::new(config.xdp.allow.clone()));
+            return (Box::new(MemoryBlocker::new(config.xdp.allow.clone())), None);
         }
     };
     if config.xdp.interfaces.is_empty() {
         log::info!(
             "no XDP interfaces configured (xdp.interfaces): blocked clients are closed after accept(); blocks are kept in {pin_dir}"
         );
-        return Box::new(MapBlocker::new(maps, config, None));
+        return (Box::new(MapBlocker::new(maps, config, None)), None);
     }
     match xdp::attach(ebpf, config) {
-        Ok(attachment) => Box::new(MapBlocker::new(maps, config, Some(attachment))),
+        Ok(attachment) => {
+            let syn = maps.take_syn_table();
+            (
+                Box::new(MapBlocker::new(maps, config, Some(attachment))),
+                syn,
+            )
+        }
         Err(e) => {
             log::warn!(
                 "XDP unavailable ({e}); blocked clients are closed after accept(); blocks are kept in {pin_dir}"
             );
-            Box::new(MapBlocker::new(maps, config, None))
+            (Box::new(MapBlocker::new(maps, config, None)), None)
         }
     }
 }

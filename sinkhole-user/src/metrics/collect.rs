@@ -352,6 +352,29 @@ static SERVER: &[(&str, &str, Series)] = &[
         "Blocks the block table refused",
         Series::Counter(|c| &c.block_errors),
     ),
+    (
+        "syn_fingerprints",
+        "Connections accepted with the XDP program attached, by whether it had recorded their SYN",
+        Series::ByLabel(
+            "result",
+            &[("found", |c| &c.syn_found), ("missing", |c| &c.syn_missing)],
+        ),
+    ),
+    (
+        "campaign_sessions",
+        "Sessions counted into a campaign (sessions showing a campaign behaviour)",
+        Series::Counter(|c| &c.campaign_sessions),
+    ),
+    (
+        "campaigns_active",
+        "Campaigns that crossed campaign.alert_sessions within campaign.alert_window and still send",
+        Series::Gauge(|c| &c.campaigns_active),
+    ),
+    (
+        "campaign_keys_refused",
+        "Sessions of new campaigns not tracked for alerts: the tracker's table was full",
+        Series::Counter(|c| &c.campaign_keys_refused),
+    ),
 ];
 
 /// What the pinned maps say at one moment.

@@ -20,6 +20,7 @@ use crate::capture::headers::Trace;
 use crate::capture::maildir::{Maildir, MessageFile};
 use crate::capture::session_log::{TlsInfo, session_id};
 use crate::smtp::Session;
+use crate::syn::Syn;
 use crate::verdict::{Decision, Recipient, RecipientJudge, Rules};
 
 /// What carries the session's bytes.
@@ -62,6 +63,8 @@ pub struct Connection {
     /// The client closed its side, the connection broke, or the client was just blocked: read
     /// no more, and close as soon as the output is out and no message of it is being stored.
     peer_closed: bool,
+    /// The SYN that opened the connection, as the XDP program saw it.
+    syn: Option<Syn>,
 }
 
 /// What one read did.
@@ -113,7 +116,13 @@ impl Connection {
             message: None,
             capturing: None,
             peer_closed: false,
+            syn: None,
         }
+    }
+
+    /// The SYN fingerprint of this connection, for the session log.
+    pub fn set_syn(&mut self, syn: Option<Syn>) {
+        self.syn = syn;
     }
 
     pub fn session(&self) -> &Session {
@@ -286,6 +295,7 @@ impl Connection {
         let record = self.session.into_record();
         let mut ended =
             EndedSession::new(self.id, self.peer, self.started, self.judge, tls, record);
+        ended.set_syn(self.syn);
         if let Some(note) = tls_failure {
             ended.note(note);
         }

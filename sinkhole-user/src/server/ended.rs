@@ -4,10 +4,12 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Instant, SystemTime};
 
+use crate::campaign::features::{Key, Shape};
 use crate::capture::session_log::{SessionEnd, TlsInfo};
 use crate::score::Answer;
 use crate::signature::Signature;
 use crate::smtp::{Direction, SessionRecord, TranscriptLine};
+use crate::syn::Syn;
 use crate::verdict::{Escalation, RecipientJudge, Rules};
 
 #[derive(Debug)]
@@ -19,6 +21,7 @@ pub struct EndedSession {
     judge: RecipientJudge,
     tls: Option<TlsInfo>,
     record: SessionRecord,
+    syn: Option<Syn>,
 }
 
 impl EndedSession {
@@ -39,7 +42,13 @@ impl EndedSession {
             judge,
             tls,
             record,
+            syn: None,
         }
+    }
+
+    /// The SYN fingerprint of the connection, when the XDP program recorded one.
+    pub fn set_syn(&mut self, syn: Option<Syn>) {
+        self.syn = syn;
     }
 
     /// Adds a line of the loop's own to the transcript (within its cap).
@@ -74,6 +83,22 @@ impl EndedSession {
             .signatures(&record.signatures, record.helo.as_deref())
     }
 
+    /// The session's campaign key (what its software fixed), with `signatures` as its own.
+    pub fn campaign_key(&self, signatures: &[Signature]) -> Key {
+        let record = &self.record;
+        Key::of(Shape {
+            signatures: signatures.iter().copied(),
+            pipelined: record.pipelined,
+            transaction: record.transactions.first().map(|t| {
+                (
+                    t.mail_from.as_str(),
+                    t.rcpts.iter().map(|r| r.addr.as_str()),
+                )
+            }),
+            syn: self.syn.as_ref(),
+        })
+    }
+
     /// The block due now that the session is over, if none was made yet.
     pub fn escalation(&self, rules: &Rules, signatures: &[Signature]) -> Option<Escalation> {
         self.judge.escalation_at_end(rules, signatures)
@@ -94,6 +119,7 @@ impl EndedSession {
             judge,
             tls,
             mut record,
+            syn,
         } = self;
         record.signatures = signatures;
         let (rdns, fcrdns) = judge.rdns();
@@ -104,6 +130,7 @@ impl EndedSession {
             dnsbl: judge.listings(),
             score: judge.score().map(|s| s.score),
             scored: judge.is_scored(),
+            syn,
             ..SessionEnd::new(id, peer, start, end, record)
         }
     }

@@ -31,13 +31,15 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use crate::campaign::alert::{Counted, Tracker};
+use crate::campaign::features::Key;
 use crate::capture::floor::Space;
 use crate::capture::session_log::{SessionEnd, Verdict, session_id};
 use crate::capture::{Capture, CaptureError, Job, StoreRequest, Stored, Ticket};
 use crate::config::{Config, ConfigError};
 use crate::counters::DaemonCounters;
 use crate::handover;
-use crate::kernel::Blocker;
+use crate::kernel::{Blocker, SynTable};
 use crate::listeners;
 use crate::notify::Notifier;
 use crate::policy::PolicyStore;
@@ -99,6 +101,8 @@ pub struct Server {
     wheel: TimerWheel,
     limits: Limits,
     blocker: Box<dyn Blocker>,
+    /// The SYN fingerprints the XDP program records, when it is attached.
+    syn: Option<SynTable>,
     /// Scores clients (DNSBL, reverse DNS) and checks HELO names, on its own thread.
     resolver: Resolver,
     /// The policy in force; each session keeps the one current at its accept.
@@ -134,6 +138,10 @@ pub struct Server {
     notifier: Option<Notifier>,
     /// Where the pid file says which daemon is the service's main process.
     storage: PathBuf,
+    /// Sessions per campaign key, for the alerts.
+    campaigns: Tracker,
+    /// `campaign.alert_window`, as the alerts say it.
+    campaign_window: Duration,
 }
 
 impl Server {
@@ -189,12 +197,14 @@ impl Bound {
     }
 
     /// Prepares storage and starts the capture and resolver threads: the daemon, ready to
-    /// [`Server::run`], putting the clients it wants gone into `blocker`.
-    /// Tells `notifier`, when there is one, of reloads and the stop.
+    /// [`Server::run`], putting the clients it wants gone into `blocker` and taking each
+    /// connection's SYN fingerprint from `syn`. Tells `notifier`, when there is one, of
+    /// reloads and the stop.
     pub fn start(
         self,
         config: &Config,
         blocker: Box<dyn Blocker>,
+        syn: Option<SynTable>,
         notifier: Option<Notifier>,
     ) -> Result<Server, ServerError> {
         let Bound {
@@ -233,6 +243,7 @@ impl Bound {
                 smtp.max_connections_per_ip.get(),
             ),
             blocker,
+            syn,
             resolver,
             policy,
             rules: Rules::new(config),
@@ -244,6 +255,7 @@ impl Bound {
                 max_recipients: smtp.max_recipients.get(),
                 max_junk_commands: smtp.max_junk_commands.get(),
                 idle_timeout: smtp.idle_timeout,
+                greet_wait: smtp.greet_wait,
                 starttls: true,
                 keep_bodies: config.storage.capture,
             }),
@@ -261,6 +273,8 @@ impl Bound {
             busy_poll: smtp.busy_poll,
             notifier,
             storage: config.storage.dir.clone(),
+            campaigns: Tracker::new(&config.campaign, Instant::now()),
+            campaign_window: config.campaign.alert_window,
         })
     }
 }
@@ -369,6 +383,10 @@ impl Server {
                 if let Err(e) = self.blocker.sweep() {
                     log::warn!("sweeping the block table: {e}");
                 }
+                self.counters.campaigns_active.store(
+                    self.campaigns.active(now),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
             }
             if let Some(grace) = self.stopping {
                 // Sessions waiting for the resolver get their answers (within dnsbl.timeout).
@@ -462,6 +480,7 @@ impl Server {
             self.log_closed_at_accept(peer, Verdict::Refused, Some(refusal.reply()));
             return;
         }
+        let syn = self.take_syn(peer);
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
         if let Err(e) = self
@@ -486,15 +505,10 @@ impl Server {
             Err(_) => (0, true),
         };
         smtp::accept(&mut session, &self.scratch[..early], now);
-        let conn = entry.insert(Connection::new(
-            stream,
-            session,
-            judge,
-            peer,
-            self.serial,
-            started,
-            readable,
-        ));
+        let mut conn =
+            Connection::new(stream, session, judge, peer, self.serial, started, readable);
+        conn.set_syn(syn);
+        let conn = entry.insert(conn);
         // The banner goes out before the score is asked for: asking may wake the resolver's
         // thread, a system call and on a busy machine a context switch that the client should
         // not wait for. (What the flush leaves, and any error, `drive` meets again.)
@@ -508,6 +522,17 @@ impl Server {
             conn.judge_mut().score_requested(now, &self.rules);
         }
         self.drive(slot, now);
+    }
+
+    /// The SYN fingerprint of `peer`'s connection, when the XDP program recorded one.
+    fn take_syn(&mut self, peer: SocketAddr) -> Option<crate::syn::Syn> {
+        let syn = self.syn.as_mut()?.take(peer);
+        let counter = match syn {
+            Some(_) => &self.counters.syn_found,
+            None => &self.counters.syn_missing,
+        };
+        DaemonCounters::add(counter, 1);
+        syn
     }
 
     /// Moves a connection as far as it can go now: answers its events, writes its output,
@@ -789,7 +814,37 @@ impl Server {
         if ended.went_unscored() {
             DaemonCounters::add(&self.counters.unscored, 1);
         }
+        self.count_campaign(&ended.campaign_key(&signatures));
         self.log_session(ended.into_log(signatures));
+    }
+
+    /// Counts a session into its campaign key; logs the key once at WARN when it crosses
+    /// `campaign.alert_sessions` within `campaign.alert_window`.
+    fn count_campaign(&mut self, key: &Key) {
+        let now = Instant::now();
+        match self.campaigns.add(key, now) {
+            Counted::NoCampaign => return,
+            Counted::Refused => {
+                DaemonCounters::add(&self.counters.campaign_keys_refused, 1);
+                return;
+            }
+            Counted::Counted => {}
+            Counted::Alert(alert) => {
+                log::warn!(
+                    "new campaign {}: {} sessions within {} ({} since first seen): {}",
+                    alert.id,
+                    alert.sessions,
+                    humantime::format_duration(self.campaign_window),
+                    alert.total,
+                    alert.features
+                );
+                self.counters.campaigns_active.store(
+                    self.campaigns.active(now),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+        }
+        DaemonCounters::add(&self.counters.campaign_sessions, 1);
     }
 
     /// At the end of the shutdown grace: sessions still waiting for an answer are logged with

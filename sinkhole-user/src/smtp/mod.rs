@@ -64,6 +64,9 @@ pub struct SessionConfig {
     pub max_junk_commands: usize,
     /// Silence longer than this: 421 and close.
     pub idle_timeout: Duration,
+    /// How long the banner's last line waits after its first (`smtp.greet_wait`); a client
+    /// that sends anything meanwhile is `pregreet`. Zero: a one-line banner at once.
+    pub greet_wait: Duration,
     /// Advertise STARTTLS (only when the server can do it).
     pub starttls: bool,
     /// Hand each message's bytes to [`Host::body`] as they arrive; when false (nothing is

@@ -53,6 +53,10 @@ pub const INPUT_CAP: usize = 2 * MAX_RECEIVE;
 enum Lifecycle {
     /// Accepted, banner not sent yet: bytes fed now are `pregreet`, kept for after it.
     Connected,
+    /// The banner's first line (`220-`) is out and its last line (`220 `) waits until this
+    /// instant ([`SessionConfig::greet_wait`]): bytes fed now are `pregreet` too, kept for after
+    /// it, as postscreen's greet wait finds bots that talk before the banner is complete.
+    Greeting { until: Instant },
     /// Reading and answering commands.
     Open,
     /// STARTTLS was answered 220 in the middle of working through input: the rest of that
@@ -224,16 +228,31 @@ impl Session {
     }
 
     /// Queues the banner, then works through any early bytes. Only once, and not at all for a
-    /// session that already finished (timed out or shut down before its banner).
+    /// session that already finished (timed out or shut down before its banner). With a
+    /// [`SessionConfig::greet_wait`], only the banner's first line (`220-`) goes out now; its
+    /// last line follows at [`Session::deadline`] ([`Session::handle_timeout`]).
     pub fn greet(&mut self, now: Instant) {
         if self.lifecycle != Lifecycle::Connected {
             return;
         }
         self.now = now;
         self.idle_since = now;
+        let config = Arc::clone(&self.config);
+        if config.greet_wait.is_zero() {
+            return self.open(now);
+        }
+        self.say(220, true, format_args!("{} ESMTP", config.hostname));
+        let until = now.checked_add(config.greet_wait).unwrap_or(now);
+        self.set_lifecycle(Lifecycle::Greeting { until });
+    }
+
+    /// The banner's last line: the session reads commands from here on, the early ones first.
+    fn open(&mut self, now: Instant) {
+        self.now = now;
+        self.idle_since = now;
         self.set_lifecycle(Lifecycle::Open);
-        let hostname = Arc::clone(&self.config);
-        self.say(220, false, format_args!("{} ESMTP", hostname.hostname));
+        let config = Arc::clone(&self.config);
+        self.say(220, false, format_args!("{} ESMTP", config.hostname));
         // The banner is no reply to a command: early commands are `pregreet`, not pipelining.
         self.last_reply_at = 0;
         self.process();
@@ -241,7 +260,10 @@ impl Session {
 
     /// Bytes read from the client.
     pub fn receive(&mut self, bytes: &[u8], now: Instant) {
-        if self.lifecycle == Lifecycle::Connected {
+        if matches!(
+            self.lifecycle,
+            Lifecycle::Connected | Lifecycle::Greeting { .. }
+        ) {
             return self.receive_early(bytes, now);
         }
         self.now = now;
@@ -335,8 +357,12 @@ impl Session {
         self.after_decision();
     }
 
-    /// When [`Session::handle_timeout`] must next be called.
+    /// When [`Session::handle_timeout`] must next be called: the end of the greet wait, or
+    /// the idle deadline.
     pub fn deadline(&self) -> Instant {
+        if let Lifecycle::Greeting { until } = self.lifecycle {
+            return until;
+        }
         self.idle_since
             .checked_add(self.config.idle_timeout)
             .unwrap_or(self.idle_since)
@@ -348,6 +374,9 @@ impl Session {
         self.now = now;
         if self.is_finished() || now < self.deadline() {
             return;
+        }
+        if let Lifecycle::Greeting { .. } = self.lifecycle {
+            return self.open(now);
         }
         if self.pending.is_some() {
             self.idle_since = now;
@@ -941,7 +970,8 @@ impl Session {
         debug_assert!(
             matches!(
                 (self.lifecycle, next),
-                (Connected, Open | Finished)
+                (Connected, Open | Greeting { .. } | Finished)
+                    | (Greeting { .. }, Open | Finished)
                     | (Open, StartingTls | Closing | Finished)
                     | (StartingTls, Open)
                     | (Closing, Closing | Finished)

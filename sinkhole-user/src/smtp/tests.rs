@@ -19,6 +19,7 @@ fn config(starttls: bool, max_message_bytes: u64, max_recipients: usize) -> Arc<
         max_recipients,
         max_junk_commands: 100,
         idle_timeout: IDLE,
+        greet_wait: Duration::ZERO,
         starttls,
         keep_bodies: true,
     })
@@ -26,6 +27,16 @@ fn config(starttls: bool, max_message_bytes: u64, max_recipients: usize) -> Arc<
 
 fn default_config() -> Arc<SessionConfig> {
     config(false, 1000, 3)
+}
+
+const GREET_WAIT: Duration = Duration::from_secs(1);
+
+/// The default config with a greet wait.
+fn greeting_config() -> Arc<SessionConfig> {
+    Arc::new(SessionConfig {
+        greet_wait: GREET_WAIT,
+        ..(*default_config()).clone()
+    })
 }
 
 /// `config` with room for a flood of junk commands.
@@ -437,6 +448,33 @@ fn cases() -> Vec<Case> {
         case("HELO bare address", &[Send(b"EHLO 192.0.2.1\r\n")], "220 250", &[HeloBareIp], false, false),
         case("HELO not quite a literal", &[Send(b"EHLO [192.0.2]\r\n")], "220 250", &[], false, false),
         Case {
+            name: "greet wait: a command before the banner's last line is pregreet, answered after it",
+            config: greeting_config(),
+            script: &[Send(b"EHLO x\r\n"), Wait(GREET_WAIT), Send(b"QUIT\r\n")],
+            replies: "220 250 221",
+            signatures: &[Pregreet],
+            pipelined: false,
+            finished: true,
+        },
+        Case {
+            name: "greet wait: a client that waits for the last line is no pregreet",
+            config: greeting_config(),
+            script: &[Wait(GREET_WAIT), Send(b"EHLO x\r\n"), Send(b"QUIT\r\n")],
+            replies: "220 250 221",
+            signatures: &[],
+            pipelined: false,
+            finished: true,
+        },
+        Case {
+            name: "greet wait: shutdown before the last line",
+            config: greeting_config(),
+            script: &[Send(b"EHLO x\r\n"), Shutdown],
+            replies: "421",
+            signatures: &[Pregreet],
+            pipelined: false,
+            finished: true,
+        },
+        Case {
             name: "STARTTLS: bytes after it are discarded, EHLO is needed again",
             config: config(true, 1000, 3),
             script: &[Send(b"EHLO x\r\n"), Send(b"STARTTLS\r\nMAIL FROM:<a@b>\r\n"), Send(b"MAIL FROM:<a@b>\r\n"), Send(b"EHLO x\r\n"), Send(b"STARTTLS\r\n")],
@@ -527,7 +565,11 @@ fn every_reply_after_the_banner_has_an_enhanced_code() {
         let run = run(case.config.clone(), case.script);
         let text = String::from_utf8_lossy(&run.output).into_owned();
         let mut in_ehlo = false;
-        for line in text.split("\r\n").filter(|l| !l.is_empty()).skip(1) {
+        // The banner's lines (two with a greet wait) carry none either.
+        let after_banner = text
+            .split("\r\n")
+            .filter(|l| !l.is_empty() && !l.ends_with("mx.example.test ESMTP"));
+        for line in after_banner {
             // EHLO/HELO replies carry none (RFC 2034); they are the 250s naming us.
             if line.starts_with("250-mx.example.test") || line == "250 mx.example.test" {
                 in_ehlo = line.starts_with("250-");
@@ -1196,4 +1238,39 @@ fn mail_is_accepted_again_once_storage_is_back_and_a_transaction_under_way_goes_
     let run = driver.finish();
     assert_eq!(run.codes(), "220 250 250 250 354 250 452 250 250 354 250");
     assert_eq!(run.record.transactions.len(), 2);
+}
+
+#[test]
+fn greet_wait_sends_the_banner_in_two_lines_and_waits_for_the_second() {
+    let mut driver = Driver::new(greeting_config());
+    driver.greet_once();
+    assert_eq!(driver.output, b"220-mx.example.test ESMTP\r\n");
+    // The idle timer does not run meanwhile: the greet wait is the deadline.
+    assert_eq!(driver.session.deadline(), driver.now + GREET_WAIT);
+    driver.send(b"EHLO early\r\n", &[]);
+    assert_eq!(
+        driver.output, b"220-mx.example.test ESMTP\r\n",
+        "answered too early"
+    );
+    driver.now += GREET_WAIT - Duration::from_millis(1);
+    driver.session.handle_timeout(driver.now);
+    driver.settle();
+    assert_eq!(
+        driver.output, b"220-mx.example.test ESMTP\r\n",
+        "last line too early"
+    );
+    let run = driver.run(&[Wait(Duration::from_millis(1))]);
+    let text = String::from_utf8(run.output.clone()).unwrap();
+    assert!(
+        text.starts_with("220-mx.example.test ESMTP\r\n220 mx.example.test ESMTP\r\n250-"),
+        "{text}"
+    );
+    assert_eq!(run.record.signatures, [Pregreet]);
+    // Without a greet wait the banner is one line, as before.
+    let plain = run_bytes(b"QUIT\r\n", &[]);
+    assert!(
+        plain
+            .output
+            .starts_with(b"220 mx.example.test ESMTP\r\n221")
+    );
 }

@@ -383,6 +383,7 @@ mod tests {
             stall: Duration::from_secs(30),
             campaign: CampaignConfig {
                 block_signatures: vec![vec![Signature::MailFromLocalDomain, Signature::NoRdns]],
+                ..CampaignConfig::default()
             },
         }
     }
