@@ -81,9 +81,7 @@ pub fn run(config: &Config, config_file: Option<&Path>, takeover: bool) -> Resul
     drop_privileges(config, blocker.as_ref())?;
     confine(config, config_file, blocker.as_ref())?;
     // Every thread starts from here on, with neither privilege nor reach.
-    for addr in bound.local_addrs().map_err(ServerError::Io)? {
-        log::info!("listening on {addr}");
-    }
+    let listening = bound.local_addrs().map_err(ServerError::Io)?;
     let server = bound.start(config, blocker, syn, notifier)?;
     if let Some(endpoint) = metrics {
         let addr = endpoint.local_addr();
@@ -103,7 +101,11 @@ pub fn run(config: &Config, config_file: Option<&Path>, takeover: bool) -> Resul
             file: storage.dir.join(handover::PID_FILE),
             source,
         })?;
-    // Serving: the service manager may count on it, and (after a takeover) on this process.
+    // Serving: said once the pid file names this process.
+    for addr in listening {
+        log::info!("listening on {addr}");
+    }
+    // The service manager may count on it, and (after a takeover) on this process.
     server.notify(&format!(
         "MAINPID={}\nREADY=1\nSTATUS=serving",
         std::process::id()
