@@ -152,8 +152,11 @@ fn phases(count: usize) -> Result<[f64; 4]> {
 /// the server does the real work of its first flight), and nothing more.
 fn tls_handshake(count: usize) -> Result<f64> {
     let daemon = Daemon::start(
-        &format!("max_connections = {}
-idle_timeout = \"600s\"", count + 100),
+        &format!(
+            "max_connections = {}
+idle_timeout = \"600s\"",
+            count + 100
+        ),
         "",
     );
     let baseline = rss_kib(daemon.pid())?;
@@ -188,12 +191,16 @@ fn disk_wait(count: usize) -> Result<f64> {
     let config = smtp_config(
         port,
         dir.path(),
-        &format!("max_connections = {}
-idle_timeout = \"600s\"", count + 100),
+        &format!(
+            "max_connections = {}
+idle_timeout = \"600s\"",
+            count + 100
+        ),
         "min_free = \"16MiB\"",
         "",
     );
-    let mut daemon = Daemon::start_with_config(dir, &config, SocketAddr::from(([127, 0, 0, 1], port)));
+    let mut daemon =
+        Daemon::start_with_config(dir, &config, SocketAddr::from(([127, 0, 0, 1], port)));
     let baseline = rss_kib(daemon.pid())?;
     let mut clients = connect_all(&daemon, count)?;
     for client in &mut clients {

@@ -48,11 +48,7 @@ impl SlowDisk {
         }
         let device = String::from_utf8(out.stdout)?.trim().to_string();
         let rdev = rustix::fs::stat(device.as_str())?.st_rdev;
-        let numbers = format!(
-            "{}:{}",
-            rustix::fs::major(rdev),
-            rustix::fs::minor(rdev)
-        );
+        let numbers = format!("{}:{}", rustix::fs::major(rdev), rustix::fs::minor(rdev));
         fs::create_dir_all(dir)?;
         let disk = SlowDisk {
             mount: dir.to_path_buf(),
@@ -82,7 +78,11 @@ impl Drop for SlowDisk {
             .and_then(|mount| run("umount", &[mount]))
             .and_then(|()| run("losetup", &["-d", &self.device]));
         if let Err(e) = undo {
-            eprintln!("cannot unmount {} from {}: {e}", self.device, self.mount.display());
+            eprintln!(
+                "cannot unmount {} from {}: {e}",
+                self.device,
+                self.mount.display()
+            );
         }
     }
 }
