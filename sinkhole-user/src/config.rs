@@ -326,11 +326,15 @@ impl Default for XdpConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyConfig {
-    /// Empty: no per-address rules.
+    /// The rule file. Empty: no rules.
     pub file: PathBuf,
     /// 100ms..=10m.
     #[serde(deserialize_with = "duration::<_, 100, 600_000>")]
     pub stall: Duration,
+    /// Where a sender in one of the rule file's `local_domains` is refused.
+    pub local_domains_phase: LocalDomainsPhase,
+    /// One TOML file per address (or per person) with its own rules. Empty: none.
+    pub addresses_dir: PathBuf,
 }
 
 impl Default for PolicyConfig {
@@ -338,8 +342,21 @@ impl Default for PolicyConfig {
         PolicyConfig {
             file: PathBuf::new(),
             stall: Duration::from_secs(30),
+            local_domains_phase: LocalDomainsPhase::Mail,
+            addresses_dir: PathBuf::new(),
         }
     }
+}
+
+/// `policy.local_domains_phase`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalDomainsPhase {
+    /// The MAIL is refused; what the client pipelined behind it gets 503.
+    #[default]
+    Mail,
+    /// Each recipient is refused (the MAIL is accepted).
+    Rcpt,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -2,13 +2,15 @@
 //! die with the test, free ports, network namespaces that clean up after themselves, and the
 //! privilege rule for kernel tests. Topic modules: `daemon` (the SMTP daemon and a raw client),
 //! `dns` (real DNS servers), `netns` (namespaces, veth, bpffs), `frames` and `xdp` (test runs),
-//! `null_smtp` (the benchmarks' do-nothing SMTP server).
+//! `null_smtp` (the benchmarks' do-nothing SMTP server), `policy` (a daemon with a policy
+//! file).
 
 pub mod daemon;
 pub mod dns;
 pub mod frames;
 pub mod netns;
 pub mod null_smtp;
+pub mod policy;
 pub mod slow_disk;
 pub mod xdp;
 

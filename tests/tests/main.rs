@@ -26,6 +26,7 @@ mod log_rotation;
 mod metrics;
 mod policy_check;
 mod policy_e2e;
+mod policy_phases;
 mod privilege;
 mod restart;
 mod score_dnsbl;

@@ -497,8 +497,12 @@ message = "550 5.1.1 This address is closed"
     let asked = Instant::now();
     assert!(rcpt(&mut before, "slow@sinkhole.test").starts_with("451 4.7.1 "));
     assert!(asked.elapsed() >= Duration::from_secs(1));
-    let mut local = session("me@sinkhole.test");
-    assert!(rcpt(&mut local, "anyone@sinkhole.test").starts_with("550 5.7.1 Sender address"));
+    // A sender in a local domain is refused at MAIL.
+    let mut local = SmtpClient::connect(d.addr);
+    assert!(local.reply()[0].starts_with("220 "));
+    local.send(b"HELO x.example\r\nMAIL FROM:<me@sinkhole.test>\r\n");
+    assert!(local.reply()[0].starts_with("250 "));
+    assert!(local.reply()[0].starts_with("550 5.7.1 Sender address"));
     quit(&mut local);
 
     // A broken file is refused whole: the old rules stay, the error names file:line:key.

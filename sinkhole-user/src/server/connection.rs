@@ -20,7 +20,7 @@ use crate::capture::headers::Trace;
 use crate::capture::maildir::{Maildir, MessageFile};
 use crate::capture::session_log::{TlsInfo, session_id};
 use crate::smtp::Session;
-use crate::verdict::{Decision, Recipient, RecipientJudge, Rules};
+use crate::verdict::{Ask, ClientJudge, Context, Decision, Rules};
 
 /// What carries the session's bytes.
 pub enum Transport {
@@ -39,7 +39,7 @@ pub struct Connection {
     transport: Transport,
     session: Session,
     /// Its score, policy and held recipient reply.
-    judge: RecipientJudge,
+    judge: ClientJudge,
     peer: SocketAddr,
     /// Tells this connection apart from earlier ones in the same slot (timers, completions).
     serial: u64,
@@ -91,7 +91,7 @@ impl Connection {
     pub fn new(
         stream: TcpStream,
         session: Session,
-        judge: RecipientJudge,
+        judge: ClientJudge,
         peer: SocketAddr,
         serial: u64,
         started: SystemTime,
@@ -123,11 +123,11 @@ impl Connection {
         &mut self.session
     }
 
-    pub fn judge(&self) -> &RecipientJudge {
+    pub fn judge(&self) -> &ClientJudge {
         &self.judge
     }
 
-    pub fn judge_mut(&mut self) -> &mut RecipientJudge {
+    pub fn judge_mut(&mut self) -> &mut ClientJudge {
         &mut self.judge
     }
 
@@ -218,17 +218,15 @@ impl Connection {
         self.scheduled = None;
     }
 
-    /// The verdict for a recipient of this session with what is known now.
-    pub fn decide(&mut self, rules: &Rules, mail_from: &str, rcpt: &str, now: Instant) -> Decision {
+    /// The verdict for a decision of this session with what is known now.
+    pub fn decide(&mut self, rules: &Rules, ask: &Ask, now: Instant) -> Decision {
         let record = self.session.record();
-        let recipient = Recipient {
+        let context = Context {
             client_ip: self.peer.ip().to_canonical(),
             helo: record.helo.as_deref(),
             protocol: &record.signatures,
-            mail_from,
-            rcpt,
         };
-        self.judge.decide(rules, &recipient, now)
+        self.judge.decide(rules, &context, ask, now)
     }
 
     /// Body bytes of the message being received go to its file, which its first bytes open in

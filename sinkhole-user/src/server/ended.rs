@@ -8,7 +8,7 @@ use crate::capture::session_log::{SessionEnd, TlsInfo};
 use crate::score::Answer;
 use crate::signature::Signature;
 use crate::smtp::{Direction, SessionRecord, TranscriptLine};
-use crate::verdict::{Escalation, RecipientJudge, Rules};
+use crate::verdict::{ClientJudge, Escalation, Rules};
 
 #[derive(Debug)]
 pub struct EndedSession {
@@ -16,7 +16,7 @@ pub struct EndedSession {
     start: SystemTime,
     end: SystemTime,
     peer: SocketAddr,
-    judge: RecipientJudge,
+    judge: ClientJudge,
     tls: Option<TlsInfo>,
     record: SessionRecord,
 }
@@ -27,7 +27,7 @@ impl EndedSession {
         id: String,
         peer: SocketAddr,
         start: SystemTime,
-        judge: RecipientJudge,
+        judge: ClientJudge,
         tls: Option<TlsInfo>,
         record: SessionRecord,
     ) -> EndedSession {
@@ -52,7 +52,7 @@ impl EndedSession {
         });
     }
 
-    /// The resolver still owes the session an answer (see [`RecipientJudge::awaits_answers`]).
+    /// The resolver still owes the session an answer (see [`ClientJudge::awaits_answers`]).
     pub fn awaits_answers(&self) -> bool {
         self.judge.awaits_answers()
     }
@@ -121,7 +121,7 @@ mod tests {
     fn ended(record: SessionRecord) -> EndedSession {
         let rules = Rules::new(&Config::default());
         let policy = Arc::new(Policy::parse("", "policy.toml").unwrap());
-        let judge = RecipientJudge::new(policy, &rules);
+        let judge = ClientJudge::new(policy, &rules);
         let peer = "[::ffff:192.0.2.9]:25".parse().unwrap();
         EndedSession::new("x".into(), peer, SystemTime::now(), judge, None, record)
     }

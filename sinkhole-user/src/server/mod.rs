@@ -37,10 +37,11 @@ use crate::config::{Config, ConfigError};
 use crate::counters::DaemonCounters;
 use crate::kernel::Blocker;
 use crate::listeners;
+use crate::policy::Phase;
 use crate::policy::PolicyStore;
 use crate::score::{Resolver, ScoreCounters, ScoreError};
 use crate::smtp::{self, CloseReason, Event, Reply, Session, SessionConfig};
-use crate::verdict::{RecipientJudge, Rules};
+use crate::verdict::{Ask, ClientJudge, Rules};
 use capture_budget::{CaptureBudget, MAX_IN_FLIGHT};
 use connection::{Connection, FlushOutcome, ReadOutcome};
 use ended::EndedSession;
@@ -413,7 +414,7 @@ impl Server {
         DaemonCounters::add(&self.counters.connections_total, 1);
         DaemonCounters::add(&self.counters.connections_active, 1);
         self.serial += 1;
-        let judge = RecipientJudge::new(self.policy.current(), &self.rules);
+        let judge = ClientJudge::new(self.policy.current(), &self.rules);
         let started = SystemTime::now();
         let mut session = Session::new(Arc::clone(&self.session_config), now);
         // Whatever is already waiting came before the banner (pregreet).
@@ -434,9 +435,26 @@ impl Server {
         ));
         // The banner goes out before the score is asked for: asking may wake the resolver's
         // thread, a system call and on a busy machine a context switch that the client should
-        // not wait for. (What the flush leaves, and any error, `drive` meets again.)
-        let _ = conn.flush();
-        // Busy (too many outstanding) is counted by the resolver; the client goes unscored.
+        // not wait for. Unless the banner waits for the score (a `connect` rule looks at it),
+        // or early commands may need it.
+        let score_first = early > 0 || conn.judge().waits_for_score(Phase::Connect);
+        if score_first {
+            self.request_score(slot, now);
+        }
+        // The decision on the connection, and the banner out. (What the flush leaves, and any
+        // error, `drive` meets again.)
+        smtp::settle(&mut Slot::new(self, slot, now));
+        if !score_first {
+            self.request_score(slot, now);
+        }
+        self.drive(slot, now);
+    }
+
+    /// Asks the resolver for the score of the client in `slot`. Busy (too many outstanding) is
+    /// counted by the resolver; the client goes unscored.
+    fn request_score(&mut self, slot: usize, now: Instant) {
+        let conn = &mut self.conns[slot];
+        let ip = conn.client_ip();
         if self
             .resolver
             .request(token(slot, conn.serial()), ip)
@@ -444,7 +462,6 @@ impl Server {
         {
             conn.judge_mut().score_requested(now, &self.rules);
         }
-        self.drive(slot, now);
     }
 
     /// Moves a connection as far as it can go now: answers its events, writes its output,
@@ -553,14 +570,24 @@ impl Server {
 
     fn handle_event(&mut self, slot: usize, event: Event, now: Instant) {
         match event {
+            Event::Connect => self.decide(slot, Ask::Connect, now),
+            Event::Helo { .. } => self.decide(slot, Ask::Helo, now),
+            Event::Mail { mail_from } => self.decide(slot, Ask::Mail { mail_from }, now),
             Event::Recipient { mail_from, rcpt } => {
-                self.decide_recipient(slot, mail_from, rcpt, now);
+                self.decide(slot, Ask::Rcpt { mail_from, rcpt }, now);
             }
             Event::Message {
                 mail_from,
-                rcpts: _,
+                rcpts,
                 size,
-            } => self.take_message(slot, mail_from, size, now),
+            } => {
+                let ask = Ask::Data {
+                    mail_from,
+                    rcpts,
+                    size,
+                };
+                self.decide(slot, ask, now);
+            }
             Event::Discard => self.conns[slot].discard_message(),
             Event::StartTls => {
                 let conn = &mut self.conns[slot];
@@ -583,9 +610,9 @@ impl Server {
         }
     }
 
-    /// The end of a message: its file (written as the body came) goes to the capture threads to
-    /// be made durable and named, and the client hears 250 only once it is.
-    fn take_message(&mut self, slot: usize, mail_from: String, size: u64, now: Instant) {
+    /// The end of a message the policy accepted: its file (written as the body came) goes to the
+    /// capture threads to be made durable and named, and the client hears 250 only once it is.
+    fn store_message(&mut self, slot: usize, mail_from: String, size: u64, now: Instant) {
         let conn = &mut self.conns[slot];
         let Some(maildir) = self.capture.maildir() else {
             DaemonCounters::add(&self.counters.messages_total, 1);
