@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sinkhole_tests::daemon::{Daemon, files_in, stored_body};
+use sinkhole_tests::daemon::{Daemon, files_in, lf_endings, stored_body};
 use sinkhole_tests::sinkhole;
 
 /// xorshift64*: reproducible from the seed the test prints.
@@ -131,7 +131,7 @@ fn session(
 }
 
 fn test_id(body: &[u8]) -> String {
-    let line = body.split(|&b| b == b'\r').next().unwrap();
+    let line = body.split(|&b| b == b'\n').next().unwrap();
     String::from_utf8_lossy(line.strip_prefix(b"X-Test-Id: ").expect("X-Test-Id first"))
         .into_owned()
 }
@@ -219,7 +219,7 @@ fn messages_answered_250_survive_sigkill_whole() {
             let file = fs::read(new.join(name))
                 .unwrap_or_else(|e| panic!("{name} (message {id}) was answered 250: {e}"));
             assert!(
-                stored_body(&file) == sent[id].as_slice(),
+                stored_body(&file) == lf_endings(&sent[id]).as_slice(),
                 "{name} differs from {id}"
             );
         }
@@ -230,7 +230,7 @@ fn messages_answered_250_survive_sigkill_whole() {
             let body = stored_body(&file);
             let id = test_id(body);
             assert!(
-                sent.get(&id).is_some_and(|b| b.as_slice() == body),
+                sent.get(&id).is_some_and(|b| lf_endings(b) == body),
                 "{} is not the whole message {id}",
                 path.display()
             );

@@ -266,11 +266,11 @@ fn rcpt_replies_session_log_and_headers_follow_the_score() {
             .unwrap_or_else(|| panic!("no message from {ip}"))
     };
     assert!(
-        of("127.0.0.4").contains("X-Sinkhole-Dnsbl: zen.test=127.0.0.4; allow.test=127.0.0.2\r\n")
+        of("127.0.0.4").contains("X-Sinkhole-Dnsbl: zen.test=127.0.0.4; allow.test=127.0.0.2\n")
     );
-    assert!(of("127.0.0.4").contains("X-Sinkhole-Rdns: (none)\r\n"));
-    assert!(of("127.0.0.7").contains("X-Sinkhole-Rdns: good.test\r\n"));
-    assert!(of("127.0.0.7").contains("X-Sinkhole-Dnsbl: (none)\r\n"));
+    assert!(of("127.0.0.4").contains("X-Sinkhole-Rdns: (none)\n"));
+    assert!(of("127.0.0.7").contains("X-Sinkhole-Rdns: good.test\n"));
+    assert!(of("127.0.0.7").contains("X-Sinkhole-Dnsbl: (none)\n"));
 }
 
 #[test]

@@ -235,19 +235,26 @@ impl Connection {
         let message = match &mut self.message {
             Some(message) => message,
             None => {
-                let mail_from = self.session.mail_from().unwrap_or_default().to_string();
-                let file = maildir.start(&self.trace(mail_from), SystemTime::now());
+                let (mail_from, rcpts) = self.session.envelope().unwrap_or_default();
+                let trace = self.trace(mail_from.to_owned(), rcpts.to_vec());
+                let file = maildir.start(&trace, SystemTime::now());
                 self.message.insert(file)
             }
         };
         message.append(chunk);
     }
 
-    /// The message from `mail_from` is complete: its file, opened now if it had no body bytes.
-    pub fn finish_message(&mut self, maildir: &mut Maildir, mail_from: String) -> MessageFile {
+    /// The message from `mail_from` to `rcpts` is complete: its file, opened now if it had no
+    /// body bytes.
+    pub fn finish_message(
+        &mut self,
+        maildir: &mut Maildir,
+        mail_from: String,
+        rcpts: Vec<String>,
+    ) -> MessageFile {
         match self.message.take() {
             Some(message) => message,
-            None => maildir.start(&self.trace(mail_from), SystemTime::now()),
+            None => maildir.start(&self.trace(mail_from, rcpts), SystemTime::now()),
         }
     }
 
@@ -256,8 +263,8 @@ impl Connection {
         self.message = None;
     }
 
-    /// What the trace headers of a message from `mail_from` say about this session.
-    pub fn trace(&self, mail_from: String) -> Trace {
+    /// What the trace headers of a message from `mail_from` to `rcpts` say about this session.
+    pub fn trace(&self, mail_from: String, rcpts: Vec<String>) -> Trace {
         Trace {
             session_id: self.id.clone(),
             client: self.peer,
@@ -266,6 +273,7 @@ impl Connection {
             protocol: self.session.protocol(),
             dnsbl: self.judge.listings(),
             mail_from,
+            rcpts,
         }
     }
 

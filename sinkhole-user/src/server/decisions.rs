@@ -48,8 +48,10 @@ impl Server {
         }
         match ask {
             Ask::Data {
-                mail_from, size, ..
-            } if decision.reply.code < 300 => self.store_message(slot, mail_from, size, now),
+                mail_from,
+                rcpts,
+                size,
+            } if decision.reply.code < 300 => self.store_message(slot, mail_from, rcpts, size, now),
             ask => self.give(slot, ask.phase(), decision.reply, now),
         }
     }

@@ -612,7 +612,14 @@ impl Server {
 
     /// The end of a message the policy accepted: its file (written as the body came) goes to the
     /// capture threads to be made durable and named, and the client hears 250 only once it is.
-    fn store_message(&mut self, slot: usize, mail_from: String, size: u64, now: Instant) {
+    fn store_message(
+        &mut self,
+        slot: usize,
+        mail_from: String,
+        rcpts: Vec<String>,
+        size: u64,
+        now: Instant,
+    ) {
         let conn = &mut self.conns[slot];
         let Some(maildir) = self.capture.maildir() else {
             DaemonCounters::add(&self.counters.messages_total, 1);
@@ -621,7 +628,7 @@ impl Server {
                 .resolve_message(reply(250, "2.0.0 Ok"), None, now);
             return;
         };
-        let file = match conn.finish_message(maildir, mail_from).finish() {
+        let file = match conn.finish_message(maildir, mail_from, rcpts).finish() {
             Ok(file) => file,
             Err(e) => {
                 log::error!("cannot store a message of session {}: {e}", conn.id());

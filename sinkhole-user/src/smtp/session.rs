@@ -468,10 +468,12 @@ impl Session {
         &self.record
     }
 
-    /// The reverse path of the transaction in progress (empty for the null sender `<>`), whose
-    /// body [`super::Host::body`] is being handed.
-    pub fn mail_from(&self) -> Option<&str> {
-        self.transaction.as_ref().map(|t| t.mail_from.as_str())
+    /// The envelope of the transaction in progress, whose body [`super::Host::body`] is being
+    /// handed: its reverse path (empty for the null sender `<>`) and accepted recipients.
+    pub fn envelope(&self) -> Option<(&str, &[String])> {
+        self.transaction
+            .as_ref()
+            .map(|t| (t.mail_from.as_str(), t.accepted.as_slice()))
     }
 
     /// The protocol a `Received:` line names for this session's messages (RFC 3848): `SMTP`
@@ -943,7 +945,7 @@ impl Session {
         // Its last bytes are still in the buffer: `settle` hands them over before this event.
         self.events.push_back(Event::Message {
             mail_from: transaction.mail_from.clone(),
-            rcpts: std::mem::take(&mut transaction.accepted),
+            rcpts: transaction.accepted.clone(),
             size,
         });
         self.body.handed_over();
