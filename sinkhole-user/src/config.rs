@@ -395,6 +395,10 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// A per-address file of `policy.addresses_dir` that cannot be read or parsed, or the
+    /// directory itself: `FILE:LINE: key: why`.
+    #[error("{0}")]
+    AddressFile(String),
 }
 
 impl ConfigError {
@@ -622,7 +626,7 @@ fn log_rotate<'de, D: Deserializer<'de>>(d: D) -> Result<LogRotate, D::Error> {
 }
 
 /// A duration within `MIN_MS..=MAX_MS` milliseconds.
-fn duration<'de, D: Deserializer<'de>, const MIN_MS: u64, const MAX_MS: u64>(
+pub(crate) fn duration<'de, D: Deserializer<'de>, const MIN_MS: u64, const MAX_MS: u64>(
     d: D,
 ) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
@@ -713,7 +717,7 @@ fn min_free<'de, D: Deserializer<'de>>(d: D) -> Result<MinFree, D::Error> {
 }
 
 /// An integer within `MIN..=MAX`.
-fn integer<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(
+pub(crate) fn integer<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(
     d: D,
 ) -> Result<i64, D::Error> {
     let n = i64::deserialize(d)?;
@@ -724,7 +728,7 @@ fn integer<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(
 }
 
 /// A count within `MIN..=MAX`, `MIN` at least 1.
-fn count<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(
+pub(crate) fn count<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(
     d: D,
 ) -> Result<NonZeroUsize, D::Error> {
     const { assert!(MIN >= 1 && MAX <= u32::MAX as i64) };

@@ -73,6 +73,12 @@ pub struct DaemonCounters {
     pub blocks_allow_listed: AtomicU64,
     /// Blocks that failed (the block table refused the entry).
     pub block_errors: AtomicU64,
+    /// Addresses closed by their `auto_close` rule.
+    pub auto_closed: AtomicU64,
+    /// `auto_close` counts or closes refused: the table of addresses counted was full, or the
+    /// addresses thread's queue was (the address is then closed until the daemon stops, not in
+    /// its file).
+    pub auto_close_refused: AtomicU64,
 }
 
 impl DaemonCounters {

@@ -24,6 +24,7 @@ mod hostile_input;
 mod hostile_sessions;
 mod log_rotation;
 mod metrics;
+mod policy_addresses;
 mod policy_check;
 mod policy_e2e;
 mod policy_phases;

@@ -1,8 +1,9 @@
 //! The command line, as README.md lists it: the clap definitions here, and each command
 //! family's glue in a module of its own (`run`, `check_config`, `blocks`, `feeds`,
-//! `campaigns`), a thin layer over the library. [`dispatch`] runs a parsed command; `main`
+//! `campaigns`, `address`), a thin layer over the library. [`dispatch`] runs a parsed command; `main`
 //! prints what it returns, or the [`Failure`] on one line with its exit status.
 
+mod address;
 mod blocks;
 mod campaigns;
 mod check_config;
@@ -19,6 +20,7 @@ use ipnet::IpNet;
 
 use crate::config::{Config, ConfigError, parse_duration};
 use crate::feeds::{ExportFormat, Family, Format, ImportOptions};
+use crate::policy::address_edit::BlockEntry;
 use crate::prefix::parse_prefix;
 
 /// A high-volume SMTP sinkhole for spamtrap hosts, with XDP drops for the worst clients.
@@ -129,6 +131,11 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Per-address files: close, open, block, unblock, show, list.
+    Address {
+        #[command(subcommand)]
+        command: AddressCommand,
+    },
     /// Group the logged sessions by signature set (a campaign each), largest first.
     Campaigns {
         /// The storage directory (`sessions.jsonl`, `maildir/`); default: the config's
@@ -147,6 +154,84 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+}
+
+/// Per-address files (`policy.addresses_dir`): each changed under its lock, safe while the
+/// daemon runs and from several shells at once.
+#[derive(Debug, Subcommand)]
+pub enum AddressCommand {
+    /// Close an address: its recipients are refused (550 5.1.1, or the message given).
+    Close {
+        address: String,
+        /// The reply: a text (`550 5.7.1 TEXT`) or a whole reply line (`550 5.1.1 ...`).
+        #[arg(long)]
+        message: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Open an address again.
+    Open {
+        address: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Refuse an address's mail from a host or a sender.
+    Block {
+        address: String,
+        #[command(flatten)]
+        entry: EntryArg,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Take a host or a sender off an address's blocks.
+    Unblock {
+        address: String,
+        #[command(flatten)]
+        entry: EntryArg,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// An address's file: its state, blocks, replies and auto_close rule.
+    Show {
+        address: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Every file of the directory.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// What `address block` and `unblock` are about: exactly one of these.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct EntryArg {
+    /// An address, a CIDR prefix, or a reverse name (`.dyn.example.net`, `mx.example.net`;
+    /// `ptr:` in front: not forward-confirmed).
+    #[arg(long, value_name = "CIDR|NAME")]
+    host: Option<String>,
+    /// An address, `@domain`, `@.domain-suffix`, a glob (`*@*.biz`) or `<>`.
+    #[arg(long, value_name = "PATTERN")]
+    sender: Option<String>,
+    /// A HELO glob (`*.example.net`).
+    #[arg(long, value_name = "GLOB")]
+    helo: Option<String>,
+}
+
+impl EntryArg {
+    fn entry(self) -> BlockEntry {
+        match (self.host, self.sender, self.helo) {
+            (Some(host), _, _) => BlockEntry::Host(host),
+            (None, Some(sender), _) => BlockEntry::Sender(sender),
+            (None, None, helo) => BlockEntry::Helo(helo.unwrap_or_default()),
+        }
+    }
 }
 
 /// A command that failed: the line `main` prints after `sinkhole: `, and the exit status.
@@ -231,6 +316,30 @@ pub fn dispatch(command: Command) -> Result<String, Failure> {
             &zone,
             &skip_reason,
         ),
+        Command::Address { command } => match command {
+            AddressCommand::Close {
+                address,
+                message,
+                config,
+            } => address::close(&load(&config)?, &address, message),
+            AddressCommand::Open { address, config } => address::open(&load(&config)?, &address),
+            AddressCommand::Block {
+                address,
+                entry,
+                config,
+            } => address::block(&load(&config)?, &address, entry.entry(), true),
+            AddressCommand::Unblock {
+                address,
+                entry,
+                config,
+            } => address::block(&load(&config)?, &address, entry.entry(), false),
+            AddressCommand::Show {
+                address,
+                json,
+                config,
+            } => address::show(&load(&config)?, &address, json),
+            AddressCommand::List { json, config } => address::list(&load(&config)?, json),
+        },
         // Without --storage the config is read for `storage.dir`; a wrong one is then exit 1.
         Command::Campaigns {
             storage,

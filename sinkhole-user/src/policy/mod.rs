@@ -23,7 +23,18 @@
 //! `policy.local_domains_phase` (`mail` or `rcpt`) unless the first matching rule of that
 //! phase already refuses; an `accept` rule does not let it through. The null sender is never
 //! refused for being null.
+//!
+//! At `RCPT TO` the recipient's own file in `policy.addresses_dir` ([`book`]) decides after the
+//! rules' refusals and before their accepts ([`Policy::decide_recipient`]). The file's
+//! `[auto_close]` table, or else the policy file's, says when an address closes itself
+//! ([`auto_close`]).
 
+pub mod address;
+pub mod address_edit;
+pub mod address_io;
+pub mod auto_close;
+pub mod book;
+pub mod keeper;
 pub mod pattern;
 mod rule;
 
@@ -36,6 +47,8 @@ use serde::Deserialize;
 use crate::config::{ConfigError, LocalDomainsPhase, PolicyConfig, parse_toml};
 use crate::signature::Signature;
 use crate::smtp::Reply;
+use auto_close::AutoClose;
+use book::{AddressBook, AddressRefusal};
 use pattern::LocalDomain;
 pub use rule::{Action, default_reply, reply_line};
 use rule::{Rule, rule_reply};
@@ -145,16 +158,20 @@ pub enum Source {
     Rule(usize),
     /// `local_domains`.
     LocalDomains,
+    /// The recipient's own file in `policy.addresses_dir` refused it.
+    Address(AddressRefusal),
     /// No rule matched: accepted.
     Default,
 }
 
 impl Source {
-    /// How reports and block reasons name it: `rule[3]`, `local_domains`, `default`.
+    /// How reports and block reasons name it: `rule[3]`, `local_domains`,
+    /// `address:chris.toml:sender`, `default`.
     pub fn name(&self) -> String {
         match self {
             Source::Rule(i) => format!("rule[{i}]"),
             Source::LocalDomains => "local_domains".into(),
+            Source::Address(refusal) => format!("address:{}:{}", refusal.file, refusal.why.name()),
             Source::Default => "default".into(),
         }
     }
@@ -180,6 +197,9 @@ struct PolicyFile {
     local_domains: Vec<LocalDomain>,
     #[serde(default)]
     rule: Vec<Rule>,
+    /// The default for per-address files without an `[auto_close]` table of their own.
+    #[serde(default)]
+    auto_close: Option<AutoClose>,
 }
 
 /// A parsed policy file. The default policy has no rules and no local domains: accept all.
@@ -192,6 +212,8 @@ pub struct Policy {
     /// Per phase (index: `Phase as usize`), whether a rule of it looks at what scoring finds;
     /// worked out once, asked at every decision.
     uses_score: [bool; 5],
+    /// `[auto_close]`: the default for per-address files.
+    auto_close: Option<AutoClose>,
 }
 
 impl Policy {
@@ -263,6 +285,7 @@ impl Policy {
             local_domains_phase: Phase::Mail,
             rules: file.rule,
             uses_score,
+            auto_close: file.auto_close,
         })
     }
 
@@ -281,6 +304,12 @@ impl Policy {
     /// what scoring finds (a reverse-DNS `host`, `dnsbl`, `score` or `signature` condition).
     pub fn uses_score(&self, phase: Phase) -> bool {
         self.uses_score[phase as usize]
+    }
+
+    /// The `[auto_close]` rule of a per-address file: its own, else this policy's default.
+    pub fn auto_close<'a>(&'a self, own: Option<&'a AutoClose>) -> Option<&'a AutoClose> {
+        own.or(self.auto_close.as_ref())
+            .filter(|rule| !rule.is_empty())
     }
 
     /// The sender is in one of `local_domains` (never true for the null sender).
@@ -323,6 +352,29 @@ impl Policy {
                 source: Source::Default,
                 signature,
             },
+        }
+    }
+}
+
+impl Policy {
+    /// Decides one recipient: the rules' refusal (of phase `rcpt`), else the recipient's own
+    /// file's refusal, else the rules' accept.
+    pub fn decide_recipient(&self, book: &AddressBook, facts: &Facts) -> Verdict {
+        let verdict = self.decide(Phase::Rcpt, facts);
+        if verdict.action.refuses() {
+            return verdict;
+        }
+        match book.refuse(facts.to.first(), facts) {
+            Some(refusal) => Verdict {
+                action: match refusal.reply.code / 100 {
+                    4 => Action::Tempfail,
+                    _ => Action::Reject,
+                },
+                reply: refusal.reply.clone(),
+                source: Source::Address(refusal),
+                signature: verdict.signature,
+            },
+            None => verdict,
         }
     }
 }

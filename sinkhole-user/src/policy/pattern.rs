@@ -66,6 +66,43 @@ fn address(text: &str) -> Result<(String, String), String> {
     Ok((local.to_ascii_lowercase(), domain(dom)?))
 }
 
+/// One address, as a per-address file names it and the address book keys it: `local@domain`,
+/// lowercased, without a trailing dot (see the module's note on case).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mailbox(String);
+
+impl Mailbox {
+    /// The key of a recipient as the session hands it over (no validation: it matches a
+    /// mailbox or not).
+    pub fn key(rcpt: &str) -> Mailbox {
+        let (local, dom) = split_address(rcpt);
+        Mailbox(format!(
+            "{}@{}",
+            local.to_ascii_lowercase(),
+            dom.to_ascii_lowercase()
+        ))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Mailbox {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (local, domain) = address(text)?;
+        Ok(Mailbox(format!("{local}@{domain}")))
+    }
+}
+
 /// Implements `Deserialize` through `FromStr`, so that errors carry the key and line.
 macro_rules! deserialize_from_str {
     ($t:ty) => {
@@ -184,6 +221,19 @@ impl FromStr for SenderPattern {
 }
 deserialize_from_str!(SenderPattern);
 
+/// As written in a file (lowercased).
+impl std::fmt::Display for SenderPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SenderPattern::Null => f.write_str("<>"),
+            SenderPattern::Domain(d) => write!(f, "@{d}"),
+            SenderPattern::Below(suffix) => write!(f, "@{suffix}"),
+            SenderPattern::Address { local, domain } => write!(f, "{local}@{domain}"),
+            SenderPattern::Glob(glob) => glob.fmt(f),
+        }
+    }
+}
+
 /// Which clients a rule is about (`host`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostPattern {
@@ -260,6 +310,19 @@ impl FromStr for HostPattern {
 }
 deserialize_from_str!(HostPattern);
 
+/// As written in a file (lowercased).
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Net(net) => write!(f, "{net}"),
+            HostPattern::Rdns { name, confirmed } => {
+                let prefix = if *confirmed { "" } else { "ptr:" };
+                write!(f, "{prefix}{name}")
+            }
+        }
+    }
+}
+
 /// A HELO/EHLO glob: `*` any run, `?` one character; ASCII case-insensitive.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Glob(String);
@@ -302,6 +365,12 @@ impl FromStr for Glob {
 }
 deserialize_from_str!(Glob);
 
+impl std::fmt::Display for Glob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A DNSBL zone name (`dnsbl`), lowercased.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Zone(String);
@@ -339,6 +408,7 @@ impl FromStr for LocalDomain {
     }
 }
 deserialize_from_str!(LocalDomain);
+deserialize_from_str!(Mailbox);
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,7 @@ use super::timer::TimerEntry;
 use crate::capture::headers::Trace;
 use crate::capture::maildir::{Maildir, MessageFile};
 use crate::capture::session_log::{TlsInfo, session_id};
+use crate::policy::book::AddressBook;
 use crate::smtp::Session;
 use crate::verdict::{Ask, ClientJudge, Context, Decision, Rules};
 
@@ -56,8 +57,8 @@ pub struct Connection {
     /// The message being received, streaming into its file (when messages are stored): the one
     /// descriptor a connection holds besides its socket.
     message: Option<MessageFile>,
-    /// A message of this connection is with the capture thread.
-    capturing: bool,
+    /// A message of this connection is with the capture thread: its recipients.
+    capturing: Option<Vec<String>>,
     /// The client closed its side, the connection broke, or the client was just blocked: read
     /// no more, and close as soon as the output is out and no message of it is being stored.
     peer_closed: bool,
@@ -110,7 +111,7 @@ impl Connection {
             readable,
             wants_writable: false,
             message: None,
-            capturing: false,
+            capturing: None,
             peer_closed: false,
         }
     }
@@ -167,7 +168,7 @@ impl Connection {
     /// With its output out: the session is over, or the client left and nothing it sent is
     /// still being stored.
     pub fn is_over(&self) -> bool {
-        self.session.is_finished() || (self.peer_closed && !self.capturing)
+        self.session.is_finished() || (self.peer_closed && self.capturing.is_none())
     }
 
     /// Registers WRITABLE interest while output is `stuck`, and drops it once it is out.
@@ -185,13 +186,13 @@ impl Connection {
     }
 
     /// A message of this connection went to the capture thread.
-    pub fn mark_capturing(&mut self) {
-        self.capturing = true;
+    pub fn mark_capturing(&mut self, rcpts: Vec<String>) {
+        self.capturing = Some(rcpts);
     }
 
     /// The capture thread is done with the message.
-    pub fn capture_answered(&mut self) {
-        self.capturing = false;
+    pub fn capture_answered(&mut self) -> Vec<String> {
+        self.capturing.take().unwrap_or_default()
     }
 
     /// The connection's next deadline (the session's, or that of a held recipient reply),
@@ -219,14 +220,20 @@ impl Connection {
     }
 
     /// The verdict for a decision of this session with what is known now.
-    pub fn decide(&mut self, rules: &Rules, ask: &Ask, now: Instant) -> Decision {
+    pub fn decide(
+        &mut self,
+        rules: &Rules,
+        book: &AddressBook,
+        ask: &Ask,
+        now: Instant,
+    ) -> Decision {
         let record = self.session.record();
         let context = Context {
             client_ip: self.peer.ip().to_canonical(),
             helo: record.helo.as_deref(),
             protocol: &record.signatures,
         };
-        self.judge.decide(rules, &context, ask, now)
+        self.judge.decide(rules, book, &context, ask, now)
     }
 
     /// Body bytes of the message being received go to its file, which its first bytes open in
@@ -250,11 +257,11 @@ impl Connection {
         &mut self,
         maildir: &mut Maildir,
         mail_from: String,
-        rcpts: Vec<String>,
+        rcpts: &[String],
     ) -> MessageFile {
         match self.message.take() {
             Some(message) => message,
-            None => maildir.start(&self.trace(mail_from, rcpts), SystemTime::now()),
+            None => maildir.start(&self.trace(mail_from, rcpts.to_vec()), SystemTime::now()),
         }
     }
 

@@ -18,7 +18,7 @@ impl Server {
     /// A decision a session asked for: now, or once the score is in (at most until it is due).
     pub(super) fn decide(&mut self, slot: usize, ask: Ask, now: Instant) {
         let judge = self.conns[slot].judge_mut();
-        if judge.awaits_score(ask.phase(), now) && self.stopping.is_none() {
+        if judge.awaits_score(ask.phase(), self.addresses.book(), now) && self.stopping.is_none() {
             // The session holds further input meanwhile; `schedule` arms the score deadline.
             judge.hold_for_score(ask);
             return;
@@ -29,7 +29,7 @@ impl Server {
     /// Decides with what is known now and gives the reply (or holds it for a stall).
     fn answer(&mut self, slot: usize, ask: Ask, now: Instant) {
         let conn = &mut self.conns[slot];
-        let decision = conn.decide(&self.rules, &ask, now);
+        let decision = conn.decide(&self.rules, self.addresses.book(), &ask, now);
         if let Some(until) = decision.stall_until
             && self.stopping.is_none()
         {
@@ -162,8 +162,10 @@ impl Server {
         }
     }
 
-    /// SIGHUP: the policy file again, parsed whole before it replaces the old rules.
+    /// SIGHUP: the policy file again, parsed whole before it replaces the old rules; and every
+    /// per-address file again (on the addresses thread).
     pub(super) fn reload_policy(&mut self) {
+        self.addresses.rescan();
         match self.policy.reload() {
             Ok(()) => log::info!(
                 "policy reloaded: {} rule(s), for sessions from now on",

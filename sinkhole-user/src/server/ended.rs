@@ -79,6 +79,16 @@ impl EndedSession {
         self.judge.escalation_at_end(rules, signatures)
     }
 
+    /// The recipients the session accepted (in every transaction).
+    pub fn accepted_rcpts(&self) -> impl Iterator<Item = &str> {
+        self.record
+            .transactions
+            .iter()
+            .flat_map(|t| &t.rcpts)
+            .filter(|r| (200..300).contains(&r.code))
+            .map(|r| r.addr.as_str())
+    }
+
     /// Recipients were given, and no complete score came in time to judge them.
     pub fn went_unscored(&self) -> bool {
         !self.judge.is_scored() && self.record.transactions.iter().any(|t| !t.rcpts.is_empty())

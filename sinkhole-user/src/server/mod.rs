@@ -7,6 +7,7 @@
 //! [`Waker`]. Recipient verdicts (score, then policy) come from [`crate::verdict`]; the loop's
 //! side of them is in [`decisions`].
 
+mod addresses;
 mod capture_budget;
 pub mod connection;
 mod decisions;
@@ -39,9 +40,11 @@ use crate::kernel::Blocker;
 use crate::listeners;
 use crate::policy::Phase;
 use crate::policy::PolicyStore;
+use crate::policy::auto_close::Delivery;
 use crate::score::{Resolver, ScoreCounters, ScoreError};
 use crate::smtp::{self, CloseReason, Event, Reply, Session, SessionConfig};
 use crate::verdict::{Ask, ClientJudge, Rules};
+use addresses::Addresses;
 use capture_budget::{CaptureBudget, MAX_IN_FLIGHT};
 use connection::{Connection, FlushOutcome, ReadOutcome};
 use ended::EndedSession;
@@ -53,8 +56,10 @@ use timer::{TimerEntry, TimerWheel};
 
 const WAKER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
+/// The inotify watch on `policy.addresses_dir`.
+const ADDRESSES: Token = Token(usize::MAX - 2);
 /// Listener `i` has token `LISTENER_BASE - i`; connection tokens are slab keys, far below.
-const LISTENER_BASE: usize = usize::MAX - 2;
+const LISTENER_BASE: usize = usize::MAX - 3;
 
 /// Reads per connection per wake-up before the loop serves the others (fairness).
 const READS_PER_TURN: usize = 16;
@@ -80,6 +85,8 @@ pub enum ServerError {
     Capture(#[from] CaptureError),
     #[error("policy: {0}")]
     Policy(#[from] ConfigError),
+    #[error("policy.addresses_dir: {0}")]
+    Addresses(io::Error),
     #[error(transparent)]
     Score(#[from] ScoreError),
     #[error("STARTTLS: {0}")]
@@ -101,6 +108,8 @@ pub struct Server {
     resolver: Resolver,
     /// The policy in force; each session keeps the one current at its accept.
     policy: PolicyStore,
+    /// The per-address files, in force for every session at its next recipient.
+    addresses: Addresses,
     rules: Rules,
     capture: Capture,
     /// Stored messages coming back from the capture thread, a sync's worth at a time.
@@ -154,6 +163,8 @@ impl Server {
         // mio allows one waker per poll: the capture and resolver threads share it.
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let resolver = Resolver::spawn(&config.dnsbl, Arc::clone(&waker))?;
+        let addresses = Addresses::open(&config.policy, poll.registry(), ADDRESSES, &waker)
+            .map_err(ServerError::Addresses)?;
         let counters = Arc::new(DaemonCounters::default());
         let (stored_tx, stored) = mpsc::channel();
         let capture = Capture::start(
@@ -181,6 +192,7 @@ impl Server {
             blocker,
             resolver,
             policy,
+            addresses,
             rules: Rules::new(config),
             capture,
             stored,
@@ -254,7 +266,9 @@ impl Server {
                     WAKER => {
                         self.take_stored(now);
                         self.answers_waiting = true;
+                        self.addresses.take_book();
                     }
+                    ADDRESSES => self.addresses.watch_ready(),
                     SIGNALS => {
                         let (mut reload, mut stop) = (false, false);
                         for signal in self.signals.pending() {
@@ -437,7 +451,10 @@ impl Server {
         // thread, a system call and on a busy machine a context switch that the client should
         // not wait for. Unless the banner waits for the score (a `connect` rule looks at it),
         // or early commands may need it.
-        let score_first = early > 0 || conn.judge().waits_for_score(Phase::Connect);
+        let score_first = early > 0
+            || conn
+                .judge()
+                .waits_for_score(Phase::Connect, self.addresses.book());
         if score_first {
             self.request_score(slot, now);
         }
@@ -626,9 +643,10 @@ impl Server {
             DaemonCounters::add(&self.counters.message_bytes_total, size);
             conn.session_mut()
                 .resolve_message(reply(250, "2.0.0 Ok"), None, now);
+            self.delivered(slot, &rcpts);
             return;
         };
-        let file = match conn.finish_message(maildir, mail_from, rcpts).finish() {
+        let file = match conn.finish_message(maildir, mail_from, &rcpts).finish() {
             Ok(file) => file,
             Err(e) => {
                 log::error!("cannot store a message of session {}: {e}", conn.id());
@@ -653,7 +671,7 @@ impl Server {
             file,
         };
         if self.capture.submit(Job::Store(request)) {
-            conn.mark_capturing();
+            conn.mark_capturing(rcpts);
         } else {
             self.capture_budget.release();
             DaemonCounters::add(&self.counters.capture_busy, 1);
@@ -678,7 +696,7 @@ impl Server {
         if conn.serial() != stored.ticket.serial {
             return;
         }
-        conn.capture_answered();
+        let rcpts = conn.capture_answered();
         let answer = match stored.name {
             Some(name) => {
                 DaemonCounters::add(&self.counters.messages_total, 1);
@@ -688,8 +706,28 @@ impl Server {
             }
             None => (storage_error(), None),
         };
+        let delivered = answer.1.is_some();
         conn.session_mut().resolve_message(answer.0, answer.1, now);
+        if delivered {
+            self.delivered(stored.ticket.slot, &rcpts);
+        }
         self.drive(stored.ticket.slot, now);
+    }
+
+    /// A message of the connection in `slot` was delivered to `rcpts`: `auto_close` counts it.
+    fn delivered(&mut self, slot: usize, rcpts: &[String]) {
+        let conn = &self.conns[slot];
+        let delivery = Delivery {
+            client: conn.client_ip(),
+            listed: conn
+                .judge()
+                .score()
+                .is_some_and(|s| s.blocking_zones().next().is_some()),
+            at: SystemTime::now(),
+        };
+        let policy = self.policy.current();
+        self.addresses
+            .delivered(&policy, rcpts, delivery, &self.counters);
     }
 
     fn begin_shutdown(&mut self, now: Instant) {
@@ -744,9 +782,17 @@ impl Server {
         }
     }
 
-    /// Merges the session's signatures, escalates, and logs it.
+    /// Merges the session's signatures, escalates, closes the addresses it closes, and logs it.
     fn finish_session(&mut self, ended: EndedSession) {
         let signatures = ended.signatures();
+        let policy = self.policy.current();
+        self.addresses.session_ended(
+            &policy,
+            ended.accepted_rcpts(),
+            &signatures,
+            SystemTime::now(),
+            &self.counters,
+        );
         if let Some(escalation) = ended.escalation(&self.rules, &signatures) {
             self.block_client(ended.client_ip(), &escalation);
         }

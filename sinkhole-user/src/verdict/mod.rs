@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::campaign;
 use crate::config::{CampaignConfig, Config};
+use crate::policy::book::AddressBook;
 use crate::policy::{Action, Facts, Phase, Policy, To};
 use crate::score::{Answer, ClientScore, DnsblListing, HeloCheck};
 // Until the block source has a home below the loop.
@@ -193,17 +194,18 @@ impl ClientJudge {
         self.score_due = Some(now + rules.score_timeout);
     }
 
-    /// Whether the decision at `phase` looks at the score (and so waits for it).
-    pub fn waits_for_score(&self, phase: Phase) -> bool {
+    /// Whether the decision at `phase` looks at the score (and so waits for it); at `rcpt`
+    /// also when an address file in `book` blocks hosts by reverse name.
+    pub fn waits_for_score(&self, phase: Phase, book: &AddressBook) -> bool {
         match phase {
-            Phase::Rcpt => self.rcpt_waits,
+            Phase::Rcpt => self.rcpt_waits || book.uses_rdns(),
             phase => self.policy.uses_score(phase),
         }
     }
 
     /// Whether a decision at `phase` must still wait for the score at `now`.
-    pub fn awaits_score(&self, phase: Phase, now: Instant) -> bool {
-        self.waits_for_score(phase)
+    pub fn awaits_score(&self, phase: Phase, book: &AddressBook, now: Instant) -> bool {
+        self.waits_for_score(phase, book)
             && self.score.is_none()
             && self.score_due.is_some_and(|due| now < due)
     }
@@ -308,10 +310,12 @@ impl ClientJudge {
         self.escalated = true;
     }
 
-    /// The verdict for one decision with what is known now.
+    /// The verdict for one decision with what is known now (at `rcpt`, the recipient's own
+    /// file in `book` decides too).
     pub fn decide(
         &mut self,
         rules: &Rules,
+        book: &AddressBook,
         context: &Context,
         ask: &Ask,
         now: Instant,
@@ -338,20 +342,21 @@ impl ClientJudge {
             };
         }
         let signatures = self.signatures(context.protocol, context.helo);
-        let verdict = self.policy.decide(
-            phase,
-            &Facts {
-                client_ip: context.client_ip,
-                rdns: self.score.as_ref().and_then(|s| s.rdns.as_deref()),
-                fcrdns: self.score.as_ref().is_some_and(|s| s.fcrdns),
-                helo: context.helo,
-                mail_from,
-                to: ask.to(),
-                dnsbl_zones: &self.zones,
-                score: self.score.as_ref().map(|s| s.score),
-                signatures: &signatures,
-            },
-        );
+        let facts = Facts {
+            client_ip: context.client_ip,
+            rdns: self.score.as_ref().and_then(|s| s.rdns.as_deref()),
+            fcrdns: self.score.as_ref().is_some_and(|s| s.fcrdns),
+            helo: context.helo,
+            mail_from,
+            to: ask.to(),
+            dnsbl_zones: &self.zones,
+            score: self.score.as_ref().map(|s| s.score),
+            signatures: &signatures,
+        };
+        let verdict = match phase {
+            Phase::Rcpt => self.policy.decide_recipient(book, &facts),
+            phase => self.policy.decide(phase, &facts),
+        };
         Decision {
             reply: verdict.reply,
             stall_until: (verdict.action == Action::Stall).then(|| now + rules.stall),
@@ -491,7 +496,7 @@ mod tests {
             helo: Some("mx.example.net"),
             protocol: &[],
         };
-        client.decide(&rules(), &context, ask, now)
+        client.decide(&rules(), &AddressBook::default(), &context, ask, now)
     }
 
     fn decide(client: &mut ClientJudge, mail_from: &str, rcpt: &str, now: Instant) -> Decision {
@@ -502,12 +507,14 @@ mod tests {
     fn a_score_at_the_thresholds_refuses_then_blocks() {
         let now = Instant::now();
         let mut client = requested(policy(""), now, &rules());
-        assert!(client.awaits_score(Phase::Rcpt, now));
+        assert!(client.awaits_score(Phase::Rcpt, &AddressBook::default(), now));
         client.set_score(
             score(&[("zen.example", 3), ("bl.example", 1)], None, false),
             now,
         );
-        assert!(client.is_scored() && !client.awaits_score(Phase::Rcpt, now));
+        assert!(
+            client.is_scored() && !client.awaits_score(Phase::Rcpt, &AddressBook::default(), now)
+        );
         let d = decide(&mut client, "a@x.example", "b@y.example", now);
         assert_eq!(d.reply.code, 550);
         assert_eq!(
@@ -693,23 +700,32 @@ action = "block"
         client.set_score(partial, now);
         assert!(!client.is_scored());
         let unrequested = ClientJudge::new(policy(""), &rules());
-        assert!(!unrequested.awaits_score(Phase::Rcpt, now));
+        assert!(!unrequested.awaits_score(Phase::Rcpt, &AddressBook::default(), now));
         assert_eq!(unrequested.rdns(), (None, None));
         // No zones and a policy blind to the score: nothing to wait for.
         let no_zones = Rules {
             zones: false,
             ..rules()
         };
-        assert!(!requested(policy(""), now, &no_zones).awaits_score(Phase::Rcpt, now));
+        assert!(!requested(policy(""), now, &no_zones).awaits_score(
+            Phase::Rcpt,
+            &AddressBook::default(),
+            now
+        ));
         let scoring_policy = policy("[[rule]]\nto = \"*\"\nscore = 1\naction = \"reject\"\n");
-        assert!(requested(scoring_policy, now, &no_zones).awaits_score(Phase::Rcpt, now));
+        assert!(requested(scoring_policy, now, &no_zones).awaits_score(
+            Phase::Rcpt,
+            &AddressBook::default(),
+            now
+        ));
         // A phase waits only when its own rules look at the score.
         let at_mail =
             policy("[[rule]]\nphase = \"mail\"\ndnsbl = \"zen.example\"\naction = \"reject\"\n");
         let client = requested(at_mail, now, &no_zones);
-        assert!(client.awaits_score(Phase::Mail, now));
+        assert!(client.awaits_score(Phase::Mail, &AddressBook::default(), now));
         assert!(
-            !client.awaits_score(Phase::Connect, now) && !client.awaits_score(Phase::Rcpt, now)
+            !client.awaits_score(Phase::Connect, &AddressBook::default(), now)
+                && !client.awaits_score(Phase::Rcpt, &AddressBook::default(), now)
         );
     }
 
@@ -727,7 +743,11 @@ action = "block"
         assert_eq!(client.deadline(), None);
         client.hold_for_score(rcpt("", "a@b"));
         assert_eq!(client.deadline(), Some(now + Duration::from_secs(2)));
-        assert!(!client.awaits_score(Phase::Rcpt, now + Duration::from_secs(2)));
+        assert!(!client.awaits_score(
+            Phase::Rcpt,
+            &AddressBook::default(),
+            now + Duration::from_secs(2)
+        ));
     }
 
     #[test]
