@@ -10,6 +10,7 @@
 //! the two never run side by side (as when each file was a test binary of its own, run one
 //! after another).
 
+mod address_commands;
 mod campaign_replay;
 mod campaigns;
 mod crash;
