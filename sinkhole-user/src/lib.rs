@@ -9,6 +9,7 @@ pub mod config;
 pub mod counters;
 pub mod daemon;
 pub mod feeds;
+pub mod history;
 pub mod kernel;
 pub mod listeners;
 pub mod metrics;

@@ -11,6 +11,7 @@
 //! after another).
 
 mod address_commands;
+mod addresses_report;
 mod campaign_replay;
 mod campaigns;
 mod crash;
@@ -29,6 +30,7 @@ mod policy_addresses;
 mod policy_check;
 mod policy_e2e;
 mod policy_phases;
+mod policy_replay;
 mod privilege;
 mod restart;
 mod score_dnsbl;

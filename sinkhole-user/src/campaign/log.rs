@@ -18,7 +18,8 @@ const LOG: &str = "sessions.jsonl";
 /// Lines longer than this are skipped unread (the writer caps transcripts far below it).
 pub const MAX_LINE_BYTES: usize = 16 << 20;
 
-/// The parts of a logged session the campaign report uses.
+/// The parts of a logged session the reports use (`campaigns`, `addresses`, `policy replay`).
+/// Fields a version of the log did not have read as missing.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct LoggedSession {
@@ -27,8 +28,16 @@ pub struct LoggedSession {
     pub start: Option<String>,
     pub end: Option<String>,
     pub client_ip: Option<String>,
+    pub rdns: Option<String>,
+    pub fcrdns: Option<bool>,
+    pub helo: Option<String>,
+    /// `accepted`, `rejected`, `blocked`, `refused`, `no-mail`.
+    pub verdict: Option<String>,
+    pub connect_code: Option<u16>,
+    pub helo_code: Option<u16>,
     #[serde(deserialize_with = "nullable")]
     pub dnsbl: Vec<LoggedDnsbl>,
+    pub score: Option<i32>,
     /// Names as logged; unknown ones (from a newer version) are kept, not refused.
     #[serde(deserialize_with = "nullable")]
     pub signatures: Vec<String>,
@@ -47,7 +56,13 @@ pub struct LoggedDnsbl {
 #[serde(default)]
 pub struct LoggedTransaction {
     #[serde(deserialize_with = "nullable")]
+    pub mail_from: String,
+    /// The reply to the MAIL (missing in logs from before it was logged: it was 250).
+    pub mail_code: Option<u16>,
+    #[serde(deserialize_with = "nullable")]
     pub rcpts: Vec<LoggedRcpt>,
+    /// The reply to the end of data, if data was sent.
+    pub data_code: Option<u16>,
     /// The Maildir file name, when the message was stored.
     pub message: Option<String>,
 }
@@ -57,6 +72,7 @@ pub struct LoggedTransaction {
 pub struct LoggedRcpt {
     #[serde(deserialize_with = "nullable")]
     pub addr: String,
+    pub code: Option<u16>,
 }
 
 /// `null` reads as the default, like a missing field.

@@ -111,7 +111,7 @@ pub fn campaigns<E>(
 }
 
 /// The group key: each name once, known signatures in report order, unknown ones after.
-fn signature_set(names: &[String]) -> Vec<String> {
+pub fn signature_set(names: &[String]) -> Vec<String> {
     let rank = |name: &str| name.parse::<Signature>().map_or(usize::MAX, |s| s as usize);
     let mut set = names.to_vec();
     set.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.cmp(b)));

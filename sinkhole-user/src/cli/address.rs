@@ -107,15 +107,21 @@ pub fn block(
 struct FileView {
     file: String,
     addresses: Vec<String>,
-    state: &'static str,
-    closed_at: Option<String>,
-    closed_reason: Option<String>,
+    /// Its closed addresses (all of them when the whole file is closed).
+    closed: Vec<ClosedView>,
     block: BlockView,
     messages: MessagesView,
     /// The rule in force: the file's own, else the policy file's default.
     auto_close: Option<AutoCloseView>,
     /// `"file"`, `"policy"`, or null when none applies.
     auto_close_from: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+struct ClosedView {
+    address: String,
+    at: Option<String>,
+    reason: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -152,11 +158,20 @@ impl FileView {
         FileView {
             file: entry.name.to_string(),
             addresses: file.addresses.iter().map(ToString::to_string).collect(),
-            state: file.state.name(),
-            closed_at: file
-                .closed_at
-                .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-            closed_reason: file.closed_reason.clone(),
+            closed: file
+                .addresses
+                .iter()
+                .filter_map(|address| {
+                    let closure = file.closure(address)?;
+                    Some(ClosedView {
+                        address: address.to_string(),
+                        at: closure
+                            .at
+                            .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                        reason: closure.reason.map(str::to_owned),
+                    })
+                })
+                .collect(),
             block: BlockView {
                 hosts: file.block.hosts.iter().map(ToString::to_string).collect(),
                 senders: file.block.senders.iter().map(ToString::to_string).collect(),
@@ -171,6 +186,20 @@ impl FileView {
             auto_close: rule.map(AutoCloseView::of),
             auto_close_from: rule.map(|_| if own.is_some() { "file" } else { "policy" }),
         }
+    }
+
+    /// `open`, `closed`, or `partly closed` (some of its addresses).
+    fn state(&self) -> &'static str {
+        match self.closed.len() {
+            0 => "open",
+            n if n == self.addresses.len() => "closed",
+            _ => "partly closed",
+        }
+    }
+
+    /// How `address` (one of the file's) is closed, if it is.
+    fn closed_of(&self, address: &str) -> Option<&ClosedView> {
+        self.closed.iter().find(|c| c.address == address)
     }
 }
 
@@ -240,17 +269,27 @@ pub fn show(config: &Config, address: &str, json: bool) -> anyhow::Result<String
         .lookup(address.as_str())
         .map(|e| FileView::of(e, &policy));
     if json {
+        /// The address's own state, and its file.
         #[derive(Serialize)]
         struct Shown<'a> {
             address: &'a str,
+            state: &'static str,
+            closed_at: Option<&'a str>,
+            closed_reason: Option<&'a str>,
             #[serde(flatten)]
-            file: FileView,
+            file: &'a FileView,
         }
-        return Ok(match view {
-            Some(file) => text::json_line(&Shown {
-                address: address.as_str(),
-                file,
-            }),
+        return Ok(match &view {
+            Some(file) => {
+                let closed = file.closed_of(address.as_str());
+                text::json_line(&Shown {
+                    address: address.as_str(),
+                    state: if closed.is_some() { "closed" } else { "open" },
+                    closed_at: closed.and_then(|c| c.at.as_deref()),
+                    closed_reason: closed.and_then(|c| c.reason.as_deref()),
+                    file,
+                })
+            }
             // No file speaks for it: open, with no rules of its own.
             None => text::json_line(&serde_json::json!({
                 "address": address.as_str(), "file": null, "state": "open"
@@ -273,11 +312,14 @@ pub fn show(config: &Config, address: &str, json: bool) -> anyhow::Result<String
         &dir.join(&view.file).display().to_string(),
     );
     line(&mut out, "addresses", &view.addresses.join(", "));
-    let state = match (&view.closed_at, &view.closed_reason) {
-        (Some(at), Some(why)) => format!("{} since {at} ({why})", view.state),
-        (Some(at), None) => format!("{} since {at}", view.state),
-        (None, Some(why)) => format!("{} ({why})", view.state),
-        (None, None) => view.state.to_owned(),
+    let state = match view.closed_of(address.as_str()) {
+        None => "open".to_owned(),
+        Some(closed) => match (&closed.at, &closed.reason) {
+            (Some(at), Some(why)) => format!("closed since {at} ({why})"),
+            (Some(at), None) => format!("closed since {at}"),
+            (None, Some(why)) => format!("closed ({why})"),
+            (None, None) => "closed".to_owned(),
+        },
     };
     line(&mut out, "state", &state);
     let list = |items: &[String]| {
@@ -319,14 +361,28 @@ pub fn list(config: &Config, json: bool) -> anyhow::Result<String> {
         .map(|e| FileView::of(e, &policy))
         .collect();
     if json {
-        return Ok(text::json_line(&views));
+        /// A file and its state as a whole.
+        #[derive(Serialize)]
+        struct Listed<'a> {
+            state: &'static str,
+            #[serde(flatten)]
+            file: &'a FileView,
+        }
+        let listed: Vec<Listed> = views
+            .iter()
+            .map(|file| Listed {
+                state: file.state(),
+                file,
+            })
+            .collect();
+        return Ok(text::json_line(&listed));
     }
     let mut out = format!("{} file(s) in {}\n", views.len(), dir.display());
     for view in &views {
         let blocks = view.block.hosts.len() + view.block.senders.len() + view.block.helo.len();
         out.push_str(&format!(
-            "{:<8}{}  {}  ({} block(s){})\n",
-            view.state,
+            "{:<14}{}  {}  ({} block(s){})\n",
+            view.state(),
             escape(&view.file),
             escape(&view.addresses.join(", ")),
             blocks,

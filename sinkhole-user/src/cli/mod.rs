@@ -1,6 +1,6 @@
 //! The command line, as README.md lists it: the clap definitions here, and each command
 //! family's glue in a module of its own (`run`, `check_config`, `blocks`, `feeds`,
-//! `campaigns`, `address`), a thin layer over the library. [`dispatch`] runs a parsed command; `main`
+//! `campaigns`, `address`, `history`), a thin layer over the library. [`dispatch`] runs a parsed command; `main`
 //! prints what it returns, or the [`Failure`] on one line with its exit status.
 
 mod address;
@@ -8,6 +8,7 @@ mod blocks;
 mod campaigns;
 mod check_config;
 mod feeds;
+mod history;
 mod run;
 
 use std::fmt;
@@ -136,6 +137,29 @@ pub enum Command {
         #[command(subcommand)]
         command: AddressCommand,
     },
+    /// Per trap address: sessions, messages, distinct clients, top signature sets, first and
+    /// last seen, and its state; from the session log, rotated files included.
+    Addresses {
+        /// The storage directory (`sessions.jsonl`); default: the config's `storage.dir`.
+        #[arg(long, value_name = "DIR")]
+        storage: Option<PathBuf>,
+        /// Print a JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Only sessions that started within this long before now (e.g. 24h, 7d).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        /// How many signature sets to list per address.
+        #[arg(long, default_value_t = 3)]
+        top: usize,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// The policy: what a changed one would have done.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Group the logged sessions by signature set (a campaign each), largest first.
     Campaigns {
         /// The storage directory (`sessions.jsonl`, `maildir/`); default: the config's
@@ -201,6 +225,31 @@ pub enum AddressCommand {
     },
     /// Every file of the directory.
     List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Run a changed policy over the logged sessions: how many decisions would change, per
+    /// rule, with example sessions.
+    Replay {
+        /// The changed rule file.
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// The per-address files to replay with; default: the config's `policy.addresses_dir`.
+        #[arg(long, value_name = "DIR")]
+        addresses: Option<PathBuf>,
+        /// The storage directory (`sessions.jsonl`); default: the config's `storage.dir`.
+        #[arg(long, value_name = "DIR")]
+        storage: Option<PathBuf>,
+        /// Only sessions that started within this long before now (e.g. 24h, 7d).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        /// Print a JSON object instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -340,6 +389,24 @@ pub fn dispatch(command: Command) -> Result<String, Failure> {
             } => address::show(&load(&config)?, &address, json),
             AddressCommand::List { json, config } => address::list(&load(&config)?, json),
         },
+        Command::Addresses {
+            storage,
+            json,
+            since,
+            top,
+            config,
+        } => history::addresses(&load(&config)?, storage, json, since, top),
+        Command::Policy {
+            command:
+                PolicyCommand::Replay {
+                    policy,
+                    addresses,
+                    storage,
+                    since,
+                    json,
+                    config,
+                },
+        } => history::replay(&load(&config)?, &policy, addresses, storage, json, since),
         // Without --storage the config is read for `storage.dir`; a wrong one is then exit 1.
         Command::Campaigns {
             storage,

@@ -4,9 +4,12 @@
 //!
 //! ```toml
 //! addresses = ["chris@example.org", "c.smith@example.org"]
-//! state = "closed"                           # open (default) | closed
+//! state = "closed"                           # open (default) | closed: every address
 //! closed_at = "2026-03-01T10:00:00Z"         # written by `address close` and auto_close
 //! closed_reason = "auto_close: 10 messages"
+//! [closed."c.smith@example.org"]             # one address of several closed
+//! at = "2026-03-01T10:00:00Z"
+//! reason = "closed by `sinkhole address close` (uid 1000)"
 //! [block]
 //! hosts = ["203.0.113.0/24", ".dyn.example.net", "ptr:.cable.example"]
 //! senders = ["@bulk.example.com", "*@*.biz", "<>"]
@@ -20,6 +23,7 @@
 //! messages = 10
 //! ```
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
@@ -78,6 +82,23 @@ impl Refusal {
     }
 }
 
+/// One address of several closed: `[closed."ADDRESS"]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClosedEntry {
+    #[serde(default, deserialize_with = "timestamp")]
+    pub at: Option<SystemTime>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Since when and why an address is closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Closure<'a> {
+    pub at: Option<SystemTime>,
+    pub reason: Option<&'a str>,
+}
+
 /// The `[block]` table.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,6 +137,9 @@ pub struct AddressFile {
     pub closed_at: Option<SystemTime>,
     #[serde(default)]
     pub closed_reason: Option<String>,
+    /// Addresses of the file closed one by one (when the file lists several).
+    #[serde(default)]
+    pub closed: BTreeMap<Mailbox, ClosedEntry>,
     #[serde(default)]
     pub block: Block,
     #[serde(default)]
@@ -128,7 +152,38 @@ pub struct AddressFile {
 impl AddressFile {
     /// Parses a file's text; `origin` names it in errors (`origin:line: key: why`).
     pub fn parse(text: &str, origin: &str) -> Result<AddressFile, ConfigError> {
-        parse_toml(text, origin)
+        let file: AddressFile = parse_toml(text, origin)?;
+        if let Some(stray) = file.closed.keys().find(|a| !file.addresses.contains(a)) {
+            // The line that names it, other than `addresses = [...]`.
+            let line = text
+                .lines()
+                .position(|l| {
+                    let l = l.to_ascii_lowercase();
+                    l.contains(stray.as_str()) && !l.trim_start().starts_with("addresses")
+                })
+                .map_or(1, |i| i + 1);
+            return Err(ConfigError::Invalid {
+                origin: origin.to_owned(),
+                line,
+                key: format!("closed.\"{stray}\""),
+                message: format!("{stray} is not one of this file's `addresses`"),
+            });
+        }
+        Ok(file)
+    }
+
+    /// Whether `address` (one of the file's) is closed: the whole file, or it alone.
+    pub fn closure(&self, address: &Mailbox) -> Option<Closure<'_>> {
+        if self.state == State::Closed {
+            return Some(Closure {
+                at: self.closed_at,
+                reason: self.closed_reason.as_deref(),
+            });
+        }
+        self.closed.get(address).map(|entry| Closure {
+            at: entry.at,
+            reason: entry.reason.as_deref(),
+        })
     }
 
     /// Whether matching needs the client's reverse DNS (a name in `block.hosts`).
@@ -141,7 +196,7 @@ impl AddressFile {
     pub fn refuse(&self, rcpt: &str, facts: &Facts) -> Option<(Refusal, Reply)> {
         let ip: IpAddr = facts.client_ip.to_canonical();
         let block = &self.block;
-        let refusal = if self.state == State::Closed {
+        let refusal = if self.closure(&Mailbox::key(rcpt)).is_some() {
             Refusal::Closed
         } else if block
             .hosts
@@ -332,6 +387,18 @@ sender = "Not from you, thanks"
             "5.1.1 <x@example.org>: Recipient address rejected: this address is closed"
         );
         assert!(closed.closed_at.is_some());
+
+        // One address of two closed: the other takes mail.
+        let one = AddressFile::parse(
+            "addresses = [\"a@example.org\", \"b@example.org\"]\n[closed.\"A@example.org\"]\nreason = \"spammed\"\n",
+            "ab.toml",
+        )
+        .unwrap();
+        let f = facts("198.51.100.1", "", "h");
+        assert_eq!(one.refuse("a@example.org", &f).unwrap().0, Refusal::Closed);
+        assert_eq!(one.refuse("b@example.org", &f), None);
+        let a: Mailbox = "a@example.org".parse().unwrap();
+        assert_eq!(one.closure(&a).unwrap().reason, Some("spammed"));
     }
 
     #[test]
@@ -368,6 +435,10 @@ sender = "Not from you, thanks"
         assert!(
             err("addresses = [\"a@b.example\"]\n[auto_close]\nmessages = 0\n")
                 .starts_with("f.toml:3: auto_close.messages: 0 is outside")
+        );
+        assert_eq!(
+            err("addresses = [\"a@b.example\"]\n[closed]\n\"c@b.example\" = { reason = \"x\" }\n"),
+            "f.toml:3: closed.\"c@b.example\": c@b.example is not one of this file's `addresses`"
         );
         let many = format!(
             "addresses = [{}]",

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use toml_edit::{Array, DocumentMut, Item, Table, Value};
 
-use super::address::{AddressFile, refusal_reply_line};
+use super::address::{AddressFile, State, refusal_reply_line};
 use super::pattern::{Glob, HostPattern, Mailbox, SenderPattern};
 
 /// One entry of a `[block]` list.
@@ -43,13 +43,15 @@ impl BlockEntry {
 /// A change to one address's file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Edit {
-    /// `state = "closed"`, with when and why, and the reply (`messages.closed`) if one is given.
+    /// Closes the address, with when and why, and the reply (`messages.closed`) if one is
+    /// given: `state = "closed"` when the file lists it alone, else `[closed."ADDRESS"]`.
     Close {
         message: Option<String>,
         at: SystemTime,
         reason: String,
     },
-    /// `state = "open"`; when and why it was closed are removed.
+    /// Opens the address: its `[closed."ADDRESS"]` goes; a file-wide `state = "closed"` is
+    /// opened, its other addresses each staying closed with the file's when and why.
     Open,
     Block(BlockEntry),
     Unblock(BlockEntry),
@@ -87,9 +89,11 @@ pub fn apply(
     origin: &str,
 ) -> Result<String, EditError> {
     let text = text.map_or_else(|| new_file(address), str::to_owned);
+    let current = AddressFile::parse(&text, origin).map_err(|e| EditError::Parse(e.to_string()))?;
     let mut doc: DocumentMut = text
         .parse()
         .map_err(|e: toml_edit::TomlError| EditError::Parse(format!("{origin}: {e}")))?;
+    let alone = current.addresses.len() <= 1;
     match edit {
         Edit::Close {
             message,
@@ -101,14 +105,35 @@ pub fn apply(
                 let line = format!("{} {}", reply.code, reply.text);
                 table(&mut doc, "messages")["closed"] = toml_edit::value(line);
             }
-            doc["state"] = toml_edit::value("closed");
-            doc["closed_at"] = toml_edit::value(humantime::format_rfc3339_seconds(*at).to_string());
-            doc["closed_reason"] = toml_edit::value(reason.as_str());
+            let at = humantime::format_rfc3339_seconds(*at).to_string();
+            if alone {
+                doc["state"] = toml_edit::value("closed");
+                doc["closed_at"] = toml_edit::value(at);
+                doc["closed_reason"] = toml_edit::value(reason.as_str());
+            } else {
+                close_one(&mut doc, address, Some(&at), Some(reason));
+            }
         }
         Edit::Open => {
-            doc["state"] = toml_edit::value("open");
-            doc.remove("closed_at");
-            doc.remove("closed_reason");
+            if let Some(closed) = doc.get_mut("closed").and_then(Item::as_table_like_mut) {
+                closed.remove(address.as_str());
+            }
+            if current.state == State::Closed {
+                doc["state"] = toml_edit::value("open");
+                doc.remove("closed_at");
+                doc.remove("closed_reason");
+                let at = current
+                    .closed_at
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string());
+                for other in current.addresses.iter().filter(|a| *a != address) {
+                    close_one(
+                        &mut doc,
+                        other,
+                        at.as_deref(),
+                        current.closed_reason.as_deref(),
+                    );
+                }
+            }
         }
         Edit::Block(entry) => {
             let canonical = entry.canonical().map_err(EditError::Invalid)?;
@@ -134,6 +159,23 @@ pub fn apply(
     let new = doc.to_string();
     AddressFile::parse(&new, origin).map_err(|e| EditError::Parse(e.to_string()))?;
     Ok(new)
+}
+
+/// `[closed."ADDRESS"]` with `at` and `reason`.
+fn close_one(doc: &mut DocumentMut, address: &Mailbox, at: Option<&str>, reason: Option<&str>) {
+    let closed = table(doc, "closed");
+    if let Some(closed) = closed.as_table_mut() {
+        // Only its sub-tables are written: `[closed."a@example.org"]`, no empty `[closed]`.
+        closed.set_implicit(true);
+    }
+    let mut entry = Table::new();
+    if let Some(at) = at {
+        entry["at"] = toml_edit::value(at);
+    }
+    if let Some(reason) = reason {
+        entry["reason"] = toml_edit::value(reason);
+    }
+    closed[address.as_str()] = Item::Table(entry);
 }
 
 /// Whether a list value is `canonical` (as its pattern would write it, so `@Bulk.example` and
@@ -206,6 +248,36 @@ mod tests {
     }
 
     #[test]
+    fn one_address_of_several_closes_alone_and_opening_one_keeps_the_others_closed() {
+        let two = "addresses = [\"chris@example.org\", \"shop@example.org\"]\n";
+        let shop: Mailbox = "shop@example.org".parse().unwrap();
+        let close = Edit::Close {
+            message: None,
+            at: SystemTime::UNIX_EPOCH,
+            reason: "spammed".into(),
+        };
+        let text = apply(Some(two), &shop, &close, "c.toml").unwrap();
+        assert!(text.contains("[closed.\"shop@example.org\"]\nat = \"1970-01-01T00:00:00Z\"\nreason = \"spammed\"\n"), "{text}");
+        let file = AddressFile::parse(&text, "c.toml").unwrap();
+        assert_eq!(file.state, State::Open);
+        assert!(file.closure(&shop).is_some() && file.closure(&chris()).is_none());
+        let text = apply(Some(&text), &shop, &Edit::Open, "c.toml").unwrap();
+        assert!(
+            AddressFile::parse(&text, "c.toml")
+                .unwrap()
+                .closure(&shop)
+                .is_none()
+        );
+        // The whole file closed by hand; opening one address keeps the other closed.
+        let all = format!("{two}state = \"closed\"\nclosed_reason = \"by hand\"\n");
+        let text = apply(Some(&all), &chris(), &Edit::Open, "c.toml").unwrap();
+        let file = AddressFile::parse(&text, "c.toml").unwrap();
+        assert_eq!(file.state, State::Open);
+        assert!(file.closure(&chris()).is_none());
+        assert_eq!(file.closure(&shop).unwrap().reason, Some("by hand"));
+    }
+
+    #[test]
     fn blocks_are_added_once_removed_and_comments_stay() {
         let text = "# Chris's own rules.\naddresses = [\"chris@example.org\"] # mine\n";
         let host = |h: &str| Edit::Block(BlockEntry::Host(h.into()));
@@ -241,6 +313,6 @@ mod tests {
             Err(EditError::Invalid(_))
         ));
         let broken = apply(Some("addresses = ["), &chris(), &Edit::Open, "c.toml").unwrap_err();
-        assert!(broken.to_string().starts_with("c.toml: "), "{broken}");
+        assert!(broken.to_string().starts_with("c.toml:1: "), "{broken}");
     }
 }

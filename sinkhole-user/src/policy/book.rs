@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::Facts;
-use super::address::{AddressFile, Refusal, State};
+use super::address::{AddressFile, ClosedEntry, Refusal, State};
 use super::address_io;
 use super::pattern::Mailbox;
 use crate::smtp::Reply;
@@ -24,6 +24,15 @@ pub struct AddressRefusal {
     pub file: Arc<str>,
     pub why: Refusal,
     pub reply: Reply,
+}
+
+/// A close an address had, as [`AddressBook::reopened`] undoes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PastClose {
+    pub address: Mailbox,
+    /// When, if the file says.
+    pub at: Option<SystemTime>,
+    pub reason: Option<String>,
 }
 
 /// One file of the book.
@@ -98,17 +107,57 @@ impl AddressBook {
         })
     }
 
-    /// The book with `address`'s file closed (at `at`, for `reason`), before the file itself
-    /// says so.
+    /// The book with every address open, and the closes it had.
+    pub fn reopened(&self) -> (AddressBook, Vec<PastClose>) {
+        let mut closes = Vec::new();
+        let entries = self
+            .entries
+            .iter()
+            .map(|entry| {
+                let file = &entry.file;
+                for address in &file.addresses {
+                    if let Some(closure) = file.closure(address) {
+                        closes.push(PastClose {
+                            address: address.clone(),
+                            at: closure.at,
+                            reason: closure.reason.map(str::to_owned),
+                        });
+                    }
+                }
+                let mut open = file.clone();
+                open.state = State::Open;
+                open.closed_at = None;
+                open.closed_reason = None;
+                open.closed.clear();
+                Arc::new(Entry {
+                    name: Arc::clone(&entry.name),
+                    file: open,
+                })
+            })
+            .collect();
+        let book = AddressBook {
+            entries,
+            index: Arc::clone(&self.index),
+            uses_rdns: self.uses_rdns,
+        };
+        (book, closes)
+    }
+
+    /// The book with `address` closed (at `at`, for `reason`), before its file says so.
     pub fn with_closed(&self, address: &str, at: SystemTime, reason: &str) -> AddressBook {
-        let Some(&i) = self.index.get(&Mailbox::key(address)) else {
+        let key = Mailbox::key(address);
+        let Some(&i) = self.index.get(&key) else {
             return self.clone();
         };
         let entry = &self.entries[i];
         let mut file = entry.file.clone();
-        file.state = State::Closed;
-        file.closed_at = Some(at);
-        file.closed_reason = Some(reason.to_owned());
+        file.closed.insert(
+            key,
+            ClosedEntry {
+                at: Some(at),
+                reason: Some(reason.to_owned()),
+            },
+        );
         let mut book = self.clone();
         book.entries[i] = Arc::new(Entry {
             name: Arc::clone(&entry.name),

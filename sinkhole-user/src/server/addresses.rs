@@ -16,7 +16,6 @@ use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
 use crate::config::PolicyConfig;
 use crate::counters::DaemonCounters;
 use crate::policy::Policy;
-use crate::policy::address::State;
 use crate::policy::auto_close::{Delivery, Seen};
 use crate::policy::book::AddressBook;
 use crate::policy::keeper::{CloseRequest, Keeper};
@@ -136,7 +135,7 @@ impl Addresses {
             let book = &self.book;
             self.seen.retain(|address, _| {
                 book.lookup(address.as_str())
-                    .is_some_and(|entry| entry.file.state == State::Open)
+                    .is_some_and(|entry| entry.file.closure(address).is_none())
             });
         }
     }
@@ -151,17 +150,17 @@ impl Addresses {
         counters: &DaemonCounters,
     ) {
         for rcpt in rcpts {
+            let key = Mailbox::key(rcpt);
             let Some(entry) = self
                 .book
                 .lookup(rcpt)
-                .filter(|e| e.file.state == State::Open)
+                .filter(|e| e.file.closure(&key).is_none())
             else {
                 continue;
             };
             let Some(rule) = policy.auto_close(entry.file.auto_close.as_ref()) else {
                 continue;
             };
-            let key = Mailbox::key(rcpt);
             if !self.seen.contains_key(&key) && self.seen.len() >= MAX_COUNTED {
                 DaemonCounters::add(&counters.auto_close_refused, 1);
                 continue;
@@ -185,10 +184,11 @@ impl Addresses {
         counters: &DaemonCounters,
     ) {
         for rcpt in rcpts {
+            let key = Mailbox::key(rcpt);
             let Some(entry) = self
                 .book
                 .lookup(rcpt)
-                .filter(|e| e.file.state == State::Open)
+                .filter(|e| e.file.closure(&key).is_none())
             else {
                 continue;
             };
@@ -199,7 +199,7 @@ impl Addresses {
                 continue;
             };
             let file = Arc::clone(&entry.name);
-            self.close(Mailbox::key(rcpt), file, at, reason, counters);
+            self.close(key, file, at, reason, counters);
         }
     }
 

@@ -1,0 +1,368 @@
+//! The `sinkhole addresses` report: per trap address (every recipient the log names, and every
+//! address with a file), the sessions that named it, the messages it received, its distinct
+//! clients, its top signature sets (campaigns), when it was first and last seen, and its state.
+//!
+//! One pass over the log, bounded: at most [`MAX_ADDRESSES`] addresses, [`MAX_PAIRS`]
+//! (address, client) pairs and [`MAX_SETS`] signature sets are told apart; what is left out is
+//! counted in [`Totals`], so a report that reached a bound says so.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::campaign::log::{Entry, LoggedSession, parse_time};
+use crate::campaign::report::signature_set;
+use crate::policy::book::AddressBook;
+use crate::policy::pattern::Mailbox;
+
+/// Addresses told apart; recipients past it are counted in [`Totals::addresses_left_out`].
+pub const MAX_ADDRESSES: usize = 100_000;
+/// Distinct (address, client) pairs counted, all addresses together.
+pub const MAX_PAIRS: usize = 2_000_000;
+/// Distinct signature sets told apart, all addresses together.
+pub const MAX_SETS: usize = 10_000;
+
+/// What to report.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Only sessions that started at or after this.
+    pub since: Option<SystemTime>,
+    /// Signature sets listed per address.
+    pub top: usize,
+}
+
+/// One address. Serialized as an element of `addresses --json`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AddressReport {
+    pub address: String,
+    /// Sessions that gave it as a recipient.
+    pub sessions: u64,
+    /// Its `RCPT TO`s refused.
+    pub refused: u64,
+    /// Messages it received (answered 250).
+    pub messages: u64,
+    /// Distinct client addresses that gave it as a recipient.
+    pub clients: u64,
+    /// Its most frequent signature sets, with their sessions.
+    pub campaigns: Vec<SetCount>,
+    pub first_seen: Option<String>,
+    pub last_seen: Option<String>,
+    /// `open` or `closed` when a file speaks for it, else null.
+    pub state: Option<&'static str>,
+    /// The file that speaks for it, if any.
+    pub file: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SetCount {
+    pub signatures: Vec<String>,
+    pub sessions: u64,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Report {
+    pub totals: Totals,
+    pub addresses: Vec<AddressReport>,
+}
+
+/// What was read, and what the bounds left out.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Totals {
+    /// Sessions read (after `--since`).
+    pub sessions: u64,
+    /// Recipients of addresses past [`MAX_ADDRESSES`].
+    pub addresses_left_out: u64,
+    /// Clients not counted for lack of room ([`MAX_PAIRS`]): `clients` is then a lower bound.
+    pub clients_left_out: u64,
+    /// Sessions whose signature set was not told apart ([`MAX_SETS`]).
+    pub sets_left_out: u64,
+}
+
+#[derive(Default)]
+struct Counts {
+    sessions: u64,
+    refused: u64,
+    messages: u64,
+    clients: HashSet<IpAddr>,
+    /// Sessions per signature set (an index into the sets).
+    sets: HashMap<u32, u64>,
+    first: Option<(SystemTime, String)>,
+    last: Option<(SystemTime, String)>,
+}
+
+/// Counts the sessions of `log` per address; `book` gives the states. Skipped lines go to
+/// `warn`.
+pub fn report<E>(
+    log: impl IntoIterator<Item = Result<Entry, E>>,
+    book: &AddressBook,
+    options: &Options,
+    warn: &mut dyn FnMut(&str),
+) -> Result<Report, E> {
+    let mut counts: HashMap<Mailbox, Counts> = HashMap::new();
+    let mut sets: HashMap<Vec<String>, u32> = HashMap::new();
+    let mut totals = Totals::default();
+    let mut pairs = 0usize;
+    let mut named: Vec<Mailbox> = Vec::new();
+    for entry in log {
+        let session = match entry? {
+            Entry::Session(session) => session,
+            Entry::Skipped(why) => {
+                warn(&why);
+                continue;
+            }
+        };
+        let started = session.start.as_deref().and_then(parse_time);
+        if options
+            .since
+            .is_some_and(|since| started.is_none_or(|t| t < since))
+        {
+            continue;
+        }
+        totals.sessions += 1;
+        named.clear();
+        for rcpt in session.transactions.iter().flat_map(|t| &t.rcpts) {
+            let key = Mailbox::key(&rcpt.addr);
+            if !named.contains(&key) {
+                named.push(key);
+            }
+        }
+        if named.is_empty() {
+            continue;
+        }
+        let set = signature_set(&session.signatures);
+        let set_index = match sets.get(&set) {
+            Some(&i) => Some(i),
+            None if sets.len() < MAX_SETS => {
+                let i = sets.len() as u32;
+                sets.insert(set, i);
+                Some(i)
+            }
+            None => {
+                totals.sets_left_out += 1;
+                None
+            }
+        };
+        let client = session
+            .client_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+            .map(|ip| ip.to_canonical());
+        let ended = session
+            .end
+            .as_deref()
+            .and_then(parse_time)
+            .zip(session.end.clone());
+        for address in &named {
+            if !counts.contains_key(address) && counts.len() >= MAX_ADDRESSES {
+                totals.addresses_left_out += 1;
+                continue;
+            }
+            let c = counts.entry(address.clone()).or_default();
+            c.sessions += 1;
+            if let Some(i) = set_index {
+                *c.sets.entry(i).or_default() += 1;
+            }
+            if let Some(ip) = client
+                && !c.clients.contains(&ip)
+            {
+                if pairs < MAX_PAIRS {
+                    c.clients.insert(ip);
+                    pairs += 1;
+                } else {
+                    totals.clients_left_out += 1;
+                }
+            }
+            if let (Some(t), Some(text)) = (started, &session.start)
+                && c.first.as_ref().is_none_or(|(first, _)| t < *first)
+            {
+                c.first = Some((t, text.clone()));
+            }
+            let last = ended.clone().or(started.zip(session.start.clone()));
+            if let Some((t, text)) = last
+                && c.last.as_ref().is_none_or(|(at, _)| t > *at)
+            {
+                c.last = Some((t, text));
+            }
+        }
+        count_rcpts(&session, &mut counts);
+    }
+    // Addresses with a file are reported even when the log does not name them.
+    for entry in book.entries() {
+        for address in &entry.file.addresses {
+            if !counts.contains_key(address) && counts.len() < MAX_ADDRESSES {
+                counts.insert(address.clone(), Counts::default());
+            }
+        }
+    }
+    let names: Vec<Vec<String>> = {
+        let mut names = vec![Vec::new(); sets.len()];
+        for (set, i) in sets {
+            names[i as usize] = set;
+        }
+        names
+    };
+    let mut addresses: Vec<AddressReport> = counts
+        .into_iter()
+        .map(|(address, c)| {
+            let entry = book.lookup(address.as_str());
+            let mut campaigns: Vec<SetCount> = c
+                .sets
+                .iter()
+                .map(|(&i, &sessions)| SetCount {
+                    signatures: names[i as usize].clone(),
+                    sessions,
+                })
+                .collect();
+            campaigns.sort_by(|a, b| {
+                b.sessions
+                    .cmp(&a.sessions)
+                    .then_with(|| a.signatures.cmp(&b.signatures))
+            });
+            campaigns.truncate(options.top);
+            AddressReport {
+                address: address.to_string(),
+                sessions: c.sessions,
+                refused: c.refused,
+                messages: c.messages,
+                clients: c.clients.len() as u64,
+                campaigns,
+                first_seen: c.first.map(|(_, text)| text),
+                last_seen: c.last.map(|(_, text)| text),
+                state: entry.map(|e| match e.file.closure(&address) {
+                    Some(_) => "closed",
+                    None => "open",
+                }),
+                file: entry.map(|e| e.name.to_string()),
+            }
+        })
+        .collect();
+    addresses.sort_by(|a, b| {
+        b.sessions
+            .cmp(&a.sessions)
+            .then_with(|| a.address.cmp(&b.address))
+    });
+    Ok(Report { totals, addresses })
+}
+
+/// Each recipient's refusals and messages.
+fn count_rcpts(session: &LoggedSession, counts: &mut HashMap<Mailbox, Counts>) {
+    for t in &session.transactions {
+        let delivered = t.data_code == Some(250);
+        for rcpt in &t.rcpts {
+            let Some(c) = counts.get_mut(&Mailbox::key(&rcpt.addr)) else {
+                continue;
+            };
+            match rcpt.code {
+                Some(code) if (200..300).contains(&code) => c.messages += u64::from(delivered),
+                Some(_) => c.refused += 1,
+                None => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::campaign::log::LogReader;
+    use crate::policy::address::AddressFile;
+    use crate::policy::book::Entry as BookEntry;
+    use std::sync::Arc;
+
+    const LOG: &str = concat!(
+        r#"{"id":"a","start":"2026-03-01T10:00:00Z","end":"2026-03-01T10:00:02Z","client_ip":"192.0.2.1","signatures":["no-rdns"],"transactions":[{"rcpts":[{"addr":"Trap@example.org","code":250},{"addr":"x@example.org","code":550}],"data_code":250}]}"#,
+        "\n",
+        r#"{"id":"b","start":"2026-03-01T11:00:00Z","client_ip":"192.0.2.2","signatures":["pregreet","no-rdns"],"transactions":[{"rcpts":[{"addr":"trap@example.org","code":250}],"data_code":451},{"rcpts":[{"addr":"trap@example.org","code":250}],"data_code":250}]}"#,
+        "\n",
+        r#"{"id":"c","start":"2026-03-01T12:00:00Z","client_ip":"192.0.2.1","signatures":["no-rdns"],"transactions":[{"mail_from":"a@example.org","mail_code":550,"rcpts":[]}]}"#,
+        "\n",
+        "not json\n",
+    );
+
+    #[test]
+    fn per_address_sessions_messages_clients_campaigns_and_state() {
+        let file = AddressFile::parse(
+            "addresses = [\"trap@example.org\", \"quiet@example.org\"]\nstate = \"closed\"\n",
+            "trap.toml",
+        )
+        .unwrap();
+        let book = AddressBook::new(
+            vec![Arc::new(BookEntry {
+                name: "trap.toml".into(),
+                file,
+            })],
+            &mut |w| panic!("{w}"),
+        );
+        let mut warnings = Vec::new();
+        let report = report(
+            LogReader::new(LOG.as_bytes()),
+            &book,
+            &Options {
+                since: None,
+                top: 5,
+            },
+            &mut |w| warnings.push(w.to_owned()),
+        )
+        .unwrap();
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(report.totals.sessions, 3);
+        let trap = &report.addresses[0];
+        assert_eq!(trap.address, "trap@example.org");
+        assert_eq!(
+            (trap.sessions, trap.messages, trap.refused, trap.clients),
+            (2, 2, 0, 2)
+        );
+        assert_eq!(trap.first_seen.as_deref(), Some("2026-03-01T10:00:00Z"));
+        assert_eq!(trap.last_seen.as_deref(), Some("2026-03-01T11:00:00Z"));
+        assert_eq!(
+            (trap.state, trap.file.as_deref()),
+            (Some("closed"), Some("trap.toml"))
+        );
+        assert_eq!(
+            trap.campaigns,
+            [
+                SetCount {
+                    signatures: vec!["no-rdns".into()],
+                    sessions: 1
+                },
+                SetCount {
+                    signatures: vec!["no-rdns".into(), "pregreet".into()],
+                    sessions: 1
+                },
+            ]
+        );
+        let x = report
+            .addresses
+            .iter()
+            .find(|a| a.address == "x@example.org")
+            .unwrap();
+        assert_eq!(
+            (x.sessions, x.refused, x.messages, x.state),
+            (1, 1, 0, None)
+        );
+        // An address with a file and no session is there too.
+        let quiet = report
+            .addresses
+            .iter()
+            .find(|a| a.address == "quiet@example.org")
+            .unwrap();
+        assert_eq!((quiet.sessions, quiet.state), (0, Some("closed")));
+        // --since.
+        let later = super::report(
+            LogReader::new(LOG.as_bytes()),
+            &AddressBook::default(),
+            &Options {
+                since: parse_time("2026-03-01T10:30:00Z"),
+                top: 1,
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(later.totals.sessions, 2);
+        assert_eq!(later.addresses[0].sessions, 1);
+        assert_eq!(later.addresses[0].campaigns.len(), 1);
+    }
+}
