@@ -28,6 +28,7 @@ mod log_rotation;
 mod metrics;
 mod policy_addresses;
 mod policy_check;
+mod policy_doc;
 mod policy_e2e;
 mod policy_phases;
 mod policy_replay;

@@ -65,6 +65,7 @@ enum Bench {
     Smtp,
     Score,
     Hostile,
+    History,
 }
 
 fn main() -> ExitCode {
@@ -117,6 +118,7 @@ fn bench(which: Bench) -> Result<()> {
         Bench::Smtp => "smtp",
         Bench::Score => "score",
         Bench::Hostile => "hostile",
+        Bench::History => "history",
     };
     cargo(&["bench", "-p", "sinkhole-tests", "--bench", name])
 }

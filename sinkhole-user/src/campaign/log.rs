@@ -15,6 +15,9 @@ use crate::capture::log_file::{Kind, rotated_name, with_suffix};
 /// The log's name in its storage folder.
 const LOG: &str = "sessions.jsonl";
 
+/// Where a logged session's transcript begins: every field before it is all the reports read.
+const TRANSCRIPT_KEY: &[u8] = b",\"transcript\":[";
+
 /// Lines longer than this are skipped unread (the writer caps transcripts far below it).
 pub const MAX_LINE_BYTES: usize = 16 << 20;
 
@@ -151,6 +154,13 @@ impl<R: BufRead> Iterator for LogReader<R> {
             }
             if self.buf.iter().all(u8::is_ascii_whitespace) {
                 continue;
+            }
+            // The transcript is most of a line and no report reads it: a complete line is
+            // parsed up to it (the daemon writes every field the reports read before it; in a
+            // string the key would be escaped, so this is the top-level key).
+            if complete && let Some(at) = memchr::memmem::find(&self.buf, TRANSCRIPT_KEY) {
+                self.buf.truncate(at);
+                self.buf.push(b'}');
             }
             return Some(Ok(
                 match serde_json::from_slice::<LoggedSession>(&self.buf) {
@@ -355,6 +365,28 @@ mod tests {
         );
         // A complete last line without its newline is still a session.
         assert_eq!(entries(r#"{"id":"z"}"#), vec![Ok("z".into())]);
+    }
+
+    #[test]
+    fn the_transcript_is_not_parsed_and_a_torn_line_stays_torn() {
+        let log = concat!(
+            r#"{"id":"a","transactions":[],"transcript":[[0,"c","MAIL FROM:<,\"transcript\":[x>"]],"closed_by":null}"#,
+            "\n",
+            r#"{"id":"b","transcript":[[0,"c","x"]],"closed_by":oops}"#,
+            "\n",
+            r#"{"id":"c","signatures":["no-rdns"],"transcript":[[0,"c","EHLO"#,
+        );
+        let got = entries(log);
+        assert_eq!(got[0], Ok("a".into()));
+        // What follows the transcript is not read: a damaged tail does not lose the session.
+        assert_eq!(got[1], Ok("b".into()));
+        assert!(
+            got[2]
+                .as_ref()
+                .unwrap_err()
+                .starts_with("line 3: torn last line"),
+            "{got:?}"
+        );
     }
 
     #[test]

@@ -6,16 +6,17 @@
 //! (address, client) pairs and [`MAX_SETS`] signature sets are told apart; what is left out is
 //! counted in [`Totals`], so a report that reached a bound says so.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::campaign::log::{Entry, LoggedSession, parse_time};
-use crate::campaign::report::signature_set;
+use crate::campaign::log::{self, LoggedSession, parse_time};
 use crate::policy::book::AddressBook;
 use crate::policy::pattern::Mailbox;
+use crate::signature::Signature;
 
 /// Addresses told apart; recipients past it are counted in [`Totals::addresses_left_out`].
 pub const MAX_ADDRESSES: usize = 100_000;
@@ -91,25 +92,71 @@ struct Counts {
     sets: HashMap<u32, u64>,
     first: Option<(SystemTime, String)>,
     last: Option<(SystemTime, String)>,
+    /// The number of the last session counted, so that each counts once.
+    last_session: u64,
+}
+
+/// A signature set as a key: the known signatures as bits (report order), and any name this
+/// version does not know, sorted.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct SetKey {
+    known: u32,
+    unknown: Vec<String>,
+}
+
+impl SetKey {
+    fn of(names: &[String]) -> SetKey {
+        let mut key = SetKey {
+            known: 0,
+            unknown: Vec::new(),
+        };
+        for name in names {
+            match name.parse::<Signature>() {
+                Ok(signature) => key.known |= 1 << signature as u32,
+                Err(_) => key.unknown.push(name.clone()),
+            }
+        }
+        key.unknown.sort_unstable();
+        key.unknown.dedup();
+        key
+    }
+
+    /// The names in report order, unknown ones after.
+    fn names(&self) -> Vec<String> {
+        let known = Signature::ALL
+            .iter()
+            .filter(|s| self.known & (1 << **s as u32) != 0)
+            .map(|s| s.as_str().to_owned());
+        known.chain(self.unknown.iter().cloned()).collect()
+    }
+}
+
+/// The bounded tallies of one report.
+struct Tallies {
+    counts: HashMap<Mailbox, Counts>,
+    sets: HashMap<SetKey, u32>,
+    totals: Totals,
+    pairs: usize,
 }
 
 /// Counts the sessions of `log` per address; `book` gives the states. Skipped lines go to
 /// `warn`.
 pub fn report<E>(
-    log: impl IntoIterator<Item = Result<Entry, E>>,
+    log: impl IntoIterator<Item = Result<log::Entry, E>>,
     book: &AddressBook,
     options: &Options,
     warn: &mut dyn FnMut(&str),
 ) -> Result<Report, E> {
-    let mut counts: HashMap<Mailbox, Counts> = HashMap::new();
-    let mut sets: HashMap<Vec<String>, u32> = HashMap::new();
-    let mut totals = Totals::default();
-    let mut pairs = 0usize;
-    let mut named: Vec<Mailbox> = Vec::new();
+    let mut t = Tallies {
+        counts: HashMap::new(),
+        sets: HashMap::new(),
+        totals: Totals::default(),
+        pairs: 0,
+    };
     for entry in log {
         let session = match entry? {
-            Entry::Session(session) => session,
-            Entry::Skipped(why) => {
+            log::Entry::Session(session) => session,
+            log::Entry::Skipped(why) => {
                 warn(&why);
                 continue;
             }
@@ -121,90 +168,23 @@ pub fn report<E>(
         {
             continue;
         }
-        totals.sessions += 1;
-        named.clear();
-        for rcpt in session.transactions.iter().flat_map(|t| &t.rcpts) {
-            let key = Mailbox::key(&rcpt.addr);
-            if !named.contains(&key) {
-                named.push(key);
-            }
-        }
-        if named.is_empty() {
-            continue;
-        }
-        let set = signature_set(&session.signatures);
-        let set_index = match sets.get(&set) {
-            Some(&i) => Some(i),
-            None if sets.len() < MAX_SETS => {
-                let i = sets.len() as u32;
-                sets.insert(set, i);
-                Some(i)
-            }
-            None => {
-                totals.sets_left_out += 1;
-                None
-            }
-        };
-        let client = session
-            .client_ip
-            .as_deref()
-            .and_then(|ip| ip.parse::<IpAddr>().ok())
-            .map(|ip| ip.to_canonical());
-        let ended = session
-            .end
-            .as_deref()
-            .and_then(parse_time)
-            .zip(session.end.clone());
-        for address in &named {
-            if !counts.contains_key(address) && counts.len() >= MAX_ADDRESSES {
-                totals.addresses_left_out += 1;
-                continue;
-            }
-            let c = counts.entry(address.clone()).or_default();
-            c.sessions += 1;
-            if let Some(i) = set_index {
-                *c.sets.entry(i).or_default() += 1;
-            }
-            if let Some(ip) = client
-                && !c.clients.contains(&ip)
-            {
-                if pairs < MAX_PAIRS {
-                    c.clients.insert(ip);
-                    pairs += 1;
-                } else {
-                    totals.clients_left_out += 1;
-                }
-            }
-            if let (Some(t), Some(text)) = (started, &session.start)
-                && c.first.as_ref().is_none_or(|(first, _)| t < *first)
-            {
-                c.first = Some((t, text.clone()));
-            }
-            let last = ended.clone().or(started.zip(session.start.clone()));
-            if let Some((t, text)) = last
-                && c.last.as_ref().is_none_or(|(at, _)| t > *at)
-            {
-                c.last = Some((t, text));
-            }
-        }
-        count_rcpts(&session, &mut counts);
+        t.totals.sessions += 1;
+        t.add(&session, started);
     }
     // Addresses with a file are reported even when the log does not name them.
     for entry in book.entries() {
         for address in &entry.file.addresses {
-            if !counts.contains_key(address) && counts.len() < MAX_ADDRESSES {
-                counts.insert(address.clone(), Counts::default());
+            if !t.counts.contains_key(address) && t.counts.len() < MAX_ADDRESSES {
+                t.counts.insert(address.clone(), Counts::default());
             }
         }
     }
-    let names: Vec<Vec<String>> = {
-        let mut names = vec![Vec::new(); sets.len()];
-        for (set, i) in sets {
-            names[i as usize] = set;
-        }
-        names
-    };
-    let mut addresses: Vec<AddressReport> = counts
+    let mut names = vec![Vec::new(); t.sets.len()];
+    for (set, i) in &t.sets {
+        names[*i as usize] = set.names();
+    }
+    let mut addresses: Vec<AddressReport> = t
+        .counts
         .into_iter()
         .map(|(address, c)| {
             let entry = book.lookup(address.as_str());
@@ -244,23 +224,95 @@ pub fn report<E>(
             .cmp(&a.sessions)
             .then_with(|| a.address.cmp(&b.address))
     });
-    Ok(Report { totals, addresses })
+    Ok(Report {
+        totals: t.totals,
+        addresses,
+    })
 }
 
-/// Each recipient's refusals and messages.
-fn count_rcpts(session: &LoggedSession, counts: &mut HashMap<Mailbox, Counts>) {
-    for t in &session.transactions {
-        let delivered = t.data_code == Some(250);
-        for rcpt in &t.rcpts {
-            let Some(c) = counts.get_mut(&Mailbox::key(&rcpt.addr)) else {
-                continue;
-            };
-            match rcpt.code {
-                Some(code) if (200..300).contains(&code) => c.messages += u64::from(delivered),
-                Some(_) => c.refused += 1,
-                None => {}
+impl Tallies {
+    /// Counts one session for every address it names, in one pass over its recipients.
+    fn add(&mut self, session: &LoggedSession, started: Option<SystemTime>) {
+        if session.transactions.iter().all(|t| t.rcpts.is_empty()) {
+            return;
+        }
+        let number = self.totals.sessions;
+        let set = self.set_index(&session.signatures);
+        let client = session
+            .client_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+            .map(|ip| ip.to_canonical());
+        let first = started.zip(session.start.as_ref());
+        let last = session
+            .end
+            .as_deref()
+            .and_then(parse_time)
+            .zip(session.end.as_ref())
+            .or(first);
+        for transaction in &session.transactions {
+            let delivered = transaction.data_code == Some(250);
+            for rcpt in &transaction.rcpts {
+                let full = self.counts.len() >= MAX_ADDRESSES;
+                let c = match self.counts.entry(Mailbox::key(&rcpt.addr)) {
+                    Entry::Occupied(entry) => entry.into_mut(),
+                    Entry::Vacant(_) if full => {
+                        self.totals.addresses_left_out += 1;
+                        continue;
+                    }
+                    Entry::Vacant(entry) => entry.insert(Counts::default()),
+                };
+                match rcpt.code {
+                    Some(code) if (200..300).contains(&code) => c.messages += u64::from(delivered),
+                    Some(_) => c.refused += 1,
+                    None => {}
+                }
+                // The rest once per session.
+                if c.last_session == number {
+                    continue;
+                }
+                c.last_session = number;
+                c.sessions += 1;
+                if let Some(i) = set {
+                    *c.sets.entry(i).or_default() += 1;
+                }
+                if let Some(ip) = client
+                    && !c.clients.contains(&ip)
+                {
+                    if self.pairs < MAX_PAIRS {
+                        c.clients.insert(ip);
+                        self.pairs += 1;
+                    } else {
+                        self.totals.clients_left_out += 1;
+                    }
+                }
+                if let Some((t, text)) = first
+                    && c.first.as_ref().is_none_or(|(at, _)| t < *at)
+                {
+                    c.first = Some((t, text.clone()));
+                }
+                if let Some((t, text)) = last
+                    && c.last.as_ref().is_none_or(|(at, _)| t > *at)
+                {
+                    c.last = Some((t, text.clone()));
+                }
             }
         }
+    }
+
+    /// The index of a session's signature set, unless the sets are full.
+    fn set_index(&mut self, signatures: &[String]) -> Option<u32> {
+        let key = SetKey::of(signatures);
+        if let Some(&i) = self.sets.get(&key) {
+            return Some(i);
+        }
+        if self.sets.len() >= MAX_SETS {
+            self.totals.sets_left_out += 1;
+            return None;
+        }
+        let i = self.sets.len() as u32;
+        self.sets.insert(key, i);
+        Some(i)
     }
 }
 
