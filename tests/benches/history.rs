@@ -24,33 +24,17 @@ use anyhow::{Context, Result, ensure};
 use sinkhole::capture::session_log::{SessionEnd, session_id};
 use sinkhole::signature::Signature;
 use sinkhole::smtp::{Direction, RcptRecord, SessionRecord, TransactionRecord, TranscriptLine};
-use sinkhole_tests::{sinkhole_bin, temp_dir};
+use sinkhole_tests::{Rng, sinkhole_bin, temp_dir};
 
 const TRAPS: u64 = 10_000;
 const CLIENTS: u64 = 200_000;
 const FILES: u64 = 2_000;
 const DAYS: u64 = 10;
 
-/// A small, fast generator (xorshift64*), so the log is the same every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// Mostly small numbers below `n`: a few traps and clients are hit often.
-    fn skewed(&mut self, n: u64) -> u64 {
-        let r = self.below(n);
-        r * r / n
-    }
+/// Mostly small numbers below `n`: a few traps and clients are hit often.
+fn skewed(rng: &mut Rng, n: u64) -> u64 {
+    let r = rng.below(n);
+    r * r / n
 }
 
 fn trap(n: u64) -> String {
@@ -74,7 +58,7 @@ const SETS: &[&[Signature]] = &[
 
 /// One bot's session, as the daemon would log it.
 fn session(rng: &mut Rng, n: u64, at: SystemTime) -> SessionEnd {
-    let client_n = rng.skewed(CLIENTS);
+    let client_n = skewed(rng, CLIENTS);
     let client = IpAddr::V4(Ipv4Addr::from(0xC000_0000u32 + client_n as u32));
     let helo = format!("host{}.dyn.example.net", client_n);
     let mail_from = if rng.below(10) == 0 {
@@ -84,7 +68,7 @@ fn session(rng: &mut Rng, n: u64, at: SystemTime) -> SessionEnd {
     };
     let rcpts: Vec<RcptRecord> = (0..1 + rng.below(3))
         .map(|_| RcptRecord {
-            addr: trap(rng.skewed(TRAPS)),
+            addr: trap(skewed(rng, TRAPS)),
             code: if rng.below(8) == 0 { 550 } else { 250 },
         })
         .collect();

@@ -334,3 +334,21 @@ pub fn run_client(command: &mut std::process::Command) -> std::process::Output {
     );
     output
 }
+
+/// xorshift64*: a small, fast generator, reproducible from its seed (the crash test prints
+/// its own; the benchmarks use fixed ones).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}

@@ -14,23 +14,7 @@ use std::process::Output;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sinkhole_tests::daemon::{Daemon, files_in, lf_endings, stored_body};
-use sinkhole_tests::sinkhole;
-
-/// xorshift64*: reproducible from the seed the test prints.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use sinkhole_tests::{Rng, sinkhole};
 
 /// A message as sent: its id, its bytes on the wire (dot-stuffed, with the final dot) and what
 /// must be stored after the headers (the body, unstuffed).
@@ -194,7 +178,7 @@ fn messages_answered_250_survive_sigkill_whole() {
         let results = std::thread::scope(|scope| {
             let clients: Vec<_> = (0..4)
                 .map(|n| {
-                    let seed = rng.next() | 1;
+                    let seed = rng.next_u64() | 1;
                     scope.spawn(move || client(addr, round, n, seed))
                 })
                 .collect();

@@ -303,6 +303,27 @@ impl Iterator for StoredLog {
     }
 }
 
+/// The sessions of `log` that started at or after `since` (all of them without it), each with
+/// its start time; each skipped line goes to `warn`.
+pub fn sessions_since<'a, E: 'a>(
+    log: impl IntoIterator<Item = Result<Entry, E>> + 'a,
+    since: Option<SystemTime>,
+    warn: &'a mut dyn FnMut(&str),
+) -> impl Iterator<Item = Result<(Box<LoggedSession>, Option<SystemTime>), E>> + 'a {
+    log.into_iter().filter_map(move |entry| match entry {
+        Err(e) => Some(Err(e)),
+        Ok(Entry::Skipped(why)) => {
+            warn(&why);
+            None
+        }
+        Ok(Entry::Session(session)) => {
+            let started = session.start.as_deref().and_then(parse_time);
+            let before = since.is_some_and(|since| started.is_none_or(|t| t < since));
+            (!before).then_some(Ok((session, started)))
+        }
+    })
+}
+
 /// Parses the log's RFC 3339 times: `2026-01-02T03:04:05Z`, with fractions, or with an offset.
 pub fn parse_time(text: &str) -> Option<SystemTime> {
     // humantime takes `Z` and `+00:00`; any other numeric offset is applied here.

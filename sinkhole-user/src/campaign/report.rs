@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::log::{Entry, LogError, LoggedSession, StoredLog, parse_time};
+use super::log::{Entry, LogError, LoggedSession, StoredLog, parse_time, sessions_since};
 use super::urls::url_hosts;
 use crate::signature::Signature;
 
@@ -27,7 +27,8 @@ pub const MAX_DISTINCT: usize = 100_000;
 pub struct Options {
     /// Only sessions that started at or after this.
     pub since: Option<SystemTime>,
-    /// How many recipients and URL hosts to list per campaign.
+    /// How many of each ranked list to show: recipients and URL hosts per campaign
+    /// (`campaigns`), signature sets per address (`addresses`).
     pub top: usize,
 }
 
@@ -78,21 +79,8 @@ pub fn campaigns<E>(
 ) -> Result<Vec<Campaign>, E> {
     let mut groups: HashMap<Vec<String>, Group> = HashMap::new();
     let mut body = Vec::new();
-    for entry in log {
-        let session = match entry? {
-            Entry::Session(session) => session,
-            Entry::Skipped(why) => {
-                warn(&why);
-                continue;
-            }
-        };
-        let started = session.start.as_deref().and_then(parse_time);
-        if options
-            .since
-            .is_some_and(|since| started.is_none_or(|t| t < since))
-        {
-            continue;
-        }
+    for session in sessions_since(log, options.since, warn) {
+        let (session, started) = session?;
         groups
             .entry(signature_set(&session.signatures))
             .or_default()

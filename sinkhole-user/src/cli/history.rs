@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::LogArg;
 use crate::campaign::log::StoredLog;
 use crate::config::Config;
 use crate::history::{addresses, replay};
@@ -37,16 +38,10 @@ fn book(dir: &Path) -> anyhow::Result<AddressBook> {
 }
 
 /// `sinkhole addresses [--storage DIR] [--since D] [--top N] [--json]`.
-pub fn addresses(
-    config: &Config,
-    storage: Option<PathBuf>,
-    json: bool,
-    since_ago: Option<Duration>,
-    top: usize,
-) -> anyhow::Result<String> {
-    let storage = storage.unwrap_or_else(|| config.storage.dir.clone());
+pub fn addresses(config: &Config, log: LogArg, json: bool, top: usize) -> anyhow::Result<String> {
+    let storage = log.storage.unwrap_or_else(|| config.storage.dir.clone());
     let options = addresses::Options {
-        since: since(since_ago),
+        since: since(log.since),
         top,
     };
     let book = book(&config.policy.addresses_dir)?;
@@ -102,11 +97,10 @@ pub fn replay(
     config: &Config,
     policy: &Path,
     addresses_dir: Option<PathBuf>,
-    storage: Option<PathBuf>,
+    log: LogArg,
     json: bool,
-    since_ago: Option<Duration>,
 ) -> anyhow::Result<String> {
-    let storage = storage.unwrap_or_else(|| config.storage.dir.clone());
+    let storage = log.storage.unwrap_or_else(|| config.storage.dir.clone());
     let dir = addresses_dir.unwrap_or_else(|| config.policy.addresses_dir.clone());
     let setup = replay::Setup {
         policy: Policy::load(policy)?
@@ -115,7 +109,7 @@ pub fn replay(
         reject_threshold: config.dnsbl.reject_threshold,
     };
     let options = replay::Options {
-        since: since(since_ago),
+        since: since(log.since),
     };
     let log = StoredLog::open(&storage, options.since)?;
     let report = replay::replay(log, &setup, &options, &mut |w| warn(w))?;

@@ -140,15 +140,11 @@ pub enum Command {
     /// Per trap address: sessions, messages, distinct clients, top signature sets, first and
     /// last seen, and its state; from the session log, rotated files included.
     Addresses {
-        /// The storage directory (`sessions.jsonl`); default: the config's `storage.dir`.
-        #[arg(long, value_name = "DIR")]
-        storage: Option<PathBuf>,
+        #[command(flatten)]
+        log: LogArg,
         /// Print a JSON array instead of text.
         #[arg(long)]
         json: bool,
-        /// Only sessions that started within this long before now (e.g. 24h, 7d).
-        #[arg(long, value_parser = parse_duration)]
-        since: Option<Duration>,
         /// How many signature sets to list per address.
         #[arg(long, default_value_t = 3)]
         top: usize,
@@ -243,18 +239,26 @@ pub enum PolicyCommand {
         /// The per-address files to replay with; default: the config's `policy.addresses_dir`.
         #[arg(long, value_name = "DIR")]
         addresses: Option<PathBuf>,
-        /// The storage directory (`sessions.jsonl`); default: the config's `storage.dir`.
-        #[arg(long, value_name = "DIR")]
-        storage: Option<PathBuf>,
-        /// Only sessions that started within this long before now (e.g. 24h, 7d).
-        #[arg(long, value_parser = parse_duration)]
-        since: Option<Duration>,
+        #[command(flatten)]
+        log: LogArg,
         /// Print a JSON object instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         config: ConfigArg,
     },
+}
+
+/// Which part of the session log a report reads.
+#[derive(Debug, Args)]
+pub struct LogArg {
+    /// The storage directory (`sessions.jsonl` and its rotated files); default: the config's
+    /// `storage.dir`.
+    #[arg(long, value_name = "DIR")]
+    pub storage: Option<PathBuf>,
+    /// Only sessions that started within this long before now (e.g. 24h, 7d).
+    #[arg(long, value_parser = parse_duration)]
+    pub since: Option<Duration>,
 }
 
 /// What `address block` and `unblock` are about: exactly one of these.
@@ -390,23 +394,21 @@ pub fn dispatch(command: Command) -> Result<String, Failure> {
             AddressCommand::List { json, config } => address::list(&load(&config)?, json),
         },
         Command::Addresses {
-            storage,
+            log,
             json,
-            since,
             top,
             config,
-        } => history::addresses(&load(&config)?, storage, json, since, top),
+        } => history::addresses(&load(&config)?, log, json, top),
         Command::Policy {
             command:
                 PolicyCommand::Replay {
                     policy,
                     addresses,
-                    storage,
-                    since,
+                    log,
                     json,
                     config,
                 },
-        } => history::replay(&load(&config)?, &policy, addresses, storage, json, since),
+        } => history::replay(&load(&config)?, &policy, addresses, log, json),
         // Without --storage the config is read for `storage.dir`; a wrong one is then exit 1.
         Command::Campaigns {
             storage,

@@ -14,6 +14,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::campaign::log::{self, LoggedSession, parse_time};
+pub use crate::campaign::report::Options;
 use crate::policy::book::AddressBook;
 use crate::policy::pattern::Mailbox;
 use crate::signature::Signature;
@@ -24,15 +25,6 @@ pub const MAX_ADDRESSES: usize = 100_000;
 pub const MAX_PAIRS: usize = 2_000_000;
 /// Distinct signature sets told apart, all addresses together.
 pub const MAX_SETS: usize = 10_000;
-
-/// What to report.
-#[derive(Clone, Debug)]
-pub struct Options {
-    /// Only sessions that started at or after this.
-    pub since: Option<SystemTime>,
-    /// Signature sets listed per address.
-    pub top: usize,
-}
 
 /// One address. Serialized as an element of `addresses --json`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -153,21 +145,8 @@ pub fn report<E>(
         totals: Totals::default(),
         pairs: 0,
     };
-    for entry in log {
-        let session = match entry? {
-            log::Entry::Session(session) => session,
-            log::Entry::Skipped(why) => {
-                warn(&why);
-                continue;
-            }
-        };
-        let started = session.start.as_deref().and_then(parse_time);
-        if options
-            .since
-            .is_some_and(|since| started.is_none_or(|t| t < since))
-        {
-            continue;
-        }
+    for session in log::sessions_since(log, options.since, warn) {
+        let (session, started) = session?;
         t.totals.sessions += 1;
         t.add(&session, started);
     }

@@ -26,7 +26,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::campaign::log::{Entry, LoggedSession, parse_time};
+use crate::campaign::log::{Entry, LoggedSession, parse_time, sessions_since};
 use crate::policy::auto_close::{Delivery, Seen};
 use crate::policy::book::{AddressBook, PastClose};
 use crate::policy::pattern::Mailbox;
@@ -211,21 +211,8 @@ pub fn replay<E>(
         session: 0,
         changed: false,
     };
-    for entry in log {
-        let session = match entry? {
-            Entry::Session(session) => session,
-            Entry::Skipped(why) => {
-                warn(&why);
-                continue;
-            }
-        };
-        let started = session.start.as_deref().and_then(parse_time);
-        if options
-            .since
-            .is_some_and(|since| started.is_none_or(|t| t < since))
-        {
-            continue;
-        }
+    for session in sessions_since(log, options.since, warn) {
+        let (session, started) = session?;
         if matches!(session.verdict.as_deref(), Some("blocked" | "refused")) {
             replay.report.not_replayed += 1;
             continue;
@@ -397,10 +384,10 @@ impl Replay<'_> {
 
     /// A message the new policy delivers to `rcpt`: `auto_close` counts it.
     fn delivered(&mut self, rcpt: &str, delivery: Delivery) {
-        let key = Mailbox::key(rcpt);
-        let Some(rule) = self.rule_for(&key) else {
+        let Some((key, _, rule)) = self.setup.policy.auto_close_for(&self.book, rcpt) else {
             return;
         };
+        let rule = rule.clone();
         let seen = self.seen.entry(key.clone()).or_default();
         if let Some(reason) = rule.on_message(seen, delivery) {
             self.close(key, delivery.at, reason);
@@ -408,25 +395,14 @@ impl Replay<'_> {
     }
 
     fn session_ended(&mut self, rcpt: &str, signatures: &[Signature], at: SystemTime) {
-        let key = Mailbox::key(rcpt);
-        if let Some(reason) = self
-            .rule_for(&key)
-            .and_then(|rule| rule.on_session(signatures))
-        {
+        let closes = self
+            .setup
+            .policy
+            .auto_close_for(&self.book, rcpt)
+            .and_then(|(key, _, rule)| Some((key, rule.on_session(signatures)?)));
+        if let Some((key, reason)) = closes {
             self.close(key, at, reason);
         }
-    }
-
-    /// The `auto_close` rule of an open address with a file.
-    fn rule_for(&self, key: &Mailbox) -> Option<crate::policy::auto_close::AutoClose> {
-        let entry = self.book.lookup(key.as_str())?;
-        if entry.file.closure(key).is_some() {
-            return None;
-        }
-        self.setup
-            .policy
-            .auto_close(entry.file.auto_close.as_ref())
-            .cloned()
     }
 
     fn close(&mut self, address: Mailbox, at: SystemTime, reason: String) {

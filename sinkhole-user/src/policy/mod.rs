@@ -49,7 +49,7 @@ use crate::signature::Signature;
 use crate::smtp::Reply;
 use auto_close::AutoClose;
 use book::{AddressBook, AddressRefusal};
-use pattern::LocalDomain;
+use pattern::{LocalDomain, Mailbox};
 pub use rule::{Action, default_reply, reply_line};
 use rule::{Rule, rule_reply};
 
@@ -310,6 +310,21 @@ impl Policy {
     pub fn auto_close<'a>(&'a self, own: Option<&'a AutoClose>) -> Option<&'a AutoClose> {
         own.or(self.auto_close.as_ref())
             .filter(|rule| !rule.is_empty())
+    }
+
+    /// The `auto_close` rule in force for `rcpt` when it is open and has a file in `book`: its
+    /// mailbox, its file, and the rule.
+    pub fn auto_close_for<'a>(
+        &'a self,
+        book: &'a AddressBook,
+        rcpt: &str,
+    ) -> Option<(Mailbox, &'a Arc<book::Entry>, &'a AutoClose)> {
+        let key = Mailbox::key(rcpt);
+        let entry = book
+            .lookup(rcpt)
+            .filter(|entry| entry.file.closure(&key).is_none())?;
+        let rule = self.auto_close(entry.file.auto_close.as_ref())?;
+        Some((key, entry, rule))
     }
 
     /// The sender is in one of `local_domains` (never true for the null sender).

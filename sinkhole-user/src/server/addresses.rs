@@ -149,16 +149,9 @@ impl Addresses {
         delivery: Delivery,
         counters: &DaemonCounters,
     ) {
+        let book = Arc::clone(&self.book);
         for rcpt in rcpts {
-            let key = Mailbox::key(rcpt);
-            let Some(entry) = self
-                .book
-                .lookup(rcpt)
-                .filter(|e| e.file.closure(&key).is_none())
-            else {
-                continue;
-            };
-            let Some(rule) = policy.auto_close(entry.file.auto_close.as_ref()) else {
+            let Some((key, entry, rule)) = policy.auto_close_for(&book, rcpt) else {
                 continue;
             };
             if !self.seen.contains_key(&key) && self.seen.len() >= MAX_COUNTED {
@@ -167,8 +160,7 @@ impl Addresses {
             }
             let seen = self.seen.entry(key.clone()).or_default();
             if let Some(reason) = rule.on_message(seen, delivery) {
-                let file = Arc::clone(&entry.name);
-                self.close(key, file, delivery.at, reason, counters);
+                self.close(key, Arc::clone(&entry.name), delivery.at, reason, counters);
             }
         }
     }
@@ -183,23 +175,14 @@ impl Addresses {
         at: std::time::SystemTime,
         counters: &DaemonCounters,
     ) {
+        let book = Arc::clone(&self.book);
         for rcpt in rcpts {
-            let key = Mailbox::key(rcpt);
-            let Some(entry) = self
-                .book
-                .lookup(rcpt)
-                .filter(|e| e.file.closure(&key).is_none())
-            else {
+            let Some((key, entry, rule)) = policy.auto_close_for(&book, rcpt) else {
                 continue;
             };
-            let Some(reason) = policy
-                .auto_close(entry.file.auto_close.as_ref())
-                .and_then(|rule| rule.on_session(signatures))
-            else {
-                continue;
-            };
-            let file = Arc::clone(&entry.name);
-            self.close(key, file, at, reason, counters);
+            if let Some(reason) = rule.on_session(signatures) {
+                self.close(key, Arc::clone(&entry.name), at, reason, counters);
+            }
         }
     }
 
