@@ -255,15 +255,14 @@ impl Tallies {
                 if let Some(i) = set {
                     *c.sets.entry(i).or_default() += 1;
                 }
-                if let Some(ip) = client
-                    && !c.clients.contains(&ip)
-                {
-                    if self.pairs < MAX_PAIRS {
-                        c.clients.insert(ip);
-                        self.pairs += 1;
-                    } else {
-                        self.totals.clients_left_out += 1;
+                match client {
+                    Some(ip) if self.pairs < MAX_PAIRS => {
+                        if c.clients.insert(ip) {
+                            self.pairs += 1;
+                        }
                     }
+                    Some(ip) if !c.clients.contains(&ip) => self.totals.clients_left_out += 1,
+                    _ => {}
                 }
                 if let Some((t, text)) = first
                     && c.first.as_ref().is_none_or(|(at, _)| t < *at)

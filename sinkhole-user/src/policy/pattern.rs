@@ -76,11 +76,12 @@ impl Mailbox {
     /// mailbox or not).
     pub fn key(rcpt: &str) -> Mailbox {
         let (local, dom) = split_address(rcpt);
-        Mailbox(format!(
-            "{}@{}",
-            local.to_ascii_lowercase(),
-            dom.to_ascii_lowercase()
-        ))
+        let mut key = String::with_capacity(local.len() + 1 + dom.len());
+        key.push_str(local);
+        key.push('@');
+        key.push_str(dom);
+        key.make_ascii_lowercase();
+        Mailbox(key)
     }
 
     pub fn as_str(&self) -> &str {
