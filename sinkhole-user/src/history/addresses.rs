@@ -257,9 +257,7 @@ impl Tallies {
                 }
                 match client {
                     Some(ip) if self.pairs < MAX_PAIRS => {
-                        if c.clients.insert(ip) {
-                            self.pairs += 1;
-                        }
+                        self.pairs += usize::from(c.clients.insert(ip));
                     }
                     Some(ip) if !c.clients.contains(&ip) => self.totals.clients_left_out += 1,
                     _ => {}
