@@ -1,6 +1,6 @@
 //! `Policy::parse` on any text (before the marker): no panic, an error names a line; a policy
-//! that parses is then asked about arbitrary recipients (facts from the schedule), and every
-//! verdict is a single reply line whose class fits its action.
+//! that parses is then asked about arbitrary commands at every phase (facts from the schedule),
+//! and every verdict is a single reply line whose class fits its action.
 #![no_main]
 
 use std::net::IpAddr;
@@ -8,14 +8,16 @@ use std::net::IpAddr;
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use sinkhole::config::ConfigError;
-use sinkhole::policy::{Action, Policy, RcptFacts};
+use sinkhole::policy::{Action, Facts as PolicyFacts, Phase, Policy, To};
 use sinkhole::signature::Signature;
 use sinkhole_fuzz::split_input;
 
 #[derive(Arbitrary, Debug)]
 struct Facts {
+    phase: u8,
     client_ip: IpAddr,
-    fcrdns_name: Option<String>,
+    rdns: Option<String>,
+    fcrdns: bool,
     helo: Option<String>,
     mail_from: String,
     rcpt: String,
@@ -47,27 +49,42 @@ fuzz_target!(|data: &[u8]| {
             .iter()
             .map(|&i| Signature::ALL[usize::from(i) % Signature::ALL.len()])
             .collect();
-        let verdict = policy.decide(&RcptFacts {
-            client_ip: facts.client_ip,
-            fcrdns_name: facts.fcrdns_name.as_deref(),
-            helo: facts.helo.as_deref(),
-            mail_from: &facts.mail_from,
-            rcpt: &facts.rcpt,
-            dnsbl_zones: &facts.dnsbl_zones,
-            score: facts.score,
-            signatures: &signatures,
-        });
+        let phase = Phase::ALL[usize::from(facts.phase) % Phase::ALL.len()];
+        let rcpts = [facts.rcpt.clone()];
+        let to = match phase {
+            Phase::Rcpt => To::One(&facts.rcpt),
+            Phase::Data => To::All(&rcpts),
+            _ => To::None,
+        };
+        let verdict = policy.decide(
+            phase,
+            &PolicyFacts {
+                client_ip: facts.client_ip,
+                rdns: facts.rdns.as_deref(),
+                fcrdns: facts.fcrdns,
+                helo: facts.helo.as_deref(),
+                mail_from: (phase >= Phase::Mail).then_some(facts.mail_from.as_str()),
+                to,
+                dnsbl_zones: &facts.dnsbl_zones,
+                score: facts.score,
+                signatures: &signatures,
+            },
+        );
         let class = match verdict.action {
             Action::Accept => 2,
-            Action::Tempfail | Action::Stall => 4,
+            Action::Tempfail | Action::Stall | Action::Disconnect => 4,
             Action::Reject | Action::Block => 5,
         };
         assert_eq!(verdict.reply.code / 100, class, "{verdict:?}");
+        if verdict.action == Action::Disconnect || (phase == Phase::Connect && class == 4) {
+            assert_eq!(verdict.reply.code, 421, "{verdict:?}");
+        }
         assert!(
             !verdict.reply.text.chars().any(char::is_control),
             "a reply with a control character: {verdict:?}"
         );
-        let local = policy.is_local_sender(&facts.mail_from);
+        // The default policy phase for local_domains is MAIL.
+        let local = phase == Phase::Mail && policy.is_local_sender(&facts.mail_from);
         assert_eq!(verdict.signature.is_some(), local);
         if local {
             assert_ne!(

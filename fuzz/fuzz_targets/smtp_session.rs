@@ -21,7 +21,8 @@ enum Op {
     /// `n` output bytes are written.
     Consume(u16),
     ConsumeAll,
-    ResolveRecipient(Code, Option<String>),
+    /// The connection, a HELO, MAIL or RCPT.
+    Resolve(Code, Option<String>),
     ResolveMessage(Code, bool),
     Shutdown,
 }
@@ -60,8 +61,8 @@ fuzz_target!(|data: &[u8]| {
             Op::Wait(ms) => driver.wait(u64::from(ms % 400_000)),
             Op::Consume(n) => driver.consume(usize::from(n)),
             Op::ConsumeAll => driver.consume_all(),
-            Op::ResolveRecipient(code, text) => {
-                driver.resolve_recipient(code.reply(text.as_deref()));
+            Op::Resolve(code, text) => {
+                driver.resolve_command(code.reply(text.as_deref()));
             }
             Op::ResolveMessage(code, stored) => {
                 let name = stored.then(|| "msg".to_owned());

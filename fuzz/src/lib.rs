@@ -68,6 +68,8 @@ pub enum Code {
     Accept,
     Tempfail,
     Reject,
+    /// The policy's `disconnect`: 421, and the session closes.
+    Disconnect,
 }
 
 impl Code {
@@ -76,6 +78,7 @@ impl Code {
             Code::Accept => (250, "2.1.5 Ok"),
             Code::Tempfail => (451, "4.3.0 Try again later"),
             Code::Reject => (550, "5.1.1 No such user"),
+            Code::Disconnect => (421, "4.7.0 Closing connection"),
         };
         let text = text.map_or(default, |t| cut(t, MAX_REPLY_TEXT));
         Reply {
@@ -95,11 +98,13 @@ fn cut(text: &str, max: usize) -> &str {
 }
 
 /// A decision that depends only on what is decided, so that two runs can be compared: the
-/// recipient's length picks the code, a message is refused when its body length is odd.
+/// length of the HELO name, sender or recipient picks the code (the connection is accepted),
+/// a message is refused when its body length is odd.
 fn default_code(seed: usize) -> Code {
-    match seed % 3 {
-        0 => Code::Accept,
+    match seed % 7 {
+        0 | 3 | 5 => Code::Accept,
         1 => Code::Tempfail,
+        6 => Code::Disconnect,
         _ => Code::Reject,
     }
 }
@@ -107,7 +112,10 @@ fn default_code(seed: usize) -> Code {
 /// The decision the session waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
-    Recipient,
+    /// The connection: what the client sends meanwhile is still read (as pregreet).
+    Connect,
+    /// A HELO, MAIL or RCPT ([`Session::resolve`]).
+    Command,
     Message,
 }
 
@@ -219,13 +227,17 @@ impl Driver {
         self.consume(self.session.output().len());
     }
 
-    /// Resolves a pending recipient (when none is pending, the session must ignore it).
-    pub fn resolve_recipient(&mut self, reply: Reply) {
-        let expected = self.decision == Some(Decision::Recipient);
+    /// Resolves a pending connection, HELO, MAIL or RCPT (when none is pending, the session
+    /// must ignore it).
+    pub fn resolve_command(&mut self, reply: Reply) {
+        let expected = matches!(
+            self.decision,
+            Some(Decision::Connect | Decision::Command)
+        );
         if expected {
             self.decision = None;
         }
-        self.resolve(expected, |s, now| s.resolve_recipient(reply, now));
+        self.resolve(expected, |s, now| s.resolve(reply, now));
     }
 
     /// Resolves a pending message (when none is pending, the session must ignore it).
@@ -268,10 +280,11 @@ impl Driver {
                 continue;
             }
             match self.decision {
-                Some(Decision::Recipient) => {
+                Some(Decision::Connect) => self.resolve_command(Code::Accept.reply(None)),
+                Some(Decision::Command) => {
                     // The code comes from the event's text, so equal events get equal replies.
                     let seed = self.decision_seed;
-                    self.resolve_recipient(default_code(seed).reply(None));
+                    self.resolve_command(default_code(seed).reply(None));
                 }
                 Some(Decision::Message) => {
                     let seed = self.decision_seed;
@@ -345,7 +358,7 @@ impl Driver {
             output.len()
         );
         self.output_len = output.len();
-        if self.decision.is_some() {
+        if self.decision.is_some_and(|d| d != Decision::Connect) {
             assert!(
                 !self.session.wants_read(),
                 "reads while a decision is pending"
@@ -364,9 +377,20 @@ impl Driver {
     fn check_event(&mut self, event: &Event) {
         assert!(!self.finished, "a finished session raised {event:?}");
         match event {
+            Event::Connect => self.expect_decision(Decision::Connect),
+            Event::Helo { name } => {
+                assert!(!name.chars().any(char::is_control));
+                self.expect_decision(Decision::Command);
+                self.decision_seed = name.len();
+            }
+            Event::Mail { mail_from } => {
+                assert!(!mail_from.chars().any(char::is_control));
+                self.expect_decision(Decision::Command);
+                self.decision_seed = mail_from.len();
+            }
             Event::Recipient { rcpt, .. } => {
                 assert!(!rcpt.is_empty() && !rcpt.chars().any(char::is_control));
-                self.expect_decision(Decision::Recipient);
+                self.expect_decision(Decision::Command);
                 self.decision_seed = rcpt.len();
             }
             Event::Message { rcpts, size, .. } => {

@@ -359,7 +359,7 @@ impl Default for XdpConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyConfig {
-    /// Empty: no per-address rules.
+    /// The rule file. Empty: no rules.
     pub file: PathBuf,
     /// 100ms..=10m.
     #[serde(
@@ -367,6 +367,10 @@ pub struct PolicyConfig {
         serialize_with = "show_duration"
     )]
     pub stall: Duration,
+    /// Where a sender in one of the rule file's `local_domains` is refused.
+    pub local_domains_phase: LocalDomainsPhase,
+    /// One TOML file per address (or per person) with its own rules. Empty: none.
+    pub addresses_dir: PathBuf,
 }
 
 impl Default for PolicyConfig {
@@ -374,8 +378,21 @@ impl Default for PolicyConfig {
         PolicyConfig {
             file: PathBuf::new(),
             stall: Duration::from_secs(30),
+            local_domains_phase: LocalDomainsPhase::Mail,
+            addresses_dir: PathBuf::new(),
         }
     }
+}
+
+/// `policy.local_domains_phase`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalDomainsPhase {
+    /// The MAIL is refused; what the client pipelined behind it gets 503.
+    #[default]
+    Mail,
+    /// Each recipient is refused (the MAIL is accepted).
+    Rcpt,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -434,6 +451,10 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// A per-address file of `policy.addresses_dir` that cannot be read or parsed, or the
+    /// directory itself: `FILE:LINE: key: why`.
+    #[error("{0}")]
+    AddressFile(String),
 }
 
 impl ConfigError {
@@ -673,7 +694,7 @@ fn log_rotate<'de, D: Deserializer<'de>>(d: D) -> Result<LogRotate, D::Error> {
 }
 
 /// A duration within `MIN_MS..=MAX_MS` milliseconds.
-fn duration<'de, D: Deserializer<'de>, const MIN_MS: u64, const MAX_MS: u64>(
+pub(crate) fn duration<'de, D: Deserializer<'de>, const MIN_MS: u64, const MAX_MS: u64>(
     d: D,
 ) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
@@ -829,7 +850,7 @@ fn show_prefixes<S: Serializer>(prefixes: &[IpNet], serializer: S) -> Result<S::
 }
 
 /// An integer within `MIN..=MAX`.
-fn integer<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(
+pub(crate) fn integer<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(
     d: D,
 ) -> Result<i64, D::Error> {
     let n = i64::deserialize(d)?;
@@ -840,7 +861,7 @@ fn integer<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(
 }
 
 /// A count within `MIN..=MAX`, `MIN` at least 1.
-fn count<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(
+pub(crate) fn count<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(
     d: D,
 ) -> Result<NonZeroUsize, D::Error> {
     const { assert!(MIN >= 1 && MAX <= u32::MAX as i64) };

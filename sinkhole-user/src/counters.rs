@@ -113,6 +113,12 @@ pub struct DaemonCounters {
     pub campaigns_active: AtomicU64,
     /// Sessions of new campaign keys not tracked: the tracker's table was full.
     pub campaign_keys_refused: AtomicU64,
+    /// Addresses closed by their `auto_close` rule.
+    pub auto_closed: AtomicU64,
+    /// `auto_close` counts or closes refused: the table of addresses counted was full, or the
+    /// addresses thread's queue was (the address is then closed until the daemon stops, not in
+    /// its file).
+    pub auto_close_refused: AtomicU64,
 }
 
 impl DaemonCounters {

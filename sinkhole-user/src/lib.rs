@@ -10,6 +10,7 @@ pub mod counters;
 pub mod daemon;
 pub mod feeds;
 pub mod handover;
+pub mod history;
 pub mod kernel;
 pub mod listeners;
 pub mod metrics;

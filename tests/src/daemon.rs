@@ -429,12 +429,23 @@ impl SmtpClient {
 
 /// What follows the prepended headers of a stored message (the last is `X-Sinkhole-Dnsbl`).
 pub fn stored_body(file: &[u8]) -> &[u8] {
-    let marker = b"\r\nX-Sinkhole-Dnsbl: ";
+    let marker = b"\nX-Sinkhole-Dnsbl: ";
     let at = file
         .windows(marker.len())
         .position(|w| w == marker)
         .expect("the prepended X-Sinkhole-Dnsbl header");
     let rest = &file[at + marker.len()..];
-    let end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-    &rest[end + 2..]
+    let end = rest.iter().position(|&b| b == b'\n').unwrap();
+    &rest[end + 1..]
+}
+
+/// `bytes` as a message is stored: each CRLF as LF, every other byte as it is.
+pub fn lf_endings(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for (i, &b) in bytes.iter().enumerate() {
+        if !(b == b'\r' && bytes.get(i + 1) == Some(&b'\n')) {
+            out.push(b);
+        }
+    }
+    out
 }

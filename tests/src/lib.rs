@@ -2,13 +2,15 @@
 //! die with the test, free ports, network namespaces that clean up after themselves, and the
 //! privilege rule for kernel tests. Topic modules: `daemon` (the SMTP daemon and a raw client),
 //! `dns` (real DNS servers), `netns` (namespaces, veth, bpffs), `frames` and `xdp` (test runs),
-//! `null_smtp` (the benchmarks' do-nothing SMTP server).
+//! `null_smtp` (the benchmarks' do-nothing SMTP server), `policy` (a daemon with a policy
+//! file).
 
 pub mod daemon;
 pub mod dns;
 pub mod frames;
 pub mod netns;
 pub mod null_smtp;
+pub mod policy;
 pub mod replay;
 pub mod slow_disk;
 pub mod xdp;
@@ -353,4 +355,22 @@ pub fn sessions_read(storage: &Path) -> (u64, String) {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no session count in {table}"));
     (sessions, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// xorshift64*: a small, fast generator, reproducible from its seed (the crash test prints
+/// its own; the benchmarks use fixed ones).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
 }

@@ -1,7 +1,9 @@
 //! A spam campaign replayed against the real daemon with a local-domain policy: a dozen
 //! clients from distinct loopback addresses, each pipelining `MAIL FROM` equal to `RCPT TO` in
-//! a local domain, then `sinkhole campaigns` grouping them, and `campaign.block_signatures`
-//! putting one group's clients into the drop map. Also the single replay of issue 3.
+//! a local domain (refused at MAIL: what they pipelined behind it gets 503), then
+//! `sinkhole campaigns` grouping them, and `campaign.block_signatures` putting one group's
+//! clients into the drop map. Also the seed session (issue 3, issue 18): 550 at MAIL, 503 at
+//! RCPT.
 //!
 //! DNS is a local `nsd`: no client has a PTR record (`no-rdns` for all), and the rDNS-like HELO
 //! names resolve to their clients (no `helo-mismatch`), so the two variants differ by exactly
@@ -24,6 +26,7 @@ const LITERAL: std::ops::RangeInclusive<u8> = 18..=21;
 
 const LOCAL_SENDER: &str =
     "550 5.7.1 Sender address in a local domain is not accepted from outside";
+const OUT_OF_SEQUENCE: &str = "503 5.5.1 Out of sequence command";
 
 struct World {
     daemon: Daemon,
@@ -111,12 +114,9 @@ fn a_dozen_bots_pipelining_from_eq_rcpt_in_a_local_domain_are_one_campaign_with_
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for (last, replies) in &all_replies {
-        assert_eq!(replies[0], "250 2.1.0 Ok", "127.0.0.{last}: {replies:?}");
-        assert_eq!(replies[1], LOCAL_SENDER, "127.0.0.{last}: {replies:?}");
-        assert_eq!(
-            replies[2], "554 5.5.1 No valid recipients",
-            "127.0.0.{last}: {replies:?}"
-        );
+        assert_eq!(replies[0], LOCAL_SENDER, "127.0.0.{last}: {replies:?}");
+        assert_eq!(replies[1], OUT_OF_SEQUENCE, "127.0.0.{last}: {replies:?}");
+        assert_eq!(replies[2], OUT_OF_SEQUENCE, "127.0.0.{last}: {replies:?}");
         assert!(
             replies[3..7].iter().all(|r| r.starts_with("500 ")),
             "127.0.0.{last}: {replies:?}"
@@ -125,11 +125,13 @@ fn a_dozen_bots_pipelining_from_eq_rcpt_in_a_local_domain_are_one_campaign_with_
     }
     assert!(w.daemon.new_messages().is_empty());
 
+    // The RCPT behind the refused MAIL still shows that the bot sent MAIL FROM = RCPT TO.
     let named_set = [
         "mail-from-eq-rcpt-to",
         "mail-from-local-domain",
         "no-rdns",
         "pipelined-run-ahead",
+        "out-of-sequence",
     ];
     let literal_set = [
         "mail-from-eq-rcpt-to",
@@ -137,6 +139,7 @@ fn a_dozen_bots_pipelining_from_eq_rcpt_in_a_local_domain_are_one_campaign_with_
         "helo-ip-literal",
         "no-rdns",
         "pipelined-run-ahead",
+        "out-of-sequence",
     ];
     let sessions = w.daemon.wait_sessions(12);
     assert_eq!(sessions.len(), 12, "{sessions:?}");
@@ -153,15 +156,13 @@ fn a_dozen_bots_pipelining_from_eq_rcpt_in_a_local_domain_are_one_campaign_with_
         assert_eq!(strings(&s["signatures"]), expected, "{s}");
         assert_eq!(s["pipelined"], true, "{s}");
         assert_eq!(s["rdns"], Value::Null, "{s}");
-        let t = &s["transactions"][0];
-        assert_eq!(t["mail_from"], "trap@example.org", "{s}");
+        // The refused MAIL is a transaction of its own, with no recipients.
         assert_eq!(
-            t["rcpts"],
-            json!([{"addr": "trap@example.org", "code": 550}]),
+            s["transactions"],
+            json!([{"mail_from": "trap@example.org", "mail_code": 550, "rcpts": [],
+                    "data_code": null, "message": null, "size": 0}]),
             "{s}"
         );
-        // DATA was refused, so no data was sent: no end-of-data reply.
-        assert_eq!(t["data_code"], Value::Null, "{s}");
         assert_eq!(s["verdict"], "rejected", "{s}");
         ids.insert(s["id"].as_str().unwrap().to_string());
     }
@@ -219,7 +220,7 @@ fn a_dozen_bots_pipelining_from_eq_rcpt_in_a_local_domain_are_one_campaign_with_
 }
 
 #[test]
-fn issue_3_replay_ehlo_mail_rcpt_in_one_write_is_refused_at_rcpt_and_logged() {
+fn the_seed_session_pipelined_in_one_write_gets_550_at_mail_then_503() {
     let mut w = world();
     let mut bot = SmtpClient::connect(w.daemon.addr);
     assert!(bot.reply()[0].starts_with("220 "));
@@ -232,8 +233,9 @@ fn issue_3_replay_ehlo_mail_rcpt_in_one_write_is_refused_at_rcpt_and_logged() {
     assert!(ehlo[0].starts_with("250-sinkhole.test"), "{ehlo:?}");
     assert!(ehlo.last().unwrap().starts_with("250 "), "{ehlo:?}");
     assert!(ehlo.iter().any(|l| l[4..] == *"PIPELINING"), "{ehlo:?}");
-    assert_eq!(bot.reply(), ["250 2.1.0 Ok"]);
+    // Exactly 550, then 503: nothing else came back.
     assert_eq!(bot.reply(), [LOCAL_SENDER]);
+    assert_eq!(bot.reply(), [OUT_OF_SEQUENCE]);
     bot.send(b"QUIT\r\n");
     assert_eq!(bot.reply(), ["221 2.0.0 Bye"]);
     assert!(bot.closed());
@@ -245,22 +247,31 @@ fn issue_3_replay_ehlo_mail_rcpt_in_one_write_is_refused_at_rcpt_and_logged() {
     assert_eq!(s["helo"], "host11.190-230-18.telecom.net.ar", "{s}");
     assert_eq!(s["pipelined"], true, "{s}");
     let signatures = strings(&s["signatures"]);
-    for expected in ["mail-from-eq-rcpt-to", "mail-from-local-domain", "no-rdns"] {
+    for expected in [
+        "mail-from-local-domain",
+        "pipelined-run-ahead",
+        "out-of-sequence",
+    ] {
         assert!(signatures.contains(&expected), "{s}");
     }
-    assert_eq!(
-        s["transactions"][0]["rcpts"],
-        json!([{"addr": "trap@example.org", "code": 550}]),
-        "{s}"
-    );
-    // The transcript has the refusal as sent.
-    let transcript = s["transcript"].as_array().unwrap();
-    assert!(
-        transcript
-            .iter()
-            .any(|l| l[1] == "s" && l[2] == LOCAL_SENDER),
-        "{s}"
-    );
+    let t = &s["transactions"][0];
+    assert_eq!(t["mail_from"], "trap@example.org", "{s}");
+    assert_eq!(t["mail_code"], 550, "{s}");
+    assert_eq!(t["rcpts"], json!([]), "{s}");
+    assert_eq!(s["verdict"], "rejected", "{s}");
+    // The transcript has the refusal and the 503 as sent, in order.
+    let said: Vec<&str> = s["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l[1] == "s")
+        .map(|l| l[2].as_str().unwrap())
+        .collect();
+    let at = said
+        .iter()
+        .position(|l| *l == LOCAL_SENDER)
+        .unwrap_or_else(|| panic!("no refusal in {s}"));
+    assert_eq!(said[at + 1], OUT_OF_SEQUENCE, "{s}");
 }
 
 /// The HELO name of the issue 3 replay does not exist in telecom.net.ar (our nsd serves that

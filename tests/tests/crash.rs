@@ -13,24 +13,8 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sinkhole_tests::daemon::{Daemon, files_in, stored_body};
-use sinkhole_tests::{sessions_read, sinkhole};
-
-/// xorshift64*: reproducible from the seed the test prints.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use sinkhole_tests::daemon::{Daemon, files_in, lf_endings, stored_body};
+use sinkhole_tests::{Rng, sessions_read, sinkhole};
 
 /// A message as sent: its id, its bytes on the wire (dot-stuffed, with the final dot) and what
 /// must be stored after the headers (the body, unstuffed).
@@ -131,7 +115,7 @@ fn session(
 }
 
 fn test_id(body: &[u8]) -> String {
-    let line = body.split(|&b| b == b'\r').next().unwrap();
+    let line = body.split(|&b| b == b'\n').next().unwrap();
     String::from_utf8_lossy(line.strip_prefix(b"X-Test-Id: ").expect("X-Test-Id first"))
         .into_owned()
 }
@@ -194,7 +178,7 @@ fn messages_answered_250_survive_sigkill_whole() {
         let results = std::thread::scope(|scope| {
             let clients: Vec<_> = (0..4)
                 .map(|n| {
-                    let seed = rng.next() | 1;
+                    let seed = rng.next_u64() | 1;
                     scope.spawn(move || client(addr, round, n, seed))
                 })
                 .collect();
@@ -219,7 +203,7 @@ fn messages_answered_250_survive_sigkill_whole() {
             let file = fs::read(new.join(name))
                 .unwrap_or_else(|e| panic!("{name} (message {id}) was answered 250: {e}"));
             assert!(
-                stored_body(&file) == sent[id].as_slice(),
+                stored_body(&file) == lf_endings(&sent[id]).as_slice(),
                 "{name} differs from {id}"
             );
         }
@@ -230,7 +214,7 @@ fn messages_answered_250_survive_sigkill_whole() {
             let body = stored_body(&file);
             let id = test_id(body);
             assert!(
-                sent.get(&id).is_some_and(|b| b.as_slice() == body),
+                sent.get(&id).is_some_and(|b| lf_endings(b) == body),
                 "{} is not the whole message {id}",
                 path.display()
             );

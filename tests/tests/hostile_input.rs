@@ -241,15 +241,15 @@ const FORGED: &[u8] = b"From: a@example.com\r\n\
     \r\n\
     X-Sinkhole-Client: a body line\r\n";
 
-/// [`FORGED`] as it must be stored after our headers.
-const STORED: &[u8] = b"From: a@example.com\r\n\
-    X-Sinkhole-Client-Supplied-Client: 6.6.6.6\r\n\
-    X-Sinkhole-Client-Supplied-session: forged\r\n\
-    X-Sinkhole-Client-Supplied-Dnsbl: folded\r\n\
-    \tX-Sinkhole-Helo: continued\r\n\
-    Subject: X-Sinkhole-Client in a value\r\n\
-    \r\n\
-    X-Sinkhole-Client: a body line\r\n";
+/// [`FORGED`] as it must be stored after our headers (with LF line endings).
+const STORED: &[u8] = b"From: a@example.com\n\
+    X-Sinkhole-Client-Supplied-Client: 6.6.6.6\n\
+    X-Sinkhole-Client-Supplied-session: forged\n\
+    X-Sinkhole-Client-Supplied-Dnsbl: folded\n\
+    \tX-Sinkhole-Helo: continued\n\
+    Subject: X-Sinkhole-Client in a value\n\
+    \n\
+    X-Sinkhole-Client: a body line\n";
 
 #[test]
 fn a_clients_own_trace_headers_are_stored_as_client_supplied() {
@@ -287,5 +287,5 @@ fn a_clients_own_trace_headers_are_stored_as_client_supplied() {
         "{clients:?}"
     );
     assert_eq!(ours.matches("X-Sinkhole-Session: ").count(), 1, "{ours}");
-    assert!(ours.ends_with("X-Sinkhole-Dnsbl: (none)\r\n"), "{ours}");
+    assert!(ours.ends_with("X-Sinkhole-Dnsbl: (none)\n"), "{ours}");
 }

@@ -10,6 +10,8 @@
 //! the two never run side by side (as when each file was a test binary of its own, run one
 //! after another).
 
+mod address_commands;
+mod addresses_report;
 mod campaign_replay;
 mod campaign_variants;
 mod campaigns;
@@ -30,8 +32,12 @@ mod log_rotation;
 mod metrics;
 mod notify;
 mod package;
+mod policy_addresses;
 mod policy_check;
+mod policy_doc;
 mod policy_e2e;
+mod policy_phases;
+mod policy_replay;
 mod privilege;
 mod restart;
 mod score_dnsbl;

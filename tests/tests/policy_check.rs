@@ -79,3 +79,62 @@ fn a_missing_policy_file_fails() {
         "{stderr}"
     );
 }
+
+#[test]
+fn every_address_file_is_checked_and_a_broken_one_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let addresses = dir.path().join("addresses");
+    std::fs::create_dir(&addresses).unwrap();
+    std::fs::write(
+        addresses.join("a.toml"),
+        "addresses = [\"a@example.org\"]\n",
+    )
+    .unwrap();
+    let config = dir.path().join("sinkhole.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[policy]\naddresses_dir = {:?}\nlocal_domains_phase = \"rcpt\"\n",
+            addresses
+        ),
+    )
+    .unwrap();
+    let check = || {
+        Command::new(sinkhole_bin())
+            .args(["check-config", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let broken = addresses.join("b.toml");
+    std::fs::write(
+        &broken,
+        "addresses = [\"b@example.org\"]\n[block]\nhosts = [\"nope\"]\n",
+    )
+    .unwrap();
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "sinkhole: {}:3: block.hosts[0]: `nope` is not a reverse name",
+            broken.display()
+        )),
+        "{stderr}"
+    );
+    // A phase that is not one of the two is named with its line.
+    std::fs::write(&config, "[policy]\nlocal_domains_phase = \"data\"\n").unwrap();
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(":2: policy.local_domains_phase: unknown variant `data`"),
+        "{stderr}"
+    );
+}

@@ -7,49 +7,18 @@
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sinkhole_tests::daemon::{Daemon, SmtpClient, dns_without_zones};
-use sinkhole_tests::dns::{Nsd, start_nsd, zone_file};
+use sinkhole_tests::daemon::{Daemon, SmtpClient};
+use sinkhole_tests::policy::PolicyDaemon;
 use sinkhole_tests::run_client;
-use sinkhole_tests::{TempDir, temp_dir};
 
-/// A daemon with a policy file, and the DNS server it asks.
-struct World {
-    daemon: Daemon,
-    policy: PathBuf,
-    _policy_dir: TempDir,
-    _dns: Nsd,
-}
-
-/// Starts `nsd` (authoritative for 127.0.0.0/8's reverse zone, with no names) and a daemon with
-/// `policy` as its policy file and `policy_extra` more `[policy]` lines.
-fn world(policy: &str, policy_extra: &str) -> World {
-    world_started(policy, policy_extra, |rest| {
-        Daemon::start_with_tables("", "", rest)
-    })
-}
-
-/// [`world`], with the daemon started by `start` from the extra config tables.
-fn world_started(policy: &str, policy_extra: &str, start: impl FnOnce(&str) -> Daemon) -> World {
-    let dns = start_nsd(&[("127.in-addr.arpa", &zone_file(""))]).expect("nsd");
-    let policy_dir = temp_dir("policy");
-    let policy_path = policy_dir.path().join("policy.toml");
-    fs::write(&policy_path, policy).unwrap();
-    let rest = format!(
-        "{}[policy]\nfile = \"{}\"\n{policy_extra}\n",
-        dns_without_zones(dns.addr),
-        policy_path.display()
-    );
-    World {
-        daemon: start(&rest),
-        policy: policy_path,
-        _policy_dir: policy_dir,
-        _dns: dns,
-    }
+/// Starts `nsd` and a daemon with `policy` as its policy file and `policy_extra` more
+/// `[policy]` lines.
+fn world(policy: &str, policy_extra: &str) -> PolicyDaemon {
+    PolicyDaemon::start(policy, policy_extra)
 }
 
 fn loopback(last: u8) -> IpAddr {
@@ -153,7 +122,7 @@ fn a_closed_address_gets_its_own_reply_and_the_other_recipient_its_message() {
 
 /// What Python's smtplib reports for one `sendmail` from `source`: the refused recipients
 /// (`{addr: [code, text]}`), or the exception when nothing was accepted.
-fn smtplib_send(w: &World, source: &str, from: &str, to: &[&str]) -> Value {
+fn smtplib_send(w: &PolicyDaemon, source: &str, from: &str, to: &[&str]) -> Value {
     let script = r#"
 import json, smtplib, sys
 port, source, sender = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -261,11 +230,13 @@ fn recipients_are_refused_by_host_and_by_sender_beside_an_accepted_one() {
 }
 
 #[test]
-fn senders_in_a_local_domain_are_refused_at_each_rcpt_but_the_null_sender_is_not() {
-    // An `accept` rule for everything does not let a local-domain sender through.
+fn with_local_domains_phase_rcpt_senders_in_a_local_domain_are_refused_at_each_rcpt() {
+    // An `accept` rule for everything does not let a local-domain sender through; with
+    // `local_domains_phase = "rcpt"` the MAIL is accepted and each recipient refused, as before
+    // refusals at MAIL existed (the null sender is never refused for being null).
     let mut w = world(
         "local_domains = [\"example.org\"]\n[[rule]]\nto = \"*\"\naction = \"accept\"\n",
-        "",
+        "local_domains_phase = \"rcpt\"",
     );
     let local = "550 5.7.1 Sender address in a local domain is not accepted from outside";
     let mut c = client_from(&w.daemon, loopback(7));
@@ -477,7 +448,7 @@ fn sighup_loads_a_good_file_and_keeps_the_last_good_rules_on_a_broken_one() {
 
 #[test]
 fn a_block_rule_refuses_and_puts_the_client_into_the_drop_map() {
-    let mut w = world_started(
+    let mut w = PolicyDaemon::start_with(
         "[[rule]]\nto = \"trap@example.org\"\naction = \"block\"\n",
         "",
         Daemon::start_blocking_loopback,

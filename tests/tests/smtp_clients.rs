@@ -4,7 +4,7 @@
 use std::fs;
 use std::process::Command;
 
-use sinkhole_tests::daemon::{Daemon, SmtpClient};
+use sinkhole_tests::daemon::{Daemon, SmtpClient, lf_endings};
 use sinkhole_tests::run_client;
 
 fn swaks(daemon: &Daemon, extra: &[&str]) -> (bool, String) {
@@ -41,16 +41,22 @@ fn swaks_plain_message_is_stored_and_logged() {
     assert_eq!(messages.len(), 1, "{messages:?}");
     let stored = fs::read_to_string(&messages[0]).unwrap();
     assert!(
-        stored.starts_with("Return-Path: <sender@example.com>\r\nReceived: from client.example")
-    );
-    assert!(
-        stored.contains("X-Sinkhole-Helo: client.example\r\n"),
+        stored.starts_with(
+            "Return-Path: <sender@example.com>\nX-Original-To: trap@example.org\n\
+             Delivered-To: trap@example.org\nReceived: from client.example"
+        ),
         "{stored}"
     );
+    assert!(stored.contains("\tfor <trap@example.org>; "), "{stored}");
+    assert!(
+        stored.contains("X-Sinkhole-Helo: client.example\n"),
+        "{stored}"
+    );
+    assert!(!stored.contains('\r'), "{stored}");
     assert!(stored.contains("X-Sinkhole-Client: 127.0.0.1:"), "{stored}");
     // swaks says EHLO: RFC 3848's ESMTP.
     assert!(stored.contains(" (sinkhole) with ESMTP id "), "{stored}");
-    assert!(stored.contains("plain body line\r\n"), "{stored}");
+    assert!(stored.contains("plain body line\n"), "{stored}");
     let name = messages[0]
         .file_name()
         .unwrap()
@@ -78,7 +84,7 @@ fn swaks_plain_message_is_stored_and_logged() {
     assert_eq!(session["transactions"][0]["data_code"], 250);
     assert_eq!(session["transactions"][0]["message"], name.as_str());
     let id = session["id"].as_str().unwrap();
-    assert!(stored.contains(&format!("X-Sinkhole-Session: {id}\r\n")));
+    assert!(stored.contains(&format!("X-Sinkhole-Session: {id}\n")));
 }
 
 #[test]
@@ -101,7 +107,7 @@ fn swaks_pipelined_session_is_answered_in_order() {
 }
 
 #[test]
-fn python_smtplib_message_is_stored_byte_for_byte() {
+fn python_smtplib_message_is_stored_byte_for_byte_with_lf_endings() {
     let mut daemon = Daemon::start("", "");
     // A dot-leading line (stuffed by smtplib, unstuffed by us) and 8-bit bytes.
     let body: &[u8] = b"From: a@example.com\r\nTo: trap@example.org\r\nSubject: dots\r\n\r\n\
@@ -124,13 +130,14 @@ fn python_smtplib_message_is_stored_byte_for_byte() {
     let messages = daemon.new_messages();
     assert_eq!(messages.len(), 1);
     let stored = fs::read(&messages[0]).unwrap();
+    let as_stored = lf_endings(body);
     assert!(
-        stored.ends_with(body),
-        "the body was changed on its way to disk"
+        stored.ends_with(&as_stored),
+        "the body was changed on its way to disk (beyond CRLF to LF)"
     );
-    let headers = std::str::from_utf8(&stored[..stored.len() - body.len()]).unwrap();
+    let headers = std::str::from_utf8(&stored[..stored.len() - as_stored.len()]).unwrap();
     let names: Vec<&str> = headers
-        .split_terminator("\r\n")
+        .split_terminator('\n')
         .filter(|l| !l.starts_with('\t'))
         .map(|l| l.split_once(": ").expect("a header line").0)
         .collect();
@@ -138,6 +145,8 @@ fn python_smtplib_message_is_stored_byte_for_byte() {
         names,
         [
             "Return-Path",
+            "X-Original-To",
+            "Delivered-To",
             "Received",
             "X-Sinkhole-Session",
             "X-Sinkhole-Client",
@@ -146,9 +155,81 @@ fn python_smtplib_message_is_stored_byte_for_byte() {
             "X-Sinkhole-Dnsbl"
         ]
     );
-    assert!(headers.contains("X-Sinkhole-Helo: python.example\r\n"));
+    assert!(headers.contains("X-Sinkhole-Helo: python.example\n"));
     daemon.stop();
     assert_eq!(daemon.sessions()[0]["transactions"][0]["size"], body.len());
+}
+
+/// Python's `mailbox` reads the Maildir: each message's envelope from its headers
+/// (`Delivered-To` per recipient, `X-Original-To`, the `Received:` line's `for`), its body as
+/// sent, with LF line endings.
+#[test]
+fn python_mailbox_reads_each_message_and_its_envelope() {
+    let mut daemon = Daemon::start("", "");
+    let script = r#"
+import json, mailbox, smtplib, sys
+port, maildir = int(sys.argv[1]), sys.argv[2]
+with smtplib.SMTP("127.0.0.1", port, local_hostname="python.example", timeout=10) as s:
+    s.sendmail("a@example.com", ["one@example.org"], b"Subject: first\r\n\r\nline 1\r\nline 2\r\n")
+    s.sendmail("b@example.com", ["two@example.org", "three@example.org"],
+               b"Subject: second\r\n\r\nbody\r\n")
+box = mailbox.Maildir(maildir, factory=None, create=False)
+out = []
+for key, msg in box.items():
+    out.append({
+        "subject": msg["Subject"],
+        "return_path": msg["Return-Path"],
+        "delivered_to": msg.get_all("Delivered-To"),
+        "original_to": msg["X-Original-To"],
+        "received": " ".join(msg["Received"].split()),
+        "body": msg.get_payload(),
+        "raw_has_cr": b"\r" in box.get_bytes(key),
+    })
+print(json.dumps(sorted(out, key=lambda m: m["subject"])))
+"#;
+    let maildir = daemon.storage().join("maildir");
+    let out = run_client(
+        Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(daemon.addr.port().to_string())
+            .arg(&maildir),
+    );
+    let messages: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = &messages[0];
+    assert_eq!(first["subject"], "first", "{messages}");
+    assert_eq!(first["return_path"], "<a@example.com>");
+    assert_eq!(
+        first["delivered_to"],
+        serde_json::json!(["one@example.org"])
+    );
+    assert_eq!(first["original_to"], "one@example.org");
+    assert!(
+        first["received"]
+            .as_str()
+            .unwrap()
+            .contains("with ESMTP id ")
+            && first["received"]
+                .as_str()
+                .unwrap()
+                .contains(" for <one@example.org>; "),
+        "{first}"
+    );
+    assert_eq!(first["body"], "line 1\nline 2\n");
+    assert_eq!(first["raw_has_cr"], false);
+    let second = &messages[1];
+    assert_eq!(second["subject"], "second", "{messages}");
+    assert_eq!(
+        second["delivered_to"],
+        serde_json::json!(["two@example.org", "three@example.org"])
+    );
+    assert_eq!(second["original_to"], "two@example.org, three@example.org");
+    assert!(
+        !second["received"].as_str().unwrap().contains(" for <"),
+        "{second}"
+    );
+    assert_eq!(second["body"], "body\n");
+    daemon.stop();
 }
 
 #[test]

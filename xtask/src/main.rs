@@ -72,6 +72,7 @@ enum Bench {
     Hostile,
     Campaigns,
     Greet,
+    History,
 }
 
 fn main() -> ExitCode {
@@ -132,6 +133,7 @@ fn bench(which: Bench) -> Result<()> {
         Bench::Hostile => "hostile",
         Bench::Campaigns => "campaigns",
         Bench::Greet => "greet",
+        Bench::History => "history",
     };
     cargo(&["bench", "-p", "sinkhole-tests", "--bench", name])
 }

@@ -16,10 +16,14 @@ use crate::syn::Syn;
 /// The log's name in its storage folder.
 const LOG: &str = "sessions.jsonl";
 
+/// Where a logged session's transcript begins: every field before it is all the reports read.
+const TRANSCRIPT_KEY: &[u8] = b",\"transcript\":[";
+
 /// Lines longer than this are skipped unread (the writer caps transcripts far below it).
 pub const MAX_LINE_BYTES: usize = 16 << 20;
 
-/// The parts of a logged session the campaign report uses.
+/// The parts of a logged session the reports use (`campaigns`, `addresses`, `policy replay`).
+/// Fields a version of the log did not have read as missing.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct LoggedSession {
@@ -28,12 +32,20 @@ pub struct LoggedSession {
     pub start: Option<String>,
     pub end: Option<String>,
     pub client_ip: Option<String>,
+    pub rdns: Option<String>,
+    pub fcrdns: Option<bool>,
+    pub helo: Option<String>,
+    /// `accepted`, `rejected`, `blocked`, `refused`, `no-mail`.
+    pub verdict: Option<String>,
+    pub connect_code: Option<u16>,
+    pub helo_code: Option<u16>,
     #[serde(deserialize_with = "nullable")]
     pub pipelined: bool,
     /// The SYN fingerprint, when the XDP program saw it.
     pub syn: Option<Syn>,
     #[serde(deserialize_with = "nullable")]
     pub dnsbl: Vec<LoggedDnsbl>,
+    pub score: Option<i32>,
     /// Names as logged; unknown ones (from a newer version) are kept, not refused.
     #[serde(deserialize_with = "nullable")]
     pub signatures: Vec<String>,
@@ -53,8 +65,12 @@ pub struct LoggedDnsbl {
 pub struct LoggedTransaction {
     #[serde(deserialize_with = "nullable")]
     pub mail_from: String,
+    /// The reply to the MAIL (missing in logs from before it was logged: it was 250).
+    pub mail_code: Option<u16>,
     #[serde(deserialize_with = "nullable")]
     pub rcpts: Vec<LoggedRcpt>,
+    /// The reply to the end of data, if data was sent.
+    pub data_code: Option<u16>,
     /// The Maildir file name, when the message was stored.
     pub message: Option<String>,
 }
@@ -64,6 +80,7 @@ pub struct LoggedTransaction {
 pub struct LoggedRcpt {
     #[serde(deserialize_with = "nullable")]
     pub addr: String,
+    pub code: Option<u16>,
 }
 
 /// `null` reads as the default, like a missing field.
@@ -142,6 +159,13 @@ impl<R: BufRead> Iterator for LogReader<R> {
             }
             if self.buf.iter().all(u8::is_ascii_whitespace) {
                 continue;
+            }
+            // The transcript is most of a line and no report reads it: a complete line is
+            // parsed up to it (the daemon writes every field the reports read before it; in a
+            // string the key would be escaped, so this is the top-level key).
+            if complete && let Some(at) = memchr::memmem::find(&self.buf, TRANSCRIPT_KEY) {
+                self.buf.truncate(at);
+                self.buf.push(b'}');
             }
             return Some(Ok(
                 match serde_json::from_slice::<LoggedSession>(&self.buf) {
@@ -284,6 +308,27 @@ impl Iterator for StoredLog {
     }
 }
 
+/// The sessions of `log` that started at or after `since` (all of them without it), each with
+/// its start time; each skipped line goes to `warn`.
+pub fn sessions_since<'a, E: 'a>(
+    log: impl IntoIterator<Item = Result<Entry, E>> + 'a,
+    since: Option<SystemTime>,
+    warn: &'a mut dyn FnMut(&str),
+) -> impl Iterator<Item = Result<(Box<LoggedSession>, Option<SystemTime>), E>> + 'a {
+    log.into_iter().filter_map(move |entry| match entry {
+        Err(e) => Some(Err(e)),
+        Ok(Entry::Skipped(why)) => {
+            warn(&why);
+            None
+        }
+        Ok(Entry::Session(session)) => {
+            let started = session.start.as_deref().and_then(parse_time);
+            let before = since.is_some_and(|since| started.is_none_or(|t| t < since));
+            (!before).then_some(Ok((session, started)))
+        }
+    })
+}
+
 /// Parses the log's RFC 3339 times: `2026-01-02T03:04:05Z`, with fractions, or with an offset.
 pub fn parse_time(text: &str) -> Option<SystemTime> {
     // humantime takes `Z` and `+00:00`; any other numeric offset is applied here.
@@ -346,6 +391,28 @@ mod tests {
         );
         // A complete last line without its newline is still a session.
         assert_eq!(entries(r#"{"id":"z"}"#), vec![Ok("z".into())]);
+    }
+
+    #[test]
+    fn the_transcript_is_not_parsed_and_a_torn_line_stays_torn() {
+        let log = concat!(
+            r#"{"id":"a","transactions":[],"transcript":[[0,"c","MAIL FROM:<,\"transcript\":[x>"]],"closed_by":null}"#,
+            "\n",
+            r#"{"id":"b","transcript":[[0,"c","x"]],"closed_by":oops}"#,
+            "\n",
+            r#"{"id":"c","signatures":["no-rdns"],"transcript":[[0,"c","EHLO"#,
+        );
+        let got = entries(log);
+        assert_eq!(got[0], Ok("a".into()));
+        // What follows the transcript is not read: a damaged tail does not lose the session.
+        assert_eq!(got[1], Ok("b".into()));
+        assert!(
+            got[2]
+                .as_ref()
+                .unwrap_err()
+                .starts_with("line 3: torn last line"),
+            "{got:?}"
+        );
     }
 
     #[test]

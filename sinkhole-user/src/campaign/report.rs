@@ -35,7 +35,8 @@ pub const MAX_HOURS: usize = 366 * 24;
 pub struct Options {
     /// Only sessions that started at or after this.
     pub since: Option<SystemTime>,
-    /// How many recipients, URL hosts, clients and SYN fingerprints to list per campaign.
+    /// How many of each ranked list to show: recipients and URL hosts per campaign
+    /// (`campaigns`), signature sets per address (`addresses`).
     pub top: usize,
 }
 
@@ -281,7 +282,7 @@ impl Content {
 
 /// The signature set of a session: each name once, known signatures in report order, unknown
 /// ones after.
-fn signature_set(names: &[String]) -> Vec<String> {
+pub fn signature_set(names: &[String]) -> Vec<String> {
     let rank = |name: &str| name.parse::<Signature>().map_or(usize::MAX, |s| s as usize);
     let mut set = names.to_vec();
     set.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.cmp(b)));

@@ -1,5 +1,7 @@
-//! The trace header block prepended to every captured message, the dates it carries, and the
-//! client's own `X-Sinkhole-*` headers renamed ([`ClientHeaders`]) so that ours cannot be forged.
+//! The trace header block prepended to every captured message, the dates it carries, the
+//! client's own `X-Sinkhole-*` headers renamed ([`ClientHeaders`]) so that ours cannot be
+//! forged, and the message's CRLF line endings written as LF ([`LfEndings`]), as Maildir
+//! readers (mutt, Dovecot, Python's `mailbox`) expect.
 
 use std::fmt::Write;
 use std::io;
@@ -19,6 +21,9 @@ pub struct Trace {
     pub protocol: &'static str,
     pub dnsbl: Vec<DnsblListing>,
     pub mail_from: String,
+    /// The accepted recipients (`X-Original-To`, a `Delivered-To` each, and the `Received:`
+    /// line's `for` when there is one).
+    pub rcpts: Vec<String>,
 }
 
 /// Longest value taken from client input into a header.
@@ -27,8 +32,9 @@ const MAX_VALUE: usize = 255;
 const NONE: &str = "(none)";
 
 impl Trace {
-    /// `Return-Path`, `Received` and the `X-Sinkhole-*` headers, CRLF-terminated, ready to be
-    /// written in front of the body. `by` is our hostname (from the configuration).
+    /// `Return-Path`, `X-Original-To`, `Delivered-To` (one per recipient), `Received` and the
+    /// `X-Sinkhole-*` headers, as Postfix's local delivery writes the first three, LF-terminated,
+    /// ready to be written in front of the body. `by` is our hostname (from the configuration).
     pub fn header_block(&self, by: &str, at: SystemTime) -> Vec<u8> {
         let helo = self.helo.as_deref().map(sanitize);
         let rdns = self.rdns.as_deref().map(sanitize);
@@ -43,18 +49,29 @@ impl Trace {
                 .collect();
             listings.join("; ")
         };
+        let rcpts: Vec<String> = self.rcpts.iter().map(|r| sanitize(r)).collect();
         let mut out = String::with_capacity(512);
         // Writing to a String cannot fail.
+        let _ = writeln!(out, "Return-Path: <{}>", sanitize(&self.mail_from));
+        if !rcpts.is_empty() {
+            let _ = writeln!(out, "X-Original-To: {}", rcpts.join(", "));
+        }
+        for rcpt in &rcpts {
+            let _ = writeln!(out, "Delivered-To: {rcpt}");
+        }
+        // Postfix's `for <rcpt>; date` when there is one recipient.
+        let for_rcpt = match rcpts.as_slice() {
+            [one] => format!("\n\tfor <{one}>; "),
+            _ => ";\n\t".to_owned(),
+        };
         let _ = write!(
             out,
-            "Return-Path: <{mail_from}>\r\n\
-             Received: from {helo} ({rdns} [{ip}])\r\n\tby {by} (sinkhole) with {protocol} id {id};\r\n\t{date}\r\n\
-             X-Sinkhole-Session: {id}\r\n\
-             X-Sinkhole-Client: {client}\r\n\
-             X-Sinkhole-Rdns: {rdns_value}\r\n\
-             X-Sinkhole-Helo: {helo_value}\r\n\
-             X-Sinkhole-Dnsbl: {dnsbl}\r\n",
-            mail_from = sanitize(&self.mail_from),
+            "Received: from {helo} ({rdns} [{ip}])\n\tby {by} (sinkhole) with {protocol} id {id}{for_rcpt}{date}\n\
+             X-Sinkhole-Session: {id}\n\
+             X-Sinkhole-Client: {client}\n\
+             X-Sinkhole-Rdns: {rdns_value}\n\
+             X-Sinkhole-Helo: {helo_value}\n\
+             X-Sinkhole-Dnsbl: {dnsbl}\n",
             helo = helo.as_deref().unwrap_or("unknown"),
             rdns = rdns.as_deref().unwrap_or("unknown"),
             protocol = self.protocol,
@@ -161,6 +178,46 @@ impl ClientHeaders {
     /// Ends the message: writes what is still held (a message that ends inside `X-Sinkhole-`).
     pub fn finish(self, out: &mut impl io::Write) -> io::Result<()> {
         out.write_all(&self.held[..self.held_len])
+    }
+}
+
+/// Writes a message streamed in chunks cut anywhere with each CRLF turned into LF; every other
+/// byte (a lone CR too) is written as it is. A CR that ends a chunk is held until the next
+/// chunk says whether an LF follows.
+#[derive(Debug, Default)]
+pub struct LfEndings {
+    /// The last chunk ended in a CR, not written yet.
+    cr: bool,
+}
+
+impl LfEndings {
+    /// Appends `chunk`, the next part of the message, to `out`.
+    pub fn write(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        let mut rest = chunk;
+        if rest.is_empty() {
+            return;
+        }
+        if std::mem::take(&mut self.cr) && rest.first() != Some(&b'\n') {
+            out.push(b'\r');
+        }
+        while let Some(at) = memchr::memmem::find(rest, b"\r\n") {
+            out.extend_from_slice(&rest[..at]);
+            rest = &rest[at + 1..];
+        }
+        match rest.strip_suffix(b"\r") {
+            Some(before) => {
+                out.extend_from_slice(before);
+                self.cr = true;
+            }
+            None => out.extend_from_slice(rest),
+        }
+    }
+
+    /// Ends the message: a CR held at its very end is written.
+    pub fn finish(self, out: &mut Vec<u8>) {
+        if self.cr {
+            out.push(b'\r');
+        }
     }
 }
 
@@ -350,20 +407,79 @@ mod tests {
                 codes: vec!["127.0.0.2".into(), "127.0.0.4".into()],
             }],
             mail_from: "a@b\nc".into(),
+            rcpts: vec![
+                "t1@example.org".into(),
+                "t2\r\nX-Evil: 1@example.org".into(),
+            ],
         };
         let block = String::from_utf8(trace.header_block("mx.example", UNIX_EPOCH)).unwrap();
-        assert!(!block.contains("\r\nX-Injected"));
-        assert!(block.contains("X-Sinkhole-Helo: evil??X-Injected: yes??\r\n"));
-        assert!(block.contains("Return-Path: <a@b?c>\r\n"));
-        assert!(block.contains("\tby mx.example (sinkhole) with ESMTPS id abc;\r\n"));
-        assert!(block.contains("X-Sinkhole-Client: [2001:db8::7]:4000\r\n"));
-        assert!(block.contains("X-Sinkhole-Rdns: (none)\r\n"));
-        assert!(block.contains("X-Sinkhole-Dnsbl: zen.example=127.0.0.2,127.0.0.4\r\n"));
-        // Every line ends in CRLF; continuation lines start with a tab.
-        for line in block.split_terminator("\r\n") {
-            assert!(!line.contains('\r') && !line.contains('\n'));
+        assert!(!block.contains("\nX-Injected") && !block.contains("\nX-Evil"));
+        assert!(block.contains("X-Sinkhole-Helo: evil??X-Injected: yes??\n"));
+        assert!(block.starts_with(
+            "Return-Path: <a@b?c>\nX-Original-To: t1@example.org, t2??X-Evil: 1@example.org\n\
+             Delivered-To: t1@example.org\nDelivered-To: t2??X-Evil: 1@example.org\nReceived: "
+        ));
+        // Two recipients: the Received line names none.
+        assert!(block.contains("\tby mx.example (sinkhole) with ESMTPS id abc;\n"));
+        assert!(block.contains("X-Sinkhole-Client: [2001:db8::7]:4000\n"));
+        assert!(block.contains("X-Sinkhole-Rdns: (none)\n"));
+        assert!(block.contains("X-Sinkhole-Dnsbl: zen.example=127.0.0.2,127.0.0.4\n"));
+        // Every line ends in LF; continuation lines start with a tab.
+        for line in block.split_terminator('\n') {
+            assert!(!line.contains('\r'));
             assert!(line.starts_with('\t') || line.contains(": "), "{line:?}");
         }
         assert!(sanitize(&"x".repeat(1000)).len() == MAX_VALUE);
+    }
+
+    #[test]
+    fn one_recipient_is_named_in_the_received_line() {
+        let trace = Trace {
+            session_id: "abc".into(),
+            client: "192.0.2.7:4000".parse().unwrap(),
+            rdns: Some("mx.example.net".into()),
+            helo: Some("mx.example.net".into()),
+            protocol: "ESMTP",
+            dnsbl: Vec::new(),
+            mail_from: String::new(),
+            rcpts: vec!["trap@example.org".into()],
+        };
+        let block = String::from_utf8(trace.header_block("mx.example", UNIX_EPOCH)).unwrap();
+        assert_eq!(
+            block.lines().take(6).collect::<Vec<_>>(),
+            [
+                "Return-Path: <>",
+                "X-Original-To: trap@example.org",
+                "Delivered-To: trap@example.org",
+                "Received: from mx.example.net (mx.example.net [192.0.2.7])",
+                "\tby mx.example (sinkhole) with ESMTP id abc",
+                "\tfor <trap@example.org>; Thu, 01 Jan 1970 00:00:00 +0000",
+            ]
+        );
+    }
+
+    /// `message` through [`LfEndings`] in the chunks `cuts` make.
+    fn lf(message: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut lf = LfEndings::default();
+        let mut from = 0;
+        for &cut in cuts.iter().chain([&message.len()]) {
+            lf.write(&message[from..cut], &mut out);
+            from = cut;
+        }
+        lf.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn crlf_becomes_lf_at_every_split_and_nothing_else_changes() {
+        let message = b"a\r\nb\rc\n\r\r\nd\r\n\r\n\x00\xff\r";
+        let expected = b"a\nb\rc\n\r\nd\n\n\x00\xff\r";
+        for first in 0..=message.len() {
+            for second in first..=message.len() {
+                assert_eq!(lf(message, &[first, second]), expected, "{first} {second}");
+            }
+        }
+        assert_eq!(lf(b"", &[]), b"");
     }
 }

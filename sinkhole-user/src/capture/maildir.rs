@@ -24,7 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, CWD, Mode, OFlags};
 
-use super::headers::{ClientHeaders, Trace};
+use super::headers::{ClientHeaders, LfEndings, Trace};
 
 pub struct Maildir {
     tmp: PathBuf,
@@ -60,43 +60,66 @@ impl Drop for Unnamed {
 }
 
 /// A message being received: its file (our headers first), which its body's chunks are appended
-/// to as they arrive. A failed step is kept and ends the message in [`MessageFile::finish`]; the
-/// bytes that come after it are dropped.
+/// to as they arrive, with LF line endings. A failed step is kept and ends the message in
+/// [`MessageFile::finish`]; the bytes that come after it are dropped.
 pub struct MessageFile {
     file: io::Result<Unnamed>,
     /// Our headers until they go out with the first chunk.
     header: Vec<u8>,
     /// The client's own `X-Sinkhole-*` headers renamed on their way to the file.
     client: ClientHeaders,
+    /// Its CRLF line endings written as LF.
+    endings: LfEndings,
 }
 
 impl MessageFile {
-    /// Appends a chunk of the body. The one place body bytes pass on their way to the file.
+    /// Appends a chunk of the body. The one place body bytes pass on their way to the file:
+    /// renamed where they are the client's `X-Sinkhole-*` headers, CRLF as LF, in one write
+    /// (through a buffer of the chunk's size, let go after it).
     pub fn append(&mut self, chunk: &[u8]) {
-        let Ok(unnamed) = &self.file else {
-            return;
-        };
         if chunk.is_empty() && self.header.is_empty() {
             return;
         }
-        let header = std::mem::take(&mut self.header);
-        let mut file = &unnamed.file;
-        let written = file
-            .write_all(&header)
-            .and_then(|()| self.client.write(chunk, &mut file));
-        if let Err(e) = written {
+        let mut out = std::mem::take(&mut self.header);
+        out.reserve(chunk.len() + 32);
+        let renamed = self
+            .client
+            .write(chunk, &mut LfWriter(&mut self.endings, &mut out));
+        self.write(renamed.map(|()| out));
+    }
+
+    /// Writes `bytes` to the file, or keeps the first error.
+    fn write(&mut self, bytes: io::Result<Vec<u8>>) {
+        let Ok(unnamed) = &self.file else {
+            return;
+        };
+        if let Err(e) = bytes.and_then(|bytes| (&unnamed.file).write_all(&bytes)) {
             self.file = Err(doing("writing it", e));
         }
     }
 
     /// The whole message is written: the file, to be named once a sync has made it durable.
     pub fn finish(mut self) -> io::Result<Unnamed> {
-        self.append(&[]);
-        let unnamed = self.file?;
-        self.client
-            .finish(&mut &unnamed.file)
-            .map_err(|e| doing("writing it", e))?;
-        Ok(unnamed)
+        let mut out = std::mem::take(&mut self.header);
+        let held =
+            std::mem::take(&mut self.client).finish(&mut LfWriter(&mut self.endings, &mut out));
+        std::mem::take(&mut self.endings).finish(&mut out);
+        self.write(held.map(|()| out));
+        self.file
+    }
+}
+
+/// What [`ClientHeaders`] writes, with its CRLF line endings as LF, into a buffer.
+struct LfWriter<'a>(&'a mut LfEndings, &'a mut Vec<u8>);
+
+impl Write for LfWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.write(bytes, self.1);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -182,6 +205,7 @@ impl Maildir {
             file: file.map_err(|e| doing("writing it", e)),
             header: trace.header_block(&self.by, now),
             client: ClientHeaders::default(),
+            endings: LfEndings::default(),
         }
     }
 
@@ -277,6 +301,7 @@ mod tests {
             protocol: "ESMTP",
             dnsbl: Vec::new(),
             mail_from: "a@example.org".into(),
+            rcpts: vec!["t@example.org".into()],
         }
     }
 
@@ -304,6 +329,12 @@ mod tests {
             b"Subject: two\r\n\r\nbody two\r\n",
             b"",
         ];
+        // As stored: LF line endings.
+        let stored_as: [&[u8]; 3] = [
+            b"Subject: one\n\nbody one\n",
+            b"Subject: two\n\nbody two\n",
+            b"",
+        ];
         let new_dir = maildir.new_dir().unwrap();
         let written: Vec<Unnamed> = batch
             .iter()
@@ -320,14 +351,14 @@ mod tests {
         new_dir.sync().unwrap();
         assert_eq!(names.len(), 3);
         assert_ne!(names[0], names[1]);
-        for (name, body) in names.iter().zip(batch) {
+        for (name, body) in names.iter().zip(stored_as) {
             let stored = fs::read(root.join("new").join(name)).unwrap();
-            assert!(
-                stored
-                    .starts_with(b"Return-Path: <a@example.org>\r\nReceived: from client.example")
-            );
+            assert!(stored.starts_with(
+                b"Return-Path: <a@example.org>\nX-Original-To: t@example.org\n\
+                  Delivered-To: t@example.org\nReceived: from client.example"
+            ));
             assert!(stored.ends_with(body));
-            let dnsbl = b"X-Sinkhole-Dnsbl: (none)\r\n";
+            let dnsbl = b"X-Sinkhole-Dnsbl: (none)\n";
             let at = stored
                 .windows(dnsbl.len())
                 .position(|w| w == dnsbl)

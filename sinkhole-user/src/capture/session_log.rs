@@ -19,7 +19,8 @@ use crate::syn::Syn;
 pub enum Verdict {
     /// At least one message was answered 250 (stored, or counted with `capture = false`).
     Accepted,
-    /// Recipients were given and every one was refused; no message was accepted.
+    /// No message was accepted, and the client was refused: a MAIL or a message (its end of
+    /// data) was, or recipients were given and every one was.
     Rejected,
     /// Closed right after accept: the client is in the block table.
     Blocked,
@@ -35,11 +36,14 @@ impl Verdict {
         let transactions = &record.transactions;
         if transactions.iter().any(|t| t.data_code == Some(250)) {
             Verdict::Accepted
-        } else if transactions.iter().any(|t| !t.rcpts.is_empty())
-            && transactions
-                .iter()
-                .flat_map(|t| &t.rcpts)
-                .all(|r| r.code >= 400)
+        } else if transactions
+            .iter()
+            .any(|t| t.mail_code >= 400 || t.data_code.is_some_and(|c| c >= 400))
+            || (transactions.iter().any(|t| !t.rcpts.is_empty())
+                && transactions
+                    .iter()
+                    .flat_map(|t| &t.rcpts)
+                    .all(|r| r.code >= 400))
         {
             Verdict::Rejected
         } else {
@@ -114,6 +118,11 @@ struct Line<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     syn: Option<&'a Syn>,
     pipelined: bool,
+    /// The code the connection was greeted with (220, or a policy refusal); null when the
+    /// session ended before its greeting.
+    connect_code: Option<u16>,
+    /// The code of the reply to the latest HELO/EHLO; null without one.
+    helo_code: Option<u16>,
     dnsbl: Vec<Listing<'a>>,
     score: Option<i32>,
     scored: bool,
@@ -155,6 +164,7 @@ struct Listing<'a> {
 #[derive(Serialize)]
 struct Transaction<'a> {
     mail_from: &'a str,
+    mail_code: u16,
     rcpts: Vec<Rcpt<'a>>,
     data_code: Option<u16>,
     message: Option<&'a str>,
@@ -291,6 +301,8 @@ impl SessionEnd {
             tls: self.tls.as_ref(),
             syn: self.syn.as_ref(),
             pipelined: record.pipelined,
+            connect_code: record.connect_code,
+            helo_code: record.helo_code,
             dnsbl: self
                 .dnsbl
                 .iter()
@@ -308,6 +320,7 @@ impl SessionEnd {
                 .iter()
                 .map(|t| Transaction {
                     mail_from: &t.mail_from,
+                    mail_code: t.mail_code,
                     rcpts: t
                         .rcpts
                         .iter()
@@ -466,6 +479,15 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(Verdict::of(&record), Verdict::Rejected);
+        let refused_mail = SessionRecord {
+            transactions: vec![TransactionRecord {
+                mail_from: "a@x".into(),
+                mail_code: 550,
+                ..Default::default()
+            }],
+            ..SessionRecord::default()
+        };
+        assert_eq!(Verdict::of(&refused_mail), Verdict::Rejected);
         record.transactions.push(TransactionRecord {
             mail_from: "a@x".into(),
             rcpts: vec![RcptRecord {
@@ -534,6 +556,8 @@ mod tests {
             "helo",
             "tls",
             "pipelined",
+            "connect_code",
+            "helo_code",
             "dnsbl",
             "score",
             "scored",

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::config::{Config, ConfigError};
 use crate::policy::PolicyStore;
+use crate::policy::book::{AddressDir, Report};
 use crate::server::tls;
 
 /// The configuration at `path` (the embedded defaults without one), what `run` would refuse at
@@ -17,7 +18,24 @@ pub fn check(path: Option<&Path>) -> Result<String, ConfigError> {
         check_start(&config, &text, &origin)?;
     }
     PolicyStore::open(&config.policy)?;
+    check_addresses(&config.policy.addresses_dir)?;
     Ok("configuration ok\n".to_owned())
+}
+
+/// Every file of `policy.addresses_dir` (when set) reads and parses.
+fn check_addresses(dir: &Path) -> Result<(), ConfigError> {
+    if dir.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let mut broken = None;
+    AddressDir::new(dir).scan(true, &mut |report| match report {
+        Report::Broken(why) => {
+            broken.get_or_insert(why);
+        }
+        Report::Warning(why) => eprintln!("sinkhole: warning: {why}"),
+        Report::Loaded(_) | Report::Removed(_) => {}
+    });
+    broken.map_or(Ok(()), |why| Err(ConfigError::AddressFile(why)))
 }
 
 /// An `smtp.run_as` user that does not exist, and an `smtp.tls_cert`/`smtp.tls_key` that is not

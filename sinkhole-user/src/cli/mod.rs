@@ -1,12 +1,14 @@
 //! The command line, as README.md lists it: the clap definitions here, and each command
 //! family's glue in a module of its own (`run`, `check_config`, `blocks`, `feeds`,
-//! `campaigns`), a thin layer over the library. [`dispatch`] runs a parsed command; `main`
+//! `campaigns`, `address`, `history`), a thin layer over the library. [`dispatch`] runs a parsed command; `main`
 //! prints what it returns, or the [`Failure`] on one line with its exit status.
 
+mod address;
 mod blocks;
 mod campaigns;
 mod check_config;
 mod feeds;
+mod history;
 mod package_files;
 mod run;
 
@@ -20,6 +22,7 @@ use ipnet::IpNet;
 
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG, parse_duration};
 use crate::feeds::{ExportFormat, Family, Format, ImportOptions};
+use crate::policy::address_edit::BlockEntry;
 use crate::prefix::parse_prefix;
 
 /// `--version`: the release, the commit it was built from and the day it was built.
@@ -186,6 +189,30 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Per-address files: close, open, block, unblock, show, list.
+    Address {
+        #[command(subcommand)]
+        command: AddressCommand,
+    },
+    /// Per trap address: sessions, messages, distinct clients, top signature sets, first and
+    /// last seen, and its state; from the session log, rotated files included.
+    Addresses {
+        #[command(flatten)]
+        log: LogArg,
+        /// Print a JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+        /// How many signature sets to list per address.
+        #[arg(long, default_value_t = 3)]
+        top: usize,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// The policy: what a changed one would have done.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Group the logged sessions by signature set (a campaign each), largest first.
     Campaigns {
         /// The storage directory (`sessions.jsonl`, `maildir/`); default: the config's
@@ -214,6 +241,117 @@ pub enum Command {
         /// Receives `man1/` and `completions/`.
         dir: PathBuf,
     },
+}
+
+/// Per-address files (`policy.addresses_dir`): each changed under its lock, safe while the
+/// daemon runs and from several shells at once.
+#[derive(Debug, Subcommand)]
+pub enum AddressCommand {
+    /// Close an address: its recipients are refused (550 5.1.1, or the message given).
+    Close {
+        address: String,
+        /// The reply: a text (`550 5.7.1 TEXT`) or a whole reply line (`550 5.1.1 ...`).
+        #[arg(long)]
+        message: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Open an address again.
+    Open {
+        address: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Refuse an address's mail from a host or a sender.
+    Block {
+        address: String,
+        #[command(flatten)]
+        entry: EntryArg,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Take a host or a sender off an address's blocks.
+    Unblock {
+        address: String,
+        #[command(flatten)]
+        entry: EntryArg,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// An address's file: its state, blocks, replies and auto_close rule.
+    Show {
+        address: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Every file of the directory.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Run a changed policy over the logged sessions: how many decisions would change, per
+    /// rule, with example sessions.
+    Replay {
+        /// The changed rule file.
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// The per-address files to replay with; default: the config's `policy.addresses_dir`.
+        #[arg(long, value_name = "DIR")]
+        addresses: Option<PathBuf>,
+        #[command(flatten)]
+        log: LogArg,
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// Which part of the session log a report reads.
+#[derive(Debug, Args)]
+pub struct LogArg {
+    /// The storage directory (`sessions.jsonl` and its rotated files); default: the config's
+    /// `storage.dir`.
+    #[arg(long, value_name = "DIR")]
+    pub storage: Option<PathBuf>,
+    /// Only sessions that started within this long before now (e.g. 24h, 7d).
+    #[arg(long, value_parser = parse_duration)]
+    pub since: Option<Duration>,
+}
+
+/// What `address block` and `unblock` are about: exactly one of these.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct EntryArg {
+    /// An address, a CIDR prefix, or a reverse name (`.dyn.example.net`, `mx.example.net`;
+    /// `ptr:` in front: not forward-confirmed).
+    #[arg(long, value_name = "CIDR|NAME")]
+    host: Option<String>,
+    /// An address, `@domain`, `@.domain-suffix`, a glob (`*@*.biz`) or `<>`.
+    #[arg(long, value_name = "PATTERN")]
+    sender: Option<String>,
+    /// A HELO glob (`*.example.net`).
+    #[arg(long, value_name = "GLOB")]
+    helo: Option<String>,
+}
+
+impl EntryArg {
+    fn entry(self) -> BlockEntry {
+        match (self.host, self.sender, self.helo) {
+            (Some(host), _, _) => BlockEntry::Host(host),
+            (None, Some(sender), _) => BlockEntry::Sender(sender),
+            (None, None, helo) => BlockEntry::Helo(helo.unwrap_or_default()),
+        }
+    }
 }
 
 /// A command that failed: the line `main` prints after `sinkhole: `, and the exit status.
@@ -334,6 +472,66 @@ pub fn dispatch(command: Command) -> Result<String, Failure> {
             output.as_deref(),
             &zone,
             min_sessions,
+        ),
+        Command::Address { command } => match command {
+            AddressCommand::Close {
+                address,
+                message,
+                config,
+            } => address::close(&load(config.path().as_deref())?, &address, message),
+            AddressCommand::Open { address, config } => {
+                address::open(&load(config.path().as_deref())?, &address)
+            }
+            AddressCommand::Block {
+                address,
+                entry,
+                config,
+            } => address::block(
+                &load(config.path().as_deref())?,
+                &address,
+                entry.entry(),
+                true,
+            ),
+            AddressCommand::Unblock {
+                address,
+                entry,
+                config,
+            } => address::block(
+                &load(config.path().as_deref())?,
+                &address,
+                entry.entry(),
+                false,
+            ),
+            AddressCommand::Show {
+                address,
+                json,
+                config,
+            } => address::show(&load(config.path().as_deref())?, &address, json),
+            AddressCommand::List { json, config } => {
+                address::list(&load(config.path().as_deref())?, json)
+            }
+        },
+        Command::Addresses {
+            log,
+            json,
+            top,
+            config,
+        } => history::addresses(&load(config.path().as_deref())?, log, json, top),
+        Command::Policy {
+            command:
+                PolicyCommand::Replay {
+                    policy,
+                    addresses,
+                    log,
+                    json,
+                    config,
+                },
+        } => history::replay(
+            &load(config.path().as_deref())?,
+            &policy,
+            addresses,
+            log,
+            json,
         ),
         // Without --storage the config is read for `storage.dir`; a wrong one is then exit 1.
         Command::Campaigns {

@@ -343,6 +343,16 @@ static SERVER: &[(&str, &str, Series)] = &[
         ),
     ),
     (
+        "auto_closed_total",
+        "Addresses closed by their auto_close rule",
+        Series::Counter(|c| &c.auto_closed),
+    ),
+    (
+        "auto_close_refused_total",
+        "auto_close counts or closes refused (table of counted addresses or write queue full)",
+        Series::Counter(|c| &c.auto_close_refused),
+    ),
+    (
         "blocks_allow_listed",
         "Blocks not made because xdp.allow covers the client",
         Series::Counter(|c| &c.blocks_allow_listed),

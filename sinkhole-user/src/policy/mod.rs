@@ -1,128 +1,192 @@
-//! Per-address policy: the rules of `policy.file`, decided per recipient at `RCPT TO`.
+//! Policy: the rules of `policy.file`, decided at every SMTP phase.
 //!
 //! ```toml
-//! local_domains = ["example.org"]     # MAIL FROM in these domains: refused at RCPT
-//! [[rule]]                            # first match wins; no match: accept
+//! local_domains = ["example.org"]     # MAIL FROM in these domains: refused (at MAIL by default)
+//! [[rule]]                            # per phase, in file order: the first match wins
+//! phase = "rcpt"                      # connect | helo | mail | rcpt (default) | data
 //! to = "chris@example.org"            # address, "@domain" or "*" (or a list of them)
-//! from = ["@bulk.example.com"]        # address, "@domain", "@.domain-suffix", "<>"
-//! host = ["203.0.113.0/24"]           # address, CIDR, ".rdns.suffix" (forward-confirmed name)
+//! from = ["@bulk.example.com"]        # address, "@domain", "@.domain-suffix", glob, "<>"
+//! host = ["203.0.113.0/24"]           # address, CIDR, reverse name (see `pattern`)
 //! helo = ["*.example.net"]            # glob: * and ?
 //! dnsbl = ["zen.example"]             # zone that listed the client
 //! score = 3                           # DNSBL score at least this
 //! signature = ["helo-bare-ip"]        # signature the session showed so far
-//! action = "reject"                   # accept | reject | tempfail | stall | block
+//! action = "reject"                   # accept | reject | tempfail | stall | block | disconnect
 //! message = "550 5.7.1 Not from you"  # optional; its class must fit the action
 //! ```
 //! Each condition is a value or a list; a list matches if any entry does, a rule matches if
-//! every condition it names does (see [`pattern`] for how addresses compare).
+//! every condition it names does (see [`pattern`] for how addresses compare). A condition must
+//! be known at the rule's phase: `helo` from `helo` on, `from` from `mail` on, `to` from `rcpt`
+//! on (at `data`, any accepted recipient).
 //!
-//! A sender in a local domain is refused (550, signature `mail-from-local-domain`) unless the
-//! first matching rule already refuses; an `accept` rule does not let it through. The null
-//! sender is never refused for being null.
+//! A sender in a local domain is refused (550, signature `mail-from-local-domain`) at
+//! `policy.local_domains_phase` (`mail` or `rcpt`) unless the first matching rule of that
+//! phase already refuses; an `accept` rule does not let it through. The null sender is never
+//! refused for being null.
+//!
+//! At `RCPT TO` the recipient's own file in `policy.addresses_dir` ([`book`]) decides after the
+//! rules' refusals and before their accepts ([`Policy::decide_recipient`]). The file's
+//! `[auto_close]` table, or else the policy file's, says when an address closes itself
+//! ([`auto_close`]).
 
+pub mod address;
+pub mod address_edit;
+pub mod address_io;
+pub mod auto_close;
+pub mod book;
+pub mod keeper;
 pub mod pattern;
+mod rule;
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Deserializer, de};
+use serde::Deserialize;
 
-use crate::config::{ConfigError, PolicyConfig, parse_toml};
+use crate::config::{ConfigError, LocalDomainsPhase, PolicyConfig, parse_toml};
 use crate::signature::Signature;
 use crate::smtp::Reply;
-use pattern::{Glob, HostPattern, LocalDomain, RcptPattern, SenderPattern, Zone};
+use auto_close::AutoClose;
+use book::{AddressBook, AddressRefusal};
+use pattern::{LocalDomain, Mailbox};
+pub use rule::{Action, default_reply, reply_line};
+use rule::{Rule, rule_reply};
 
-/// What to do with a recipient.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+/// Where in the session a rule acts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Action {
-    Accept,
-    /// Refuse with 5xx.
-    Reject,
-    /// Refuse with 4xx now.
-    Tempfail,
-    /// Hold the reply for `policy.stall` (the loop does the holding), then 4xx.
-    Stall,
-    /// Refuse with 5xx and put the client into the drop map for `dnsbl.block_ttl`.
-    Block,
+pub enum Phase {
+    /// At accept, before the banner.
+    Connect,
+    /// At HELO/EHLO.
+    Helo,
+    /// At `MAIL FROM`.
+    Mail,
+    /// At each `RCPT TO`.
+    #[default]
+    Rcpt,
+    /// At the end of the message data, before its `250`.
+    Data,
 }
 
-impl Action {
-    /// The reply class (first digit) this action answers with.
-    const fn class(self) -> u16 {
+impl Phase {
+    pub const ALL: [Phase; 5] = [
+        Phase::Connect,
+        Phase::Helo,
+        Phase::Mail,
+        Phase::Rcpt,
+        Phase::Data,
+    ];
+
+    pub const fn name(self) -> &'static str {
         match self {
-            Action::Accept => 2,
-            Action::Tempfail | Action::Stall => 4,
-            Action::Reject | Action::Block => 5,
+            Phase::Connect => "connect",
+            Phase::Helo => "helo",
+            Phase::Mail => "mail",
+            Phase::Rcpt => "rcpt",
+            Phase::Data => "data",
+        }
+    }
+}
+
+impl From<LocalDomainsPhase> for Phase {
+    fn from(phase: LocalDomainsPhase) -> Phase {
+        match phase {
+            LocalDomainsPhase::Mail => Phase::Mail,
+            LocalDomainsPhase::Rcpt => Phase::Rcpt,
+        }
+    }
+}
+
+/// The recipients a decision is about.
+#[derive(Clone, Copy, Debug)]
+pub enum To<'a> {
+    /// Before `RCPT TO`.
+    None,
+    /// At `RCPT TO`: the recipient without angle brackets.
+    One(&'a str),
+    /// At the end of data: the accepted recipients.
+    All(&'a [String]),
+}
+
+impl<'a> To<'a> {
+    /// Whether some recipient passes `test`.
+    pub fn any(self, test: impl Fn(&str) -> bool) -> bool {
+        match self {
+            To::None => false,
+            To::One(rcpt) => test(rcpt),
+            To::All(rcpts) => rcpts.iter().any(|r| test(r)),
         }
     }
 
-    const fn name(self) -> &'static str {
+    /// The first recipient ("" when there is none), for replies.
+    pub fn first(self) -> &'a str {
         match self {
-            Action::Accept => "accept",
-            Action::Reject => "reject",
-            Action::Tempfail => "tempfail",
-            Action::Stall => "stall",
-            Action::Block => "block",
+            To::None => "",
+            To::One(rcpt) => rcpt,
+            To::All(rcpts) => rcpts.first().map_or("", String::as_str),
         }
     }
 }
 
-/// Parses a rule's own reply line, `"550 5.1.1 This address is closed"`, for `action`.
-fn rule_reply(line: &str, action: Action) -> Result<Reply, String> {
-    let bad = |why: String| format!("`{}` {why}", line.escape_debug());
-    let b = line.as_bytes();
-    let code_ok =
-        b.len() >= 3 && b[..3].iter().all(u8::is_ascii_digit) && (b.len() == 3 || b[3] == b' ');
-    if !code_ok {
-        return Err(bad("must start with a reply code like `550 `".into()));
-    }
-    if line.chars().any(char::is_control) {
-        return Err(bad("must be one line without control characters".into()));
-    }
-    // RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with CRLF.
-    if line.len() > 510 {
-        return Err(bad("is longer than 510 characters".into()));
-    }
-    let code: u16 = line[..3].parse().expect("three digits");
-    if code / 100 != action.class() {
-        return Err(bad(format!(
-            "does not fit action `{}`, which needs a {}xx reply",
-            action.name(),
-            action.class()
-        )));
-    }
-    let text = line.get(4..).unwrap_or("").to_owned();
-    Ok(Reply { code, text })
+/// What the session knows when it asks for a decision. Borrowed, so that a decision allocates
+/// nothing but its reply.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts<'a> {
+    pub client_ip: IpAddr,
+    /// The reverse (PTR) name, if any.
+    pub rdns: Option<&'a str>,
+    /// Whether that name is forward-confirmed.
+    pub fcrdns: bool,
+    pub helo: Option<&'a str>,
+    /// The reverse path without angle brackets (empty for the null sender), from `mail` on.
+    pub mail_from: Option<&'a str>,
+    pub to: To<'a>,
+    /// Zones that listed the client.
+    pub dnsbl_zones: &'a [String],
+    /// The DNSBL score, when scoring has answered.
+    pub score: Option<i32>,
+    /// Signatures the session has shown so far.
+    pub signatures: &'a [Signature],
 }
 
-/// One `[[rule]]`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Rule {
-    #[serde(deserialize_with = "one_or_more")]
-    to: Vec<RcptPattern>,
-    #[serde(default, deserialize_with = "one_or_more")]
-    from: Vec<SenderPattern>,
-    #[serde(default, deserialize_with = "one_or_more")]
-    host: Vec<HostPattern>,
-    #[serde(default, deserialize_with = "one_or_more")]
-    helo: Vec<Glob>,
-    #[serde(default, deserialize_with = "one_or_more")]
-    dnsbl: Vec<Zone>,
-    #[serde(default)]
-    score: Option<i32>,
-    #[serde(default, deserialize_with = "one_or_more")]
-    signature: Vec<Signature>,
-    action: Action,
-    /// Checked against `action` once the rule is read (see [`rule_reply`]); any value is taken
-    /// here, so that every error about it is reported under `rule[N].message`.
-    #[serde(default)]
-    message: Option<toml::Spanned<toml::Value>>,
-    #[serde(skip)]
-    reply: Option<Reply>,
+/// What decided a verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The rule at this index of the file (counting all phases, in file order).
+    Rule(usize),
+    /// `local_domains`.
+    LocalDomains,
+    /// The recipient's own file in `policy.addresses_dir` refused it.
+    Address(AddressRefusal),
+    /// No rule matched: accepted.
+    Default,
+}
+
+impl Source {
+    /// How reports and block reasons name it: `rule[3]`, `local_domains`,
+    /// `address:chris.toml:sender`, `default`.
+    pub fn name(&self) -> String {
+        match self {
+            Source::Rule(i) => format!("rule[{i}]"),
+            Source::LocalDomains => "local_domains".into(),
+            Source::Address(refusal) => format!("address:{}:{}", refusal.file, refusal.why.name()),
+            Source::Default => "default".into(),
+        }
+    }
+}
+
+/// The decision for one command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub action: Action,
+    /// The reply to send (for `stall`: the 4xx to send once the hold is over; for `accept`
+    /// outside `rcpt`, a 2xx the session replaces with its own reply).
+    pub reply: Reply,
+    pub source: Source,
+    /// `mail-from-local-domain` when the sender is in a local domain (whatever decided).
+    pub signature: Option<Signature>,
 }
 
 /// The whole file.
@@ -133,100 +197,23 @@ struct PolicyFile {
     local_domains: Vec<LocalDomain>,
     #[serde(default)]
     rule: Vec<Rule>,
-}
-
-/// A value or a non-empty list of values (an empty list would silently never match).
-fn one_or_more<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    struct Visitor<T>(std::marker::PhantomData<T>);
-
-    impl<'de, T: Deserialize<'de>> de::Visitor<'de> for Visitor<T> {
-        type Value = Vec<T>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a value or a non-empty list of values")
-        }
-
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<T>, E> {
-            T::deserialize(de::value::StrDeserializer::new(v)).map(|t| vec![t])
-        }
-
-        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-            let mut items = Vec::new();
-            while let Some(item) = seq.next_element()? {
-                items.push(item);
-            }
-            if items.is_empty() {
-                return Err(de::Error::custom(
-                    "an empty list never matches; leave the key out instead",
-                ));
-            }
-            Ok(items)
-        }
-    }
-
-    d.deserialize_any(Visitor(std::marker::PhantomData))
-}
-
-/// What the session knows about a recipient when it asks for a verdict. Borrowed, so that a
-/// decision allocates nothing but its reply.
-#[derive(Clone, Copy, Debug)]
-pub struct RcptFacts<'a> {
-    pub client_ip: IpAddr,
-    /// The reverse name, only when forward-confirmed.
-    pub fcrdns_name: Option<&'a str>,
-    pub helo: Option<&'a str>,
-    /// The reverse path without angle brackets; empty for the null sender.
-    pub mail_from: &'a str,
-    /// The recipient without angle brackets.
-    pub rcpt: &'a str,
-    /// Zones that listed the client.
-    pub dnsbl_zones: &'a [String],
-    /// The DNSBL score, when scoring has answered.
-    pub score: Option<i32>,
-    /// Signatures the session has shown so far.
-    pub signatures: &'a [Signature],
-}
-
-/// The decision for one recipient.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Verdict {
-    pub action: Action,
-    /// The reply to send (for `stall`: the 451 to send once the hold is over).
-    pub reply: Reply,
-    /// Index of the rule that decided (in file order), for the log; `None`: no rule did.
-    pub rule: Option<usize>,
-    /// `mail-from-local-domain` when the sender is in a local domain (whatever decided).
-    pub signature: Option<Signature>,
-}
-
-impl Rule {
-    fn matches(&self, f: &RcptFacts, ip: IpAddr) -> bool {
-        fn any<T>(list: &[T], test: impl Fn(&T) -> bool) -> bool {
-            list.is_empty() || list.iter().any(test)
-        }
-        self.to.iter().any(|p| p.matches(f.rcpt))
-            && any(&self.from, |p| p.matches(f.mail_from))
-            && any(&self.host, |p| p.matches(ip, f.fcrdns_name))
-            && any(&self.helo, |g| f.helo.is_some_and(|h| g.matches(h)))
-            && any(&self.dnsbl, |z| f.dnsbl_zones.iter().any(|l| z.matches(l)))
-            && self
-                .score
-                .is_none_or(|min| f.score.is_some_and(|s| s >= min))
-            && any(&self.signature, |s| f.signatures.contains(s))
-    }
+    /// The default for per-address files without an `[auto_close]` table of their own.
+    #[serde(default)]
+    auto_close: Option<AutoClose>,
 }
 
 /// A parsed policy file. The default policy has no rules and no local domains: accept all.
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
     local_domains: Vec<LocalDomain>,
+    /// Where `local_domains` refuses (`policy.local_domains_phase`).
+    local_domains_phase: Phase,
     rules: Vec<Rule>,
-    /// See [`Policy::uses_score`]; worked out once, asked at every accept.
-    uses_score: bool,
+    /// Per phase (index: `Phase as usize`), whether a rule of it looks at what scoring finds;
+    /// worked out once, asked at every decision.
+    uses_score: [bool; 5],
+    /// `[auto_close]`: the default for per-address files.
+    auto_close: Option<AutoClose>,
 }
 
 impl Policy {
@@ -240,10 +227,36 @@ impl Policy {
         Policy::parse(&text, &origin)
     }
 
-    /// Parses a policy; `origin` names it in errors (`origin:line: key: message`).
+    /// Parses a policy; `origin` names it in errors (`origin:line: key: message`). Its
+    /// `local_domains` refuse at MAIL until [`Policy::with_local_domains_phase`] says otherwise.
     pub fn parse(text: &str, origin: &str) -> Result<Policy, ConfigError> {
         let mut file: PolicyFile = parse_toml(text, origin)?;
+        let invalid = |i: usize, key: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            line: rule_key_line(text, i, key),
+            key: format!("rule[{i}]{}{key}", if key.is_empty() { "" } else { "." }),
+            message,
+        };
         for (i, rule) in file.rule.iter_mut().enumerate() {
+            if let Some((key, needs)) = rule.unknown_condition() {
+                return Err(invalid(
+                    i,
+                    key,
+                    format!(
+                        "not known yet at phase `{}` (it is from phase `{}` on)",
+                        rule.phase.name(),
+                        needs.name()
+                    ),
+                ));
+            }
+            if rule.phase == Phase::Rcpt && rule.to.is_none() {
+                return Err(invalid(
+                    i,
+                    "",
+                    "missing field `to` (a rule at phase `rcpt` names its recipients; `*` for all)"
+                        .into(),
+                ));
+            }
             let Some(message) = &rule.message else {
                 continue;
             };
@@ -254,30 +267,32 @@ impl Policy {
                 )
             });
             let reply = reply_line
-                .and_then(|reply_line| rule_reply(reply_line, rule.action))
+                .and_then(|line| rule_reply(line, rule.action, rule.phase))
                 .map_err(|message_error| ConfigError::Invalid {
                     origin: origin.to_owned(),
-                    line: text.as_bytes()[..message.span().start.min(text.len())]
-                        .iter()
-                        .filter(|&&b| b == b'\n')
-                        .count()
-                        + 1,
+                    line: line_of(text, message.span().start),
                     key: format!("rule[{i}].message"),
                     message: message_error,
                 })?;
             rule.reply = Some(reply);
         }
-        let uses_score = file.rule.iter().any(|r| {
-            !r.dnsbl.is_empty()
-                || r.score.is_some()
-                || !r.signature.is_empty()
-                || r.host.iter().any(|h| matches!(h, HostPattern::Rdns(_)))
-        });
+        let mut uses_score = [false; 5];
+        for rule in &file.rule {
+            uses_score[rule.phase as usize] |= rule.uses_score();
+        }
         Ok(Policy {
             local_domains: file.local_domains,
+            local_domains_phase: Phase::Mail,
             rules: file.rule,
             uses_score,
+            auto_close: file.auto_close,
         })
+    }
+
+    /// The policy with `local_domains` refusing at `phase` (`policy.local_domains_phase`).
+    pub fn with_local_domains_phase(mut self, phase: Phase) -> Policy {
+        self.local_domains_phase = phase;
+        self
     }
 
     /// How many rules there are (for the reload log line).
@@ -285,10 +300,31 @@ impl Policy {
         self.rules.len()
     }
 
-    /// Whether some rule looks at what scoring finds (a `.rdns` host, `dnsbl`, `score` or
-    /// `signature` condition), so that a recipient verdict must wait for the score.
-    pub fn uses_score(&self) -> bool {
-        self.uses_score
+    /// Whether a decision at `phase` must wait for the score: some rule of that phase looks at
+    /// what scoring finds (a reverse-DNS `host`, `dnsbl`, `score` or `signature` condition).
+    pub fn uses_score(&self, phase: Phase) -> bool {
+        self.uses_score[phase as usize]
+    }
+
+    /// The `[auto_close]` rule of a per-address file: its own, else this policy's default.
+    pub fn auto_close<'a>(&'a self, own: Option<&'a AutoClose>) -> Option<&'a AutoClose> {
+        own.or(self.auto_close.as_ref())
+            .filter(|rule| !rule.is_empty())
+    }
+
+    /// The `auto_close` rule in force for `rcpt` when it is open and has a file in `book`: its
+    /// mailbox, its file, and the rule.
+    pub fn auto_close_for<'a>(
+        &'a self,
+        book: &'a AddressBook,
+        rcpt: &str,
+    ) -> Option<(Mailbox, &'a Arc<book::Entry>, &'a AutoClose)> {
+        let key = Mailbox::key(rcpt);
+        let entry = book
+            .lookup(rcpt)
+            .filter(|entry| entry.file.closure(&key).is_none())?;
+        let rule = self.auto_close(entry.file.auto_close.as_ref())?;
+        Some((key, entry, rule))
     }
 
     /// The sender is in one of `local_domains` (never true for the null sender).
@@ -296,45 +332,64 @@ impl Policy {
         !mail_from.is_empty() && self.local_domains.iter().any(|d| d.contains(mail_from))
     }
 
-    /// Decides one recipient: the first matching rule, else accept; a sender in a local
-    /// domain is refused unless that rule refuses anyway.
-    pub fn decide(&self, facts: &RcptFacts) -> Verdict {
+    /// Decides one command at `phase`: the first matching rule of that phase, else accept; at
+    /// `policy.local_domains_phase` a sender in a local domain is refused unless that rule
+    /// refuses anyway.
+    pub fn decide(&self, phase: Phase, facts: &Facts) -> Verdict {
         let ip = facts.client_ip.to_canonical();
-        let local_sender = self.is_local_sender(facts.mail_from);
+        let local_sender = phase == self.local_domains_phase
+            && facts.mail_from.is_some_and(|m| self.is_local_sender(m));
         let signature = local_sender.then_some(Signature::MailFromLocalDomain);
         let hit = self
             .rules
             .iter()
-            .position(|r| r.matches(facts, ip))
-            .map(|i| (i, &self.rules[i]));
+            .enumerate()
+            .find(|(_, r)| r.phase == phase && r.matches(facts, ip));
         match hit {
-            Some((_, rule)) if rule.action == Action::Accept && local_sender => Verdict {
-                action: Action::Reject,
-                reply: local_sender_reply(),
-                rule: None,
-                signature,
-            },
-            Some((i, rule)) => Verdict {
+            Some((i, rule)) if rule.action.refuses() || !local_sender => Verdict {
                 action: rule.action,
                 reply: match &rule.reply {
                     Some(reply) => reply.clone(),
-                    None => default_reply(rule.action, facts.rcpt),
+                    None => default_reply(phase, rule.action, facts),
                 },
-                rule: Some(i),
+                source: Source::Rule(i),
                 signature,
             },
-            None if local_sender => Verdict {
+            _ if local_sender => Verdict {
                 action: Action::Reject,
                 reply: local_sender_reply(),
-                rule: None,
+                source: Source::LocalDomains,
                 signature,
             },
-            None => Verdict {
+            _ => Verdict {
                 action: Action::Accept,
-                reply: default_reply(Action::Accept, facts.rcpt),
-                rule: None,
+                reply: default_reply(phase, Action::Accept, facts),
+                source: Source::Default,
                 signature,
             },
+        }
+    }
+}
+
+impl Policy {
+    /// Decides one recipient: the rules' refusal (of phase `rcpt`), else the recipient's own
+    /// file's refusal, else the rules' accept.
+    pub fn decide_recipient(&self, book: &AddressBook, facts: &Facts) -> Verdict {
+        let verdict = self.decide(Phase::Rcpt, facts);
+        if verdict.action.refuses() {
+            return verdict;
+        }
+        match book.refuse(facts.to.first(), facts) {
+            Some(refusal) => Verdict {
+                action: match refusal.reply.code / 100 {
+                    4 => Action::Tempfail,
+                    _ => Action::Reject,
+                },
+                reply: refusal.reply.clone(),
+                source: Source::Address(refusal),
+                signature: verdict.signature,
+            },
+            None => verdict,
         }
     }
 }
@@ -346,28 +401,39 @@ fn local_sender_reply() -> Reply {
     }
 }
 
-/// The reply for an action without a rule message, e.g.
-/// `550 5.1.1 <chris@example.org>: Recipient address rejected`.
-fn default_reply(action: Action, rcpt: &str) -> Reply {
-    let (code, status, why) = match action {
-        Action::Accept => {
-            return Reply {
-                code: 250,
-                text: "2.1.5 Ok".into(),
-            };
-        }
-        Action::Reject => (550, "5.1.1", "Recipient address rejected"),
-        Action::Block => (550, "5.7.1", "Recipient address rejected: access denied"),
-        Action::Tempfail | Action::Stall => {
-            (451, "4.7.1", "Recipient address rejected: try again later")
-        }
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The line of `key = ...` in the `i`th `[[rule]]` table of `text` (`key` empty: its header),
+/// or the header's line, or 1.
+fn rule_key_line(text: &str, i: usize, key: &str) -> usize {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(header) = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.trim() == "[[rule]]")
+        .nth(i)
+        .map(|(n, _)| n)
+    else {
+        return 1;
     };
-    let mut text = String::with_capacity(rcpt.len() + 48);
-    let _ = write!(text, "{status} <");
-    // The session only hands over valid paths, but a reply must never carry a line break.
-    text.extend(rcpt.chars().map(|c| if c.is_control() { '?' } else { c }));
-    let _ = write!(text, ">: {why}");
-    Reply { code, text }
+    if key.is_empty() {
+        return header + 1;
+    }
+    lines[header + 1..]
+        .iter()
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map_or(header + 1, |n| header + n + 2)
 }
 
 /// The policy in force, swapped whole on reload. A session takes [`PolicyStore::current`] at
@@ -376,6 +442,7 @@ fn default_reply(action: Action, rcpt: &str) -> Reply {
 pub struct PolicyStore {
     /// `None`: no policy file configured (accept all, reload does nothing).
     path: Option<PathBuf>,
+    local_domains_phase: Phase,
     current: Arc<Policy>,
 }
 
@@ -383,13 +450,15 @@ impl PolicyStore {
     /// Loads `policy.file` (empty path: the default policy).
     pub fn open(config: &PolicyConfig) -> Result<PolicyStore, ConfigError> {
         let path = (!config.file.as_os_str().is_empty()).then(|| config.file.clone());
+        let local_domains_phase = config.local_domains_phase.into();
         let current = match &path {
             Some(p) => Policy::load(p)?,
             None => Policy::default(),
         };
         Ok(PolicyStore {
             path,
-            current: Arc::new(current),
+            local_domains_phase,
+            current: Arc::new(current.with_local_domains_phase(local_domains_phase)),
         })
     }
 
@@ -402,7 +471,8 @@ impl PolicyStore {
     /// policy stays in force and the error is returned for the log.
     pub fn reload(&mut self) -> Result<(), ConfigError> {
         if let Some(path) = &self.path {
-            self.current = Arc::new(Policy::load(path)?);
+            let policy = Policy::load(path)?.with_local_domains_phase(self.local_domains_phase);
+            self.current = Arc::new(policy);
         }
         Ok(())
     }
@@ -445,6 +515,29 @@ action = "stall"
 to = "*"
 action = "accept"
 message = "250 2.1.5 Welcome"
+
+[[rule]]
+phase = "connect"
+host = "192.0.2.66"
+action = "disconnect"
+
+[[rule]]
+phase = "helo"
+helo = "*.spam.example"
+action = "reject"
+
+[[rule]]
+phase = "mail"
+from = "*@*.biz"
+host = ["ptr:.dsl.example", "mx.bulk.example", "0.0.0.0/0", "::/0"]
+action = "tempfail"
+
+[[rule]]
+phase = "data"
+to = "@traps.example.org"
+signature = "pregreet"
+action = "reject"
+message = "554 5.7.1 No"
 "#;
 
 #[cfg(test)]

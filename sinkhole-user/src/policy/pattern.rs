@@ -66,6 +66,44 @@ fn address(text: &str) -> Result<(String, String), String> {
     Ok((local.to_ascii_lowercase(), domain(dom)?))
 }
 
+/// One address, as a per-address file names it and the address book keys it: `local@domain`,
+/// lowercased, without a trailing dot (see the module's note on case).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mailbox(String);
+
+impl Mailbox {
+    /// The key of a recipient as the session hands it over (no validation: it matches a
+    /// mailbox or not).
+    pub fn key(rcpt: &str) -> Mailbox {
+        let (local, dom) = split_address(rcpt);
+        let mut key = String::with_capacity(local.len() + 1 + dom.len());
+        key.push_str(local);
+        key.push('@');
+        key.push_str(dom);
+        key.make_ascii_lowercase();
+        Mailbox(key)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Mailbox {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (local, domain) = address(text)?;
+        Ok(Mailbox(format!("{local}@{domain}")))
+    }
+}
+
 /// Implements `Deserialize` through `FromStr`, so that errors carry the key and line.
 macro_rules! deserialize_from_str {
     ($t:ty) => {
@@ -131,6 +169,8 @@ pub enum SenderPattern {
     Below(String),
     /// `user@example.com`
     Address { local: String, domain: String },
+    /// `news*@*.example`: a glob (`*`, `?`) over the whole address.
+    Glob(Glob),
 }
 
 impl SenderPattern {
@@ -148,6 +188,7 @@ impl SenderPattern {
                 local: l,
                 domain: d,
             } => eq_nocase(local, l) && eq_nocase(dom, d),
+            SenderPattern::Glob(glob) => glob.matches(mail_from),
         }
     }
 }
@@ -159,13 +200,21 @@ impl FromStr for SenderPattern {
         let text = text.trim();
         if text == "<>" {
             Ok(SenderPattern::Null)
+        } else if text.contains(['*', '?']) {
+            if !text.contains('@') {
+                return Err(format!(
+                    "`{text}` is a glob without `@`; a sender glob covers the whole address, \
+                     e.g. `*@*.example`"
+                ));
+            }
+            text.parse().map(SenderPattern::Glob)
         } else if let Some(suffix) = text.strip_prefix("@.") {
             Ok(SenderPattern::Below(format!(".{}", domain(suffix)?)))
         } else if let Some(d) = text.strip_prefix('@') {
             Ok(SenderPattern::Domain(domain(d)?))
         } else {
             let (local, domain) = address(text).map_err(|e| {
-                format!("{e}; a sender is an address, `@domain`, `@.domain-suffix` or `<>`")
+                format!("{e}; a sender is an address, `@domain`, `@.domain-suffix`, a glob or `<>`")
             })?;
             Ok(SenderPattern::Address { local, domain })
         }
@@ -173,23 +222,53 @@ impl FromStr for SenderPattern {
 }
 deserialize_from_str!(SenderPattern);
 
+/// As written in a file (lowercased).
+impl std::fmt::Display for SenderPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SenderPattern::Null => f.write_str("<>"),
+            SenderPattern::Domain(d) => write!(f, "@{d}"),
+            SenderPattern::Below(suffix) => write!(f, "@{suffix}"),
+            SenderPattern::Address { local, domain } => write!(f, "{local}@{domain}"),
+            SenderPattern::Glob(glob) => glob.fmt(f),
+        }
+    }
+}
+
 /// Which clients a rule is about (`host`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostPattern {
     /// An address or CIDR prefix.
     Net(IpNet),
-    /// `.example.net`: a forward-confirmed reverse name strictly below `example.net`.
-    Rdns(String),
+    /// A reverse (PTR) name: `.example.net` is any name strictly below `example.net`,
+    /// `mx.example.net` that name. Only a forward-confirmed name counts, unless written with
+    /// `ptr:` in front (`ptr:.example.net`), which takes the PTR name as it comes: a client's
+    /// owner controls his PTR records, so that form is for names nobody would fake.
+    Rdns { name: String, confirmed: bool },
 }
 
 impl HostPattern {
-    /// `ip` is canonical (IPv4-mapped IPv6 already turned into IPv4); `fcrdns` only when the
-    /// name was forward-confirmed.
-    pub fn matches(&self, ip: IpAddr, fcrdns: Option<&str>) -> bool {
+    /// `ip` is canonical (IPv4-mapped IPv6 already turned into IPv4); `rdns` is the PTR name,
+    /// `fcrdns` whether it is forward-confirmed.
+    pub fn matches(&self, ip: IpAddr, rdns: Option<&str>, fcrdns: bool) -> bool {
         match self {
             HostPattern::Net(net) => net.contains(&ip),
-            HostPattern::Rdns(suffix) => fcrdns.is_some_and(|name| below(trim_dot(name), suffix)),
+            HostPattern::Rdns { name, confirmed } => {
+                let Some(rdns) = rdns.filter(|_| fcrdns || !confirmed) else {
+                    return false;
+                };
+                let rdns = trim_dot(rdns);
+                match name.starts_with('.') {
+                    true => below(rdns, name),
+                    false => eq_nocase(rdns, name),
+                }
+            }
         }
+    }
+
+    /// Whether matching needs the client's reverse DNS (known once it is scored).
+    pub fn uses_rdns(&self) -> bool {
+        matches!(self, HostPattern::Rdns { .. })
     }
 }
 
@@ -198,15 +277,52 @@ impl FromStr for HostPattern {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        if let Some(suffix) = text.strip_prefix('.') {
-            return Ok(HostPattern::Rdns(format!(".{}", domain(suffix)?)));
+        let (confirmed, name) = match text.strip_prefix("ptr:") {
+            Some(name) => (false, name.trim()),
+            None => (true, text),
+        };
+        if let Some(suffix) = name.strip_prefix('.') {
+            let name = format!(".{}", domain(suffix)?);
+            return Ok(HostPattern::Rdns { name, confirmed });
         }
-        parse_prefix(text)
+        let hint = "a host is an address, a CIDR prefix or a reverse name";
+        // A DNS name has a letter in its last label: anything else is meant as an address.
+        let looks_like_address = name.contains(['/', ':'])
+            || name
+                .rsplit('.')
+                .next()
+                .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+        if !looks_like_address {
+            let name = domain(name)
+                .ok()
+                .filter(|name| name.contains('.'))
+                .ok_or_else(|| {
+                    format!("`{name}` is not a reverse name like mx.example.net; {hint}")
+                })?;
+            return Ok(HostPattern::Rdns { name, confirmed });
+        }
+        if !confirmed {
+            return Err(format!("`{text}`: `ptr:` goes with a name, not an address"));
+        }
+        parse_prefix(name)
             .map(HostPattern::Net)
-            .map_err(|e| format!("{e}; a host is an address, a CIDR prefix or `.rdns.suffix`"))
+            .map_err(|e| format!("{e}; {hint}"))
     }
 }
 deserialize_from_str!(HostPattern);
+
+/// As written in a file (lowercased).
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Net(net) => write!(f, "{net}"),
+            HostPattern::Rdns { name, confirmed } => {
+                let prefix = if *confirmed { "" } else { "ptr:" };
+                write!(f, "{prefix}{name}")
+            }
+        }
+    }
+}
 
 /// A HELO/EHLO glob: `*` any run, `?` one character; ASCII case-insensitive.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -250,6 +366,12 @@ impl FromStr for Glob {
 }
 deserialize_from_str!(Glob);
 
+impl std::fmt::Display for Glob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A DNSBL zone name (`dnsbl`), lowercased.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Zone(String);
@@ -287,6 +409,7 @@ impl FromStr for LocalDomain {
     }
 }
 deserialize_from_str!(LocalDomain);
+deserialize_from_str!(Mailbox);
 
 #[cfg(test)]
 mod tests {
@@ -337,14 +460,36 @@ mod tests {
     #[test]
     fn hosts_by_prefix_and_confirmed_name() {
         let v4: IpAddr = "203.0.113.9".parse().unwrap();
-        assert!(host("203.0.113.0/24").matches(v4, None));
-        assert!(host("203.0.113.9").matches(v4, None));
-        assert!(!host("198.51.100.0/24").matches(v4, None));
-        assert!(host("2001:db8::/32").matches("2001:db8::25".parse().unwrap(), None));
-        assert!(!host("2001:db8::/32").matches(v4, None));
-        assert!(host(".dyn.example.net").matches(v4, Some("a-1.DYN.example.net.")));
-        assert!(!host(".dyn.example.net").matches(v4, Some("dyn.example.net")));
-        assert!(!host(".dyn.example.net").matches(v4, None));
+        assert!(host("203.0.113.0/24").matches(v4, None, false));
+        assert!(host("203.0.113.9").matches(v4, None, false));
+        assert!(!host("198.51.100.0/24").matches(v4, None, false));
+        assert!(host("2001:db8::/32").matches("2001:db8::25".parse().unwrap(), None, false));
+        assert!(!host("2001:db8::/32").matches(v4, None, false));
+        assert!(host(".dyn.example.net").matches(v4, Some("a-1.DYN.example.net."), true));
+        assert!(!host(".dyn.example.net").matches(v4, Some("dyn.example.net"), true));
+        assert!(!host(".dyn.example.net").matches(v4, None, false));
+        // A name, exactly; confirmed unless `ptr:` says otherwise.
+        assert!(host("mx.bulk.example").matches(v4, Some("MX.bulk.example."), true));
+        assert!(!host("mx.bulk.example").matches(v4, Some("mx.bulk.example"), false));
+        assert!(!host("mx.bulk.example").matches(v4, Some("a.mx.bulk.example"), true));
+        assert!(host("ptr:mx.bulk.example").matches(v4, Some("mx.bulk.example"), false));
+        assert!(host("ptr:.example").matches(v4, Some("a.b.example"), false));
+        assert!(!host("ptr:.example").matches(v4, None, false));
+        assert!(host("mx.bulk.example").uses_rdns() && !host("192.0.2.0/24").uses_rdns());
+    }
+
+    #[test]
+    fn sender_globs_cover_the_whole_address() {
+        assert!(from("news*@*.example").matches("NEWS-1@mail.example"));
+        assert!(!from("news*@*.example").matches("news@example"));
+        assert!(from("*@*").matches("a@b"));
+        assert!(!from("*@*").matches(""), "the null sender is only `<>`");
+        assert!(
+            "news*"
+                .parse::<SenderPattern>()
+                .unwrap_err()
+                .contains("without `@`")
+        );
     }
 
     #[test]
@@ -372,12 +517,14 @@ mod tests {
         assert!("@".parse::<RcptPattern>().is_err());
         assert!("@exa mple.org".parse::<SenderPattern>().is_err());
         assert!(
-            "mx.example.net"
+            "mx_example net"
                 .parse::<HostPattern>()
                 .unwrap_err()
-                .contains("`.rdns.suffix`")
+                .contains("a reverse name")
         );
         assert!("203.0.113.7/24".parse::<HostPattern>().is_err());
+        assert!("ptr:192.0.2.1".parse::<HostPattern>().is_err());
+        assert!("192.0.2.300".parse::<HostPattern>().is_err());
         assert!("".parse::<Glob>().is_err());
     }
 }

@@ -7,16 +7,37 @@ fn policy() -> Policy {
 }
 
 /// Facts for a plain recipient from a clean client; tests override what they probe.
-fn facts<'a>(mail_from: &'a str, rcpt: &'a str) -> RcptFacts<'a> {
-    RcptFacts {
+fn facts<'a>(mail_from: &'a str, rcpt: &'a str) -> Facts<'a> {
+    Facts {
         client_ip: "198.51.100.7".parse().unwrap(),
-        fcrdns_name: None,
+        rdns: None,
+        fcrdns: false,
         helo: Some("mx.clean.example"),
-        mail_from,
-        rcpt,
+        mail_from: Some(mail_from),
+        to: To::One(rcpt),
         dnsbl_zones: &[],
         score: None,
         signatures: &[],
+    }
+}
+
+/// The policy's verdict on a recipient.
+fn rcpt(p: &Policy, facts: &Facts) -> Verdict {
+    p.decide(Phase::Rcpt, facts)
+}
+
+/// The index of the rule that decided a recipient, if a rule did.
+fn rule_of(p: &Policy, facts: &Facts) -> Option<usize> {
+    match rcpt(p, facts).source {
+        Source::Rule(i) => Some(i),
+        _ => None,
+    }
+}
+
+fn rule_index(v: &Verdict) -> Option<usize> {
+    match v.source {
+        Source::Rule(i) => Some(i),
+        _ => None,
     }
 }
 
@@ -27,7 +48,7 @@ fn err(text: &str) -> String {
 #[test]
 fn the_good_file_parses() {
     let p = policy();
-    assert_eq!(p.rule_count(), 6);
+    assert_eq!(p.rule_count(), 10);
     assert!(p.is_local_sender("a@EXAMPLE.org"));
     assert!(p.is_local_sender("a@example.net"));
     assert!(!p.is_local_sender("a@sub.example.org"));
@@ -39,7 +60,7 @@ fn the_good_file_parses() {
 fn every_error_names_file_line_and_key() {
     assert_eq!(
         err("[[rule]]\nto = \"*\"\naction = \"drop\"\n"),
-        "p.toml:3: rule[0].action: unknown variant `drop`, expected one of `accept`, `reject`, `tempfail`, `stall`, `block`"
+        "p.toml:3: rule[0].action: unknown variant `drop`, expected one of `accept`, `reject`, `tempfail`, `stall`, `block`, `disconnect`"
     );
     assert!(
         err("[[rule]]\naction = \"accept\"\n").starts_with("p.toml:1: rule[0]: missing field `to`"),
@@ -137,8 +158,8 @@ fn first_match_wins_and_no_match_accepts() {
         "p.toml",
     )
     .unwrap();
-    let v = p.decide(&facts("x@sender.example", "A@Example.org"));
-    assert_eq!((v.action, v.rule), (Action::Tempfail, Some(0)));
+    let v = rcpt(&p, &facts("x@sender.example", "A@Example.org"));
+    assert_eq!((v.action, rule_index(&v)), (Action::Tempfail, Some(0)));
     assert_eq!(
         v.reply,
         Reply {
@@ -146,8 +167,8 @@ fn first_match_wins_and_no_match_accepts() {
             text: "4.7.1 <A@Example.org>: Recipient address rejected: try again later".into()
         }
     );
-    let v = p.decide(&facts("x@sender.example", "b@example.org"));
-    assert_eq!((v.action, v.rule), (Action::Reject, Some(1)));
+    let v = rcpt(&p, &facts("x@sender.example", "b@example.org"));
+    assert_eq!((v.action, rule_index(&v)), (Action::Reject, Some(1)));
     assert_eq!(
         v.reply,
         Reply {
@@ -155,7 +176,7 @@ fn first_match_wins_and_no_match_accepts() {
             text: "5.1.1 <b@example.org>: Recipient address rejected".into()
         }
     );
-    let v = p.decide(&facts("x@sender.example", "b@other.example"));
+    let v = rcpt(&p, &facts("x@sender.example", "b@other.example"));
     assert_eq!(
         v,
         Verdict {
@@ -164,7 +185,7 @@ fn first_match_wins_and_no_match_accepts() {
                 code: 250,
                 text: "2.1.5 Ok".into()
             },
-            rule: None,
+            source: Source::Default,
             signature: None
         }
     );
@@ -172,8 +193,11 @@ fn first_match_wins_and_no_match_accepts() {
 
 #[test]
 fn rule_messages_replace_the_default_reply() {
-    let v = policy().decide(&facts("x@sender.example", "old-shop@example.org"));
-    assert_eq!((v.action, v.rule), (Action::Reject, Some(0)));
+    let v = rcpt(
+        &policy(),
+        &facts("x@sender.example", "old-shop@example.org"),
+    );
+    assert_eq!((v.action, rule_index(&v)), (Action::Reject, Some(0)));
     assert_eq!(
         v.reply,
         Reply {
@@ -181,8 +205,8 @@ fn rule_messages_replace_the_default_reply() {
             text: "5.1.1 This address is closed".into()
         }
     );
-    let v = policy().decide(&facts("x@sender.example", "anyone@else.example"));
-    assert_eq!((v.action, v.rule), (Action::Accept, Some(5)));
+    let v = rcpt(&policy(), &facts("x@sender.example", "anyone@else.example"));
+    assert_eq!((v.action, rule_index(&v)), (Action::Accept, Some(5)));
     assert_eq!(
         v.reply,
         Reply {
@@ -198,8 +222,9 @@ fn keys_and_lists_from_and_host() {
     let chris = |from: &'static str, ip: &str, name: Option<&'static str>| {
         let mut f = facts(from, "Chris@example.org");
         f.client_ip = ip.parse().unwrap();
-        f.fcrdns_name = name;
-        p.decide(&f).rule
+        f.rdns = name;
+        f.fcrdns = name.is_some();
+        rule_of(&p, &f)
     };
     // from AND host; each list ORs.
     assert_eq!(chris("n@bulk.example.com", "203.0.113.5", None), Some(1));
@@ -242,17 +267,17 @@ fn helo_glob_block() {
     let p = policy();
     let mut f = facts("x@sender.example", "x@TRAPS.example.org");
     f.helo = Some("Host.BAD.example");
-    let v = p.decide(&f);
-    assert_eq!((v.action, v.rule), (Action::Block, Some(2)));
+    let v = rcpt(&p, &f);
+    assert_eq!((v.action, rule_index(&v)), (Action::Block, Some(2)));
     assert_eq!(v.reply.code, 550);
     f.helo = None;
     assert_eq!(
-        p.decide(&f).rule,
+        rule_of(&p, &f),
         Some(5),
         "no HELO never matches a helo condition"
     );
     f.helo = Some("bad.example");
-    assert_eq!(p.decide(&f).rule, Some(5));
+    assert_eq!(rule_of(&p, &f), Some(5));
 }
 
 #[test]
@@ -262,37 +287,37 @@ fn dnsbl_and_score_together() {
     let mut f = facts("x@sender.example", "any@where.example");
     f.dnsbl_zones = &zones;
     f.score = Some(2);
-    let v = p.decide(&f);
+    let v = rcpt(&p, &f);
     assert_eq!(
-        (v.action, v.rule, v.reply.code),
+        (v.action, rule_index(&v), v.reply.code),
         (Action::Tempfail, Some(3), 451)
     );
     f.score = Some(1);
-    assert_eq!(p.decide(&f).rule, Some(5), "score too low");
+    assert_eq!(rule_of(&p, &f), Some(5), "score too low");
     f.score = None;
-    assert_eq!(p.decide(&f).rule, Some(5), "no score yet");
+    assert_eq!(rule_of(&p, &f), Some(5), "no score yet");
     f.score = Some(9);
     f.dnsbl_zones = &zones[..1];
-    assert_eq!(p.decide(&f).rule, Some(5), "zone not listed");
+    assert_eq!(rule_of(&p, &f), Some(5), "zone not listed");
 }
 
 #[test]
 fn signature_condition_stalls() {
     let p = policy();
     let mut f = facts("x@sender.example", "slow@example.org");
-    assert_eq!(p.decide(&f).rule, Some(5));
+    assert_eq!(rule_of(&p, &f), Some(5));
     f.signatures = &[Signature::NoRdns, Signature::Pregreet];
-    let v = p.decide(&f);
+    let v = rcpt(&p, &f);
     assert_eq!(
-        (v.action, v.rule, v.reply.code),
+        (v.action, rule_index(&v), v.reply.code),
         (Action::Stall, Some(4), 451)
     );
 }
 
 #[test]
 fn local_domain_senders_are_refused_unless_a_rule_refuses_first() {
-    let p = policy();
-    let v = p.decide(&facts("Boss@Example.ORG.", "anyone@else.example"));
+    let p = policy().with_local_domains_phase(Phase::Rcpt);
+    let v = rcpt(&p, &facts("Boss@Example.ORG.", "anyone@else.example"));
     assert_eq!(
         v,
         Verdict {
@@ -301,14 +326,14 @@ fn local_domain_senders_are_refused_unless_a_rule_refuses_first() {
                 code: 550,
                 text: "5.7.1 Sender address in a local domain is not accepted from outside".into()
             },
-            rule: None,
+            source: Source::LocalDomains,
             signature: Some(Signature::MailFromLocalDomain),
         }
     );
     // A refusing rule keeps its own reply; the finding is still reported.
-    let v = p.decide(&facts("boss@example.org", "old-shop@example.org"));
+    let v = rcpt(&p, &facts("boss@example.org", "old-shop@example.org"));
     assert_eq!(
-        (v.action, v.rule, v.signature),
+        (v.action, rule_index(&v), v.signature),
         (
             Action::Reject,
             Some(0),
@@ -316,19 +341,151 @@ fn local_domain_senders_are_refused_unless_a_rule_refuses_first() {
         )
     );
     // Without rules, too.
-    let p = Policy::parse("local_domains = [\"example.org\"]", "p.toml").unwrap();
+    let p = Policy::parse("local_domains = [\"example.org\"]", "p.toml")
+        .unwrap()
+        .with_local_domains_phase(Phase::Rcpt);
     assert_eq!(
-        p.decide(&facts("a@example.org", "b@example.org")).action,
+        rcpt(&p, &facts("a@example.org", "b@example.org")).action,
         Action::Reject
     );
     // The null sender is never refused for being null.
-    assert_eq!(p.decide(&facts("", "b@example.org")).action, Action::Accept);
+    assert_eq!(rcpt(&p, &facts("", "b@example.org")).action, Action::Accept);
+}
+
+#[test]
+fn local_domains_refuse_at_mail_by_default() {
+    let p = Policy::parse("local_domains = [\"example.org\"]", "p.toml").unwrap();
+    let mut f = facts("a@example.org", "b@example.org");
+    f.to = To::None;
+    let v = p.decide(Phase::Mail, &f);
+    assert_eq!(
+        (v.action, v.source, v.reply.code),
+        (Action::Reject, Source::LocalDomains, 550)
+    );
+    // At RCPT it no longer refuses by itself.
+    assert_eq!(
+        rcpt(&p, &facts("a@example.org", "b@example.org")).action,
+        Action::Accept
+    );
+    // An accepting mail rule does not let it through; a refusing one keeps its reply.
+    let p = Policy::parse(
+        "local_domains = [\"example.org\"]\n[[rule]]\nphase = \"mail\"\nfrom = \"boss@example.org\"\naction = \"accept\"\n[[rule]]\nphase = \"mail\"\nfrom = \"*@*\"\naction = \"disconnect\"\n",
+        "p.toml",
+    )
+    .unwrap();
+    f.mail_from = Some("boss@example.org");
+    assert_eq!(p.decide(Phase::Mail, &f).source, Source::LocalDomains);
+    f.mail_from = Some("x@example.org");
+    let v = p.decide(Phase::Mail, &f);
+    assert_eq!(
+        (v.action, v.source, v.reply.code),
+        (Action::Disconnect, Source::Rule(1), 421)
+    );
+    assert_eq!(v.signature, Some(Signature::MailFromLocalDomain));
+}
+
+#[test]
+fn each_phase_has_its_rules_conditions_and_default_replies() {
+    let p = policy();
+    let mut f = facts("x@sender.example", "a@example.org");
+    f.to = To::None;
+    f.mail_from = None;
+    f.helo = None;
+    // Connect: the disconnect rule for one host.
+    f.client_ip = "192.0.2.66".parse().unwrap();
+    let v = p.decide(Phase::Connect, &f);
+    assert_eq!(
+        (v.action, v.source.clone()),
+        (Action::Disconnect, Source::Rule(6))
+    );
+    assert_eq!(v.reply.code, 421);
+    f.client_ip = "192.0.2.67".parse().unwrap();
+    assert_eq!(p.decide(Phase::Connect, &f).reply.code, 220);
+    // HELO.
+    f.helo = Some("a.spam.example");
+    let v = p.decide(Phase::Helo, &f);
+    assert_eq!(
+        (v.reply.code, v.reply.text.as_str()),
+        (
+            550,
+            "5.7.1 <a.spam.example>: Helo command rejected: access denied"
+        )
+    );
+    // MAIL: a sender glob.
+    f.mail_from = Some("deals@shop.biz");
+    let v = p.decide(Phase::Mail, &f);
+    assert_eq!(
+        (v.reply.code, v.reply.text.as_str()),
+        (
+            451,
+            "4.7.1 <deals@shop.biz>: Sender address rejected: try again later"
+        )
+    );
+    f.mail_from = Some("deals@biz");
+    assert_eq!(p.decide(Phase::Mail, &f).action, Action::Accept);
+    // DATA: any accepted recipient, and the signatures so far.
+    let rcpts = ["a@example.org".to_owned(), "x@traps.example.org".to_owned()];
+    f.to = To::All(&rcpts);
+    assert_eq!(p.decide(Phase::Data, &f).action, Action::Accept);
+    f.signatures = &[Signature::Pregreet];
+    let v = p.decide(Phase::Data, &f);
+    assert_eq!((v.reply.code, v.reply.text.as_str()), (554, "5.7.1 No"));
+    f.to = To::All(&rcpts[..1]);
+    assert_eq!(p.decide(Phase::Data, &f).action, Action::Accept);
+}
+
+#[test]
+fn phases_refuse_conditions_not_known_yet_and_replies_that_do_not_fit() {
+    let e = err("[[rule]]\nphase = \"connect\"\nhelo = \"x\"\naction = \"reject\"\n");
+    assert_eq!(
+        e,
+        "p.toml:3: rule[0].helo: not known yet at phase `connect` (it is from phase `helo` on)"
+    );
+    let e = err(
+        "[[rule]]\nto = \"*\"\naction = \"accept\"\n[[rule]]\nphase = \"mail\"\naction = \"reject\"\nto = \"a@b.example\"\n",
+    );
+    assert_eq!(
+        e,
+        "p.toml:7: rule[1].to: not known yet at phase `mail` (it is from phase `rcpt` on)"
+    );
+    let e = err("[[rule]]\nphase = \"helo\"\nfrom = \"<>\"\naction = \"reject\"\n");
+    assert!(
+        e.starts_with("p.toml:3: rule[0].from: not known yet at phase `helo`"),
+        "{e}"
+    );
+    let e = err("[[rule]]\nphase = \"later\"\naction = \"reject\"\n");
+    assert!(
+        e.starts_with("p.toml:2: rule[0].phase: unknown variant `later`"),
+        "{e}"
+    );
+    let e =
+        err("[[rule]]\nphase = \"mail\"\naction = \"disconnect\"\nmessage = \"451 4.7.1 go\"\n");
+    assert!(e.starts_with("p.toml:4: rule[0].message: `451 4.7.1 go`: action `disconnect` at phase `mail` closes the connection, which needs a 421 reply"), "{e}");
+    let e = err("[[rule]]\nphase = \"connect\"\naction = \"tempfail\"\nmessage = \"450 later\"\n");
+    assert!(e.contains("needs a 421 reply"), "{e}");
+    let e = err("[[rule]]\nphase = \"helo\"\naction = \"accept\"\nmessage = \"250 hi\"\n");
+    assert!(e.contains("leave `message` out"), "{e}");
+    // Without `to`, a rule at data is about any message; at rcpt `to` is needed.
+    assert!(
+        Policy::parse(
+            "[[rule]]\nphase = \"data\"\naction = \"reject\"\n",
+            "p.toml"
+        )
+        .is_ok()
+    );
+    assert!(
+        Policy::parse(
+            "[[rule]]\nphase = \"connect\"\naction = \"disconnect\"\nmessage = \"421 4.7.0 bye\"\n",
+            "p.toml"
+        )
+        .is_ok()
+    );
 }
 
 #[test]
 fn replies_never_carry_control_characters() {
     let p = Policy::parse("[[rule]]\nto = \"*\"\naction = \"reject\"\n", "p.toml").unwrap();
-    let v = p.decide(&facts("", "a\r\nb@example.org"));
+    let v = rcpt(&p, &facts("", "a\r\nb@example.org"));
     assert_eq!(
         v.reply.text,
         "5.1.1 <a??b@example.org>: Recipient address rejected"
@@ -348,13 +505,13 @@ fn reload_keeps_the_old_rules_on_a_broken_file() {
     let mut store = PolicyStore::open(&config).unwrap();
     let session = store.current();
     let f = facts("", "a@example.org");
-    assert_eq!(session.decide(&f).action, Action::Reject);
+    assert_eq!(rcpt(&session, &f).action, Action::Reject);
 
     std::fs::write(&path, "[[rule]]\nto = \"*\"\naction = \"tempfail\"\n").unwrap();
     store.reload().unwrap();
-    assert_eq!(store.current().decide(&f).action, Action::Tempfail);
+    assert_eq!(rcpt(&store.current(), &f).action, Action::Tempfail);
     assert_eq!(
-        session.decide(&f).action,
+        rcpt(&session, &f).action,
         Action::Reject,
         "a running session keeps its rules"
     );
@@ -363,19 +520,19 @@ fn reload_keeps_the_old_rules_on_a_broken_file() {
     let e = store.reload().unwrap_err().to_string();
     assert!(e.contains(":3: rule[0].action: "), "{e}");
     assert_eq!(
-        store.current().decide(&f).action,
+        rcpt(&store.current(), &f).action,
         Action::Tempfail,
         "old rules stay"
     );
 
     std::fs::remove_file(&path).unwrap();
     assert!(store.reload().is_err());
-    assert_eq!(store.current().decide(&f).action, Action::Tempfail);
+    assert_eq!(rcpt(&store.current(), &f).action, Action::Tempfail);
     std::fs::remove_dir_all(dir).unwrap();
 
     let mut none = PolicyStore::open(&PolicyConfig::default()).unwrap();
     none.reload().unwrap();
-    assert_eq!(none.current().decide(&f).action, Action::Accept);
+    assert_eq!(rcpt(&none.current(), &f).action, Action::Accept);
 }
 
 #[test]
@@ -387,14 +544,14 @@ fn matching_ignores_address_family_of_other_rules() {
     .unwrap();
     let mut f = facts("", "a@example.org");
     f.client_ip = IpAddr::from([203, 0, 113, 1]);
-    assert_eq!(p.decide(&f).action, Action::Accept);
+    assert_eq!(rcpt(&p, &f).action, Action::Accept);
 }
 
 #[test]
 fn uses_score_when_a_rule_looks_at_scoring_facts() {
     let parse = |text: &str| Policy::parse(text, "p.toml").unwrap();
-    assert!(!Policy::default().uses_score());
-    assert!(!parse("local_domains = [\"example.org\"]\n[[rule]]\nto = \"*\"\nhost = \"192.0.2.0/24\"\nhelo = \"*.example\"\naction = \"reject\"\n").uses_score());
+    assert!(!Policy::default().uses_score(Phase::Rcpt));
+    assert!(!parse("local_domains = [\"example.org\"]\n[[rule]]\nto = \"*\"\nhost = \"192.0.2.0/24\"\nhelo = \"*.example\"\naction = \"reject\"\n").uses_score(Phase::Rcpt));
     for condition in [
         "host = \".rdns.example\"",
         "dnsbl = \"zen.example\"",
@@ -404,6 +561,8 @@ fn uses_score_when_a_rule_looks_at_scoring_facts() {
         let text = format!(
             "[[rule]]\nto = \"*\"\naction = \"accept\"\n[[rule]]\nto = \"*\"\n{condition}\naction = \"reject\"\n"
         );
-        assert!(parse(&text).uses_score(), "{condition}");
+        let p = parse(&text);
+        assert!(p.uses_score(Phase::Rcpt), "{condition}");
+        assert!(!p.uses_score(Phase::Mail), "{condition}");
     }
 }

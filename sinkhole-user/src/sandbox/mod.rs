@@ -51,7 +51,7 @@ pub fn confine(reach: &Reach) -> Result<Enforced, SandboxError> {
 }
 
 /// What the daemon run with `config` (read from `config_file`) needs once it serves: its
-/// storage; the configuration, and the directory of the policy file (SIGHUP re-reads it, and
+/// storage and `policy.addresses_dir`; the configuration, and the directory of the policy file (SIGHUP re-reads it, and
 /// editors replace a file by renaming a new one over it); [`SYSTEM_FILES`]; the XDP link
 /// pins when it attached the program (it unpins them at stop); DNS over TCP.
 pub fn daemon_reach(config: &Config, config_file: Option<&Path>, xdp_attached: bool) -> Reach {
@@ -64,8 +64,13 @@ pub fn daemon_reach(config: &Config, config_file: Option<&Path>, xdp_attached: b
     connect_tcp.extend(config.dnsbl.nameservers.iter().map(|ns| ns.port()));
     connect_tcp.sort_unstable();
     connect_tcp.dedup();
+    let mut read_write = vec![config.storage.dir.clone()];
+    // Read on every change, written by `auto_close`.
+    if !config.policy.addresses_dir.as_os_str().is_empty() {
+        read_write.push(config.policy.addresses_dir.clone());
+    }
     Reach {
-        read_write: vec![config.storage.dir.clone()],
+        read_write,
         read_only,
         remove: if xdp_attached {
             vec![config.xdp.pin_dir.clone()]

@@ -98,6 +98,16 @@ const ANY_ARGUMENTS: &[libc::c_long] = &[
     libc::SYS_fdatasync,
     libc::SYS_syncfs,
     libc::SYS_getcwd,
+    // Per-address files (`policy.addresses_dir`): watched with inotify; `auto_close` writes
+    // a file under its lock (flock), as a temp file renamed into place, keeping mode and owner.
+    libc::SYS_inotify_init1,
+    libc::SYS_inotify_add_watch,
+    libc::SYS_inotify_rm_watch,
+    libc::SYS_flock,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+    libc::SYS_fchmod,
+    libc::SYS_fchown,
     // Sockets: SMTP clients, /metrics, DNS over UDP and TCP.
     libc::SYS_accept4,
     libc::SYS_bind,

@@ -19,9 +19,10 @@ use super::timer::TimerEntry;
 use crate::capture::headers::Trace;
 use crate::capture::maildir::{Maildir, MessageFile};
 use crate::capture::session_log::{TlsInfo, session_id};
+use crate::policy::book::AddressBook;
 use crate::smtp::Session;
 use crate::syn::Syn;
-use crate::verdict::{Decision, Recipient, RecipientJudge, Rules};
+use crate::verdict::{Ask, ClientJudge, Context, Decision, Rules};
 
 /// What carries the session's bytes.
 pub enum Transport {
@@ -40,7 +41,7 @@ pub struct Connection {
     transport: Transport,
     session: Session,
     /// Its score, policy and held recipient reply.
-    judge: RecipientJudge,
+    judge: ClientJudge,
     peer: SocketAddr,
     /// Tells this connection apart from earlier ones in the same slot (timers, completions).
     serial: u64,
@@ -57,9 +58,9 @@ pub struct Connection {
     /// The message being received, streaming into its file (when messages are stored): the one
     /// descriptor a connection holds besides its socket.
     message: Option<MessageFile>,
-    /// A message of this connection is with the capture thread.
-    /// Since when a message of this connection is with the capture thread.
-    capturing: Option<Instant>,
+    /// A message of this connection is with the capture thread: since when, and its
+    /// recipients.
+    capturing: Option<(Instant, Vec<String>)>,
     /// The client closed its side, the connection broke, or the client was just blocked: read
     /// no more, and close as soon as the output is out and no message of it is being stored.
     peer_closed: bool,
@@ -95,7 +96,7 @@ impl Connection {
     pub fn new(
         stream: TcpStream,
         session: Session,
-        judge: RecipientJudge,
+        judge: ClientJudge,
         peer: SocketAddr,
         serial: u64,
         started: SystemTime,
@@ -133,11 +134,11 @@ impl Connection {
         &mut self.session
     }
 
-    pub fn judge(&self) -> &RecipientJudge {
+    pub fn judge(&self) -> &ClientJudge {
         &self.judge
     }
 
-    pub fn judge_mut(&mut self) -> &mut RecipientJudge {
+    pub fn judge_mut(&mut self) -> &mut ClientJudge {
         &mut self.judge
     }
 
@@ -195,13 +196,15 @@ impl Connection {
     }
 
     /// A message of this connection went to the capture thread at `now`.
-    pub fn mark_capturing(&mut self, now: Instant) {
-        self.capturing = Some(now);
+    pub fn mark_capturing(&mut self, now: Instant, rcpts: Vec<String>) {
+        self.capturing = Some((now, rcpts));
     }
 
-    /// The capture thread is done with the message: how long it had it.
-    pub fn capture_answered(&mut self, now: Instant) -> Option<std::time::Duration> {
-        self.capturing.take().map(|since| now - since)
+    /// The capture thread is done with the message: how long it had it, and its recipients.
+    pub fn capture_answered(&mut self, now: Instant) -> Option<(std::time::Duration, Vec<String>)> {
+        self.capturing
+            .take()
+            .map(|(since, rcpts)| (now - since, rcpts))
     }
 
     /// How long ago the session was accepted (by the wall clock).
@@ -235,17 +238,21 @@ impl Connection {
         self.scheduled = None;
     }
 
-    /// The verdict for a recipient of this session with what is known now.
-    pub fn decide(&mut self, rules: &Rules, mail_from: &str, rcpt: &str, now: Instant) -> Decision {
+    /// The verdict for a decision of this session with what is known now.
+    pub fn decide(
+        &mut self,
+        rules: &Rules,
+        book: &AddressBook,
+        ask: &Ask,
+        now: Instant,
+    ) -> Decision {
         let record = self.session.record();
-        let recipient = Recipient {
+        let context = Context {
             client_ip: self.peer.ip().to_canonical(),
             helo: record.helo.as_deref(),
             protocol: &record.signatures,
-            mail_from,
-            rcpt,
         };
-        self.judge.decide(rules, &recipient, now)
+        self.judge.decide(rules, book, &context, ask, now)
     }
 
     /// Body bytes of the message being received go to its file, which its first bytes open in
@@ -254,19 +261,26 @@ impl Connection {
         let message = match &mut self.message {
             Some(message) => message,
             None => {
-                let mail_from = self.session.mail_from().unwrap_or_default().to_string();
-                let file = maildir.start(&self.trace(mail_from), SystemTime::now());
+                let (mail_from, rcpts) = self.session.envelope().unwrap_or_default();
+                let trace = self.trace(mail_from.to_owned(), rcpts.to_vec());
+                let file = maildir.start(&trace, SystemTime::now());
                 self.message.insert(file)
             }
         };
         message.append(chunk);
     }
 
-    /// The message from `mail_from` is complete: its file, opened now if it had no body bytes.
-    pub fn finish_message(&mut self, maildir: &mut Maildir, mail_from: String) -> MessageFile {
+    /// The message from `mail_from` to `rcpts` is complete: its file, opened now if it had no
+    /// body bytes.
+    pub fn finish_message(
+        &mut self,
+        maildir: &mut Maildir,
+        mail_from: String,
+        rcpts: &[String],
+    ) -> MessageFile {
         match self.message.take() {
             Some(message) => message,
-            None => maildir.start(&self.trace(mail_from), SystemTime::now()),
+            None => maildir.start(&self.trace(mail_from, rcpts.to_vec()), SystemTime::now()),
         }
     }
 
@@ -275,8 +289,8 @@ impl Connection {
         self.message = None;
     }
 
-    /// What the trace headers of a message from `mail_from` say about this session.
-    pub fn trace(&self, mail_from: String) -> Trace {
+    /// What the trace headers of a message from `mail_from` to `rcpts` say about this session.
+    pub fn trace(&self, mail_from: String, rcpts: Vec<String>) -> Trace {
         Trace {
             session_id: self.id.clone(),
             client: self.peer,
@@ -285,6 +299,7 @@ impl Connection {
             protocol: self.session.protocol(),
             dnsbl: self.judge.listings(),
             mail_from,
+            rcpts,
         }
     }
 

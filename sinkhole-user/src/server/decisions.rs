@@ -1,7 +1,8 @@
 //! The loop's side of scoring and policy: score answers attached to their connections, the
-//! HELO check, recipient verdicts given, held (waiting for the score, or stalled) and released,
-//! blocks made, and the policy reloaded on SIGHUP. The verdicts themselves come from
-//! [`RecipientJudge`](crate::verdict::RecipientJudge).
+//! HELO check, the decisions the sessions ask for (the connection, HELO, MAIL, recipients,
+//! messages) given, held (waiting for the score, or stalled) and released, blocks made, and the
+//! policy reloaded on SIGHUP. The verdicts themselves come from
+//! [`ClientJudge`](crate::verdict::ClientJudge).
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -9,34 +10,31 @@ use std::time::Instant;
 use super::Server;
 use super::resolver_token::{token, token_matches, token_slot};
 use crate::counters::DaemonCounters;
-use crate::verdict::{Escalation, Held};
+use crate::policy::Phase;
+use crate::smtp::Reply;
+use crate::verdict::{Ask, Escalation, Held};
 
 impl Server {
-    /// A recipient to decide: now, or once the score is in (at most until it is due).
-    pub(super) fn decide_recipient(
-        &mut self,
-        slot: usize,
-        mail_from: String,
-        rcpt: String,
-        now: Instant,
-    ) {
+    /// A decision a session asked for: now, or once the score is in (at most until it is due).
+    pub(super) fn decide(&mut self, slot: usize, ask: Ask, now: Instant) {
         let judge = self.conns[slot].judge_mut();
-        if judge.awaits_score(now) && self.stopping.is_none() {
+        if judge.awaits_score(ask.phase(), self.addresses.book(), now) && self.stopping.is_none() {
             // The session holds further input meanwhile; `schedule` arms the score deadline.
-            judge.hold_for_score(mail_from, rcpt);
+            judge.hold_for_score(ask);
             return;
         }
-        self.answer_recipient(slot, &mail_from, &rcpt, now);
+        self.answer(slot, ask, now);
     }
 
     /// Decides with what is known now and gives the reply (or holds it for a stall).
-    fn answer_recipient(&mut self, slot: usize, mail_from: &str, rcpt: &str, now: Instant) {
+    fn answer(&mut self, slot: usize, ask: Ask, now: Instant) {
         let conn = &mut self.conns[slot];
-        let decision = conn.decide(&self.rules, mail_from, rcpt, now);
+        let decision = conn.decide(&self.rules, self.addresses.book(), &ask, now);
         if let Some(until) = decision.stall_until
             && self.stopping.is_none()
         {
-            conn.judge_mut().hold_stall(until, decision.reply);
+            conn.judge_mut()
+                .hold_stall(until, decision.reply, ask.phase());
             return;
         }
         if let Some(escalation) = decision.block {
@@ -48,9 +46,26 @@ impl Server {
                 self.conns[slot].mark_peer_closed();
             }
         }
-        self.conns[slot]
-            .session_mut()
-            .resolve_recipient(decision.reply, now);
+        match ask {
+            Ask::Data {
+                mail_from,
+                rcpts,
+                size,
+            } if decision.reply.code < 300 => self.store_message(slot, mail_from, rcpts, size, now),
+            ask => self.give(slot, ask.phase(), decision.reply, now),
+        }
+    }
+
+    /// Gives the session the reply to its decision at `phase`; at `data` a refusal (the
+    /// message, written as it came, is dropped).
+    fn give(&mut self, slot: usize, phase: Phase, reply: Reply, now: Instant) {
+        let conn = &mut self.conns[slot];
+        if phase == Phase::Data {
+            conn.discard_message();
+            conn.session_mut().resolve_message(reply, None, now);
+        } else {
+            conn.session_mut().resolve(reply, now);
+        }
     }
 
     /// Gives a held reply whose time has come (or any held reply, with `force`, at shutdown).
@@ -62,16 +77,14 @@ impl Server {
             judge.take_held_due(now)
         };
         match held {
-            Some(Held::Score { mail_from, rcpt }) => {
+            Some(Held::Score(ask)) => {
                 log::debug!(
                     "session {}: no DNSBL score within dnsbl.timeout; deciding unscored",
                     self.conns[slot].id()
                 );
-                self.answer_recipient(slot, &mail_from, &rcpt, now);
+                self.answer(slot, ask, now);
             }
-            Some(Held::Stall { reply, .. }) => {
-                self.conns[slot].session_mut().resolve_recipient(reply, now);
-            }
+            Some(Held::Stall { reply, phase, .. }) => self.give(slot, phase, reply, now),
             None => {}
         }
     }
@@ -93,8 +106,8 @@ impl Server {
             {
                 let judge = self.conns[slot].judge_mut();
                 judge.take_answer(answer, now);
-                if let Some((mail_from, rcpt)) = judge.take_scored_recipient() {
-                    self.answer_recipient(slot, &mail_from, &rcpt, now);
+                if let Some(ask) = judge.take_scored() {
+                    self.answer(slot, ask, now);
                     self.drive(slot, now);
                 }
             } else if let Some(ended) = self.lingering.answer(token, answer, now) {
@@ -149,8 +162,10 @@ impl Server {
         }
     }
 
-    /// SIGHUP: the policy file again, parsed whole before it replaces the old rules.
+    /// SIGHUP: the policy file again, parsed whole before it replaces the old rules; and every
+    /// per-address file again (on the addresses thread).
     pub(super) fn reload_policy(&mut self) {
+        self.addresses.rescan();
         let result = self.policy.reload();
         self.counters
             .policy_read(result.is_ok(), std::time::SystemTime::now());

@@ -10,7 +10,7 @@ use crate::score::Answer;
 use crate::signature::Signature;
 use crate::smtp::{Direction, SessionRecord, TranscriptLine};
 use crate::syn::Syn;
-use crate::verdict::{Escalation, RecipientJudge, Rules};
+use crate::verdict::{ClientJudge, Escalation, Rules};
 
 #[derive(Debug)]
 pub struct EndedSession {
@@ -18,7 +18,7 @@ pub struct EndedSession {
     start: SystemTime,
     end: SystemTime,
     peer: SocketAddr,
-    judge: RecipientJudge,
+    judge: ClientJudge,
     tls: Option<TlsInfo>,
     record: SessionRecord,
     syn: Option<Syn>,
@@ -30,7 +30,7 @@ impl EndedSession {
         id: String,
         peer: SocketAddr,
         start: SystemTime,
-        judge: RecipientJudge,
+        judge: ClientJudge,
         tls: Option<TlsInfo>,
         record: SessionRecord,
     ) -> EndedSession {
@@ -61,7 +61,7 @@ impl EndedSession {
         });
     }
 
-    /// The resolver still owes the session an answer (see [`RecipientJudge::awaits_answers`]).
+    /// The resolver still owes the session an answer (see [`ClientJudge::awaits_answers`]).
     pub fn awaits_answers(&self) -> bool {
         self.judge.awaits_answers()
     }
@@ -102,6 +102,16 @@ impl EndedSession {
     /// The block due now that the session is over, if none was made yet.
     pub fn escalation(&self, rules: &Rules, signatures: &[Signature]) -> Option<Escalation> {
         self.judge.escalation_at_end(rules, signatures)
+    }
+
+    /// The recipients the session accepted (in every transaction).
+    pub fn accepted_rcpts(&self) -> impl Iterator<Item = &str> {
+        self.record
+            .transactions
+            .iter()
+            .flat_map(|t| &t.rcpts)
+            .filter(|r| (200..300).contains(&r.code))
+            .map(|r| r.addr.as_str())
     }
 
     /// Recipients were given, and no complete score came in time to judge them.
@@ -148,7 +158,7 @@ mod tests {
     fn ended(record: SessionRecord) -> EndedSession {
         let rules = Rules::new(&Config::default());
         let policy = Arc::new(Policy::parse("", "policy.toml").unwrap());
-        let judge = RecipientJudge::new(policy, &rules);
+        let judge = ClientJudge::new(policy, &rules);
         let peer = "[::ffff:192.0.2.9]:25".parse().unwrap();
         EndedSession::new("x".into(), peer, SystemTime::now(), judge, None, record)
     }

@@ -57,7 +57,7 @@ mod tests {
     use crate::policy::Policy;
     use crate::score::{ClientScore, HeloCheck};
     use crate::smtp::SessionRecord;
-    use crate::verdict::{RecipientJudge, Rules};
+    use crate::verdict::{ClientJudge, Rules};
 
     const IP: &str = "192.0.2.9";
 
@@ -65,7 +65,7 @@ mod tests {
     fn awaiting(now: Instant, helo: bool) -> EndedSession {
         let rules = Rules::new(&Config::default());
         let policy = Arc::new(Policy::parse("", "policy.toml").unwrap());
-        let mut judge = RecipientJudge::new(policy, &rules);
+        let mut judge = ClientJudge::new(policy, &rules);
         judge.score_requested(now, &rules);
         if helo {
             judge.helo_check_asked(true);

@@ -7,6 +7,7 @@
 //! [`Waker`]. Recipient verdicts (score, then policy) come from [`crate::verdict`]; the loop's
 //! side of them is in [`decisions`].
 
+mod addresses;
 mod capture_budget;
 pub mod connection;
 mod decisions;
@@ -42,10 +43,13 @@ use crate::handover;
 use crate::kernel::{Blocker, SynTable};
 use crate::listeners;
 use crate::notify::Notifier;
+use crate::policy::Phase;
 use crate::policy::PolicyStore;
+use crate::policy::auto_close::Delivery;
 use crate::score::{Resolver, ScoreCounters, ScoreError};
 use crate::smtp::{self, CloseReason, Event, Reply, Session, SessionConfig};
-use crate::verdict::{RecipientJudge, Rules};
+use crate::verdict::{Ask, ClientJudge, Rules};
+use addresses::Addresses;
 use capture_budget::{CaptureBudget, MAX_IN_FLIGHT};
 use connection::{Connection, FlushOutcome, ReadOutcome};
 use ended::EndedSession;
@@ -57,8 +61,10 @@ use timer::{TimerEntry, TimerWheel};
 
 const WAKER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
+/// The inotify watch on `policy.addresses_dir`.
+const ADDRESSES: Token = Token(usize::MAX - 2);
 /// Listener `i` has token `LISTENER_BASE - i`; connection tokens are slab keys, far below.
-const LISTENER_BASE: usize = usize::MAX - 2;
+const LISTENER_BASE: usize = usize::MAX - 3;
 
 /// Reads per connection per wake-up before the loop serves the others (fairness).
 const READS_PER_TURN: usize = 16;
@@ -84,6 +90,8 @@ pub enum ServerError {
     Capture(#[from] CaptureError),
     #[error("policy: {0}")]
     Policy(#[from] ConfigError),
+    #[error("policy.addresses_dir: {0}")]
+    Addresses(io::Error),
     #[error(transparent)]
     Score(#[from] ScoreError),
     #[error("STARTTLS: {0}")]
@@ -107,6 +115,8 @@ pub struct Server {
     resolver: Resolver,
     /// The policy in force; each session keeps the one current at its accept.
     policy: PolicyStore,
+    /// The per-address files, in force for every session at its next recipient.
+    addresses: Addresses,
     rules: Rules,
     capture: Capture,
     /// Stored messages coming back from the capture thread, a sync's worth at a time.
@@ -216,6 +226,8 @@ impl Bound {
             tls,
         } = self;
         let resolver = Resolver::spawn(&config.dnsbl, Arc::clone(&waker))?;
+        let addresses = Addresses::open(&config.policy, poll.registry(), ADDRESSES, &waker)
+            .map_err(ServerError::Addresses)?;
         let counters = Arc::new(DaemonCounters::default());
         // Read by `Server::bind`, and it is running: that read succeeded.
         counters.policy_read(true, SystemTime::now());
@@ -246,6 +258,7 @@ impl Bound {
             syn,
             resolver,
             policy,
+            addresses,
             rules: Rules::new(config),
             capture,
             stored,
@@ -328,7 +341,9 @@ impl Server {
                     WAKER => {
                         self.take_stored(now);
                         self.answers_waiting = true;
+                        self.addresses.take_book();
                     }
+                    ADDRESSES => self.addresses.watch_ready(),
                     SIGNALS => {
                         let (mut reload, mut stop) = (false, false);
                         for signal in self.signals.pending() {
@@ -495,7 +510,7 @@ impl Server {
         DaemonCounters::add(&self.counters.connections_total, 1);
         DaemonCounters::add(&self.counters.connections_active, 1);
         self.serial += 1;
-        let judge = RecipientJudge::new(self.policy.current(), &self.rules);
+        let judge = ClientJudge::new(self.policy.current(), &self.rules);
         let started = SystemTime::now();
         let mut session = Session::new(Arc::clone(&self.session_config), now);
         // Whatever is already waiting came before the banner (pregreet).
@@ -511,9 +526,29 @@ impl Server {
         let conn = entry.insert(conn);
         // The banner goes out before the score is asked for: asking may wake the resolver's
         // thread, a system call and on a busy machine a context switch that the client should
-        // not wait for. (What the flush leaves, and any error, `drive` meets again.)
-        let _ = conn.flush();
-        // Busy (too many outstanding) is counted by the resolver; the client goes unscored.
+        // not wait for. Unless the banner waits for the score (a `connect` rule looks at it),
+        // or early commands may need it.
+        let score_first = early > 0
+            || conn
+                .judge()
+                .waits_for_score(Phase::Connect, self.addresses.book());
+        if score_first {
+            self.request_score(slot, now);
+        }
+        // The decision on the connection, and the banner out. (What the flush leaves, and any
+        // error, `drive` meets again.)
+        smtp::settle(&mut Slot::new(self, slot, now));
+        if !score_first {
+            self.request_score(slot, now);
+        }
+        self.drive(slot, now);
+    }
+
+    /// Asks the resolver for the score of the client in `slot`. Busy (too many outstanding) is
+    /// counted by the resolver; the client goes unscored.
+    fn request_score(&mut self, slot: usize, now: Instant) {
+        let conn = &mut self.conns[slot];
+        let ip = conn.client_ip();
         if self
             .resolver
             .request(token(slot, conn.serial()), ip)
@@ -521,7 +556,6 @@ impl Server {
         {
             conn.judge_mut().score_requested(now, &self.rules);
         }
-        self.drive(slot, now);
     }
 
     /// The SYN fingerprint of `peer`'s connection, when the XDP program recorded one.
@@ -641,14 +675,24 @@ impl Server {
 
     fn handle_event(&mut self, slot: usize, event: Event, now: Instant) {
         match event {
+            Event::Connect => self.decide(slot, Ask::Connect, now),
+            Event::Helo { .. } => self.decide(slot, Ask::Helo, now),
+            Event::Mail { mail_from } => self.decide(slot, Ask::Mail { mail_from }, now),
             Event::Recipient { mail_from, rcpt } => {
-                self.decide_recipient(slot, mail_from, rcpt, now);
+                self.decide(slot, Ask::Rcpt { mail_from, rcpt }, now);
             }
             Event::Message {
                 mail_from,
-                rcpts: _,
+                rcpts,
                 size,
-            } => self.take_message(slot, mail_from, size, now),
+            } => {
+                let ask = Ask::Data {
+                    mail_from,
+                    rcpts,
+                    size,
+                };
+                self.decide(slot, ask, now);
+            }
             Event::Discard => self.conns[slot].discard_message(),
             Event::StartTls => {
                 let conn = &mut self.conns[slot];
@@ -671,17 +715,25 @@ impl Server {
         }
     }
 
-    /// The end of a message: its file (written as the body came) goes to the capture threads to
-    /// be made durable and named, and the client hears 250 only once it is.
-    fn take_message(&mut self, slot: usize, mail_from: String, size: u64, now: Instant) {
+    /// The end of a message the policy accepted: its file (written as the body came) goes to the
+    /// capture threads to be made durable and named, and the client hears 250 only once it is.
+    fn store_message(
+        &mut self,
+        slot: usize,
+        mail_from: String,
+        rcpts: Vec<String>,
+        size: u64,
+        now: Instant,
+    ) {
         let conn = &mut self.conns[slot];
         let Some(maildir) = self.capture.maildir() else {
             self.counters.count_message(size);
             conn.session_mut()
                 .resolve_message(reply(250, "2.0.0 Ok"), None, now);
+            self.delivered(slot, &rcpts);
             return;
         };
-        let file = match conn.finish_message(maildir, mail_from).finish() {
+        let file = match conn.finish_message(maildir, mail_from, &rcpts).finish() {
             Ok(file) => file,
             Err(e) => {
                 log::error!("cannot store a message of session {}: {e}", conn.id());
@@ -706,7 +758,7 @@ impl Server {
             file,
         };
         if self.capture.submit(Job::Store(request)) {
-            conn.mark_capturing(now);
+            conn.mark_capturing(now, rcpts);
         } else {
             self.capture_budget.release();
             DaemonCounters::add(&self.counters.capture_busy, 1);
@@ -731,10 +783,14 @@ impl Server {
         if conn.serial() != stored.ticket.serial {
             return;
         }
-        if let Some(waited) = conn.capture_answered(now) {
-            let commit = &self.counters.histograms.commit_seconds;
-            commit.observe(waited.as_secs_f64());
-        }
+        let rcpts = match conn.capture_answered(now) {
+            Some((waited, rcpts)) => {
+                let commit = &self.counters.histograms.commit_seconds;
+                commit.observe(waited.as_secs_f64());
+                rcpts
+            }
+            None => Vec::new(),
+        };
         let answer = match stored.name {
             Some(name) => {
                 self.counters.count_message(stored.size);
@@ -743,8 +799,28 @@ impl Server {
             }
             None => (storage_error(), None),
         };
+        let delivered = answer.1.is_some();
         conn.session_mut().resolve_message(answer.0, answer.1, now);
+        if delivered {
+            self.delivered(stored.ticket.slot, &rcpts);
+        }
         self.drive(stored.ticket.slot, now);
+    }
+
+    /// A message of the connection in `slot` was delivered to `rcpts`: `auto_close` counts it.
+    fn delivered(&mut self, slot: usize, rcpts: &[String]) {
+        let conn = &self.conns[slot];
+        let delivery = Delivery {
+            client: conn.client_ip(),
+            listed: conn
+                .judge()
+                .score()
+                .is_some_and(|s| s.blocking_zones().next().is_some()),
+            at: SystemTime::now(),
+        };
+        let policy = self.policy.current();
+        self.addresses
+            .delivered(&policy, rcpts, delivery, &self.counters);
     }
 
     fn begin_shutdown(&mut self, now: Instant) {
@@ -805,9 +881,17 @@ impl Server {
         }
     }
 
-    /// Merges the session's signatures, escalates, and logs it.
+    /// Merges the session's signatures, escalates, closes the addresses it closes, and logs it.
     fn finish_session(&mut self, ended: EndedSession) {
         let signatures = ended.signatures();
+        let policy = self.policy.current();
+        self.addresses.session_ended(
+            &policy,
+            ended.accepted_rcpts(),
+            &signatures,
+            SystemTime::now(),
+            &self.counters,
+        );
         if let Some(escalation) = ended.escalation(&self.rules, &signatures) {
             self.block_client(ended.client_ip(), &escalation);
         }

@@ -5,7 +5,7 @@
 //! - At accept, [`accept`]: the bytes already waiting, then the banner; then [`settle`].
 //! - Each read from the client, made while [`Session::wants_read`]: [`receive`].
 //! - After every other call into the session ([`Session::consume_output`],
-//!   [`Session::resolve_recipient`], [`Session::resolve_message`],
+//!   [`Session::resolve`], [`Session::resolve_message`],
 //!   [`Session::handle_timeout`], [`Session::shutdown`]): [`settle`]. Writing resumes input held
 //!   back by backpressure and a decision resumes buffered pipelined input, so any of them can
 //!   produce replies and events.
@@ -37,8 +37,9 @@ pub trait Host {
 }
 
 /// A new session's first call: `early` is what the client sent before the banner (it marks the
-/// session `pregreet`); then the banner, and any commands in `early` are worked through.
-/// [`settle`] next.
+/// session `pregreet`); then the session asks for the decision on the connection
+/// ([`super::Event::Connect`]), whose answer sends the banner and works through any commands in
+/// `early`. [`settle`] next.
 pub fn accept(session: &mut Session, early: &[u8], now: Instant) {
     session.receive_early(early, now);
     session.greet(now);

@@ -12,10 +12,12 @@
 //!   decision is pending the idle timer does not fire (it restarts).
 //! - A body streams: its bytes go to [`Host::body`] a buffer at a time, at most
 //!   [`BODY_BUFFER`], as they arrive; [`Event::Message`] ends it, [`Event::Discard`] drops it.
-//! - An [`Event::Recipient`] or [`Event::Message`] suspends the session (no further input is
-//!   processed, [`Session::wants_read`] is false) until [`Session::resolve_recipient`] /
-//!   [`Session::resolve_message`] gives its reply. One decision is pending at a time; a
-//!   `resolve_*` with nothing of its kind pending is ignored.
+//! - A decision event ([`Event::Connect`], [`Event::Helo`], [`Event::Mail`],
+//!   [`Event::Recipient`], [`Event::Message`]) suspends the session (no further input is
+//!   processed, [`Session::wants_read`] is false) until [`Session::resolve`] (or, for a
+//!   message, [`Session::resolve_message`]) gives its reply. One decision is pending at a time;
+//!   a `resolve*` with nothing of its kind pending is ignored. A `421` reply to any of them
+//!   closes the session after it (policy action `disconnect`).
 //! - [`Event::StartTls`]: what followed STARTTLS in the same read was discarded (and logged);
 //!   flush the `220` in plaintext, run the handshake, then feed decrypted bytes only.
 //! - When [`Session::is_finished`] and the output is written, close; keep
@@ -85,8 +87,23 @@ pub struct Reply {
 /// Something the session needs decided, or wants known.
 #[derive(Debug)]
 pub enum Event {
+    /// The client connected: the banner waits for [`Session::resolve`]. A 2xx reply sends our
+    /// banner; a 5xx reply is sent instead of it, and from then on every command but QUIT gets
+    /// 503 (RFC 5321 §3.1); a 4xx reply is sent and the session closes.
+    Connect,
+    /// A HELO or EHLO with a name (escaped as the record keeps it). The session waits for
+    /// [`Session::resolve`]: a 2xx reply sends our own HELO/EHLO reply; any other reply is
+    /// sent as it is, and the client has not greeted (MAIL gets 503).
+    Helo { name: String },
+    /// A `MAIL FROM` that passed the protocol's own checks (syntax, size, storage). The
+    /// session waits for [`Session::resolve`]: a 2xx reply starts the transaction (our own
+    /// `250`); any other reply refuses the MAIL, and whatever depended on it gets 503.
+    Mail {
+        /// The reverse path without angle brackets; empty for the null sender `<>`.
+        mail_from: String,
+    },
     /// A syntactically valid `RCPT TO` in a valid transaction. The session waits for
-    /// [`Session::resolve_recipient`].
+    /// [`Session::resolve`], whose reply is sent as it is.
     Recipient {
         /// Reverse path of the transaction; empty for the null sender `<>`.
         mail_from: String,
@@ -144,6 +161,11 @@ pub struct SessionRecord {
     pub replies: ReplyCounts,
     /// Why the session closed the connection with 421, if it did.
     pub closed_by: Option<CloseReason>,
+    /// The code the connection was greeted with (220, or the policy's refusal); `None` when
+    /// the session ended before its greeting.
+    pub connect_code: Option<u16>,
+    /// The code of the reply to the latest HELO/EHLO, if one was answered.
+    pub helo_code: Option<u16>,
     /// What the record holds, against [`MAX_RECORD_BYTES`].
     pub budget: RecordBudget,
 }
@@ -159,6 +181,8 @@ pub enum CloseReason {
     JunkCommands,
     /// The daemon is stopping.
     Shutdown,
+    /// A decision said 421 (policy action `disconnect`, or `tempfail` at connect).
+    Policy,
 }
 
 impl CloseReason {
@@ -169,6 +193,7 @@ impl CloseReason {
             CloseReason::Errors => "errors",
             CloseReason::JunkCommands => "junk-commands",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Policy => "policy",
         }
     }
 }
@@ -192,10 +217,13 @@ impl ReplyCounts {
     }
 }
 
-/// One `MAIL FROM` .. end of data (or RSET).
+/// One `MAIL FROM` .. end of data (or RSET); or a `MAIL FROM` the policy refused, with no
+/// recipients.
 #[derive(Clone, Debug, Default)]
 pub struct TransactionRecord {
     pub mail_from: String,
+    /// The reply to the `MAIL FROM`: 250, or the policy's refusal.
+    pub mail_code: u16,
     pub rcpts: Vec<RcptRecord>,
     /// The reply to the end of data, if data was sent.
     pub data_code: Option<u16>,

@@ -6,6 +6,11 @@
 //!   if RCPTs were sent but all refused, DATA gets `554 5.5.1 No valid recipients` (RFC 2920),
 //!   otherwise 503. DATA after BDAT in one transaction is 503 (RFC 3030).
 //! - HELO/EHLO, RSET and STARTTLS end a transaction; after STARTTLS the client must EHLO again.
+//! - The connection, each HELO/EHLO, each MAIL and each RCPT are decided by the host (policy,
+//!   at every phase): a refused HELO leaves the client ungreeted, a refused MAIL leaves no
+//!   transaction (so what depended on it gets 503), a refused connection is answered 5xx
+//!   instead of the banner and then only QUIT is served (RFC 5321 §3.1). A 421 from any
+//!   decision closes the session.
 //! - Bad commands (500, 501, 502, 503, 555, over-long lines) are counted; past
 //!   [`MAX_BAD_COMMANDS`] the session closes with 421 after the error reply.
 //! - Junk commands (NOOP, RSET, VRFY, HELP) are counted too, and the count starts again when a
@@ -51,7 +56,8 @@ pub const INPUT_CAP: usize = 2 * MAX_RECEIVE;
 /// [`Session::set_lifecycle`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Lifecycle {
-    /// Accepted, banner not sent yet: bytes fed now are `pregreet`, kept for after it.
+    /// Accepted, banner not sent yet (the connection may be waiting for its decision): bytes
+    /// fed now are `pregreet`, kept for after it.
     Connected,
     /// The banner's first line (`220-`) is out and its last line (`220 `) waits until this
     /// instant ([`SessionConfig::greet_wait`]): bytes fed now are `pregreet` too, kept for after
@@ -59,6 +65,9 @@ enum Lifecycle {
     Greeting { until: Instant },
     /// Reading and answering commands.
     Open,
+    /// The connection was refused with 5xx instead of the banner: QUIT is answered, every
+    /// other command gets 503 (and counts as a bad command).
+    Refused,
     /// STARTTLS was answered 220 in the middle of working through input: the rest of that
     /// input is plaintext sent before the handshake, to be discarded (RFC 3207). It lasts until
     /// that input is gone, within the same call.
@@ -107,8 +116,19 @@ enum Refusal {
 /// A decision the server has to make before the session goes on.
 #[derive(Debug)]
 enum Pending {
-    Recipient { addr: String },
+    /// Answered by [`Session::resolve`].
+    Decision(Ask),
+    /// Answered by [`Session::resolve_message`].
     Message,
+}
+
+/// What a pending [`Session::resolve`] is about.
+#[derive(Debug)]
+enum Ask {
+    Greeting,
+    Helo { hello: Hello },
+    Mail { mail_from: String },
+    Recipient { addr: String },
 }
 
 /// The mail transaction in progress (after an accepted MAIL).
@@ -162,6 +182,9 @@ pub struct Session {
     last_refusal_at: u64,
     /// ... when DATA or BDAT was last refused: whatever was sent before that ran ahead of it.
     last_data_refusal_at: u64,
+    /// The reverse path of the last MAIL the host refused (until the next HELO, MAIL or RSET):
+    /// a recipient pipelined behind it that equals it still shows `mail-from-eq-rcpt-to`.
+    refused_sender: Option<String>,
     /// The server says storage is short: MAIL gets 452 (see [`Session::refuse_new_mail`]).
     refuse_mail: bool,
     /// MAIL commands answered 452 for that.
@@ -196,6 +219,7 @@ impl Session {
             last_reply_at: 0,
             last_refusal_at: 0,
             last_data_refusal_at: 0,
+            refused_sender: None,
             refuse_mail: false,
             storage_refusals: 0,
             record: SessionRecord::default(),
@@ -227,23 +251,19 @@ impl Session {
         }
     }
 
-    /// Queues the banner, then works through any early bytes. Only once, and not at all for a
-    /// session that already finished (timed out or shut down before its banner). With a
-    /// [`SessionConfig::greet_wait`], only the banner's first line (`220-`) goes out now; its
-    /// last line follows at [`Session::deadline`] ([`Session::handle_timeout`]).
+    /// Asks for the decision on the connection ([`Event::Connect`]); its [`Session::resolve`]
+    /// sends the banner (or the refusal; with a
+    /// [`SessionConfig::greet_wait`], only the banner's first line `220-`, its last following at
+    /// [`Session::deadline`]) and works through any early bytes. Only once, and not
+    /// at all for a session that already finished (timed out or shut down before its banner).
     pub fn greet(&mut self, now: Instant) {
-        if self.lifecycle != Lifecycle::Connected {
+        if self.lifecycle != Lifecycle::Connected || self.pending.is_some() {
             return;
         }
         self.now = now;
         self.idle_since = now;
-        let config = Arc::clone(&self.config);
-        if config.greet_wait.is_zero() {
-            return self.open(now);
-        }
-        self.say(220, true, format_args!("{} ESMTP", config.hostname));
-        let until = now.checked_add(config.greet_wait).unwrap_or(now);
-        self.set_lifecycle(Lifecycle::Greeting { until });
+        self.events.push_back(Event::Connect);
+        self.pending = Some(Pending::Decision(Ask::Greeting));
     }
 
     /// The banner's last line: the session reads commands from here on, the early ones first.
@@ -318,22 +338,45 @@ impl Session {
         }
     }
 
-    /// The decision for the pending [`Event::Recipient`].
-    pub fn resolve_recipient(&mut self, reply: Reply, now: Instant) {
-        let Some(Pending::Recipient { addr }) = self
-            .pending
-            .take_if(|p| matches!(p, Pending::Recipient { .. }))
+    /// The decision for the pending [`Event::Connect`], [`Event::Helo`], [`Event::Mail`] or
+    /// [`Event::Recipient`] (see each for what the reply does).
+    pub fn resolve(&mut self, reply: Reply, now: Instant) {
+        let Some(Pending::Decision(ask)) =
+            self.pending.take_if(|p| matches!(p, Pending::Decision(_)))
         else {
             return;
         };
         self.now = now;
         self.idle_since = now;
-        self.say_decided(&reply);
         let accepted = (200..300).contains(&reply.code);
+        match ask {
+            Ask::Greeting => return self.greeted(&reply),
+            Ask::Helo { hello } if accepted => self.helo_accepted(hello),
+            Ask::Mail { mail_from } if accepted => {
+                self.start_transaction(mail_from);
+                self.reply(250, reply::MAIL_OK);
+            }
+            Ask::Recipient { addr } => {
+                self.say_decided(&reply);
+                self.record_rcpt(addr, reply.code, accepted);
+            }
+            Ask::Helo { .. } => {
+                self.hello = Hello::None;
+                self.record.helo_code = Some(reply.code);
+                self.say_decided(&reply);
+            }
+            Ask::Mail { mail_from } => {
+                self.record.start_transaction(&mail_from, reply.code);
+                self.refused_sender = Some(mail_from);
+                self.say_decided(&reply);
+            }
+        }
         if !accepted {
             self.last_refusal_at = self.received;
         }
-        self.record_rcpt(addr, reply.code, accepted);
+        if reply.code == 421 {
+            return self.closed_by_decision();
+        }
         self.after_decision();
     }
 
@@ -366,6 +409,41 @@ impl Session {
         self.idle_since
             .checked_add(self.config.idle_timeout)
             .unwrap_or(self.idle_since)
+    }
+
+    /// The decision on the connection: the banner, or the refusal instead of it.
+    fn greeted(&mut self, reply: &Reply) {
+        if self.lifecycle == Lifecycle::Closing {
+            // Stopping before the banner went out: the 421 alone.
+            return self.close_for_shutdown();
+        }
+        if (200..300).contains(&reply.code) {
+            self.record.connect_code = Some(220);
+            let config = Arc::clone(&self.config);
+            if config.greet_wait.is_zero() {
+                return self.open(self.now);
+            }
+            // The first line now, the last after the greet wait (`handle_timeout`).
+            self.say(220, true, format_args!("{} ESMTP", config.hostname));
+            let until = self.now.checked_add(config.greet_wait).unwrap_or(self.now);
+            return self.set_lifecycle(Lifecycle::Greeting { until });
+        } else {
+            self.record.connect_code = Some(reply.code);
+            self.say_decided(reply);
+            if reply.code / 100 != 5 {
+                return self.closed_by_decision();
+            }
+            self.set_lifecycle(Lifecycle::Refused);
+        }
+        // The banner is no reply to a command: early commands are `pregreet`, not pipelining.
+        self.last_reply_at = 0;
+        self.process();
+    }
+
+    /// A decision said 421: it is out, and the session is over.
+    fn closed_by_decision(&mut self) {
+        self.record.closed_by = Some(CloseReason::Policy);
+        self.set_lifecycle(Lifecycle::Finished);
     }
 
     /// Closes the session with 421 when it has been idle past the deadline. While a decision is
@@ -403,11 +481,13 @@ impl Session {
         }
     }
 
-    /// False while a decision is pending, too much output is unwritten or the body buffer is
-    /// full (backpressure).
+    /// False while a decision is pending (except the one on the connection: what the client
+    /// sends before the banner is read as `pregreet`), too much output is unwritten or the body
+    /// buffer is full (backpressure).
     pub fn wants_read(&self) -> bool {
+        // Before the banner, what comes is read (and kept, bounded) as `pregreet`.
         !self.is_finished()
-            && self.pending.is_none()
+            && (self.pending.is_none() || self.lifecycle == Lifecycle::Connected)
             && self.output.pending().len() <= OUTPUT_LIMIT
             && self.body.room() > 0
     }
@@ -421,10 +501,12 @@ impl Session {
         &self.record
     }
 
-    /// The reverse path of the transaction in progress (empty for the null sender `<>`), whose
-    /// body [`super::Host::body`] is being handed.
-    pub fn mail_from(&self) -> Option<&str> {
-        self.transaction.as_ref().map(|t| t.mail_from.as_str())
+    /// The envelope of the transaction in progress, whose body [`super::Host::body`] is being
+    /// handed: its reverse path (empty for the null sender `<>`) and accepted recipients.
+    pub fn envelope(&self) -> Option<(&str, &[String])> {
+        self.transaction
+            .as_ref()
+            .map(|t| (t.mail_from.as_str(), t.accepted.as_slice()))
     }
 
     /// The protocol a `Received:` line names for this session's messages (RFC 3848): `SMTP`
@@ -468,7 +550,7 @@ impl Session {
     }
 
     fn can_process(&self) -> bool {
-        self.lifecycle == Lifecycle::Open
+        matches!(self.lifecycle, Lifecycle::Open | Lifecycle::Refused)
             && self.pending.is_none()
             && self.output.pending().len() <= OUTPUT_LIMIT
             && self.body.room() > 0
@@ -610,7 +692,12 @@ impl Session {
         if self.line_start < self.last_data_refusal_at {
             self.signal(Signature::PipelinedRunAhead);
         }
-        match command::parse(line) {
+        let parsed = command::parse(line);
+        if self.lifecycle == Lifecycle::Refused && !matches!(parsed, Ok(Command::Quit)) {
+            // Refused at connect: only QUIT is served (RFC 5321 §3.1).
+            return self.out_of_sequence();
+        }
+        match parsed {
             Ok(Command::Ehlo(name)) => self.helo(name, Hello::Ehlo),
             Ok(Command::Helo(name)) => self.helo(name, Hello::Helo),
             Ok(Command::Mail { path, params }) => self.mail(path, params),
@@ -621,6 +708,7 @@ impl Session {
                 if self.junk_limit_reached() => {}
             Ok(Command::Rset) => {
                 self.reset_transaction();
+                self.refused_sender = None;
                 self.reply(250, reply::OK);
             }
             Ok(Command::Noop) => self.reply(250, reply::OK),
@@ -662,13 +750,23 @@ impl Session {
         self.bad_command(500, reply::LINE_TOO_LONG);
     }
 
+    /// HELO/EHLO: the name is recorded, then decided ([`Event::Helo`]).
     fn helo(&mut self, name: &[u8], hello: Hello) {
         self.reset_transaction();
-        self.hello = hello;
-        self.record.helo = Some(transcript::escape(name));
-        if let Some(signature) = helo_signature(name) {
+        self.refused_sender = None;
+        let name = transcript::escape(name);
+        self.record.helo = Some(name.clone());
+        if let Some(signature) = helo_signature(name.as_bytes()) {
             self.signal(signature);
         }
+        self.events.push_back(Event::Helo { name });
+        self.pending = Some(Pending::Decision(Ask::Helo { hello }));
+    }
+
+    /// The decided HELO/EHLO was accepted: our reply.
+    fn helo_accepted(&mut self, hello: Hello) {
+        self.hello = hello;
+        self.record.helo_code = Some(250);
         let config = Arc::clone(&self.config);
         if hello == Hello::Helo {
             return self.say(250, false, format_args!("{}", config.hostname));
@@ -706,12 +804,16 @@ impl Session {
                 Some((452, reply::INSUFFICIENT_STORAGE))
             }
             (Some(mail_from), Ok(_)) => {
-                self.start_transaction(mail_from);
+                self.refused_sender = None;
+                self.events.push_back(Event::Mail {
+                    mail_from: mail_from.clone(),
+                });
+                self.pending = Some(Pending::Decision(Ask::Mail { mail_from }));
                 None
             }
         };
         match refusal {
-            None => self.reply(250, reply::MAIL_OK),
+            None => {}
             Some((code, text)) => {
                 self.last_refusal_at = self.received;
                 if code == 552 || code == 452 {
@@ -729,6 +831,12 @@ impl Session {
             .as_ref()
             .filter(|_| self.hello != Hello::None)
         else {
+            // Behind a MAIL that was refused, the bot still shows what it meant to send.
+            if let (Some(sender), Some(addr)) = (&self.refused_sender, address(path))
+                && same_address(sender, &addr)
+            {
+                self.signal(Signature::MailFromEqRcptTo);
+            }
             return self.out_of_sequence();
         };
         let Some(addr) = address(path).filter(|a| !a.is_empty()) else {
@@ -751,7 +859,7 @@ impl Session {
             mail_from,
             rcpt: addr.clone(),
         });
-        self.pending = Some(Pending::Recipient { addr });
+        self.pending = Some(Pending::Decision(Ask::Recipient { addr }));
     }
 
     /// Why DATA/BDAT cannot be accepted now, if it cannot.
@@ -870,7 +978,7 @@ impl Session {
         // Its last bytes are still in the buffer: `settle` hands them over before this event.
         self.events.push_back(Event::Message {
             mail_from: transaction.mail_from.clone(),
-            rcpts: std::mem::take(&mut transaction.accepted),
+            rcpts: transaction.accepted.clone(),
             size,
         });
         self.body.handed_over();
@@ -922,7 +1030,7 @@ impl Session {
     // --- transactions ---
 
     fn start_transaction(&mut self, mail_from: String) {
-        let record = self.record.start_transaction(&mail_from);
+        let record = self.record.start_transaction(&mail_from, 250);
         self.transaction = Some(Transaction {
             mail_from,
             accepted: Vec::new(),
@@ -970,9 +1078,12 @@ impl Session {
         debug_assert!(
             matches!(
                 (self.lifecycle, next),
-                (Connected, Open | Greeting { .. } | Finished)
-                    | (Greeting { .. }, Open | Finished)
+                (
+                    Connected,
+                    Open | Greeting { .. } | Refused | Closing | Finished
+                ) | (Greeting { .. }, Open | Finished)
                     | (Open, StartingTls | Closing | Finished)
+                    | (Refused, Closing | Finished)
                     | (StartingTls, Open)
                     | (Closing, Closing | Finished)
             ),

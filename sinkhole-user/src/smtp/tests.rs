@@ -112,8 +112,10 @@ impl Run {
     }
 }
 
-/// Drives a session like the server does; every decision is made the same way: recipients
-/// starting with `bad` get 550, `later` 451, others 250; messages containing `FAIL` get 451.
+/// Drives a session like the server does; every decision is made the same way: HELO names,
+/// senders and recipients starting with `bad` get 550, with `drop` 421 (the policy's
+/// `disconnect`), recipients starting with `later` 451, others 250; messages containing `FAIL`
+/// get 451; the connection is refused with [`Driver::refuse_connect`]'s reply, if set.
 struct Driver {
     session: Session,
     now: Instant,
@@ -122,6 +124,8 @@ struct Driver {
     stored: usize,
     /// The body bytes handed out since the last message or discard.
     body: Vec<u8>,
+    /// The reply to the connection, instead of accepting it.
+    refuse_connect: Option<Reply>,
 }
 
 impl Driver {
@@ -134,6 +138,20 @@ impl Driver {
             events: Vec::new(),
             stored: 0,
             body: Vec::new(),
+            refuse_connect: None,
+        }
+    }
+
+    /// A driver that answers the connection with `code` instead of accepting it.
+    fn refuse_connect(config: Arc<SessionConfig>, code: u16) -> Driver {
+        let text = if code == 421 {
+            "4.7.0 Closing connection"
+        } else {
+            "5.7.1 Access denied"
+        };
+        Driver {
+            refuse_connect: Some(decided(code, text)),
+            ..Driver::new(config)
         }
     }
 
@@ -171,25 +189,30 @@ impl Driver {
                     );
                     self.events.push(format!("{event:?} {body:?}"));
                 }
+                // The decisions at connect, HELO and MAIL show in the replies.
+                Event::Connect | Event::Helo { .. } | Event::Mail { .. } => {}
                 _ => self.events.push(format!("{event:?}")),
             }
             match event {
+                Event::Connect => {
+                    let reply = self.refuse_connect.clone();
+                    let reply = reply.unwrap_or_else(|| decided(220, "2.0.0 Ok"));
+                    self.session.resolve(reply, self.now);
+                }
+                Event::Helo { name } => {
+                    let reply = by_name(&name, "5.7.1 Helo command rejected");
+                    self.session.resolve(reply, self.now);
+                }
+                Event::Mail { mail_from } => {
+                    let reply = by_name(&mail_from, "5.7.1 Sender address rejected");
+                    self.session.resolve(reply, self.now);
+                }
                 Event::Recipient { rcpt, .. } => {
                     let reply = match rcpt {
-                        r if r.starts_with("bad") => Reply {
-                            code: 550,
-                            text: "5.1.1 No such user".into(),
-                        },
-                        r if r.starts_with("later") => Reply {
-                            code: 451,
-                            text: "4.3.0 Try again later".into(),
-                        },
-                        _ => Reply {
-                            code: 250,
-                            text: "2.1.5 Ok".into(),
-                        },
+                        r if r.starts_with("later") => decided(451, "4.3.0 Try again later"),
+                        r => by_name(&r, "5.1.1 No such user"),
                     };
-                    self.session.resolve_recipient(reply, self.now);
+                    self.session.resolve(reply, self.now);
                 }
                 Event::Message { .. } if body.windows(4).any(|w| w == b"FAIL") => {
                     self.session.resolve_message(
@@ -272,6 +295,47 @@ impl Driver {
     }
 }
 
+fn decided(code: u16, text: &str) -> Reply {
+    Reply {
+        code,
+        text: text.into(),
+    }
+}
+
+/// The driver's decision on a HELO name, sender or recipient: `bad...` refused with
+/// `refusal`, `drop...` 421, others 250.
+fn by_name(name: &str, refusal: &str) -> Reply {
+    if name.starts_with("bad") {
+        decided(550, refusal)
+    } else if name.starts_with("drop") {
+        decided(421, "4.7.0 Closing connection")
+    } else {
+        decided(250, "2.1.5 Ok")
+    }
+}
+
+/// A session whose connection was accepted: its banner is out (not consumed).
+fn greeted(config: Arc<SessionConfig>, now: Instant) -> Session {
+    let mut session = Session::new(config, now);
+    session.greet(now);
+    assert!(matches!(session.poll_event(), Some(Event::Connect)));
+    session.resolve(decided(220, "2.0.0 Ok"), now);
+    session
+}
+
+/// Accepts the HELO and MAIL decisions the session asks for; the first other event.
+fn next_event(session: &mut Session, now: Instant) -> Option<Event> {
+    while let Some(event) = session.poll_event() {
+        match event {
+            Event::Helo { .. } | Event::Mail { .. } => {
+                session.resolve(decided(250, "2.0.0 Ok"), now);
+            }
+            other => return Some(other),
+        }
+    }
+    None
+}
+
 fn run(config: Arc<SessionConfig>, script: &[Step]) -> Run {
     Driver::new(config).run(script)
 }
@@ -339,6 +403,47 @@ fn cases() -> Vec<Case> {
             false,
             false,
         ),
+        case(
+            "the seed session: a refused MAIL with RCPT and DATA pipelined behind it",
+            &[Send(b"EHLO host11.190-230-18.telecom.net.ar\r\nMAIL From:<bad@trap.example>\r\nRCPT To:<bad@trap.example>\r\nDATA\r\n")],
+            "220 250 550 503 503",
+            &[MailFromEqRcptTo, PipelinedRunAhead, OutOfSequence],
+            true,
+            false,
+        ),
+        case(
+            "a refused MAIL, then RCPT waiting for the reply",
+            &[Send(b"EHLO x\r\n"), Send(b"MAIL FROM:<bad@x>\r\n"), Send(b"RCPT TO:<c@d>\r\n"), Send(b"MAIL FROM:<a@x>\r\n"), Send(b"RCPT TO:<c@d>\r\n")],
+            "220 250 550 503 250 250",
+            &[OutOfSequence],
+            false,
+            false,
+        ),
+        case(
+            "a refused HELO leaves the client ungreeted",
+            &[Send(b"EHLO bad.example\r\n"), Send(b"MAIL FROM:<a@b>\r\n"), Send(b"HELO ok.example\r\n"), Send(b"MAIL FROM:<a@b>\r\n")],
+            "220 550 503 250 250",
+            &[OutOfSequence],
+            false,
+            false,
+        ),
+        case(
+            "421 at MAIL closes the session",
+            &[Send(b"EHLO x\r\nMAIL FROM:<drop@x>\r\nRCPT TO:<c@d>\r\n")],
+            "220 250 421",
+            &[],
+            true,
+            true,
+        ),
+        case(
+            "421 at RCPT closes the session",
+            &[Send(b"EHLO x\r\nMAIL FROM:<a@x>\r\nRCPT TO:<ok@d>\r\nRCPT TO:<drop@d>\r\nDATA\r\n")],
+            "220 250 250 250 421",
+            &[],
+            true,
+            true,
+        ),
+        case("421 at HELO closes the session", &[Send(b"HELO drop.example\r\nNOOP\r\n")], "220 421", &[], false, true),
         case("unknown command", &[Send(b"FOO bar\r\n")], "220 500", &[], false, false),
         case("EHLO without a name", &[Send(b"EHLO\r\n")], "220 501", &[], false, false),
         case("RCPT without an address", &[Send(b"EHLO x\r\n"), Send(b"MAIL FROM:<>\r\n"), Send(b"RCPT TO:<>\r\n")], "220 250 250 501", &[], false, false),
@@ -534,6 +639,60 @@ fn conversations() {
 }
 
 #[test]
+fn a_refused_connection_serves_only_quit() {
+    let run = Driver::refuse_connect(default_config(), 554).run(&[
+        Early(b"EHLO early\r\n"),
+        Send(b"NOOP\r\nMAIL FROM:<a@b>\r\n"),
+        Send(b"QUIT\r\n"),
+    ]);
+    assert_eq!(run.codes(), "554 503 503 503 221");
+    assert!(run.output.starts_with(b"554 5.7.1 Access denied\r\n"));
+    assert!(run.finished);
+    assert_eq!(run.record.connect_code, Some(554));
+    assert_eq!(run.record.helo, None, "the EHLO was never served");
+    assert_eq!(run.record.signatures, [Pregreet, OutOfSequence]);
+    // Bad commands still count: a bot that goes on is closed.
+    let run = Driver::refuse_connect(default_config(), 554).run(&[Send(&[b'X'; 0]), Send(
+        b"NOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\n",
+    )]);
+    assert!(run.codes().ends_with("503 421"), "{}", run.codes());
+    assert!(run.finished);
+}
+
+#[test]
+fn a_421_at_connect_closes_before_the_banner() {
+    let run = Driver::refuse_connect(default_config(), 421).run(&[Send(b"EHLO x\r\n")]);
+    assert_eq!(run.codes(), "421");
+    assert!(run.finished);
+    assert_eq!(run.record.closed_by, Some(CloseReason::Policy));
+    assert_eq!(run.record.connect_code, Some(421));
+    assert!(run.record.transcript.iter().all(|l| l.line != "EHLO x"));
+}
+
+#[test]
+fn refused_mail_is_recorded_with_its_code() {
+    let run = run(
+        default_config(),
+        &[Send(
+            b"EHLO x\r\nMAIL FROM:<bad@x.example>\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<c@d>\r\n",
+        )],
+    );
+    let t = &run.record.transactions;
+    assert_eq!(t.len(), 2);
+    assert_eq!(
+        (t[0].mail_from.as_str(), t[0].mail_code),
+        ("bad@x.example", 550)
+    );
+    assert!(t[0].rcpts.is_empty());
+    assert_eq!(
+        (t[1].mail_from.as_str(), t[1].mail_code),
+        ("a@x.example", 250)
+    );
+    assert_eq!(run.record.helo_code, Some(250));
+    assert_eq!(run.record.connect_code, Some(220));
+}
+
+#[test]
 fn every_reply_code_is_covered() {
     let seen: Vec<String> = cases()
         .iter()
@@ -615,11 +774,13 @@ fn message_bodies_are_unstuffed_and_kept_as_received() {
 
 /// A session after `354`, its output left unread.
 fn session_in_data(now: Instant) -> Session {
-    let mut session = Session::new(config(false, 1 << 20, 3), now);
-    session.greet(now);
+    let mut session = greeted(config(false, 1 << 20, 3), now);
     session.receive(b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", now);
-    let _ = session.poll_event();
-    session.resolve_recipient(
+    assert!(matches!(
+        next_event(&mut session, now),
+        Some(Event::Recipient { .. })
+    ));
+    session.resolve(
         Reply {
             code: 250,
             text: "2.1.5 Ok".into(),
@@ -951,16 +1112,19 @@ fn starttls_event_and_discarded_bytes() {
 #[test]
 fn the_received_protocol_follows_the_greeting_and_tls() {
     let now = Instant::now();
-    let mut session = Session::new(config(true, 1000, 3), now);
-    session.greet(now);
+    let mut session = greeted(config(true, 1000, 3), now);
     assert_eq!(session.protocol(), "SMTP");
     session.receive(b"HELO x\r\n", now);
+    next_event(&mut session, now);
     assert_eq!(session.protocol(), "SMTP");
     session.receive(b"EHLO x\r\n", now);
+    next_event(&mut session, now);
     assert_eq!(session.protocol(), "ESMTP");
     session.receive(b"HELO x\r\n", now);
+    next_event(&mut session, now);
     assert_eq!(session.protocol(), "SMTP");
     session.receive(b"EHLO x\r\nSTARTTLS\r\n", now);
+    next_event(&mut session, now);
     assert_eq!(session.protocol(), "ESMTPS");
 }
 
@@ -982,8 +1146,7 @@ fn timestamps_are_ms_since_start() {
 #[test]
 fn a_client_that_never_reads_stops_being_read() {
     let now = Instant::now();
-    let mut session = Session::new(without_junk_limit(default_config()), now);
-    session.greet(now);
+    let mut session = greeted(without_junk_limit(default_config()), now);
     session.consume_output(session.output().len());
     let noops = b"NOOP\r\n".repeat(16 * 1024);
     let mut chunks = noops.chunks(16 * 1024);
@@ -1016,11 +1179,10 @@ fn a_client_that_never_reads_stops_being_read() {
 #[test]
 fn input_waiting_for_a_decision_is_bounded() {
     let now = Instant::now();
-    let mut session = Session::new(default_config(), now);
-    session.greet(now);
+    let mut session = greeted(default_config(), now);
     session.receive(b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", now);
     assert!(matches!(
-        session.poll_event(),
+        next_event(&mut session, now),
         Some(Event::Recipient { .. })
     ));
     assert!(!session.wants_read());
@@ -1034,7 +1196,7 @@ fn input_waiting_for_a_decision_is_bounded() {
             .iter()
             .any(|l| l.line.contains("dropped"))
     );
-    session.resolve_recipient(
+    session.resolve(
         Reply {
             code: 250,
             text: "2.1.5 Ok".into(),
@@ -1050,9 +1212,8 @@ fn input_waiting_for_a_decision_is_bounded() {
 #[test]
 fn stray_resolves_are_ignored() {
     let now = Instant::now();
-    let mut session = Session::new(default_config(), now);
-    session.greet(now);
-    session.resolve_recipient(
+    let mut session = greeted(default_config(), now);
+    session.resolve(
         Reply {
             code: 250,
             text: "2.1.5 Ok".into(),
@@ -1073,15 +1234,18 @@ fn stray_resolves_are_ignored() {
 #[test]
 fn shutdown_waits_for_the_pending_decision() {
     let now = Instant::now();
-    let mut session = Session::new(default_config(), now);
-    session.greet(now);
+    let mut session = greeted(default_config(), now);
     session.receive(
         b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nQUIT\r\n",
         now,
     );
+    assert!(matches!(
+        next_event(&mut session, now),
+        Some(Event::Recipient { .. })
+    ));
     session.shutdown(now);
     assert!(!session.is_finished());
-    session.resolve_recipient(
+    session.resolve(
         Reply {
             code: 250,
             text: "2.1.5 Ok".into(),
@@ -1098,9 +1262,12 @@ fn shutdown_waits_for_the_pending_decision() {
 #[test]
 fn no_timeout_while_a_decision_is_pending() {
     let now = Instant::now();
-    let mut session = Session::new(default_config(), now);
-    session.greet(now);
+    let mut session = greeted(default_config(), now);
     session.receive(b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", now);
+    assert!(matches!(
+        next_event(&mut session, now),
+        Some(Event::Recipient { .. })
+    ));
     let later = session.deadline() + Duration::from_secs(1);
     session.handle_timeout(later);
     assert!(!session.is_finished());

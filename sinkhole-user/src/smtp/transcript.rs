@@ -159,8 +159,9 @@ impl SessionRecord {
         }
     }
 
-    /// Starts recording a transaction from `mail_from`; its index, unless the record is full.
-    pub(super) fn start_transaction(&mut self, mail_from: &str) -> Option<usize> {
+    /// Starts recording a transaction from `mail_from`, whose MAIL was answered `mail_code`;
+    /// its index, unless the record is full.
+    pub(super) fn start_transaction(&mut self, mail_from: &str, mail_code: u16) -> Option<usize> {
         let cost = size_of::<TransactionRecord>() + mail_from.len() + MESSAGE_NAME_RESERVE;
         if self.transactions.len() >= MAX_RECORDED || !self.budget.admit(cost) {
             self.transactions_dropped += 1;
@@ -168,6 +169,7 @@ impl SessionRecord {
         }
         self.transactions.push(TransactionRecord {
             mail_from: mail_from.to_owned(),
+            mail_code,
             ..TransactionRecord::default()
         });
         Some(self.transactions.len() - 1)

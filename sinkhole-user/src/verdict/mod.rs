@@ -1,11 +1,13 @@
-//! Recipient verdicts: what the loop learns about one connected client (its DNSBL score and
-//! reverse DNS from the resolver, the check of its HELO name, the policy it started under) and
-//! the reply it gives each recipient, held back while it waits for the score or stalls.
+//! Verdicts: what the loop learns about one connected client (its DNSBL score and reverse DNS
+//! from the resolver, the check of its HELO name, the policy it started under) and the reply
+//! it gives each decision the session asks for (the connection, HELO, MAIL, each recipient,
+//! each message), held back while it waits for the score or stalls.
 //!
-//! Pure: the loop (`server::decisions`) feeds a [`RecipientJudge`] answers and instants and
-//! asks it for verdicts; the loop does the I/O (replies, blocks, timers). Verdict order at `RCPT TO`: a score at or above
-//! `dnsbl.reject_threshold` refuses (and, at `dnsbl.block_threshold`, blocks); otherwise the
-//! session's policy decides.
+//! Pure: the loop (`server::decisions`) feeds a [`ClientJudge`] answers and instants and asks
+//! it for verdicts; the loop does the I/O (replies, blocks, timers). Verdict order at
+//! `RCPT TO`: a score at or above `dnsbl.reject_threshold` refuses (and, at
+//! `dnsbl.block_threshold`, blocks); otherwise the session's policy decides. At the other
+//! phases the policy alone decides.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -13,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use crate::campaign;
 use crate::config::{CampaignConfig, Config};
-use crate::policy::{Action, Policy, RcptFacts};
+use crate::policy::book::AddressBook;
+use crate::policy::{Action, Facts, Phase, Policy, To};
 use crate::score::{Answer, ClientScore, DnsblListing, HeloCheck};
 // Until the block source has a home below the loop.
 use crate::counters::BlockSource;
@@ -56,9 +59,10 @@ pub struct Escalation {
     pub reason: String,
 }
 
-/// The verdict for one recipient.
+/// The verdict for one decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
+    /// The reply: 2xx accepts (outside `RCPT TO` the session answers with its own text).
     pub reply: Reply,
     /// Policy `stall`: send the reply only at this instant.
     pub stall_until: Option<Instant>,
@@ -66,36 +70,89 @@ pub struct Decision {
     pub block: Option<Escalation>,
 }
 
-/// What the session says about the recipient to decide.
+/// A decision the session asked for, with what it is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ask {
+    Connect,
+    Helo,
+    Mail {
+        mail_from: String,
+    },
+    Rcpt {
+        mail_from: String,
+        rcpt: String,
+    },
+    /// A complete message of `size` bytes, before its 250.
+    Data {
+        mail_from: String,
+        rcpts: Vec<String>,
+        size: u64,
+    },
+}
+
+impl Ask {
+    pub fn phase(&self) -> Phase {
+        match self {
+            Ask::Connect => Phase::Connect,
+            Ask::Helo => Phase::Helo,
+            Ask::Mail { .. } => Phase::Mail,
+            Ask::Rcpt { .. } => Phase::Rcpt,
+            Ask::Data { .. } => Phase::Data,
+        }
+    }
+
+    /// The sender, from MAIL on.
+    fn mail_from(&self) -> Option<&str> {
+        match self {
+            Ask::Connect | Ask::Helo => None,
+            Ask::Mail { mail_from } | Ask::Rcpt { mail_from, .. } | Ask::Data { mail_from, .. } => {
+                Some(mail_from)
+            }
+        }
+    }
+
+    fn to(&self) -> To<'_> {
+        match self {
+            Ask::Rcpt { rcpt, .. } => To::One(rcpt),
+            Ask::Data { rcpts, .. } => To::All(rcpts),
+            _ => To::None,
+        }
+    }
+}
+
+/// What the session says about itself when it asks.
 #[derive(Clone, Copy, Debug)]
-pub struct Recipient<'a> {
+pub struct Context<'a> {
     pub client_ip: IpAddr,
     pub helo: Option<&'a str>,
     /// The protocol's signatures so far.
     pub protocol: &'a [Signature],
-    pub mail_from: &'a str,
-    pub rcpt: &'a str,
 }
 
-/// A recipient reply not given yet.
+/// A reply not given yet.
 #[derive(Debug)]
 pub enum Held {
-    /// The recipient waits for the score (at most until [`RecipientJudge::score_due`]).
-    Score { mail_from: String, rcpt: String },
-    /// A stalled reply, given at `until`.
-    Stall { until: Instant, reply: Reply },
+    /// The decision waits for the score (at most until the score is due).
+    Score(Ask),
+    /// A stalled reply to a decision at `phase`, given at `until`.
+    Stall {
+        until: Instant,
+        reply: Reply,
+        phase: Phase,
+    },
 }
 
 /// One client's scoring and policy state.
 #[derive(Debug)]
-pub struct RecipientJudge {
+pub struct ClientJudge {
     /// The rules the session started with (a reload does not change them mid-session).
     policy: Arc<Policy>,
     /// The latest the score may come (accept + `dnsbl.timeout`); `None` when the resolver did
     /// not take the request.
     score_due: Option<Instant>,
-    /// Recipient verdicts wait for the score: there are zones, or the policy looks at it.
-    waits: bool,
+    /// Recipient verdicts wait for the score: there are zones, or the policy's `rcpt` rules
+    /// look at it.
+    rcpt_waits: bool,
     score: Option<ClientScore>,
     /// A complete score came before `score_due`.
     scored: bool,
@@ -113,11 +170,11 @@ pub struct RecipientJudge {
     escalated: bool,
 }
 
-impl RecipientJudge {
-    /// A client at accept, unscored until [`RecipientJudge::score_requested`].
-    pub fn new(policy: Arc<Policy>, rules: &Rules) -> RecipientJudge {
-        RecipientJudge {
-            waits: rules.zones || policy.uses_score(),
+impl ClientJudge {
+    /// A client at accept, unscored until [`ClientJudge::score_requested`].
+    pub fn new(policy: Arc<Policy>, rules: &Rules) -> ClientJudge {
+        ClientJudge {
+            rcpt_waits: rules.zones || policy.uses_score(Phase::Rcpt),
             policy,
             score_due: None,
             score: None,
@@ -137,9 +194,20 @@ impl RecipientJudge {
         self.score_due = Some(now + rules.score_timeout);
     }
 
-    /// Whether a recipient must still wait for the score at `now`.
-    pub fn awaits_score(&self, now: Instant) -> bool {
-        self.waits && self.score.is_none() && self.score_due.is_some_and(|due| now < due)
+    /// Whether the decision at `phase` looks at the score (and so waits for it); at `rcpt`
+    /// also when an address file in `book` blocks hosts by reverse name.
+    pub fn waits_for_score(&self, phase: Phase, book: &AddressBook) -> bool {
+        match phase {
+            Phase::Rcpt => self.rcpt_waits || book.uses_rdns(),
+            phase => self.policy.uses_score(phase),
+        }
+    }
+
+    /// Whether a decision at `phase` must still wait for the score at `now`.
+    pub fn awaits_score(&self, phase: Phase, book: &AddressBook, now: Instant) -> bool {
+        self.waits_for_score(phase, book)
+            && self.score.is_none()
+            && self.score_due.is_some_and(|due| now < due)
     }
 
     /// The score, once the resolver answered.
@@ -194,28 +262,31 @@ impl RecipientJudge {
     /// When the loop must come back for a held reply.
     pub fn deadline(&self) -> Option<Instant> {
         match &self.held {
-            Some(Held::Score { .. }) => self.score_due,
+            Some(Held::Score(_)) => self.score_due,
             Some(Held::Stall { until, .. }) => Some(*until),
             None => None,
         }
     }
 
-    /// Holds a recipient until the score is in, or is due ([`RecipientJudge::deadline`]).
-    pub fn hold_for_score(&mut self, mail_from: String, rcpt: String) {
-        self.held = Some(Held::Score { mail_from, rcpt });
+    /// Holds a decision until the score is in, or is due ([`ClientJudge::deadline`]).
+    pub fn hold_for_score(&mut self, ask: Ask) {
+        self.held = Some(Held::Score(ask));
     }
 
-    /// Holds a stalled reply until `until`.
-    pub fn hold_stall(&mut self, until: Instant, reply: Reply) {
-        self.held = Some(Held::Stall { until, reply });
+    /// Holds a stalled reply to a decision at `phase` until `until`.
+    pub fn hold_stall(&mut self, until: Instant, reply: Reply, phase: Phase) {
+        self.held = Some(Held::Stall {
+            until,
+            reply,
+            phase,
+        });
     }
 
-    /// The recipient held for the score, once the score is in: `(mail_from, rcpt)`, to decide
-    /// now.
-    pub fn take_scored_recipient(&mut self) -> Option<(String, String)> {
+    /// The decision held for the score, once the score is in, to decide now.
+    pub fn take_scored(&mut self) -> Option<Ask> {
         self.score.as_ref()?;
-        match self.held.take_if(|held| matches!(held, Held::Score { .. })) {
-            Some(Held::Score { mail_from, rcpt }) => Some((mail_from, rcpt)),
+        match self.held.take_if(|held| matches!(held, Held::Score(_))) {
+            Some(Held::Score(ask)) => Some(ask),
             _ => None,
         }
     }
@@ -239,19 +310,23 @@ impl RecipientJudge {
         self.escalated = true;
     }
 
-    /// The verdict for one recipient with what is known now.
-    pub fn decide(&mut self, rules: &Rules, recipient: &Recipient, now: Instant) -> Decision {
-        let Recipient {
-            client_ip,
-            helo,
-            protocol,
-            mail_from,
-            rcpt,
-        } = *recipient;
-        if self.policy.is_local_sender(mail_from) {
+    /// The verdict for one decision with what is known now (at `rcpt`, the recipient's own
+    /// file in `book` decides too).
+    pub fn decide(
+        &mut self,
+        rules: &Rules,
+        book: &AddressBook,
+        context: &Context,
+        ask: &Ask,
+        now: Instant,
+    ) -> Decision {
+        let phase = ask.phase();
+        let mail_from = ask.mail_from();
+        if mail_from.is_some_and(|m| self.policy.is_local_sender(m)) {
             add(&mut self.policy_signatures, Signature::MailFromLocalDomain);
         }
-        if let Some(score) = &self.score
+        if phase == Phase::Rcpt
+            && let Some(score) = &self.score
             && let Some(reply) = score.reject_reply(rules.reject_threshold)
         {
             let block = score
@@ -266,33 +341,28 @@ impl RecipientJudge {
                 block,
             };
         }
-        let signatures = self.signatures(protocol, helo);
-        let verdict = self.policy.decide(&RcptFacts {
-            client_ip,
-            fcrdns_name: self
-                .score
-                .as_ref()
-                .filter(|s| s.fcrdns)
-                .and_then(|s| s.rdns.as_deref()),
-            helo,
+        let signatures = self.signatures(context.protocol, context.helo);
+        let facts = Facts {
+            client_ip: context.client_ip,
+            rdns: self.score.as_ref().and_then(|s| s.rdns.as_deref()),
+            fcrdns: self.score.as_ref().is_some_and(|s| s.fcrdns),
+            helo: context.helo,
             mail_from,
-            rcpt,
+            to: ask.to(),
             dnsbl_zones: &self.zones,
             score: self.score.as_ref().map(|s| s.score),
             signatures: &signatures,
-        });
-        if let Some(signature) = verdict.signature {
-            add(&mut self.policy_signatures, signature);
-        }
+        };
+        let verdict = match phase {
+            Phase::Rcpt => self.policy.decide_recipient(book, &facts),
+            phase => self.policy.decide(phase, &facts),
+        };
         Decision {
             reply: verdict.reply,
             stall_until: (verdict.action == Action::Stall).then(|| now + rules.stall),
             block: (verdict.action == Action::Block).then(|| Escalation {
                 source: BlockSource::Policy,
-                reason: match verdict.rule {
-                    Some(i) => format!("policy:rule[{i}]"),
-                    None => "policy".into(),
-                },
+                reason: format!("policy:{}", verdict.source.name()),
             }),
         }
     }
@@ -414,27 +484,38 @@ mod tests {
 
     const IP: &str = "192.0.2.9";
 
-    fn decide(client: &mut RecipientJudge, mail_from: &str, rcpt: &str, now: Instant) -> Decision {
-        let recipient = Recipient {
+    fn rcpt(mail_from: &str, rcpt: &str) -> Ask {
+        Ask::Rcpt {
+            mail_from: mail_from.into(),
+            rcpt: rcpt.into(),
+        }
+    }
+
+    fn ask(client: &mut ClientJudge, ask: &Ask, now: Instant) -> Decision {
+        let context = Context {
             client_ip: IP.parse().unwrap(),
             helo: Some("mx.example.net"),
             protocol: &[],
-            mail_from,
-            rcpt,
         };
-        client.decide(&rules(), &recipient, now)
+        client.decide(&rules(), &AddressBook::default(), &context, ask, now)
+    }
+
+    fn decide(client: &mut ClientJudge, mail_from: &str, rcpt: &str, now: Instant) -> Decision {
+        ask(client, &self::rcpt(mail_from, rcpt), now)
     }
 
     #[test]
     fn a_score_at_the_thresholds_refuses_then_blocks() {
         let now = Instant::now();
         let mut client = requested(policy(""), now, &rules());
-        assert!(client.awaits_score(now));
+        assert!(client.awaits_score(Phase::Rcpt, &AddressBook::default(), now));
         client.set_score(
             score(&[("zen.example", 3), ("bl.example", 1)], None, false),
             now,
         );
-        assert!(client.is_scored() && !client.awaits_score(now));
+        assert!(
+            client.is_scored() && !client.awaits_score(Phase::Rcpt, &AddressBook::default(), now)
+        );
         let d = decide(&mut client, "a@x.example", "b@y.example", now);
         assert_eq!(d.reply.code, 550);
         assert_eq!(
@@ -521,11 +602,58 @@ action = "tempfail"
     }
 
     #[test]
+    fn every_phase_is_decided_by_its_own_rules_and_the_score_refuses_only_recipients() {
+        let now = Instant::now();
+        let text = r#"
+local_domains = ["example.org"]
+[[rule]]
+phase = "connect"
+host = "192.0.2.0/24"
+dnsbl = "zen.example"
+action = "disconnect"
+[[rule]]
+phase = "helo"
+helo = "*.example.net"
+action = "tempfail"
+[[rule]]
+phase = "data"
+to = "trap@example.org"
+action = "block"
+"#;
+        let mut client = requested(policy(text), now, &rules());
+        assert_eq!(ask(&mut client, &Ask::Connect, now).reply.code, 220);
+        client.set_score(score(&[("zen.example", 9)], None, false), now);
+        let d = ask(&mut client, &Ask::Connect, now);
+        assert_eq!((d.reply.code, d.block), (421, None));
+        assert_eq!(ask(&mut client, &Ask::Helo, now).reply.code, 451);
+        // The score refuses recipients only: the sender is refused by local_domains.
+        let mail = |from: &str| Ask::Mail {
+            mail_from: from.into(),
+        };
+        assert_eq!(ask(&mut client, &mail("a@x.example"), now).reply.code, 250);
+        let d = ask(&mut client, &mail("a@example.org"), now);
+        assert_eq!(
+            d.reply.text,
+            "5.7.1 Sender address in a local domain is not accepted from outside"
+        );
+        let data = Ask::Data {
+            mail_from: "a@x.example".into(),
+            rcpts: vec!["b@y.example".into(), "trap@example.org".into()],
+            size: 10,
+        };
+        let d = ask(&mut client, &data, now);
+        assert_eq!(d.reply.code, 550);
+        assert_eq!(d.block.unwrap().reason, "policy:rule[2]");
+    }
+
+    #[test]
     fn session_signatures_merge_and_campaign_sets_block_at_the_end() {
         let now = Instant::now();
         let mut client = requested(policy("local_domains = [\"example.org\"]"), now, &rules());
-        let d = decide(&mut client, "x@example.org", "y@example.org", now);
-        assert_eq!(d.reply.code, 550);
+        let mail = Ask::Mail {
+            mail_from: "x@example.org".into(),
+        };
+        assert_eq!(ask(&mut client, &mail, now).reply.code, 550);
         client.set_score(score(&[], None, false), now);
         client.set_helo_check(HeloCheck {
             ip: IP.parse().unwrap(),
@@ -572,22 +700,39 @@ action = "tempfail"
         partial.timed_out = true;
         client.set_score(partial, now);
         assert!(!client.is_scored());
-        let unrequested = RecipientJudge::new(policy(""), &rules());
-        assert!(!unrequested.awaits_score(now));
+        let unrequested = ClientJudge::new(policy(""), &rules());
+        assert!(!unrequested.awaits_score(Phase::Rcpt, &AddressBook::default(), now));
         assert_eq!(unrequested.rdns(), (None, None));
         // No zones and a policy blind to the score: nothing to wait for.
         let no_zones = Rules {
             zones: false,
             ..rules()
         };
-        assert!(!requested(policy(""), now, &no_zones).awaits_score(now));
+        assert!(!requested(policy(""), now, &no_zones).awaits_score(
+            Phase::Rcpt,
+            &AddressBook::default(),
+            now
+        ));
         let scoring_policy = policy("[[rule]]\nto = \"*\"\nscore = 1\naction = \"reject\"\n");
-        assert!(requested(scoring_policy, now, &no_zones).awaits_score(now));
+        assert!(requested(scoring_policy, now, &no_zones).awaits_score(
+            Phase::Rcpt,
+            &AddressBook::default(),
+            now
+        ));
+        // A phase waits only when its own rules look at the score.
+        let at_mail =
+            policy("[[rule]]\nphase = \"mail\"\ndnsbl = \"zen.example\"\naction = \"reject\"\n");
+        let client = requested(at_mail, now, &no_zones);
+        assert!(client.awaits_score(Phase::Mail, &AddressBook::default(), now));
+        assert!(
+            !client.awaits_score(Phase::Connect, &AddressBook::default(), now)
+                && !client.awaits_score(Phase::Rcpt, &AddressBook::default(), now)
+        );
     }
 
     /// A client whose score request the resolver took at `now`.
-    fn requested(policy: Arc<Policy>, now: Instant, rules: &Rules) -> RecipientJudge {
-        let mut client = RecipientJudge::new(policy, rules);
+    fn requested(policy: Arc<Policy>, now: Instant, rules: &Rules) -> ClientJudge {
+        let mut client = ClientJudge::new(policy, rules);
         client.score_requested(now, rules);
         client
     }
@@ -597,9 +742,13 @@ action = "tempfail"
         let now = Instant::now();
         let mut client = requested(policy(""), now, &rules());
         assert_eq!(client.deadline(), None);
-        client.hold_for_score(String::new(), "a@b".into());
+        client.hold_for_score(rcpt("", "a@b"));
         assert_eq!(client.deadline(), Some(now + Duration::from_secs(2)));
-        assert!(!client.awaits_score(now + Duration::from_secs(2)));
+        assert!(!client.awaits_score(
+            Phase::Rcpt,
+            &AddressBook::default(),
+            now + Duration::from_secs(2)
+        ));
     }
 
     #[test]
@@ -607,7 +756,7 @@ action = "tempfail"
         let now = Instant::now();
         let due = now + Duration::from_secs(2);
         let mut client = requested(policy(""), now, &rules());
-        client.hold_for_score("a@x.example".into(), "b@y.example".into());
+        client.hold_for_score(rcpt("a@x.example", "b@y.example"));
         assert!(client.take_held_due(now).is_none());
         // A HELO answer is not the score: the recipient keeps waiting.
         client.take_answer(
@@ -621,7 +770,7 @@ action = "tempfail"
             },
             now,
         );
-        assert_eq!(client.take_scored_recipient(), None);
+        assert_eq!(client.take_scored(), None);
         client.take_answer(
             Answer::Client {
                 token: 0,
@@ -630,8 +779,8 @@ action = "tempfail"
             now,
         );
         assert_eq!(
-            client.take_scored_recipient(),
-            Some(("a@x.example".into(), "b@y.example".into()))
+            client.take_scored(),
+            Some(rcpt("a@x.example", "b@y.example"))
         );
         assert_eq!(client.deadline(), None);
 
@@ -639,18 +788,14 @@ action = "tempfail"
             code: 451,
             text: "4.7.1 Try later".into(),
         };
-        client.hold_stall(due, reply.clone());
-        assert_eq!(
-            client.take_scored_recipient(),
-            None,
-            "a stall is not for the score"
-        );
+        client.hold_stall(due, reply.clone(), Phase::Rcpt);
+        assert_eq!(client.take_scored(), None, "a stall is not for the score");
         assert!(client.take_held_due(now).is_none());
         assert!(matches!(
             client.take_held_due(due),
             Some(Held::Stall { reply: r, .. }) if r == reply
         ));
-        client.hold_stall(due, reply);
+        client.hold_stall(due, reply, Phase::Rcpt);
         assert!(client.take_held().is_some(), "forced, before it is due");
         assert!(client.take_held().is_none());
     }
@@ -658,7 +803,7 @@ action = "tempfail"
     #[test]
     fn the_helo_check_is_asked_once_and_owed_until_answered() {
         let now = Instant::now();
-        let mut client = RecipientJudge::new(policy(""), &rules());
+        let mut client = ClientJudge::new(policy(""), &rules());
         assert!(client.wants_helo_check() && !client.awaits_answers());
         client.helo_check_asked(true);
         assert!(!client.wants_helo_check() && client.awaits_answers());
@@ -669,7 +814,7 @@ action = "tempfail"
         });
         assert!(!client.awaits_answers());
         // Busy: asked, but nothing is owed.
-        let mut busy = RecipientJudge::new(policy(""), &rules());
+        let mut busy = ClientJudge::new(policy(""), &rules());
         busy.helo_check_asked(false);
         assert!(!busy.wants_helo_check() && !busy.awaits_answers());
         // A score request taken is owed too.
