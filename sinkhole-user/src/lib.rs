@@ -13,6 +13,7 @@ pub mod handover;
 pub mod history;
 pub mod kernel;
 pub mod listeners;
+pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod policy;

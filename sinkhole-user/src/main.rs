@@ -8,7 +8,7 @@ use clap::Parser;
 use sinkhole::cli::{self, Cli};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    sinkhole::logging::init();
     match cli::dispatch(Cli::parse().command) {
         Ok(out) => {
             print!("{out}");

@@ -28,6 +28,7 @@ mod hardening;
 mod hostile_bodies;
 mod hostile_input;
 mod hostile_sessions;
+mod journald;
 mod log_rotation;
 mod metrics;
 mod notify;
