@@ -18,6 +18,9 @@ fuzz_target!(|text: &str| {
                 text.lines().count()
             );
         }
-        Err(e @ ConfigError::Read { .. }) => panic!("parse reported a read error: {e}"),
+        // Parsing text reads no file: neither the config's nor a per-address one.
+        Err(e @ (ConfigError::Read { .. } | ConfigError::AddressFile(_))) => {
+            panic!("parse reported a file error: {e}")
+        }
     }
 });
