@@ -2,7 +2,7 @@
 //! maps, port 25, the TLS key) and dropped them, the process, one thread still, sets
 //! `NoNewPrivs`, restricts its files and TCP ports with Landlock ([`filesystem`]) and its system
 //! calls with seccomp ([`syscalls`]). Every thread it starts afterwards (the resolver, capture,
-//! commit, `/metrics`, log compression) inherits all three.
+//! commit, `/metrics`, the per-address files, log compression) inherits all three.
 
 pub mod filesystem;
 pub mod syscalls;
