@@ -2,8 +2,10 @@
 //! (`info` when unset; directives as `sinkhole=debug,hickory_resolver=warn`). Under systemd,
 //! whose `JOURNAL_STREAM` says stderr is the journal, events go to journald natively, each with
 //! its priority (`journalctl -p warning` shows the warnings) and its fields; elsewhere they are
-//! readable lines on stderr. Libraries that log through `log` (aya, the daemon's own log
-//! macros) come in through `tracing-log`; hickory's events are `tracing` already.
+//! readable lines on stderr. Events carry fields where an operator filters on them (`client`,
+//! `session`, `zone`, `reason`, `address`). Libraries that log through `log` (aya, and aya-log's
+//! records of the XDP program's own events) come in through `tracing-log`; hickory's events are
+//! `tracing` already.
 
 use std::io::IsTerminal as _;
 
@@ -22,7 +24,12 @@ pub fn init() {
     let journald = std::env::var_os("JOURNAL_STREAM").and_then(|_| tracing_journald::layer().ok());
     let installed = match journald {
         Some(journald) => registry
-            .with(journald.with_syslog_identifier(IDENTIFIER.into()))
+            .with(
+                journald
+                    .with_syslog_identifier(IDENTIFIER.into())
+                    // Fields under their own names (`journalctl CLIENT=192.0.2.7`), not `F_CLIENT`.
+                    .with_field_prefix(None),
+            )
             .try_init(),
         None => registry
             .with(

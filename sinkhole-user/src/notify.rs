@@ -28,7 +28,7 @@ impl Notifier {
         match Notifier::connect(&path) {
             Ok(notifier) => Some(notifier),
             Err(e) => {
-                log::warn!(
+                tracing::warn!(
                     "{NOTIFY_SOCKET}={path}: {e}; the service manager is not told of readiness"
                 );
                 None
@@ -52,7 +52,7 @@ impl Notifier {
     /// Sends `state` (lines of `KEY=VALUE`); a failure is logged, never fatal.
     pub fn notify(&self, state: &str) {
         if let Err(e) = self.socket.send(state.as_bytes()) {
-            log::warn!("cannot tell the service manager {state:?}: {e}");
+            tracing::warn!("cannot tell the service manager {state:?}: {e}");
         }
     }
 }

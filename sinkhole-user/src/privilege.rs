@@ -150,7 +150,7 @@ pub fn become_user(account: &Account) -> Result<(), PrivilegeError> {
     setgid(account.gid).map_err(cred("setgid"))?;
     setuid(account.uid).map_err(cred("setuid"))?;
     drop_all()?;
-    log::info!(
+    tracing::info!(
         "running as {} (uid {}) with no capabilities",
         account.name,
         account.uid
@@ -162,7 +162,7 @@ pub fn become_user(account: &Account) -> Result<(), PrivilegeError> {
 /// capability left, but owning the system's files.
 pub fn warn_if_root() {
     if Uid::effective().is_root() {
-        log::warn!(
+        tracing::warn!(
             "running as root (uid 0, no capabilities): set smtp.run_as to an unprivileged user"
         );
     }

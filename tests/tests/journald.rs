@@ -3,6 +3,8 @@
 //! itself and reads what the daemon sends.
 
 use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -45,6 +47,22 @@ fn entry(mut bytes: &[u8]) -> HashMap<String, String> {
     fields
 }
 
+/// The journal's socket this test binds, removed however the test ends (a socket left behind
+/// would make the next run believe a journald runs here).
+struct PlayedJournal {
+    made: bool,
+}
+
+impl Drop for PlayedJournal {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(SOCKET);
+        if self.made {
+            let _ = std::fs::remove_dir("/run/systemd/journal");
+            let _ = std::fs::remove_dir("/run/systemd");
+        }
+    }
+}
+
 #[test]
 fn under_systemd_events_go_to_journald_with_their_priority() {
     let test = "under_systemd_events_go_to_journald_with_their_priority";
@@ -57,7 +75,9 @@ fn under_systemd_events_go_to_journald_with_their_priority() {
         return;
     }
     let _machine = sinkhole_tests::exclusive();
-    let made = !Path::new("/run/systemd/journal").exists();
+    let _played = PlayedJournal {
+        made: !Path::new("/run/systemd/journal").exists(),
+    };
     std::fs::create_dir_all("/run/systemd/journal").unwrap();
     let journal = UnixDatagram::bind(SOCKET).unwrap();
     journal
@@ -75,27 +95,51 @@ fn under_systemd_events_go_to_journald_with_their_priority() {
         .env("JOURNAL_STREAM", "8:12345")
         .stdout(Stdio::null());
     let mut daemon = ChildGuard::spawn(daemon).unwrap();
-    let mut entries = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut entries: Vec<HashMap<String, String>> = Vec::new();
     let mut buf = vec![0u8; 65536];
-    while Instant::now() < deadline
-        && !entries.iter().any(|e: &HashMap<String, String>| {
-            e.get("MESSAGE").is_some_and(|m| m.contains("listening on"))
-        })
-    {
-        if let Ok(n) = journal.recv(&mut buf)
-            && n > 0
+    let mut read_until = |entries: &mut Vec<HashMap<String, String>>, needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline
+            && !entries
+                .iter()
+                .any(|e| e.get("MESSAGE").is_some_and(|m| m.contains(needle)))
         {
-            entries.push(entry(&buf[..n]));
+            if let Ok(n) = journal.recv(&mut buf)
+                && n > 0
+            {
+                entries.push(entry(&buf[..n]));
+            }
+        }
+    };
+    read_until(&mut entries, "listening on");
+    // A client that asks for STARTTLS and then sends no TLS: an event with its session and
+    // address as fields.
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    client.write_all(b"EHLO client.example\r\n").unwrap();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line.as_bytes().get(3) != Some(&b'-') {
+            break;
         }
     }
+    client.write_all(b"STARTTLS\r\n").unwrap();
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("220"), "{line}");
+    client
+        .write_all(b"this is not a TLS record at all\r\n\r\n")
+        .unwrap();
+    read_until(&mut entries, "TLS handshake failed");
+    drop((reader, client));
     daemon.stop();
     drop(journal);
-    let _ = std::fs::remove_file(SOCKET);
-    if made {
-        let _ = std::fs::remove_dir("/run/systemd/journal");
-        let _ = std::fs::remove_dir("/run/systemd");
-    }
 
     let find = |needle: &str| {
         entries
@@ -108,16 +152,23 @@ fn under_systemd_events_go_to_journald_with_their_priority() {
     assert_eq!(warning["PRIORITY"], "4", "{warning:?}");
     let info = find("listening on 127.0.0.1");
     assert_eq!(info["PRIORITY"], "5", "{info:?}");
-    // Which module logged it: the event's target, or the target its `log` record carried.
+    // Which module logged it, as the event's own target (the daemon's events are `tracing`
+    // events, not `log` records bridged in).
     for entry in [warning, info] {
         assert_eq!(entry["SYSLOG_IDENTIFIER"], "sinkhole", "{entry:?}");
-        let target = match entry.get("TARGET").map(String::as_str) {
-            Some("log") | None => entry.get("F_LOG_TARGET"),
-            Some(_) => entry.get("TARGET"),
-        };
         assert!(
-            target.is_some_and(|t| t.starts_with("sinkhole::")),
+            entry
+                .get("TARGET")
+                .is_some_and(|t| t.starts_with("sinkhole::")),
             "{entry:?}"
         );
     }
+    // Structured fields under their own names, to filter on (`journalctl CLIENT=...`).
+    let tls = find("TLS handshake failed");
+    assert_eq!(tls["PRIORITY"], "5", "{tls:?}");
+    assert_eq!(tls["CLIENT"], "127.0.0.1", "{tls:?}");
+    assert!(
+        tls["MESSAGE"].starts_with(&format!("session {}: ", tls["SESSION"])),
+        "{tls:?}"
+    );
 }

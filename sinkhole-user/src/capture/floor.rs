@@ -126,7 +126,7 @@ impl Floor {
             Ok(stat) => stat,
             Err(e) => {
                 if !std::mem::replace(&mut self.failing, true) {
-                    log::warn!(
+                    tracing::warn!(
                         "cannot measure the free space of {}: {e}; keeping the last level",
                         self.dir.display()
                     );
@@ -156,19 +156,19 @@ impl Floor {
         let dir = self.dir.display();
         let (free, min_free, hard) = (mib(free), mib(min_free), mib(hard));
         match now {
-            Space::Exhausted => log::warn!(
+            Space::Exhausted => tracing::warn!(
                 "{dir}: {free} free, below the hard floor ({hard}, a quarter of \
                  storage.min_free): no more session log lines or messages are written"
             ),
-            Space::Low if was == Space::Ample => log::warn!(
+            Space::Low if was == Space::Ample => tracing::warn!(
                 "{dir}: {free} free, below storage.min_free ({min_free}): MAIL is refused with \
                  452, session log lines are short"
             ),
-            Space::Low => log::warn!(
+            Space::Low => tracing::warn!(
                 "{dir}: {free} free, back above the hard floor ({hard}): short session log \
                  lines and messages in DATA are written again; MAIL is still refused"
             ),
-            Space::Ample => log::warn!(
+            Space::Ample => tracing::warn!(
                 "{dir}: {free} free, back above storage.min_free ({min_free}): mail is \
                  accepted again"
             ),

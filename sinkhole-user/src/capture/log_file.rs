@@ -114,7 +114,7 @@ impl LogFile {
             )
             && let Err(e) = self.rotate(now)
         {
-            log::error!(
+            tracing::error!(
                 "cannot rotate {}: {e}; the log goes on in it",
                 self.path.display()
             );
@@ -140,10 +140,10 @@ impl LogFile {
                 self.file = file;
                 self.size = size;
                 self.day = day;
-                log::info!("reopened {}", self.path.display());
+                tracing::info!("reopened {}", self.path.display());
             }
             Err(e) => {
-                log::error!(
+                tracing::error!(
                     "cannot reopen {}: {e}; the log goes on in the file it had",
                     self.path.display()
                 );
@@ -176,7 +176,7 @@ impl LogFile {
             }
             Err(e) => {
                 if let Err(back) = fs::rename(&rotated, &self.path) {
-                    log::error!(
+                    tracing::error!(
                         "cannot rename {} back: {back}; the log goes on in it",
                         rotated.display()
                     );
@@ -225,7 +225,7 @@ fn open_append(path: &Path) -> io::Result<(File, u64, Option<u64>)> {
     let mut last = [0u8];
     file.read_exact_at(&mut last, size - 1)?;
     if last[0] != b'\n' {
-        log::warn!(
+        tracing::warn!(
             "{}: the last line is torn (a crash?); ending it",
             path.display()
         );
@@ -334,7 +334,7 @@ fn compress_all(log: &Path, keep: usize, counters: &DaemonCounters, rotated: Rec
             // Deleted meanwhile as one too many (a backlog longer than `keep`).
             Err(e) if e.kind() == io::ErrorKind::NotFound && !plain.exists() => {}
             Err(e) => {
-                log::error!(
+                tracing::error!(
                     "cannot compress {}: {e}; it stays as it is",
                     plain.display()
                 );
@@ -373,7 +373,7 @@ fn prune(log: &Path, keep: usize, counters: &DaemonCounters) {
     let found = match rotated_files(log) {
         Ok(found) => found,
         Err(e) => {
-            log::error!("cannot list the rotated logs beside {}: {e}", log.display());
+            tracing::error!("cannot list the rotated logs beside {}: {e}", log.display());
             DaemonCounters::add(&counters.session_log_rotate_failed, 1);
             return;
         }
@@ -392,7 +392,7 @@ fn remove(path: &Path, counters: &DaemonCounters) {
     if let Err(e) = fs::remove_file(path)
         && e.kind() != io::ErrorKind::NotFound
     {
-        log::error!("cannot delete {}: {e}", path.display());
+        tracing::error!("cannot delete {}: {e}", path.display());
         DaemonCounters::add(&counters.session_log_rotate_failed, 1);
     }
 }

@@ -139,7 +139,7 @@ impl Maildir {
             }
         }
         if stale > 0 {
-            log::warn!(
+            tracing::warn!(
                 "removed {stale} unfinished message(s) from {}",
                 tmp.display()
             );
@@ -148,7 +148,7 @@ impl Maildir {
         let unnamed_files = match unnamed_files_work(&tmp) {
             Ok(()) => true,
             Err(e) => {
-                log::info!(
+                tracing::info!(
                     "{}: cannot make and link O_TMPFILE files ({e}); messages are written to \
                      tmp/ and renamed",
                     root.display()

@@ -221,7 +221,7 @@ impl Capture {
         // The capture thread ends first and so closes the commit thread's queue.
         for thread in std::iter::once(self.thread).chain(self.committer) {
             if thread.join().is_err() {
-                log::error!("a capture thread panicked");
+                tracing::error!("a capture thread panicked");
             }
         }
     }
@@ -344,7 +344,7 @@ impl Worker {
     }
 
     fn log_failed(&self, lines: u64, error: &io::Error) {
-        log::error!(
+        tracing::error!(
             "cannot write {lines} line(s) to {}: {error}",
             self.log_path.display()
         );
@@ -441,7 +441,7 @@ impl<F: FnMut(Vec<Stored>)> Committer<F> {
         let name = match message.outcome {
             Ok(name) => Some(name),
             Err(e) => {
-                log::error!(
+                tracing::error!(
                     "cannot store a message of session {} in {}: {e}",
                     message.session_id,
                     self.dir.display()

@@ -58,7 +58,7 @@ pub fn run(config: &Config, config_file: Option<&Path>, takeover: bool) -> Resul
     let files = raise_fd_limit(wanted);
     reserve_fd_table(files.min(wanted));
     if files < wanted {
-        log::warn!(
+        tracing::warn!(
             "open files limit {files} is below the {wanted} that smtp.max_connections ({}), \
              capture and DNS need; accept will fail earlier",
             config.smtp.max_connections
@@ -71,7 +71,7 @@ pub fn run(config: &Config, config_file: Option<&Path>, takeover: bool) -> Resul
         Ok(endpoint) => Some(endpoint),
         Err(e) => {
             // A trap that cannot serve metrics still traps.
-            log::warn!("{e}; /metrics is off");
+            tracing::warn!("{e}; /metrics is off");
             None
         }
     };
@@ -92,8 +92,8 @@ pub fn run(config: &Config, config_file: Option<&Path>, takeover: bool) -> Resul
             interfaces: metrics_interfaces,
         };
         match endpoint.serve(sources) {
-            Ok(()) => log::info!("metrics on http://{addr}/metrics"),
-            Err(e) => log::warn!("{e}; /metrics is off"),
+            Ok(()) => tracing::info!("metrics on http://{addr}/metrics"),
+            Err(e) => tracing::warn!("{e}; /metrics is off"),
         }
     }
     let _pid_file =
@@ -103,7 +103,7 @@ pub fn run(config: &Config, config_file: Option<&Path>, takeover: bool) -> Resul
         })?;
     // Serving: said once the pid file names this process.
     for addr in listening {
-        log::info!("listening on {addr}");
+        tracing::info!("listening on {addr}");
     }
     // The service manager may count on it, and (after a takeover) on this process.
     server.notify(&format!(
@@ -114,14 +114,14 @@ pub fn run(config: &Config, config_file: Option<&Path>, takeover: bool) -> Resul
         Some(pid) => {
             let pid_n = pid.as_raw_nonzero();
             match handover::stop(pid) {
-                Ok(()) => log::info!("took over from pid {pid_n}: asked it to stop"),
-                Err(e) => log::warn!("cannot stop the previous daemon (pid {pid_n}): {e}"),
+                Ok(()) => tracing::info!("took over from pid {pid_n}: asked it to stop"),
+                Err(e) => tracing::warn!("cannot stop the previous daemon (pid {pid_n}): {e}"),
             }
         }
-        None if takeover => log::info!("--takeover: no daemon was running on this storage"),
+        None if takeover => tracing::info!("--takeover: no daemon was running on this storage"),
         None => {}
     }
-    log::info!(
+    tracing::info!(
         "storage {} (messages {})",
         storage.dir.display(),
         if storage.capture {
@@ -167,7 +167,7 @@ fn reserve_fd_table(size: u64) {
     };
     // A duplicate at the highest slot makes the kernel size the table; closing it keeps the size.
     if let Err(e) = rustix::io::fcntl_dupfd_cloexec(std::io::stderr(), highest) {
-        log::debug!("cannot pre-size the descriptor table to {size}: {e}");
+        tracing::debug!("cannot pre-size the descriptor table to {size}: {e}");
     }
 }
 
@@ -204,15 +204,15 @@ fn confine(
 ) -> Result<(), DaemonError> {
     let reach = sandbox::daemon_reach(config, config_file, blocker.is_attached());
     match sandbox::confine(&reach)? {
-        Enforced::Fully => log::info!(
+        Enforced::Fully => tracing::info!(
             "confined: seccomp filter, no new privileges, Landlock on {} and {} read-only",
             config.storage.dir.display(),
             reach.read_only.len()
         ),
-        Enforced::Partially => log::warn!(
+        Enforced::Partially => tracing::warn!(
             "confined: seccomp filter, no new privileges; this kernel's Landlock enforces part of the filesystem and port rules"
         ),
-        Enforced::Not => log::warn!(
+        Enforced::Not => tracing::warn!(
             "confined: seccomp filter, no new privileges; no Landlock in this kernel, so the daemon's files are not restricted"
         ),
     }

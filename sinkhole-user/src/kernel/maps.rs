@@ -482,7 +482,7 @@ impl BlockMaps {
         }
         for ip in covered {
             if self.remove(IpNet::from(ip))? {
-                log::info!("unblocked {ip}: it is in the allowlist (xdp.allow)");
+                tracing::info!("unblocked {ip}: it is in the allowlist (xdp.allow)");
             }
         }
         Ok(())

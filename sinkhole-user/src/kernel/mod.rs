@@ -64,14 +64,14 @@ pub fn open_blocker(config: &Config) -> (Box<dyn Blocker>, Option<SynTable>) {
     let (ebpf, mut maps) = match open_maps(config) {
         Ok(opened) => opened,
         Err(e) => {
-            log::warn!(
+            tracing::warn!(
                 "XDP unavailable ({e}); blocks are kept in memory only and blocked clients are closed after accept()"
             );
             return (Box::new(MemoryBlocker::new(config.xdp.allow.clone())), None);
         }
     };
     if config.xdp.interfaces.is_empty() {
-        log::info!(
+        tracing::info!(
             "no XDP interfaces configured (xdp.interfaces): blocked clients are closed after accept(); blocks are kept in {pin_dir}"
         );
         return (Box::new(MapBlocker::new(maps, config, None)), None);
@@ -85,7 +85,7 @@ pub fn open_blocker(config: &Config) -> (Box<dyn Blocker>, Option<SynTable>) {
             )
         }
         Err(e) => {
-            log::warn!(
+            tracing::warn!(
                 "XDP unavailable ({e}); blocked clients are closed after accept(); blocks are kept in {pin_dir}"
             );
             (Box::new(MapBlocker::new(maps, config, None)), None)
@@ -152,7 +152,7 @@ impl Blocker for MapBlocker {
         match self.maps.blocking(ip, clock::boot_ns()) {
             Ok(entry) => entry.is_some(),
             Err(e) => {
-                log::warn!("{e}");
+                tracing::warn!("{e}");
                 false
             }
         }

@@ -36,7 +36,7 @@ impl SynTable {
             Ok(print) => print,
             Err(MapError::KeyNotFound) => return None,
             Err(e) => {
-                log::debug!("SYN fingerprint of {peer}: {e}");
+                tracing::debug!("SYN fingerprint of {peer}: {e}");
                 return None;
             }
         };

@@ -41,15 +41,15 @@ impl Drop for Attachment {
         } in &self.links
         {
             match link.info().map(|info| info.program_id()) {
-                Ok(id) if id != self.program_id => log::info!(
+                Ok(id) if id != self.program_id => tracing::info!(
                     "XDP program on {interface} was replaced (now program {id}): left attached"
                 ),
                 _ => match std::fs::remove_file(pin) {
                     // The link goes with its last reference, the descriptor closed next.
-                    Ok(()) => log::info!(
+                    Ok(()) => tracing::info!(
                         "XDP program detached from {interface} (the block maps stay pinned)"
                     ),
-                    Err(e) => log::warn!("cannot unpin {}: {e}", pin.display()),
+                    Err(e) => tracing::warn!("cannot unpin {}: {e}", pin.display()),
                 },
             }
         }
@@ -105,7 +105,7 @@ pub fn attach(mut ebpf: Ebpf, config: &Config) -> Result<Attachment, KernelError
         let pin = link_pin(config, interface);
         let link = match replace(program, &pin) {
             Ok(link) => {
-                log::info!(
+                tracing::info!(
                     "XDP program attached to {interface} in place of the previous one (program {program_id}, link {})",
                     pin.display()
                 );
@@ -113,11 +113,11 @@ pub fn attach(mut ebpf: Ebpf, config: &Config) -> Result<Attachment, KernelError
             }
             Err(e) => {
                 if pin.exists() {
-                    log::warn!("{e}; attaching anew");
+                    tracing::warn!("{e}; attaching anew");
                     let _ = std::fs::remove_file(&pin);
                 }
                 let (mode, link) = attach_one(program, interface, config.xdp.mode, &pin)?;
-                log::info!(
+                tracing::info!(
                     "XDP program attached to {interface} in {mode} mode (program {program_id})"
                 );
                 link
@@ -172,7 +172,7 @@ fn attach_one(
             Ok(id) => ("driver", id),
             Err(KernelError::NoPrivilege(e)) => return Err(KernelError::NoPrivilege(e)),
             Err(driver_err) => {
-                log::info!("{driver_err}: driver mode unavailable, trying skb mode");
+                tracing::info!("{driver_err}: driver mode unavailable, trying skb mode");
                 ("skb", try_mode(XdpMode::Skb)?)
             }
         },

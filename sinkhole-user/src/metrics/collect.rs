@@ -38,7 +38,7 @@ impl prometheus_client::collector::Collector for Collector {
             match Kernel::read(maps) {
                 Ok(kernel) => kernel.encode(e)?,
                 // The scrape still reports the rest; the log says why these are missing.
-                Err(err) => log::warn!("metrics: cannot read the BPF maps: {err}"),
+                Err(err) => tracing::warn!("metrics: cannot read the BPF maps: {err}"),
             }
         }
         self.encode_server(e)?;
@@ -107,7 +107,7 @@ impl Collector {
                 )),
                 Ok(None) => Some(([("interface", interface), ("mode", "none")], 0)),
                 Err(err) => {
-                    log::warn!("metrics: cannot ask the kernel about {interface}: {err}");
+                    tracing::warn!("metrics: cannot ask the kernel about {interface}: {err}");
                     None
                 }
             })

@@ -112,7 +112,7 @@ impl Server {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                log::error!("metrics: poll: {e}; /metrics is off");
+                tracing::error!("metrics: poll: {e}; /metrics is off");
                 return;
             }
             for event in &events {
@@ -141,7 +141,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::warn!("metrics: accept: {e}");
+                    tracing::warn!("metrics: accept: {e}");
                     self.accept_again = Some(Instant::now() + ACCEPT_RETRY);
                     return;
                 }
@@ -164,7 +164,7 @@ impl Server {
                 Ok(()) => {
                     entry.insert(conn);
                 }
-                Err(e) => log::debug!("metrics: {e}"),
+                Err(e) => tracing::debug!("metrics: {e}"),
             }
         }
         self.accept_again = Some(Instant::now());
@@ -182,7 +182,7 @@ impl Server {
                 self.conns.remove(key);
             }
             Err(e) => {
-                log::debug!("metrics: {e}");
+                tracing::debug!("metrics: {e}");
                 self.conns.remove(key);
             }
         }

@@ -48,7 +48,7 @@ impl Sources {
             return None;
         }
         Interfaces::open(names)
-            .inspect_err(|e| log::warn!("metrics: no sinkhole_xdp_attached ({e})"))
+            .inspect_err(|e| tracing::warn!("metrics: no sinkhole_xdp_attached ({e})"))
             .ok()
     }
 
@@ -59,7 +59,7 @@ impl Sources {
             Ok(maps) => Some(maps),
             Err(KernelError::NoMaps(_)) => None,
             Err(e) => {
-                log::warn!("metrics: no XDP series ({e})");
+                tracing::warn!("metrics: no XDP series ({e})");
                 None
             }
         }
@@ -96,7 +96,7 @@ impl Endpoint {
         let listener = crate::listeners::bind_std(listen).map_err(error)?;
         let addr = listener.local_addr().map_err(error)?;
         if !addr.ip().is_loopback() {
-            log::warn!(
+            tracing::warn!(
                 "metrics.listen {addr} is not loopback: /metrics is open to whoever can reach it"
             );
         }

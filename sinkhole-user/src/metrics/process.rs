@@ -53,7 +53,7 @@ impl Process {
 impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let Some(p) = Process::read() else {
-            log::warn!("metrics: cannot read /proc/self: no process_* series");
+            tracing::warn!("metrics: cannot read /proc/self: no process_* series");
             return Ok(());
         };
         let e = &mut encoder;

@@ -55,8 +55,8 @@ impl Keeper {
     ) -> std::io::Result<(Keeper, AddressBook)> {
         let mut directory = AddressDir::new(dir);
         directory.scan(true, &mut log_report);
-        let book = directory.book(&mut |w| log::warn!("{w}"));
-        log::info!(
+        let book = directory.book(&mut |w| tracing::warn!("{w}"));
+        tracing::info!(
             "policy.addresses_dir {}: {} file(s)",
             dir.display(),
             book.entries().len()
@@ -142,7 +142,7 @@ fn run(
             write_close(&directory, close);
         }
         if directory.scan(force, &mut log_report) || force {
-            let book = directory.book(&mut |w| log::warn!("{w}"));
+            let book = directory.book(&mut |w| tracing::warn!("{w}"));
             if outbox.send(Arc::new(book)).is_err() {
                 return;
             }
@@ -165,12 +165,12 @@ fn write_close(directory: &AddressDir, close: &CloseRequest) {
             .map_err(|e| WriteError::Edit(e.to_string()))
     });
     match written {
-        Ok(()) => log::info!(
+        Ok(()) => tracing::info!(
             "{} closed ({}), written to {origin}",
             close.address,
             close.reason
         ),
-        Err(e) => log::error!(
+        Err(e) => tracing::error!(
             "{} closed ({}) but not written to its file: {e}; it stays closed until the daemon \
              stops",
             close.address,
@@ -190,9 +190,9 @@ enum WriteError {
 
 fn log_report(report: Report) {
     match report {
-        Report::Broken(why) => log::error!("{why}"),
-        Report::Loaded(name) => log::debug!("address file {name} read"),
-        Report::Removed(name) => log::info!("address file {name} removed"),
-        Report::Warning(why) => log::warn!("{why}"),
+        Report::Broken(why) => tracing::error!("{why}"),
+        Report::Loaded(name) => tracing::debug!("address file {name} read"),
+        Report::Removed(name) => tracing::info!("address file {name} removed"),
+        Report::Warning(why) => tracing::warn!("{why}"),
     }
 }

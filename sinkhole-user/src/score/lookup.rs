@@ -381,17 +381,23 @@ impl Scorer {
         let Some(change) = change else {
             return;
         };
-        let what = match self.zones.get(upstream) {
-            Some(zone) => format!("dnsbl {}", zone.name),
-            None => "reverse DNS and HELO names".to_owned(),
+        // The zone's name as a field (`journalctl ZONE=zen.spamhaus.org`); "rdns" for the
+        // reverse DNS and HELO lookups.
+        let (zone, what) = match self.zones.get(upstream) {
+            Some(zone) => (&*zone.name, format!("dnsbl {}", zone.name)),
+            None => ("rdns", "reverse DNS and HELO names".to_owned()),
         };
         match change {
-            Change::Down => log::warn!(
+            Change::Down => tracing::warn!(
+                zone,
                 "{what}: {DOWN_AFTER} queries in a row unanswered; until it answers, its \
                  clients go unscored at once and one query every {PROBE_EVERY:?} probes it"
             ),
             Change::Back(down) => {
-                log::warn!("{what}: answering again after {down:.1?} without answers")
+                tracing::warn!(
+                    zone,
+                    "{what}: answering again after {down:.1?} without answers"
+                )
             }
         }
     }
@@ -429,7 +435,7 @@ fn is_domain_name(name: &str) -> bool {
 /// Logs a DNS trouble at the 1st, 2nd, 4th, 8th... occurrence: visible, never a flood.
 fn log_rarely(count: u64, message: impl FnOnce() -> String) {
     if count.is_power_of_two() {
-        log::warn!("{} ({count} so far)", message());
+        tracing::warn!("{} ({count} so far)", message());
     }
 }
 

@@ -234,7 +234,7 @@ impl Wake {
         if !self.pending.swap(true, Ordering::SeqCst)
             && let Err(error) = self.waker.wake()
         {
-            log::error!("cannot wake the event loop: {error}");
+            tracing::error!("cannot wake the event loop: {error}");
         }
     }
 }

@@ -352,7 +352,13 @@ impl Connection {
             } else {
                 "TLS error"
             };
-            log::info!("session {}: {}: {what}: {e}; closing", self.id, self.peer);
+            tracing::info!(
+                session = %self.id,
+                client = %self.peer.ip(),
+                "session {}: {}: {what}: {e}; closing",
+                self.id,
+                self.peer
+            );
             // The alert rustls queued, if the socket takes it; there is no second try.
             let _ = tls.write_tls(&mut self.stream);
             self.transport = Transport::Failed(format!("{what}: {e}"));

@@ -78,7 +78,7 @@ impl Server {
         };
         match held {
             Some(Held::Score(ask)) => {
-                log::debug!(
+                tracing::debug!(
                     "session {}: no DNSBL score within dnsbl.timeout; deciding unscored",
                     self.conns[slot].id()
                 );
@@ -142,7 +142,9 @@ impl Server {
         {
             Ok(true) => {
                 DaemonCounters::add(self.counters.blocks(escalation.source), 1);
-                log::info!(
+                tracing::info!(
+                    client = %ip,
+                    reason = %escalation.reason,
                     "blocked {ip} for {} ({})",
                     humantime::format_duration(self.rules.block_ttl),
                     escalation.reason
@@ -151,12 +153,22 @@ impl Server {
             }
             Ok(false) => {
                 DaemonCounters::add(&self.counters.blocks_allow_listed, 1);
-                log::debug!("not blocking {ip} ({}): xdp.allow", escalation.reason);
+                tracing::debug!(
+                    client = %ip,
+                    reason = %escalation.reason,
+                    "not blocking {ip} ({}): xdp.allow",
+                    escalation.reason
+                );
                 false
             }
             Err(e) => {
                 DaemonCounters::add(&self.counters.block_errors, 1);
-                log::warn!("cannot block {ip} ({}): {e}", escalation.reason);
+                tracing::warn!(
+                    client = %ip,
+                    reason = %escalation.reason,
+                    "cannot block {ip} ({}): {e}",
+                    escalation.reason
+                );
                 false
             }
         }
@@ -170,11 +182,11 @@ impl Server {
         self.counters
             .policy_read(result.is_ok(), std::time::SystemTime::now());
         match result {
-            Ok(()) => log::info!(
+            Ok(()) => tracing::info!(
                 "policy reloaded: {} rule(s), for sessions from now on",
                 self.policy.current().rule_count()
             ),
-            Err(e) => log::error!("policy reload failed; the previous rules stay in force: {e}"),
+            Err(e) => tracing::error!("policy reload failed; the previous rules stay in force: {e}"),
         }
     }
 }

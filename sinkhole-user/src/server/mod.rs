@@ -396,7 +396,7 @@ impl Server {
             if now.duration_since(last_sweep) >= Duration::from_secs(5) {
                 last_sweep = now;
                 if let Err(e) = self.blocker.sweep() {
-                    log::warn!("sweeping the block table: {e}");
+                    tracing::warn!("sweeping the block table: {e}");
                 }
                 self.counters.campaigns_active.store(
                     self.campaigns.active(now),
@@ -416,7 +416,7 @@ impl Server {
         }
         self.finish_lingering();
         self.send_logs();
-        log::info!("stopped; writing out the session log");
+        tracing::info!("stopped; writing out the session log");
         self.capture.finish();
         Ok(())
     }
@@ -455,7 +455,7 @@ impl Server {
                     // Out of descriptors or memory: what stays queued is tried again soon.
                     DaemonCounters::add(&self.counters.accept_errors, 1);
                     if self.accept_retry.is_none() {
-                        log::warn!("accept: {e}; trying again in {ACCEPT_RETRY:?}");
+                        tracing::warn!("accept: {e}; trying again in {ACCEPT_RETRY:?}");
                     }
                     self.accept_retry = Some(now + ACCEPT_RETRY);
                     return;
@@ -503,7 +503,7 @@ impl Server {
             .registry()
             .register(&mut stream, Token(slot), Interest::READABLE)
         {
-            log::warn!("register {peer}: {e}");
+            tracing::warn!("register {peer}: {e}");
             self.limits.release(ip);
             return;
         }
@@ -699,7 +699,11 @@ impl Server {
                 match rustls::ServerConnection::new(Arc::clone(&self.tls)) {
                     Ok(tls) => conn.start_tls(tls),
                     Err(e) => {
-                        log::warn!("session {}: cannot start TLS: {e}; closing", conn.id());
+                        tracing::warn!(
+                            session = %conn.id(),
+                            "session {}: cannot start TLS: {e}; closing",
+                            conn.id()
+                        );
                         conn.fail_tls(format!("cannot start TLS: {e}"), now);
                     }
                 }
@@ -736,7 +740,11 @@ impl Server {
         let file = match conn.finish_message(maildir, mail_from, &rcpts).finish() {
             Ok(file) => file,
             Err(e) => {
-                log::error!("cannot store a message of session {}: {e}", conn.id());
+                tracing::error!(
+                    session = %conn.id(),
+                    "cannot store a message of session {}: {e}",
+                    conn.id()
+                );
                 DaemonCounters::add(&self.counters.capture_failed, 1);
                 conn.session_mut()
                     .resolve_message(storage_error(), None, now);
@@ -824,7 +832,7 @@ impl Server {
     }
 
     fn begin_shutdown(&mut self, now: Instant) {
-        log::info!("stopping: {} session(s) open", self.conns.len());
+        tracing::info!("stopping: {} session(s) open", self.conns.len());
         // A daemon taking over is the main process now: its service is not stopping.
         if handover::names_this_process(&self.storage) {
             self.notify("STOPPING=1");
@@ -914,7 +922,7 @@ impl Server {
             }
             Counted::Counted => {}
             Counted::Alert(alert) => {
-                log::warn!(
+                tracing::warn!(
                     "new campaign {}: {} sessions within {} ({} since first seen): {}",
                     alert.id,
                     alert.sessions,

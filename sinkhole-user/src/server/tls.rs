@@ -47,7 +47,7 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, TlsError> {
         let (cert, key) = self_signed_paths(&config.storage.dir);
         if !(cert.exists() && key.exists()) {
             make_self_signed(&smtp.hostname, &cert, &key)?;
-            log::info!(
+            tracing::info!(
                 "STARTTLS: made a self-signed certificate for {} in {}",
                 smtp.hostname,
                 cert.display()
