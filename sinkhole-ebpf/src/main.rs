@@ -6,7 +6,13 @@
 //! The source is looked up in the exact map of its family, then (when its bucket is marked) in
 //! the CIDR trie; a live (unexpired) entry drops the packet, a CIDR entry only when the source
 //! is not in the allowlist (userspace keeps no exact entry for an allow-listed address).
-//! Anything truncated or odd passes and is counted. No allocation, no logging.
+//! Anything truncated or odd passes and is counted. No allocation.
+//!
+//! Its rare events (a SYN map update the kernel refused, the first malformed packet of a
+//! second) go through `aya-log` into its ring buffer `AYA_LOGS`, which the daemon reads into its
+//! own log under the target `sinkhole::xdp` (see `sinkhole-user/src/kernel/events.rs`). Each
+//! kind is said at most once a second ([`first_this_second`]); the pass and drop paths of
+//! well-formed packets never reach that code.
 //!
 //! A TCP SYN (without ACK) to an SMTP port that passes leaves its fingerprint (TTL, window,
 //! MSS, window scale, the order of its options) in the LRU map [`SYN`] under its source
@@ -35,6 +41,7 @@ use aya_ebpf::{
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
+use aya_log_ebpf::{debug, warn};
 use sinkhole_common::{
     ALLOW_CAPACITY, AllowFlag, BUCKETS, BlockEntry, BootClock, CIDR_CAPACITY, EXACT_CAPACITY,
     PORT_WORDS, SCOPE_ALL, SYN_CAPACITY, SYN_OPTIONS, SynFingerprint, SynKey, bucket_v4, bucket_v6,
@@ -106,12 +113,12 @@ pub fn sinkhole(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn decide(ctx: &XdpContext) -> (u32, u32) {
     let Some(ethertype) = be16_at(ctx, ETH_HLEN - 2) else {
-        return malformed(counter::PASSED_OTHER);
+        return malformed(ctx, counter::PASSED_OTHER);
     };
     let (ethertype, l3) = if ethertype == ETH_P_8021Q {
         match be16_at(ctx, ETH_HLEN + VLAN_HLEN - 2) {
             Some(inner) => (inner, ETH_HLEN + VLAN_HLEN),
-            None => return malformed(counter::PASSED_OTHER),
+            None => return malformed(ctx, counter::PASSED_OTHER),
         }
     } else {
         (ethertype, ETH_HLEN)
@@ -128,7 +135,7 @@ fn decide(ctx: &XdpContext) -> (u32, u32) {
                 judged
             }
             Parsed::OutOfScope => (XDP_PASS, counter::PASSED_IPV4),
-            Parsed::Malformed => malformed(counter::PASSED_IPV4),
+            Parsed::Malformed => malformed(ctx, counter::PASSED_IPV4),
         },
         ETH_P_IPV6 => match parse_ipv6(ctx, l3, scope_all) {
             Parsed::Candidate(source, syn) => {
@@ -139,17 +146,68 @@ fn decide(ctx: &XdpContext) -> (u32, u32) {
                 judged
             }
             Parsed::OutOfScope => (XDP_PASS, counter::PASSED_IPV6),
-            Parsed::Malformed => malformed(counter::PASSED_IPV6),
+            Parsed::Malformed => malformed(ctx, counter::PASSED_IPV6),
         },
         _ => (XDP_PASS, counter::PASSED_OTHER),
     }
 }
 
-/// A truncated or odd packet: it passes, and counts as malformed besides its family.
+/// A truncated or odd packet: it passes, and counts as malformed besides its family. The first
+/// of a second is logged (at debug level).
 #[inline(always)]
-fn malformed(family_counter: u32) -> (u32, u32) {
+fn malformed(ctx: &XdpContext, family_counter: u32) -> (u32, u32) {
     count(counter::MALFORMED);
+    if first_this_second(Event::Malformed) {
+        let family = match family_counter {
+            counter::PASSED_IPV4 => "IPv4",
+            counter::PASSED_IPV6 => "IPv6",
+            _ => "Ethernet",
+        };
+        let length = ctx.data_end() - ctx.data();
+        debug!(
+            ctx,
+            target: EVENTS_TARGET,
+            "malformed {} packet of {} bytes on interface {} (passed; the others this second are only counted)",
+            family,
+            length,
+            ctx.ingress_ifindex()
+        );
+    }
     (XDP_PASS, family_counter)
+}
+
+/// The log target of the program's events, as the daemon's log shows (and `RUST_LOG` filters)
+/// them.
+const EVENTS_TARGET: &str = "sinkhole::xdp";
+
+/// The kinds of events the program logs, each at most once a second.
+#[derive(Clone, Copy)]
+enum Event {
+    Malformed = 0,
+    SynUpdateFailed = 1,
+}
+
+/// Per [`Event`], the second (of the coarse monotonic clock, plus one so that 0 means never) it
+/// was last logged in. A global of the program's own, like [`TICK`]; CPUs racing on it can both
+/// log in the same second, no more.
+static mut LOGGED_IN_SECOND: [u64; 2] = [0; 2];
+
+/// Whether `event` is the first of its kind this second (and so to be logged): one helper call,
+/// made only on the rare paths that log.
+#[inline(always)]
+fn first_this_second(event: Event) -> bool {
+    // SAFETY: a helper without arguments or side effects.
+    let second = unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000 + 1;
+    let slot = event as usize;
+    // SAFETY: the program's own global, indexed by an enum within its length; a racing CPU can
+    // only make the event logged twice in a second.
+    unsafe {
+        if core::ptr::read_volatile(&raw const LOGGED_IN_SECOND[slot]) == second {
+            return false;
+        }
+        core::ptr::write_volatile(&raw mut LOGGED_IN_SECOND[slot], second);
+    }
+    true
 }
 
 enum Parsed<T> {
@@ -334,8 +392,18 @@ fn record_syn(ctx: &XdpContext, addr: [u8; 16], syn: Syn) {
     }) {
         return;
     }
-    // Full or not, an LRU map takes it (evicting the least recently used entry).
-    let _ = SYN.insert(&key, &print, 0);
+    // Full or not, an LRU map takes it (evicting the least recently used entry); it can still
+    // fail when the kernel finds no free element (memory, or every CPU evicting at once).
+    if let Err(error) = SYN.insert(&key, &print, 0)
+        && first_this_second(Event::SynUpdateFailed)
+    {
+        warn!(
+            ctx,
+            target: EVENTS_TARGET,
+            "the SYN map refused an update (error {}): this connection will have no SYN fingerprint (further failures this second are not logged)",
+            error
+        );
+    }
 }
 
 #[inline(always)]

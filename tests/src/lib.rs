@@ -216,6 +216,19 @@ impl ChildGuard {
         }
     }
 
+    /// The stderr lines the child writes within `period` from now.
+    pub fn stderr_for(&mut self, period: Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + period;
+        let mut lines = Vec::new();
+        while let Ok(line) = self
+            .stderr
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
+            lines.push(line);
+        }
+        lines
+    }
+
     /// The child's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()

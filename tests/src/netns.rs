@@ -127,9 +127,18 @@ impl VethPair {
 /// interfaces, maps in the host bpffs; its `smtp.listen` and `storage.dir` must work inside
 /// `ns`) and waits until its XDP program is attached and it listens.
 pub fn spawn_xdp_daemon(ns: &NetNs, config: &Path) -> anyhow::Result<ChildGuard> {
+    spawn_xdp_daemon_logging(ns, config, "info")
+}
+
+/// [`spawn_xdp_daemon`] with these `RUST_LOG` directives.
+pub fn spawn_xdp_daemon_logging(
+    ns: &NetNs,
+    config: &Path,
+    rust_log: &str,
+) -> anyhow::Result<ChildGuard> {
     let mut command = ns.command(sinkhole_bin());
     command.arg("run").arg("--config").arg(config);
-    command.env("RUST_LOG", "info");
+    command.env("RUST_LOG", rust_log);
     let mut daemon = ChildGuard::spawn(command)?;
     daemon.wait_for_stderr("XDP program attached", Duration::from_secs(20))?;
     daemon.wait_for_stderr("listening on", Duration::from_secs(20))?;

@@ -49,6 +49,7 @@ mod smtp_daemon;
 mod syn_fingerprints;
 mod tls;
 mod update;
+mod xdp_events;
 mod xdp_netns;
 mod xdp_verdicts;
 

@@ -65,7 +65,7 @@ pub fn run(config: &Config, config_file: Option<&Path>, takeover: bool) -> Resul
         );
     }
     // Everything that needs a privilege, while this is the only thread.
-    let (blocker, syn) = crate::kernel::open_blocker(config);
+    let blocking = crate::kernel::open_blocker(config);
     let bound = Server::bind(config)?;
     let metrics = match Endpoint::bind(config.metrics.listen) {
         Ok(endpoint) => Some(endpoint),
@@ -78,11 +78,11 @@ pub fn run(config: &Config, config_file: Option<&Path>, takeover: bool) -> Resul
     let metrics_maps = Sources::pinned_maps(&config.xdp.pin_dir);
     let metrics_interfaces = Sources::interfaces(&config.xdp.interfaces);
     let notifier = Notifier::from_env();
-    drop_privileges(config, blocker.as_ref())?;
-    confine(config, config_file, blocker.as_ref())?;
+    drop_privileges(config, blocking.blocker.as_ref())?;
+    confine(config, config_file, blocking.blocker.as_ref())?;
     // Every thread starts from here on, with neither privilege nor reach.
     let listening = bound.local_addrs().map_err(ServerError::Io)?;
-    let server = bound.start(config, blocker, syn, notifier)?;
+    let server = bound.start(config, blocking, notifier)?;
     if let Some(endpoint) = metrics {
         let addr = endpoint.local_addr();
         let sources = Sources {

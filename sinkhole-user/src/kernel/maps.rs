@@ -206,9 +206,12 @@ pub fn open_object(
     }
     let scope_value = if scope.all { SCOPE_ALL } else { SCOPE_SMTP };
     let port_words = scope.port_words();
+    let log_level = super::events::program_level();
     loader
         .override_global(GLOBAL_SCOPE, &scope_value, true)
-        .override_global(GLOBAL_SMTP_PORTS, &port_words, true);
+        .override_global(GLOBAL_SMTP_PORTS, &port_words, true)
+        // Not in older builds of the program (the XDP bench loads some).
+        .override_global(aya_log::LEVEL, &log_level, false);
     let mut ebpf = loader.load(object).map_err(|e| {
         KernelError::bpf(
             format!("cannot create the BPF maps in {}", pin_dir.display()),

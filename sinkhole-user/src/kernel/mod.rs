@@ -8,6 +8,7 @@
 
 pub mod attached;
 pub mod clock;
+pub mod events;
 pub mod maps;
 pub mod memory;
 pub mod syn;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::config::Config;
+pub use events::XdpEvents;
 pub use maps::{Block, BlockMaps, KernelError, PacketCounters, Scope};
 pub use memory::MemoryBlocker;
 pub use syn::SynTable;
@@ -56,39 +58,54 @@ pub enum BlockError {
     MemoryFull { capacity: usize },
 }
 
+/// What the daemon's event loop gets of the kernel side.
+pub struct Blocking {
+    pub blocker: Box<dyn Blocker>,
+    /// The SYN fingerprints the program records, with the program attached (none without: a
+    /// field absent, not invented).
+    pub syn: Option<SynTable>,
+    /// The program's own events, with the program attached.
+    pub events: Option<XdpEvents>,
+}
+
 /// The blocker for the daemon, saying once (in the log) which kind it is and why; with the
-/// XDP program attached, also the SYN fingerprints it records (none without: a field absent,
-/// not invented).
-pub fn open_blocker(config: &Config) -> (Box<dyn Blocker>, Option<SynTable>) {
+/// XDP program attached, also its SYN fingerprints and its events.
+pub fn open_blocker(config: &Config) -> Blocking {
     let pin_dir = config.xdp.pin_dir.display();
-    let (ebpf, mut maps) = match open_maps(config) {
+    let detached = |blocker: Box<dyn Blocker>| Blocking {
+        blocker,
+        syn: None,
+        events: None,
+    };
+    let (mut ebpf, mut maps) = match open_maps(config) {
         Ok(opened) => opened,
         Err(e) => {
             tracing::warn!(
                 "XDP unavailable ({e}); blocks are kept in memory only and blocked clients are closed after accept()"
             );
-            return (Box::new(MemoryBlocker::new(config.xdp.allow.clone())), None);
+            return detached(Box::new(MemoryBlocker::new(config.xdp.allow.clone())));
         }
     };
     if config.xdp.interfaces.is_empty() {
         tracing::info!(
             "no XDP interfaces configured (xdp.interfaces): blocked clients are closed after accept(); blocks are kept in {pin_dir}"
         );
-        return (Box::new(MapBlocker::new(maps, config, None)), None);
+        return detached(Box::new(MapBlocker::new(maps, config, None)));
     }
+    let events = XdpEvents::take(&mut ebpf)
+        .inspect_err(|e| tracing::warn!("the XDP program's events will not be logged: {e}"))
+        .ok();
     match xdp::attach(ebpf, config) {
-        Ok(attachment) => {
-            let syn = maps.take_syn_table();
-            (
-                Box::new(MapBlocker::new(maps, config, Some(attachment))),
-                syn,
-            )
-        }
+        Ok(attachment) => Blocking {
+            syn: maps.take_syn_table(),
+            blocker: Box::new(MapBlocker::new(maps, config, Some(attachment))),
+            events,
+        },
         Err(e) => {
             tracing::warn!(
                 "XDP unavailable ({e}); blocked clients are closed after accept(); blocks are kept in {pin_dir}"
             );
-            (Box::new(MapBlocker::new(maps, config, None)), None)
+            detached(Box::new(MapBlocker::new(maps, config, None)))
         }
     }
 }

@@ -195,7 +195,10 @@ impl Addresses {
         reason: String,
         counters: &DaemonCounters,
     ) {
-        tracing::info!(address = address.as_str(), "{address} closes itself: {reason}");
+        tracing::info!(
+            address = address.as_str(),
+            "{address} closes itself: {reason}"
+        );
         self.book = Arc::new(self.book.with_closed(address.as_str(), at, &reason));
         self.seen.remove(&address);
         let counter: &AtomicU64 = match self.keeper.as_ref().map(|k| {
@@ -208,7 +211,9 @@ impl Addresses {
         }) {
             Some(true) => &counters.auto_closed,
             _ => {
-                tracing::warn!("the addresses thread is busy: the close is not written to the file");
+                tracing::warn!(
+                    "the addresses thread is busy: the close is not written to the file"
+                );
                 &counters.auto_close_refused
             }
         };

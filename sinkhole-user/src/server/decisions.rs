@@ -186,7 +186,9 @@ impl Server {
                 "policy reloaded: {} rule(s), for sessions from now on",
                 self.policy.current().rule_count()
             ),
-            Err(e) => tracing::error!("policy reload failed; the previous rules stay in force: {e}"),
+            Err(e) => {
+                tracing::error!("policy reload failed; the previous rules stay in force: {e}")
+            }
         }
     }
 }

@@ -40,7 +40,7 @@ use crate::capture::{Capture, CaptureError, Job, StoreRequest, Stored, Ticket};
 use crate::config::{Config, ConfigError};
 use crate::counters::DaemonCounters;
 use crate::handover;
-use crate::kernel::{Blocker, SynTable};
+use crate::kernel::{Blocker, Blocking, SynTable, XdpEvents};
 use crate::listeners;
 use crate::notify::Notifier;
 use crate::policy::Phase;
@@ -63,8 +63,10 @@ const WAKER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
 /// The inotify watch on `policy.addresses_dir`.
 const ADDRESSES: Token = Token(usize::MAX - 2);
+/// The XDP program's ring buffer of events.
+const XDP_EVENTS: Token = Token(usize::MAX - 3);
 /// Listener `i` has token `LISTENER_BASE - i`; connection tokens are slab keys, far below.
-const LISTENER_BASE: usize = usize::MAX - 3;
+const LISTENER_BASE: usize = usize::MAX - 4;
 
 /// Reads per connection per wake-up before the loop serves the others (fairness).
 const READS_PER_TURN: usize = 16;
@@ -111,6 +113,8 @@ pub struct Server {
     blocker: Box<dyn Blocker>,
     /// The SYN fingerprints the XDP program records, when it is attached.
     syn: Option<SynTable>,
+    /// The XDP program's own events, logged as they come, when it is attached.
+    xdp_events: Option<XdpEvents>,
     /// Scores clients (DNSBL, reverse DNS) and checks HELO names, on its own thread.
     resolver: Resolver,
     /// The policy in force; each session keeps the one current at its accept.
@@ -207,16 +211,20 @@ impl Bound {
     }
 
     /// Prepares storage and starts the capture and resolver threads: the daemon, ready to
-    /// [`Server::run`], putting the clients it wants gone into `blocker` and taking each
-    /// connection's SYN fingerprint from `syn`. Tells `notifier`, when there is one, of
-    /// reloads and the stop.
+    /// [`Server::run`], putting the clients it wants gone into `blocking`'s blocker, taking
+    /// each connection's SYN fingerprint from its table and logging the XDP program's events.
+    /// Tells `notifier`, when there is one, of reloads and the stop.
     pub fn start(
         self,
         config: &Config,
-        blocker: Box<dyn Blocker>,
-        syn: Option<SynTable>,
+        blocking: Blocking,
         notifier: Option<Notifier>,
     ) -> Result<Server, ServerError> {
+        let Blocking {
+            blocker,
+            syn,
+            events: xdp_events,
+        } = blocking;
         let Bound {
             poll,
             listeners,
@@ -228,6 +236,9 @@ impl Bound {
         let resolver = Resolver::spawn(&config.dnsbl, Arc::clone(&waker))?;
         let addresses = Addresses::open(&config.policy, poll.registry(), ADDRESSES, &waker)
             .map_err(ServerError::Addresses)?;
+        if let Some(events) = &xdp_events {
+            events.register(poll.registry(), XDP_EVENTS)?;
+        }
         let counters = Arc::new(DaemonCounters::default());
         // Read by `Server::bind`, and it is running: that read succeeded.
         counters.policy_read(true, SystemTime::now());
@@ -256,6 +267,7 @@ impl Bound {
             ),
             blocker,
             syn,
+            xdp_events,
             resolver,
             policy,
             addresses,
@@ -344,6 +356,11 @@ impl Server {
                         self.addresses.take_book();
                     }
                     ADDRESSES => self.addresses.watch_ready(),
+                    XDP_EVENTS => {
+                        if let Some(events) = &mut self.xdp_events {
+                            events.drain();
+                        }
+                    }
                     SIGNALS => {
                         let (mut reload, mut stop) = (false, false);
                         for signal in self.signals.pending() {
