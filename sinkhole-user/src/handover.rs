@@ -25,6 +25,11 @@ pub fn running(storage: &Path) -> Option<Pid> {
     (pid != getpid() && test_kill_process(pid).is_ok() && alive_sinkhole(&stat)).then_some(pid)
 }
 
+/// Whether process `pid` is a live `sinkhole` (not a zombie, which still has its name).
+pub fn is_running_sinkhole(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| alive_sinkhole(&stat))
+}
+
 /// Whether `/proc/PID/stat` describes a live (not zombie, not dead) process named `sinkhole`.
 fn alive_sinkhole(stat: &str) -> bool {
     // `PID (COMM) STATE ...`; the name may itself hold spaces and parentheses.

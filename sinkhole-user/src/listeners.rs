@@ -35,6 +35,22 @@ pub fn bind_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// The sysctl (Linux 5.14) by which the kernel hands the connections waiting in a closing
+/// listener's queue to another listener of its SO_REUSEPORT group instead of resetting them.
+const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/// Turns `net.ipv4.tcp_migrate_req` on in this network namespace if it is off (it needs
+/// CAP_NET_ADMIN: at start-up), so that the daemon a takeover replaces, closing its listeners,
+/// loses none of the connections that had arrived in their queues: the new daemon's listeners
+/// get them. True if this changed it.
+pub fn migrate_queued_on_close() -> io::Result<bool> {
+    if std::fs::read_to_string(MIGRATE_REQ)?.trim() != "0" {
+        return Ok(false);
+    }
+    std::fs::write(MIGRATE_REQ, "1")?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

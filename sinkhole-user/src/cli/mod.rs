@@ -85,10 +85,18 @@ pub enum Command {
         /// with no gap: attach into its XDP link, listen beside it, then stop it (SIGTERM).
         #[arg(long)]
         takeover: bool,
-        /// With --takeover: start the new daemon as a child, return once it serves and leave it
+        /// With --takeover: start the new daemon detached, return once it serves and leave it
         /// running (for a service manager's reload, `ExecReload=`).
         #[arg(long, requires = "takeover")]
         background: bool,
+        /// The processes --background starts (not for use by hand).
+        #[arg(
+            long,
+            hide = true,
+            requires = "takeover",
+            conflicts_with = "background"
+        )]
+        background_step: Option<run::BackgroundStep>,
     },
     /// Print the configuration in force as TOML: the keys that differ from the defaults.
     Config {
@@ -396,12 +404,17 @@ pub fn dispatch(command: Command) -> Result<String, Failure> {
             config,
             takeover,
             background,
+            background_step,
         } => {
             let path = config.path();
             let loaded = load(path.as_deref())?;
-            match background {
-                true => run::serve_in_background(&loaded, path.as_deref()),
-                false => run::serve(&loaded, path.as_deref(), takeover),
+            match (background, background_step) {
+                (_, Some(run::BackgroundStep::Spawn)) => run::spawn_detached(path.as_deref()),
+                (_, Some(run::BackgroundStep::Daemon { middle })) => {
+                    run::serve_detached(&loaded, path.as_deref(), middle)
+                }
+                (true, None) => run::serve_in_background(&loaded, path.as_deref()),
+                (false, None) => run::serve(&loaded, path.as_deref(), takeover),
             }
         }
         Command::Config { all, config } => Ok(load(config.path().as_deref())?.to_toml(all)),

@@ -65,6 +65,17 @@ pub fn run(config: &Config, config_file: Option<&Path>, takeover: bool) -> Resul
         );
     }
     // Everything that needs a privilege, while this is the only thread.
+    match crate::listeners::migrate_queued_on_close() {
+        Ok(true) => tracing::info!(
+            "net.ipv4.tcp_migrate_req set to 1: a takeover hands the connections waiting in the \
+             old daemon's queues to the new one"
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(
+            "net.ipv4.tcp_migrate_req is 0 and cannot be set ({e}): a takeover resets the \
+             connections waiting in the old daemon's queues"
+        ),
+    }
     let blocking = crate::kernel::open_blocker(config);
     let bound = Server::bind(config)?;
     let metrics = match Endpoint::bind(config.metrics.listen) {

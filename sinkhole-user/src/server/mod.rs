@@ -80,6 +80,9 @@ const BYTES_PER_TURN: usize = 2 * smtp::MAX_RECEIVE;
 const ANSWERS_PER_TURN: usize = 32;
 /// How long shutdown waits for in-flight messages and unsent 421s.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// After a takeover, how long the replaced daemon lets its open sessions go on (their clients
+/// finish them) before it ends those left as a shutdown does, with 421.
+const HANDOVER_DRAIN: Duration = Duration::from_secs(10);
 /// After `accept` failed for want of descriptors or memory, when to try again (sooner when a
 /// connection closes).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -139,6 +142,9 @@ pub struct Server {
     answers_waiting: bool,
     /// Set once a stop signal came: the instant by which everything is closed.
     stopping: Option<Instant>,
+    /// Set when a stop signal came from a daemon that took over: until then, open sessions go
+    /// on; then they are shut down.
+    draining: Option<Instant>,
     /// Closed sessions whose score or HELO check is still with the resolver.
     lingering: Lingering,
     /// Finished sessions not yet handed to the capture thread.
@@ -292,6 +298,7 @@ impl Bound {
             ready: Vec::new(),
             answers_waiting: false,
             stopping: None,
+            draining: None,
             lingering: Lingering::default(),
             logs: LogBatch::new(Instant::now()),
             accept_retry: None,
@@ -420,6 +427,10 @@ impl Server {
                     std::sync::atomic::Ordering::Relaxed,
                 );
             }
+            if self.draining.is_some_and(|until| now >= until) {
+                self.draining = None;
+                self.shut_sessions_down(now);
+            }
             if let Some(grace) = self.stopping {
                 // Sessions waiting for the resolver get their answers (within dnsbl.timeout).
                 if self.conns.is_empty() && self.lingering.is_empty() {
@@ -451,11 +462,16 @@ impl Server {
         if !self.ready.is_empty() || self.answers_waiting || polling {
             return Some(Duration::ZERO);
         }
-        [self.wheel.next_wake(), self.stopping, self.accept_retry]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|at| at.saturating_duration_since(now))
+        [
+            self.wheel.next_wake(),
+            self.stopping,
+            self.draining,
+            self.accept_retry,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|at| at.saturating_duration_since(now))
     }
 
     fn accept_all(&mut self, index: usize, now: Instant) {
@@ -849,16 +865,32 @@ impl Server {
     }
 
     fn begin_shutdown(&mut self, now: Instant) {
-        tracing::info!("stopping: {} session(s) open", self.conns.len());
-        // A daemon taking over is the main process now: its service is not stopping.
-        if handover::names_this_process(&self.storage) {
-            self.notify("STOPPING=1");
-        }
-        self.stopping = Some(now + SHUTDOWN_GRACE);
         self.accept_retry = None;
+        // Connections waiting in a listener's queue go to the daemon taking over, if any
+        // (net.ipv4.tcp_migrate_req: see crate::listeners).
         for mut listener in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut listener);
         }
+        // A daemon taking over is the main process now: its service is not stopping, and the
+        // sessions open here are let finish.
+        if !handover::names_this_process(&self.storage) {
+            tracing::info!(
+                "taken over: {} session(s) open here may go on for {}s",
+                self.conns.len(),
+                HANDOVER_DRAIN.as_secs()
+            );
+            self.draining = Some(now + HANDOVER_DRAIN);
+            self.stopping = Some(now + HANDOVER_DRAIN + SHUTDOWN_GRACE);
+            return;
+        }
+        tracing::info!("stopping: {} session(s) open", self.conns.len());
+        self.notify("STOPPING=1");
+        self.stopping = Some(now + SHUTDOWN_GRACE);
+        self.shut_sessions_down(now);
+    }
+
+    /// Every open session says 421 (after its message in flight, if any) and ends.
+    fn shut_sessions_down(&mut self, now: Instant) {
         let slots: Vec<usize> = self.conns.iter().map(|(slot, _)| slot).collect();
         for slot in slots {
             // Held replies go out now: nobody waits for a score or a stall any longer.
