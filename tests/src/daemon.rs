@@ -449,3 +449,55 @@ pub fn lf_endings(bytes: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// Clients that connect to one address one after another, each for a whole session (banner,
+/// `QUIT`, `221`), until stopped, counting the sessions tried and those that failed (refused,
+/// cut, or answered wrong): what a no-gap replacement of the daemon must never fail.
+#[derive(Default)]
+pub struct Prober {
+    stop: std::sync::atomic::AtomicBool,
+    tried: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl Prober {
+    /// Runs sessions against `addr` until [`Prober::stop`]; each failure is said on stderr.
+    pub fn run(&self, addr: SocketAddr) {
+        use std::sync::atomic::Ordering::Relaxed;
+        while !self.stop.load(Relaxed) {
+            self.tried.fetch_add(1, Relaxed);
+            if let Err(e) = whole_session(addr) {
+                self.failed.fetch_add(1, Relaxed);
+                eprintln!("a session to {addr} failed: {e}");
+            }
+        }
+    }
+
+    /// Ends [`Prober::run`] after its current session.
+    pub fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sessions tried and sessions failed so far.
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.tried.load(Relaxed), self.failed.load(Relaxed))
+    }
+}
+
+/// One session: connect, read the banner, `QUIT`, read the `221`.
+fn whole_session(addr: SocketAddr) -> Result<(), String> {
+    let stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(&stream);
+    let (mut banner, mut bye) = (String::new(), String::new());
+    let _ = reader.read_line(&mut banner);
+    let _ = (&stream).write_all(b"QUIT\r\n");
+    let _ = reader.read_line(&mut bye);
+    match banner.starts_with("220 ") && bye.starts_with("221 ") {
+        true => Ok(()),
+        false => Err(format!("{banner:?} then {bye:?}")),
+    }
+}

@@ -3,7 +3,7 @@
 //! privilege rule for kernel tests. Topic modules: `daemon` (the SMTP daemon and a raw client),
 //! `dns` (real DNS servers), `netns` (namespaces, veth, bpffs), `frames` and `xdp` (test runs),
 //! `null_smtp` (the benchmarks' do-nothing SMTP server), `policy` (a daemon with a policy
-//! file).
+//! file), `systemd` (a real systemd booted in namespaces of its own).
 
 pub mod daemon;
 pub mod dns;
@@ -13,6 +13,7 @@ pub mod null_smtp;
 pub mod policy;
 pub mod replay;
 pub mod slow_disk;
+pub mod systemd;
 pub mod xdp;
 
 use std::io::{BufRead as _, BufReader};
@@ -273,6 +274,15 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether process `pid` runs: `/proc/PID` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.starts_with(" Z"))
+    })
 }
 
 /// Runs a command to completion, failing with its stderr when it does not exit 0.

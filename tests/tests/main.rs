@@ -47,6 +47,7 @@ mod score_limits;
 mod smtp_clients;
 mod smtp_daemon;
 mod syn_fingerprints;
+mod systemd;
 mod tls;
 mod update;
 mod xdp_events;

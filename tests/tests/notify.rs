@@ -2,17 +2,16 @@
 //! socket, as this machine runs no systemd): `READY=1` with the daemon's pid once it serves,
 //! `RELOADING=1`/`READY=1` around SIGHUP, a reload (`sinkhole run --takeover --background`, the
 //! unit's `ExecReload=`) that hands the main pid to the new daemon with no gap for connecting
-//! clients and no `STOPPING=1` from the old one, and `STOPPING=1` when the main one stops.
+//! clients, lets a session open at the old one go on to its end there, and brings no
+//! `STOPPING=1` from the old one; and `STOPPING=1` when the main one stops.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sinkhole_tests::daemon::smtp_config;
-use sinkhole_tests::{ChildGuard, free_port, sinkhole_bin, temp_dir};
+use sinkhole_tests::daemon::{Prober, SmtpClient, smtp_config};
+use sinkhole_tests::{ChildGuard, alive, free_port, sinkhole_bin, temp_dir};
 
 /// The service manager's side: a datagram socket the daemons send their states to.
 struct Manager {
@@ -41,15 +40,6 @@ impl Manager {
         }
         panic!("no state with {lines:?}; got {before:?}");
     }
-}
-
-/// `/proc/PID` exists and is not a zombie.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.starts_with(" Z"))
-    })
 }
 
 #[test]
@@ -97,37 +87,16 @@ fn the_service_manager_hears_ready_reloading_the_new_main_pid_and_stopping() {
     manager.expect(&["RELOADING=1"]);
     manager.expect(&["READY=1"]);
 
+    // A session open at the old daemon when the reload starts...
+    let mut open = SmtpClient::connect(addr);
+    assert!(open.reply()[0].starts_with("220 "));
+    open.send(b"EHLO client.example\r\n");
+    assert!(open.reply().last().unwrap().starts_with("250 "));
+
     // A client connecting throughout the reload is never refused.
-    let stop = AtomicBool::new(false);
-    let (tried, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+    let prober = Prober::default();
     let new_pid = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                tried.fetch_add(1, Ordering::Relaxed);
-                // A whole session (banner, QUIT, 221), one at a time.
-                let served = match TcpStream::connect(addr) {
-                    Ok(stream) => {
-                        stream
-                            .set_read_timeout(Some(Duration::from_secs(5)))
-                            .unwrap();
-                        let mut reader = BufReader::new(&stream);
-                        let (mut banner, mut bye) = (String::new(), String::new());
-                        let _ = reader.read_line(&mut banner);
-                        let _ = (&stream).write_all(b"QUIT\r\n");
-                        let _ = reader.read_line(&mut bye);
-                        match banner.starts_with("220 ") && bye.starts_with("221 ") {
-                            true => Ok(()),
-                            false => Err(format!("{banner:?} then {bye:?}")),
-                        }
-                    }
-                    Err(e) => Err(format!("connect: {e}")),
-                };
-                if let Err(e) = served {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("a session during the reload failed: {e}");
-                }
-            }
-        });
+        scope.spawn(|| prober.run(addr));
         // What the unit's ExecReload= runs: it returns once the new daemon serves.
         let log = std::fs::File::create(dir.path().join("reload.log")).unwrap();
         let reload = Command::new(sinkhole_bin())
@@ -158,13 +127,20 @@ fn the_service_manager_hears_ready_reloading_the_new_main_pid_and_stopping() {
             before.iter().all(|s| !s.contains("STOPPING=1")),
             "{before:?}"
         );
+        // ...goes on there to its end (the old daemon stops listening, not talking).
+        assert!(
+            open.transaction("sent across a takeover")
+                .starts_with("250 ")
+        );
+        open.send(b"QUIT\r\n");
+        assert!(open.reply()[0].starts_with("221 "));
         let deadline = Instant::now() + Duration::from_secs(20);
         while old.check_running().is_ok() {
             assert!(Instant::now() < deadline, "the old daemon still runs");
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(300));
-        stop.store(true, Ordering::Relaxed);
+        prober.stop();
         new_pid
     });
     let quiet = manager.next(Duration::from_millis(500));
@@ -172,9 +148,9 @@ fn the_service_manager_hears_ready_reloading_the_new_main_pid_and_stopping() {
         quiet.as_ref().is_none_or(|s| !s.contains("STOPPING=1")),
         "the old daemon told the service manager it stops: {quiet:?}"
     );
-    let tried = tried.into_inner();
+    let (tried, failed) = prober.counts();
     assert!(tried >= 20, "only {tried} connections tried");
-    assert_eq!(failed.into_inner(), 0, "of {tried} connections");
+    assert_eq!(failed, 0, "of {tried} connections");
 
     // The main process stops: STOPPING=1.
     assert!(

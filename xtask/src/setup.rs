@@ -33,6 +33,8 @@ const TEST_PEERS: &[(&str, &str)] = &[
     ("prometheus", "/usr/bin/promtool"),
     // Renders `sinkhole campaigns --html` headless in the campaign replay test.
     ("chromium", "/usr/bin/chromium"),
+    // Booted in namespaces of its own by the unit test (PID 1 here is not systemd).
+    ("systemd", "/lib/systemd/systemd"),
 ];
 
 pub fn setup() -> Result<()> {
