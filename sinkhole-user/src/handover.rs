@@ -18,14 +18,15 @@ pub const PID_FILE: &str = "sinkhole.pid";
 /// The `sinkhole` daemon that the pid file in `storage` names, if it still runs.
 pub fn running(storage: &Path) -> Option<Pid> {
     let text = fs::read_to_string(storage.join(PID_FILE)).ok()?;
-    let pid = Pid::from_raw(text.trim().parse().ok()?)?;
-    let stat = fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).ok()?;
+    let raw: u32 = text.trim().parse().ok()?;
+    let pid = Pid::from_raw(raw.try_into().ok()?)?;
     // A stale file may name a pid reused by another program, or a daemon that was killed and
-    // not yet reaped by its parent (a zombie still has its name and answers kill(0)).
-    (pid != getpid() && test_kill_process(pid).is_ok() && alive_sinkhole(&stat)).then_some(pid)
+    // not yet reaped by its parent.
+    (pid != getpid() && test_kill_process(pid).is_ok() && is_running_sinkhole(raw)).then_some(pid)
 }
 
-/// Whether process `pid` is a live `sinkhole` (not a zombie, which still has its name).
+/// Whether process `pid` is a live `sinkhole` (not a zombie, which still has its name and
+/// answers kill(0)).
 pub fn is_running_sinkhole(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| alive_sinkhole(&stat))
 }

@@ -493,9 +493,15 @@ fn whole_session(addr: SocketAddr) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(&stream);
     let (mut banner, mut bye) = (String::new(), String::new());
-    let _ = reader.read_line(&mut banner);
-    let _ = (&stream).write_all(b"QUIT\r\n");
-    let _ = reader.read_line(&mut bye);
+    reader
+        .read_line(&mut banner)
+        .map_err(|e| format!("reading the banner: {e}"))?;
+    (&stream)
+        .write_all(b"QUIT\r\n")
+        .map_err(|e| format!("{banner:?} then sending QUIT: {e}"))?;
+    reader
+        .read_line(&mut bye)
+        .map_err(|e| format!("{banner:?} then reading the reply to QUIT: {e}"))?;
     match banner.starts_with("220 ") && bye.starts_with("221 ") {
         true => Ok(()),
         false => Err(format!("{banner:?} then {bye:?}")),

@@ -1,6 +1,7 @@
-//! A real systemd, booted as PID 1 of a PID and mount namespace the test creates (as a
-//! container manager boots it), for a machine whose own PID 1 is not systemd: the units a
-//! test writes, `systemctl` against it, and everything it started killed with it.
+//! A real systemd, booted as PID 1 of PID, mount, cgroup, UTS and IPC namespaces the test
+//! creates (as a container manager boots it), for a machine whose own PID 1 is not systemd:
+//! the units a test writes and no other, `systemctl` against it, and everything it started
+//! killed with it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -41,11 +42,12 @@ const UNIT_DIRS: &[&str] = &[
     "/lib/systemd/system-generators",
 ];
 
-/// What runs as the namespace's PID 1 until it becomes systemd (`sh BOOT [cgroup]`). First
+/// What runs as the namespace's PID 1 until it becomes systemd (`sh BOOT [cgroup]`; the `@NAME@`
+/// are filled in by [`Systemd::boot`]). First
 /// (PID and mount namespaces new): its pid as the host sees it, read before /proc is the
 /// namespace's; a /proc, a /run, a /tmp and a /var/tmp of its own; no unit but the test's
-/// (UNIT_DIRS); the pseudo-terminal `script` records as /dev/console (systemd writes its log
-/// only to a terminal); into the cgroup CGROUP, made its root by a cgroup namespace. Then
+/// (`@UNIT_DIRS@`); the pseudo-terminal `script` records as /dev/console (systemd writes its log
+/// only to a terminal); into the cgroup `@CGROUP@`, made its root by a cgroup namespace. Then
 /// (`cgroup`): a cgroup2 hierarchy of its own at /sys/fs/cgroup, on which systemd tracks its
 /// services as on a host (with the machine's v1 hierarchies it would try to move the host's
 /// processes), and systemd, told it runs in a container (it leaves the host's devices and
@@ -53,23 +55,23 @@ const UNIT_DIRS: &[&str] = &[
 const BOOT: &str = r#"set -e
 if [ "$1" != cgroup ]; then
     read -r pid _ < /proc/self/stat
-    echo "$pid" > 'INIT_PID'
+    echo "$pid" > '@INIT_PID@'
     mount -t proc proc /proc
     mount -t tmpfs -o mode=755 tmpfs /run
     mount -t tmpfs -o mode=1777 tmpfs /tmp
     mount -t tmpfs -o mode=1777 tmpfs /var/tmp
-    for dir in UNIT_DIRS; do
+    for dir in @UNIT_DIRS@; do
         if [ -d "$dir" ]; then mount -t tmpfs -o mode=755 tmpfs "$dir"; fi
     done
     mkdir -p /run/systemd/system
-    cp -r 'UNITS'/. /run/systemd/system/
+    cp -r '@UNITS@'/. /run/systemd/system/
     mount --bind "$(tty)" /dev/console
-    echo 0 > 'CGROUP/cgroup.procs'
+    echo 0 > '@CGROUP@/cgroup.procs'
     exec unshare --cgroup -- sh "$0" cgroup
 fi
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 exec env -i container=sinkhole-test PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-    SYSTEMD --system --unit=TARGET --log-target=console --log-level=info --show-status=no \
+    @SYSTEMD@ --system --unit=@TARGET@ --log-target=console --log-level=info --show-status=no \
     </dev/null >/dev/console 2>&1
 "#;
 
@@ -101,12 +103,12 @@ impl Systemd {
         let init_pid = work.join("init.pid");
         let boot = work.join("boot.sh");
         let script = BOOT
-            .replace("INIT_PID", &init_pid.display().to_string())
-            .replace("UNIT_DIRS", &UNIT_DIRS.join(" "))
-            .replace("UNITS", &units.display().to_string())
-            .replace("CGROUP", &cgroup.display().to_string())
-            .replace("SYSTEMD", SYSTEMD)
-            .replace("TARGET", TARGET);
+            .replace("@INIT_PID@", &init_pid.display().to_string())
+            .replace("@UNIT_DIRS@", &UNIT_DIRS.join(" "))
+            .replace("@UNITS@", &units.display().to_string())
+            .replace("@CGROUP@", &cgroup.display().to_string())
+            .replace("@SYSTEMD@", SYSTEMD)
+            .replace("@TARGET@", TARGET);
         std::fs::write(&boot, script)?;
         let mut command = Command::new("script");
         command

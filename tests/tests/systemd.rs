@@ -17,10 +17,9 @@ const UNIT: &str = "sinkhole.service";
 
 /// `packaging/sinkhole.service` with the binary, the config and the storage at `dir`.
 fn unit_at(dir: &Path) -> anyhow::Result<String> {
-    let packaged = std::fs::read_to_string(
+    let mut unit = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/sinkhole.service"),
     )?;
-    let mut unit = packaged.clone();
     // The storage first: `dir` itself starts with /var/lib/sinkhole.
     for (installed, here) in [
         ("/var/lib/sinkhole", dir.to_path_buf()),
@@ -146,12 +145,17 @@ fn systemd_starts_reloads_with_a_new_main_pid_and_stops_the_packaged_unit() -> a
     ensure!(systemd.property(UNIT, "NRestarts")? == "0");
 
     // `systemctl stop` stops the new main process, and with it the service.
-    systemd.systemctl_ok(&["stop", UNIT])?;
+    systemd
+        .systemctl_ok(&["stop", UNIT])
+        .with_context(diagnosis)?;
     ensure!(!alive(second), "pid {second} runs after `systemctl stop`");
-    let state = systemd.property(UNIT, "ActiveState")?;
+    let (state, result) = (
+        systemd.property(UNIT, "ActiveState")?,
+        systemd.property(UNIT, "Result")?,
+    );
     ensure!(
-        state == "inactive",
-        "{state} after `systemctl stop`:\n{}",
+        state == "inactive" && result == "success",
+        "{state} ({result}) after `systemctl stop`:\n{}",
         diagnosis()
     );
     ensure!(

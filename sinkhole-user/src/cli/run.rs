@@ -41,7 +41,8 @@ pub fn serve_in_background(config: &Config, config_file: Option<&Path>) -> anyho
         .stdout
         .take()
         .context("the starter's stdout")?
-        .read_to_string(&mut said)?;
+        .read_to_string(&mut said)
+        .context("reading the new daemon's pid")?;
     let status = middle.wait()?;
     let pid: u32 = match said.trim().parse() {
         Ok(pid) if status.success() => pid,
@@ -121,17 +122,23 @@ pub fn spawn_detached(config_file: Option<&Path>) -> anyhow::Result<String> {
     Ok(format!("{}\n", daemon.id()))
 }
 
-/// `daemon:PID`: once the middle process `middle` that started this one has exited (at most
-/// [`READY_WITHIN`]; it exits as soon as it has started this one), takes over.
+/// `daemon:PID`: once the middle process `middle` that started this one has exited (it exits
+/// as soon as it has started this one), takes over. Fails if it has not within
+/// [`READY_WITHIN`], when `--background` has given up on this daemon too.
 pub fn serve_detached(
     config: &Config,
     config_file: Option<&Path>,
     middle: u32,
 ) -> anyhow::Result<String> {
     let deadline = Instant::now() + READY_WITHIN;
-    while getppid().is_some_and(|parent| parent.as_raw_nonzero().get() as u32 == middle)
-        && Instant::now() < deadline
-    {
+    while getppid().is_some_and(|parent| parent.as_raw_nonzero().get() as u32 == middle) {
+        if Instant::now() > deadline {
+            bail!(
+                "the process that started this daemon (pid {middle}) has not exited after {}s; \
+                 not taking over",
+                READY_WITHIN.as_secs()
+            );
+        }
         std::thread::sleep(Duration::from_millis(1));
     }
     serve(config, config_file, true)

@@ -72,8 +72,8 @@ pub fn run(config: &Config, config_file: Option<&Path>, takeover: bool) -> Resul
         ),
         Ok(false) => {}
         Err(e) => tracing::warn!(
-            "net.ipv4.tcp_migrate_req is 0 and cannot be set ({e}): a takeover resets the \
-             connections waiting in the old daemon's queues"
+            "cannot turn net.ipv4.tcp_migrate_req on ({e}): a takeover resets the connections \
+             waiting in the old daemon's queues"
         ),
     }
     let blocking = crate::kernel::open_blocker(config);
